@@ -1,0 +1,192 @@
+"""Image references, parsed the way the Docker/OCI distribution grammar does.
+
+Why our own parser: every stage compares references written in many spellings
+(``checkmarx/kics``, ``docker.io/checkmarx/kics:latest``,
+``index.docker.io/checkmarx/kics@sha256:...``). A match must not depend on the
+spelling, so everything is normalised to one canonical form first: default
+registry ``docker.io``, ``library/`` for official images, lowercase names.
+
+The grammar (github.com/distribution/reference, ``reference.go``)::
+
+    reference  := name [ ":" tag ] [ "@" digest ]
+    name       := [domain '/'] remote-name
+    domain     := host [ ":" port ]   (a first component with '.' or ':' or 'localhost')
+    tag        := [\\w][\\w.-]{0,127}
+    digest     := algorithm ":" hex
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from digestguard.errors import InputError
+
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
+
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
+_COMPONENT_RE = re.compile(rf"^{_COMPONENT}$")
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN_RE = re.compile(
+    rf"^(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?$"
+)
+_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+_DIGEST_HEX_LEN = {"sha256": 64, "sha384": 96, "sha512": 128}
+_DIGEST_RE = re.compile(r"^([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([0-9a-fA-F]+)$")
+NAME_TOTAL_MAX = 255
+
+
+def parse_digest(value: str, source: str = "digest") -> str:
+    """Validate ``algorithm:hex`` and return it lowercased.
+
+    >>> parse_digest("sha256:" + "A" * 64)[:10]
+    'sha256:aaa'
+    """
+    if not isinstance(value, str):
+        raise InputError(source, f"digest must be a string, got {type(value).__name__}")
+    m = _DIGEST_RE.match(value.strip())
+    if not m:
+        raise InputError(source, f"{value!r} is not a digest (want 'sha256:<64 hex>')")
+    algo, hexpart = m.group(1), m.group(2)
+    want = _DIGEST_HEX_LEN.get(algo)
+    if want is None:
+        raise InputError(source, f"{value!r}: unsupported digest algorithm {algo!r}")
+    if len(hexpart) != want:
+        raise InputError(source, f"{value!r}: {algo} wants {want} hex characters, got {len(hexpart)}")
+    return f"{algo}:{hexpart.lower()}"
+
+
+def is_digest(value: str) -> bool:
+    """True when ``value`` is a valid digest string."""
+    try:
+        parse_digest(value)
+    except InputError:
+        return False
+    return True
+
+
+@dataclass(frozen=True, order=True)
+class ImageReference:
+    """A normalised image reference. ``registry`` is canonical (Docker Hub aliases fold to docker.io)."""
+
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def name(self) -> str:
+        """Canonical fully qualified name without tag or digest: ``docker.io/checkmarx/kics``."""
+        return f"{self.registry}/{self.repository}"
+
+    @property
+    def familiar_name(self) -> str:
+        """The short form people write: ``checkmarx/kics``, ``alpine``, ``ghcr.io/x/y``."""
+        if self.registry == DOCKER_HUB:
+            repo = self.repository
+            return repo[len("library/"):] if repo.startswith("library/") else repo
+        return self.name
+
+    @property
+    def effective_tag(self) -> str:
+        """The tag a pull would use: the tag, or ``latest`` when neither tag nor digest is given."""
+        return self.tag or "latest"
+
+    def with_digest(self, digest: str, keep_tag: bool = True) -> "ImageReference":
+        """The same name pinned to ``digest`` (tag kept for readers unless ``keep_tag`` is False)."""
+        return ImageReference(self.registry, self.repository, self.tag if keep_tag else None, parse_digest(digest))
+
+    def __str__(self) -> str:
+        out = self.name
+        if self.tag:
+            out += f":{self.tag}"
+        if self.digest:
+            out += f"@{self.digest}"
+        return out
+
+    def familiar(self) -> str:
+        """``str`` but with the familiar name (how a rewrite should look in a file)."""
+        out = self.familiar_name
+        if self.tag:
+            out += f":{self.tag}"
+        if self.digest:
+            out += f"@{self.digest}"
+        return out
+
+
+def _split_domain(name: str) -> tuple[str | None, str]:
+    i = name.find("/")
+    if i == -1:
+        return None, name
+    first = name[:i]
+    if "." in first or ":" in first or first == "localhost" or (first.startswith("[") and "]" in first):
+        return first, name[i + 1:]
+    return None, name
+
+
+def parse_reference(value: str, source: str = "reference") -> ImageReference:
+    """Parse and normalise an image reference; raises ``InputError`` naming ``source`` on anything invalid.
+
+    >>> str(parse_reference("checkmarx/kics"))
+    'docker.io/checkmarx/kics'
+    >>> str(parse_reference("index.docker.io/library/alpine:3.20"))
+    'docker.io/library/alpine:3.20'
+    """
+    if not isinstance(value, str):
+        raise InputError(source, f"reference must be a string, got {type(value).__name__}")
+    text = value.strip()
+    if not text:
+        raise InputError(source, "empty image reference")
+    if any(c.isspace() for c in text):
+        raise InputError(source, f"{value!r}: whitespace inside an image reference")
+    digest = None
+    if "@" in text:
+        text, _, dig = text.rpartition("@")
+        digest = parse_digest(dig, source)
+        if "@" in text:
+            raise InputError(source, f"{value!r}: more than one '@'")
+    tag = None
+    slash = text.rfind("/")
+    colon = text.rfind(":")
+    if colon > slash:
+        text, tag = text[:colon], text[colon + 1:]
+        if not _TAG_RE.match(tag):
+            raise InputError(source, f"{value!r}: invalid tag {tag!r}")
+    domain, remote = _split_domain(text)
+    if domain is not None:
+        if not _DOMAIN_RE.match(domain):
+            raise InputError(source, f"{value!r}: invalid registry host {domain!r}")
+        domain_l = domain.lower()
+        registry = DOCKER_HUB if domain_l in DOCKER_HUB_ALIASES else domain_l
+    else:
+        registry = DOCKER_HUB
+    if not remote:
+        raise InputError(source, f"{value!r}: missing repository name")
+    parts = remote.split("/")
+    for part in parts:
+        if not _COMPONENT_RE.match(part):
+            if part.lower() != part and _COMPONENT_RE.match(part.lower()):
+                raise InputError(source, f"{value!r}: repository name must be lowercase")
+            raise InputError(source, f"{value!r}: invalid path component {part!r}")
+    if registry == DOCKER_HUB and len(parts) == 1:
+        remote = f"library/{remote}"
+    if len(registry) + 1 + len(remote) > NAME_TOTAL_MAX:
+        raise InputError(source, f"{value!r}: name longer than {NAME_TOTAL_MAX} characters")
+    return ImageReference(registry=registry, repository=remote, tag=tag, digest=digest)
+
+
+def try_parse_reference(value: str) -> ImageReference | None:
+    """``parse_reference`` that answers None instead of raising (for scanners)."""
+    try:
+        return parse_reference(value)
+    except InputError:
+        return None
+
+
+def normalise_repository(value: str, source: str = "repository") -> str:
+    """Canonical repository name (``docker.io/checkmarx/kics``) for any alias spelling; tag/digest refused."""
+    ref = parse_reference(value, source)
+    if ref.tag or ref.digest:
+        raise InputError(source, f"{value!r}: a repository name carries no tag or digest")
+    return ref.name
