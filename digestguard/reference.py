@@ -85,7 +85,9 @@ class ImageReference:
         """The short form people write: ``checkmarx/kics``, ``alpine``, ``ghcr.io/x/y``."""
         if self.registry == DOCKER_HUB:
             repo = self.repository
-            return repo[len("library/"):] if repo.startswith("library/") else repo
+            short = repo[len("library/"):] if repo.startswith("library/") else repo
+            # keep the host when the short form would read as a registry host ("0.0/x")
+            return short if _split_domain(short)[0] is None else self.name
         return self.name
 
     @property

@@ -4,10 +4,11 @@ Fixture modules live in ``tests/support/`` (one per service family) and are
 loaded here so any test can ask for them by name.
 """
 
-pytest_plugins = [
-    "tests.support.registry",
-    "tests.support.podman",
-    "tests.support.aws",
-    "tests.support.vault",
-    "tests.support.prefect",
-]
+import pathlib
+
+# Every fixture module in tests/support (one per service family) is a plugin.
+pytest_plugins = sorted(
+    f"tests.support.{p.stem}"
+    for p in (pathlib.Path(__file__).parent / "support").glob("*.py")
+    if p.stem != "__init__"
+)

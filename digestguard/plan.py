@@ -1,0 +1,104 @@
+"""Plans and approvals: the contract between a person and a destructive step.
+
+A plan is data: items, a Markdown rendering for the approval form, and a hash
+of its canonical JSON. An apply function takes ``(plan, approval)`` and
+refuses when the approval's hash is not the plan's, so what runs is exactly
+what was shown: a plan that changed since it was approved must be approved again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from digestguard.errors import PlanNotApproved
+
+
+class PlanItem(BaseModel):
+    """One thing a destructive stage will do."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(description="where: registry/repo@digest, engine/image, vault:path ...")
+    action: str = Field(description="what: delete-manifest, remove-image, rotate-kv ...")
+    kind: str = Field(description="which integration acts")
+    reason: str = ""
+    params: dict[str, Any] = Field(default_factory=dict, description="ids only, never values")
+
+
+class Plan(BaseModel):
+    """A stage's plan. ``hash`` covers stage, incident and items, not the free-text notes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: Literal["rotate", "purge", "pin"]
+    incident: str
+    advisory: str
+    items: list[PlanItem] = Field(default_factory=list)
+    evidence: list[str] = Field(default_factory=list, description="why: the findings/jobs behind the plan")
+    notes: list[str] = Field(default_factory=list)
+
+    def canonical_json(self) -> str:
+        body = {"stage": self.stage, "incident": self.incident, "advisory": self.advisory,
+                "items": [i.model_dump(mode="json") for i in self.items]}
+        return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+    @property
+    def hash(self) -> str:
+        return "sha256:" + hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    @property
+    def short_hash(self) -> str:
+        return self.hash[7:19]
+
+    def markdown(self, limit: int = 50) -> str:
+        """What the approver reads: counts, every item (up to ``limit``), evidence, and the hash."""
+        lines = [f"### {self.stage.capitalize()} plan for incident `{self.incident}` ({self.advisory})", "",
+                 f"{len(self.items)} action(s). Plan hash `{self.hash}`.", ""]
+        if self.items:
+            lines += ["| # | action | target | why |", "|---|---|---|---|"]
+            for n, it in enumerate(self.items[:limit], 1):
+                lines.append(f"| {n} | {it.action} | `{it.target}` | {it.reason.replace('|', '/')} |")
+            if len(self.items) > limit:
+                lines.append(f"| ... | | {len(self.items) - limit} more | |")
+        else:
+            lines.append("_Nothing to do._")
+        if self.evidence:
+            lines += ["", "**Evidence**", *[f"- {e}" for e in self.evidence[:limit]]]
+        if self.notes:
+            lines += ["", "**Notes**", *[f"- {n}" for n in self.notes]]
+        return "\n".join(lines)
+
+
+class Approval(BaseModel):
+    """A person's decision on one plan, bound to that plan's hash."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["approve", "reject"]
+    approvers: list[str] = Field(min_length=1)
+    reason: str = ""
+    plan_hash: str
+    at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    flow_run_id: str | None = None
+
+    @property
+    def approved(self) -> bool:
+        return self.decision == "approve"
+
+
+def require_approved(plan: Plan, approval: Approval | None) -> Approval:
+    """The gate every apply function passes: an approval for *this* plan, or ``PlanNotApproved``."""
+    if approval is None:
+        raise PlanNotApproved(f"{plan.stage} plan {plan.short_hash} has no approval")
+    if not approval.approved:
+        raise PlanNotApproved(f"{plan.stage} plan {plan.short_hash} was rejected by {', '.join(approval.approvers)}")
+    if approval.plan_hash != plan.hash:
+        raise PlanNotApproved(
+            f"{plan.stage} plan changed since it was approved (approved {approval.plan_hash[7:19]}, now {plan.short_hash}); approve it again"
+        )
+    return approval
