@@ -1,0 +1,391 @@
+"""Stage 1, detect: where do the advisory's malicious digests live in this estate?
+
+The seed's step 1 ("identify compromised images by digest"), done everywhere
+at once: registries and pull-through caches, ECR, Docker engines, Kubernetes
+pods, CI logs and the CI configuration in repositories. Matching is by digest
+only (index and per-platform child), never by tag: a tag is exactly what the
+attacker controlled.
+
+Every source runs in its own thread; a source that fails becomes a finding of
+its own (``verdict: unknown`` with the error) and the rest go on, so nothing is
+silently skipped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from digestguard.advisory import Advisory, AffectedImage
+from digestguard.errors import DigestguardError, NotFound
+from digestguard.findings import DetectResult, Finding
+from digestguard.inventory import CISource, DockerEngine, Inventory, KubernetesCluster, Registry, Repository
+from digestguard.reference import DOCKER_HUB, ImageReference, try_parse_reference
+
+MAX_SOURCES_IN_PARALLEL = 8
+TAG_WORKERS = 16
+
+
+@dataclass(frozen=True)
+class DigestMatch:
+    """A digest found in the advisory: the index it belongs to and whether it was the index itself or a child."""
+
+    index: str
+    kind: str  # "index" | "manifest"
+    platform: str | None
+    image: AffectedImage
+
+
+def match_digest(advisory: Advisory, digest: str | None) -> DigestMatch | None:
+    """The advisory entry ``digest`` matches (a child maps to its parent index), or None."""
+    if not digest:
+        return None
+    hit = advisory.malicious_index().get(digest)
+    if hit is None:
+        return None
+    img, m = hit
+    return DigestMatch(index=m.parent or m.digest, kind=m.kind, platform=m.platform, image=img)
+
+
+def _finding(source: str, kind: str, location: str, reference: str | None, digest: str | None,
+             advisory: Advisory, **extra) -> Finding:
+    """A finding whose verdict follows from the digest alone (compromised / clean / suspect)."""
+    m = match_digest(advisory, digest)
+    if m:
+        return Finding(source=source, kind=kind, location=location, reference=reference, digest=digest,
+                       matched=m.index, match_kind=m.kind, platform=m.platform, verdict="compromised", **extra)
+    verdict = "clean" if digest else "suspect"
+    return Finding(source=source, kind=kind, location=location, reference=reference, digest=digest, verdict=verdict, **extra)
+
+
+def _unknown(source: str, kind: str, location: str, error: Exception) -> Finding:
+    return Finding(source=source, kind=kind, location=location, verdict="unknown", error=f"{type(error).__name__}: {error}")
+
+
+# ---------------------------------------------------------------------------------- registries
+def registry_repositories(entry: Registry, advisory: Advisory) -> list[tuple[str, AffectedImage]]:
+    """Which repository paths to check in this registry, each with the affected image it mirrors.
+
+    Explicit ``repositories`` are matched to an image by their trailing path
+    (``mirror/checkmarx/kics`` mirrors ``checkmarx/kics``); by default a cache holds
+    Docker Hub images under their own path (``checkmarx/kics``, ``library/alpine``).
+    """
+    out: list[tuple[str, AffectedImage]] = []
+    for img in advisory.images:
+        paths = {name.split("/", 1)[1] for name in img.names}
+        if entry.repositories:
+            for repo in entry.repositories:
+                r = repo.strip("/")
+                if any(r == p or r.endswith("/" + p) for p in paths):
+                    out.append((r, img))
+        else:
+            host = _host_of(entry.url) if entry.url else None
+            for name in img.names:
+                reg, _, path = name.partition("/")
+                if reg == DOCKER_HUB or reg == host or entry.mirror_of in (reg, None):
+                    out.append((path, img))
+    seen: set[str] = set()
+    return [(r, img) for r, img in out if not (r in seen or seen.add(r))]
+
+
+def _host_of(url: str) -> str:
+    return url.split("://", 1)[-1].split("/", 1)[0].lower()
+
+
+def registry_client_for(entry: Registry):
+    """A RegistryClient for an inventory entry, credentials resolved now (never stored on the entry)."""
+    from digestguard.credentials import resolve
+    from integrations.registry import RegistryClient
+
+    host = _host_of(entry.url) if entry.url else ("docker.io" if entry.kind == "dockerhub" else entry.name)
+    return RegistryClient(host, base_url=entry.url, username=resolve(entry.username, f"registry {entry.name}"),
+                          password=resolve(entry.password, f"registry {entry.name}"))
+
+
+def detect_registry(entry: Registry, advisory: Advisory, client) -> list[Finding]:
+    """Resolve every affected tag (and every listed tag), walk indexes to children, and look for the
+    malicious digests themselves (an untagged copy is still pullable by digest)."""
+    findings: list[Finding] = []
+    for repo, img in registry_repositories(entry, advisory):
+        where = f"{entry.name}/{repo}"
+        try:
+            listed = client.list_tags(repo)
+        except NotFound:
+            listed = []
+        except DigestguardError as e:
+            findings.append(_unknown(entry.name, "registry", where, e))
+            continue
+        affected = set(img.affected_tags)
+        tags = list(dict.fromkeys([*img.affected_tags, *listed]))
+
+        def one(tag: str) -> Finding | None:
+            ref = f"{repo}:{tag}"
+            try:
+                digest = client.resolve(repo, tag)
+            except NotFound:
+                return None  # the tag is not in this registry: nothing to find
+            except DigestguardError as e:
+                if tag in affected:
+                    return Finding(source=entry.name, kind="registry", location=f"{where}:{tag}", reference=ref,
+                                   verdict="suspect", error=str(e))
+                return _unknown(entry.name, "registry", f"{where}:{tag}", e)
+            f = _finding(entry.name, "registry", f"{where}:{tag}", ref, digest, advisory, detail={"tag": tag})
+            if f.verdict == "clean":
+                child = _child_match(client, repo, digest, advisory)
+                if child:
+                    f = child.model_copy(update={"location": f"{where}:{tag}", "reference": ref,
+                                                 "detail": {"tag": tag, "index": digest}})
+                elif tag not in affected:
+                    return None  # an unaffected tag at a clean digest is not news
+            return f
+
+        with ThreadPoolExecutor(TAG_WORKERS) as pool:
+            findings.extend(f for f in pool.map(one, tags) if f is not None)
+        tagged = {f.digest for f in findings if f.verdict == "compromised"}
+        for m in img.malicious:
+            if m.digest in tagged:
+                continue
+            try:
+                present = client.exists(repo, m.digest)
+            except DigestguardError as e:
+                findings.append(_unknown(entry.name, "registry", f"{where}@{m.digest}", e))
+                continue
+            if present:
+                findings.append(_finding(entry.name, "registry", f"{where}@{m.digest}", f"{repo}@{m.digest}", m.digest,
+                                         advisory, detail={"tag": None, "untagged": True}))
+    return findings
+
+
+def _child_match(client, repo: str, digest: str, advisory: Advisory) -> Finding | None:
+    """When ``digest`` is an index, a finding for its first malicious child, if any."""
+    try:
+        children = client.get_index_children(repo, digest)
+    except DigestguardError:
+        return None
+    for ch in children:
+        m = match_digest(advisory, ch.digest)
+        if m:
+            return Finding(source="", kind="registry", location="", digest=ch.digest, matched=m.index,
+                           match_kind="manifest", platform=ch.platform, verdict="compromised")
+    return None
+
+
+# ---------------------------------------------------------------------------------- ECR
+def detect_ecr(entry: Registry, advisory: Advisory, client=None) -> list[Finding]:
+    """ECR: describe-images by tag (affected tags) and by digest (malicious digests)."""
+    from integrations import ecr
+
+    findings: list[Finding] = []
+    for repo, img in registry_repositories(entry, advisory):
+        where = f"{entry.name}/{repo}"
+        try:
+            images = ecr.describe_images(repo, region=entry.region, endpoint_url=entry.url, registry_id=entry.account_id,
+                                         client=client)
+        except NotFound:
+            continue
+        except DigestguardError as e:
+            findings.append(_unknown(entry.name, "ecr", where, e))
+            continue
+        affected = set(img.affected_tags)
+        for im in images:
+            tags = list(im.tags) or [None]
+            f = _finding(entry.name, "ecr", f"{where}@{im.digest}", f"{repo}@{im.digest}", im.digest, advisory,
+                         detail={"tags": list(im.tags), "pushed_at": str(im.pushed_at) if im.pushed_at else None})
+            if f.verdict == "compromised" or any(t in affected for t in tags if t):
+                findings.append(f)
+    return findings
+
+
+# ---------------------------------------------------------------------------------- engines
+def detect_engine(entry: DockerEngine, advisory: Advisory, mirrors: Iterable[str] = ()) -> list[Finding]:
+    """The seed's ``docker inspect`` check: every image's RepoDigests and id, every container's image."""
+    from integrations.docker_engine import DockerEngine as Engine
+
+    findings: list[Finding] = []
+    with Engine(entry.url) as engine:
+        images = engine.list_images()
+        containers = engine.list_containers()
+    bad_ids: dict[str, Finding] = {}
+    for im in images:
+        names = [*im.repo_digests, *im.repo_tags]
+        relevant = [n for n in names if _affected_name(advisory, n, mirrors)]
+        digests = [*sorted(im.digests), im.id]
+        hit = next((d for d in digests if match_digest(advisory, d)), None)
+        if hit or relevant:
+            ref = next((n for n in im.repo_tags if _affected_name(advisory, n, mirrors)), None) or (names[0] if names else im.id)
+            f = _finding(entry.name, "engine-image", f"{entry.name}/{ref}", ref, hit or (sorted(im.digests)[0] if im.digests else None),
+                         advisory, detail={"image_id": im.id, "repo_digests": list(im.repo_digests), "repo_tags": list(im.repo_tags)})
+            findings.append(f)
+            if f.verdict == "compromised":
+                bad_ids[im.id] = f
+    for c in containers:
+        f = bad_ids.get(c.image_id) or bad_ids.get("sha256:" + c.image_id.removeprefix("sha256:"))
+        if f:
+            findings.append(Finding(source=entry.name, kind="engine-container", location=f"{entry.name}/{c.name}",
+                                    reference=c.image, digest=f.digest, matched=f.matched, match_kind=f.match_kind,
+                                    verdict="compromised", detail={"container_id": c.id, "status": c.status,
+                                                                    "image_id": c.image_id}))
+    return findings
+
+
+def _affected_name(advisory: Advisory, text: str, mirror_hosts: Iterable[str] = ()) -> bool:
+    """True when ``text`` names an affected repository, directly or through one of the estate's mirrors
+    (``127.0.0.1:5000/checkmarx/kics`` is ``checkmarx/kics`` when that registry is in the inventory)."""
+    ref = try_parse_reference(text)
+    if not ref:
+        return False
+    if advisory.image_for(ref):
+        return True
+    if ref.registry in mirror_hosts:
+        paths = {n.split("/", 1)[1] for img in advisory.images for n in img.names}
+        return any(ref.repository == p or ref.repository.endswith("/" + p) for p in paths)
+    return False
+
+
+def mirror_hosts(inventory: Inventory) -> set[str]:
+    """Registry hosts of the inventory's registries (images pulled through them carry their host)."""
+    return {_host_of(r.url) for r in inventory.registries if r.url}
+
+
+# ---------------------------------------------------------------------------------- kubernetes
+def detect_kubernetes(entry: KubernetesCluster, advisory: Advisory, inventory: Inventory) -> list[Finding]:
+    """Pods whose container statuses' imageID carries a malicious digest (or that run an affected image)."""
+    from integrations import kubernetes as k8s
+
+    cfg = k8s.cluster_config_from_inventory(entry)
+    if cfg.kubeconfig:
+        cfg = k8s.ClusterConfig(**{**cfg.__dict__, "kubeconfig": inventory.resolve_path(str(cfg.kubeconfig))})
+    listing = k8s.list_running_containers(cfg)
+    out: list[Finding] = []
+    for c in listing.containers:
+        mirrors = mirror_hosts(inventory)
+        named = _affected_name(advisory, c.image, mirrors) or (
+            c.image_id_repository and _affected_name(advisory, c.image_id_repository, mirrors))
+        if not (named or match_digest(advisory, c.digest)):
+            continue
+        out.append(_finding(entry.name, "pod", f"{c.namespace}/{c.pod}/{c.container}", c.image, c.digest, advisory,
+                            detail={"namespace": c.namespace, "pod": c.pod, "workload": f"{c.workload_kind}/{c.workload_name}",
+                                    "node": c.node}))
+    return out
+
+
+# ---------------------------------------------------------------------------------- CI logs
+def detect_ci_logs(entry: CISource, advisory: Advisory, inventory: Inventory) -> list[Finding]:
+    """Pull lines in CI job logs that name an affected image, with the digest they printed."""
+    from tasks.assess import read_ci_source
+
+    out: list[Finding] = []
+    logs, errors = read_ci_source(entry, inventory, advisory)
+    for err in errors:
+        out.append(Finding(source=entry.name, kind="ci-log", location=entry.name, verdict="unknown", error=err))
+    for job in logs:
+        for p in job.pulls:
+            ref = try_parse_reference(p.reference) if p.reference else None
+            if not (ref and advisory.image_for(ref)) and not match_digest(advisory, p.digest):
+                continue
+            out.append(_finding(entry.name, "ci-log", f"{job.job}:{p.line_no}", p.reference, p.digest, advisory,
+                                detail={"job": job.job, "tag": p.tag}, seen_at=p.at or job.started_at))
+    return out
+
+
+# ---------------------------------------------------------------------------------- configuration
+def detect_config(entry: Repository, advisory: Advisory, inventory: Inventory) -> list[Finding]:
+    """Every file in a checkout that references an affected repository, with the tag it uses."""
+    from tasks.references import scan_tree
+
+    root = inventory.resolve_path(entry.path)
+    needles = [s for img in advisory.images for s in img.spellings()]
+    res = scan_tree(root, needles)
+    out: list[Finding] = []
+    for fs in res.files:
+        rel = os.path.relpath(fs.path, root) if os.path.isabs(fs.path) else fs.path
+        for f in fs.found:
+            if f.ref is None or not advisory.image_for(f.ref):
+                continue
+            pinned = f.ref.digest
+            verdict_f = _finding(entry.name, "config", f"{rel}:{f.line}", f.text, pinned, advisory,
+                                 detail={"tag": f.ref.effective_tag, "context": f.context})
+            if not pinned:  # a tag reference: its content is whatever the tag says now
+                verdict_f = verdict_f.model_copy(update={"verdict": "suspect" if f.ref.effective_tag in
+                                                         advisory.image_for(f.ref).affected_tags else "clean"})
+            out.append(verdict_f)
+    return out
+
+
+# ---------------------------------------------------------------------------------- all together
+def detect(advisory: Advisory, inventory: Inventory, *, registry_clients: dict[str, object] | None = None) -> DetectResult:
+    """Run every source of the inventory; return every finding (sources that fail become ``unknown`` findings)."""
+    jobs: list[tuple[str, str, Callable[[], list[Finding]]]] = []
+    for reg in inventory.registries:
+        if reg.kind == "ecr":
+            jobs.append((reg.name, "ecr", lambda reg=reg: detect_ecr(reg, advisory)))
+        elif reg.kind == "gar":
+            jobs.append((reg.name, "gar", lambda reg=reg: detect_gar(reg, advisory)))
+        else:
+            def run(reg=reg) -> list[Finding]:
+                client = (registry_clients or {}).get(reg.name) or registry_client_for(reg)
+                try:
+                    return detect_registry(reg, advisory, client)
+                finally:
+                    if not registry_clients or reg.name not in registry_clients:
+                        client.close()
+            jobs.append((reg.name, "registry", run))
+    for eng in inventory.docker_engines:
+        jobs.append((eng.name, "engine-image", lambda eng=eng: detect_engine(eng, advisory, mirror_hosts(inventory))))
+    for cl in inventory.kubernetes:
+        jobs.append((cl.name, "pod", lambda cl=cl: detect_kubernetes(cl, advisory, inventory)))
+    for ci in inventory.ci_logs:
+        jobs.append((ci.name, "ci-log", lambda ci=ci: detect_ci_logs(ci, advisory, inventory)))
+    for repo in inventory.repositories:
+        jobs.append((repo.name, "config", lambda repo=repo: detect_config(repo, advisory, inventory)))
+
+    def guarded(job: tuple[str, str, Callable[[], list[Finding]]]) -> list[Finding]:
+        name, kind, fn = job
+        try:
+            return fn()
+        except Exception as e:  # a failed source is a finding, never a silent skip
+            return [_unknown(name, kind, name, e)]
+
+    findings: list[Finding] = []
+    with ThreadPoolExecutor(MAX_SOURCES_IN_PARALLEL) as pool:
+        for fs in pool.map(guarded, jobs):
+            findings.extend(fs)
+    return DetectResult(advisory=advisory.id, findings=findings)
+
+
+def detect_gar(entry: Registry, advisory: Advisory) -> list[Finding]:
+    """Artifact Registry: every version of the mirrored package, by digest, with its tags."""
+    from digestguard.credentials import resolve
+    from integrations import gar
+
+    findings: list[Finding] = []
+    token = resolve(entry.token, f"registry {entry.name}")
+    for repo, img in registry_repositories(entry, advisory):
+        where = f"{entry.name}/{repo}"
+        try:
+            versions = gar.list_versions(project=entry.project, location=entry.location, repository=entry.name,
+                                         package=repo, token=token, api_url=entry.url)
+        except NotFound:
+            continue
+        except DigestguardError as e:
+            findings.append(_unknown(entry.name, "gar", where, e))
+            continue
+        affected = set(img.affected_tags)
+        for v in versions:
+            f = _finding(entry.name, "gar", f"{where}@{v.digest}", f"{repo}@{v.digest}", v.digest, advisory,
+                         detail={"tags": list(v.tags)})
+            if f.verdict == "compromised" or affected & set(v.tags):
+                findings.append(f)
+    return findings
+
+
+@task(name="detect", cache_policy=NO_CACHE)
+def detect_task(advisory: Advisory, inventory: Inventory) -> DetectResult:
+    """Prefect task: the detect stage (one coarse task; sources fan out in threads inside)."""
+    return detect(advisory, inventory)
