@@ -150,3 +150,27 @@ def plan_hash_of_paused_run(description: str | None) -> str | None:
     """The plan hash shown in a paused run's form description (used by ``digestguard approve``)."""
     m = HASH_IN_DESCRIPTION.search(description or "")
     return m.group(1) if m else None
+
+
+class ManualRotationForm(RunInput):
+    """A person confirms a credential the playbook cannot change at its source was rotated by hand."""
+
+    rotated: bool = Field(description="true once the credential was rotated and the old one revoked")
+    who: str = Field(min_length=1, description="your handle")
+    note: str = Field("", description="where/how (no secret values)")
+
+
+def confirm_manual_rotation(item) -> bool:
+    """Pause until a person confirms a manual rotation item; False on timeout or 'not rotated'."""
+    from prefect.runtime import flow_run
+
+    key = f"manual-{flow_run.run_count or 1}-{re.sub(r'[^a-z0-9-]', '-', item.target.lower())[:60]}"
+    try:
+        form = pause_flow_run(
+            wait_for_input=ManualRotationForm.with_initial_data(
+                description=f"### Manual rotation: `{item.target}`\n\n{item.reason}\n\nRotate it at its source, revoke the old "
+                            "credential, update its consumers, then confirm here.", rotated=False, who=""),
+            timeout=3600, poll_interval=1, key=key)
+    except FlowPauseTimeout:
+        return False
+    return bool(form.rotated)

@@ -1,0 +1,394 @@
+"""HashiCorp Vault / OpenBao client for the rotate stage (KV v2 and database static roles).
+
+A thin typed layer over ``hvac``. Two kinds of secret live in Vault:
+
+* KV v2 entries, which the *caller* rotates: write a new version with a value it
+  generated, hand the value to consumers, then soft-delete the old versions
+  (``delete``, not ``destroy``: the metadata stays as the record of what existed).
+* database static roles, which *Vault* rotates: ``rotate-role`` makes Vault set a
+  new password on the database user; we read back only when and by whom it was
+  rotated, not the password, unless a consumer really needs it.
+
+Every function takes an ``hvac.Client`` made by :func:`connect`; failures come back
+as :mod:`digestguard.errors` naming the Vault address and path, never a value.
+
+Example::
+
+    client = connect("https://vault.example:8200", token)
+    old = kv_metadata(client, "apps/ci/registry")
+    new_version = kv_write(client, "apps/ci/registry", {"password": new_password()}, cas=old.current_version)
+    ...hand the value to consumers...
+    kv_soft_delete(client, "apps/ci/registry", [v.version for v in old.versions if v.live])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import hvac
+import hvac.exceptions as hx
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+from pydantic import SecretStr
+
+from digestguard.errors import (
+    AuthError,
+    InputError,
+    IntegrationError,
+    NotFound,
+    RateLimited,
+    Refused,
+    Unavailable,
+)
+from integrations._secret_values import SecretLike, reveal, same_secret
+
+__all__ = [
+    "KvMetadata",
+    "KvVersion",
+    "StaticCredentials",
+    "StaticRoleStatus",
+    "connect",
+    "db_rotate_static_role",
+    "db_static_credentials",
+    "db_static_role_status",
+    "kv_metadata",
+    "kv_read",
+    "kv_soft_delete",
+    "kv_version_matches",
+    "kv_write",
+]
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class KvVersion:
+    """One version in a KV v2 entry's metadata."""
+
+    version: int
+    created_time: datetime | None
+    deletion_time: datetime | None
+    destroyed: bool
+
+    @property
+    def live(self) -> bool:
+        """Readable now: neither soft-deleted nor destroyed."""
+        return self.deletion_time is None and not self.destroyed
+
+
+@dataclass(frozen=True)
+class KvMetadata:
+    """A KV v2 entry's metadata: which versions exist and which is current."""
+
+    path: str
+    current_version: int
+    oldest_version: int
+    versions: tuple[KvVersion, ...]
+
+    def live_versions(self, *, except_version: int | None = None) -> list[int]:
+        """Version numbers still readable, optionally leaving one out (the new one)."""
+        return [v.version for v in self.versions if v.live and v.version != except_version]
+
+
+@dataclass(frozen=True)
+class KvSecret:
+    """One KV v2 version's data; values are ``SecretStr`` so a stray print shows nothing."""
+
+    path: str
+    version: int
+    data: Mapping[str, SecretStr] = field(repr=False)
+
+    def keys(self) -> list[str]:
+        return sorted(self.data)
+
+
+@dataclass(frozen=True)
+class StaticRoleStatus:
+    """What a static role says about its last rotation; no password in here."""
+
+    role: str
+    username: str
+    last_vault_rotation: datetime | None
+    rotation_period: int | None
+    ttl: int | None
+
+
+@dataclass(frozen=True)
+class StaticCredentials:
+    """The current credential of a static role, for the one consumer that must receive it."""
+
+    role: str
+    username: str
+    password: SecretStr = field(repr=False)
+    last_vault_rotation: datetime | None
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+def connect(
+    addr: str,
+    token: SecretLike,
+    *,
+    namespace: str | None = None,
+    verify: bool | str = True,
+    timeout: float = 15.0,
+) -> hvac.Client:
+    """An ``hvac.Client`` for ``addr`` with ``token``; checks the token before returning.
+
+    ``verify`` is ``True``, ``False`` or a CA bundle path (as in ``requests``).
+    Raises ``AuthError`` when the token is not accepted, ``Unavailable`` when
+    nothing answers at ``addr``.
+    """
+    if not addr.startswith(("http://", "https://")):
+        raise InputError("vault address", f"must start with http:// or https://, got {addr!r}")
+    session = requests.Session()
+    # reads (GET/LIST) retry on 429/502/503/504 with bounded back-off honouring Retry-After;
+    # writes (POST) do not: a repeated rotate or write is the caller's decision, via the typed error
+    retry = Retry(
+        total=3, connect=2, read=0, backoff_factor=0.5, backoff_max=8,
+        status_forcelist=(429, 502, 503, 504), allowed_methods=frozenset({"GET", "LIST", "HEAD"}),
+        respect_retry_after_header=True, raise_on_status=False,
+    )
+    session.mount("http://", HTTPAdapter(max_retries=retry))
+    session.mount("https://", HTTPAdapter(max_retries=retry))
+    client = hvac.Client(
+        url=addr.rstrip("/"),
+        token=reveal(token, source="vault token"),
+        namespace=namespace,
+        verify=verify,
+        timeout=timeout,
+        session=session,
+    )
+    with _translate(client, "auth/token/lookup-self"):
+        client.auth.token.lookup_self()
+    return client
+
+
+def _source(client: hvac.Client, path: str) -> str:
+    return f"vault {client.url} {path}"
+
+
+@contextmanager
+def _translate(client: hvac.Client, path: str) -> Iterator[None]:
+    """Turn hvac and requests failures into our typed errors naming the Vault path.
+
+    Vault's own error texts ("permission denied", "check-and-set parameter did
+    not match") never contain secret data, so they are kept; the request body
+    is never included.
+    """
+    source = _source(client, path)
+    try:
+        yield
+    except hx.InvalidPath as e:
+        raise NotFound(source, _reason(e, "not found"), 404) from None
+    except (hx.Unauthorized, hx.Forbidden) as e:
+        raise AuthError(source, _reason(e, "permission denied"), 403 if isinstance(e, hx.Forbidden) else 401) from None
+    except hx.RateLimitExceeded as e:
+        raise RateLimited(source, _reason(e, "rate limited")) from None
+    except (hx.InternalServerError, hx.BadGateway, hx.VaultDown, hx.VaultNotInitialized) as e:
+        raise Unavailable(source, _reason(e, "server error"), 503) from None
+    except (hx.InvalidRequest, hx.PreconditionFailed, hx.UnsupportedOperation, hx.ParamValidationError) as e:
+        raise Refused(source, _reason(e, "request refused"), 400) from None
+    except hx.VaultError as e:
+        raise IntegrationError(source, _reason(e, "unexpected answer")) from None
+    except (requests.ConnectionError, requests.Timeout) as e:
+        raise Unavailable(source, f"no answer: {type(e).__name__}") from None
+
+
+def _reason(e: hx.VaultError, default: str) -> str:
+    errors = [str(x) for x in (e.errors or []) if x]
+    return "; ".join(errors)[:300] if errors else default
+
+
+def _ts(value: str | None) -> datetime | None:
+    """Parse Vault's RFC 3339 timestamps (nanoseconds, 'Z'); empty means 'never'."""
+    if not value:
+        return None
+    text = value.replace("Z", "+00:00")
+    if "." in text:  # Python wants at most 6 fractional digits
+        head, _, tail = text.partition(".")
+        digits = "".join(ch for ch in tail if ch.isdigit())
+        zone = tail[len(digits):]
+        text = f"{head}.{digits[:6]}{zone}"
+    dt = datetime.fromisoformat(text)
+    return None if dt.year <= 1 else dt  # Go's zero time means "never"
+
+
+def _check_path(path: str) -> str:
+    clean = path.strip("/")
+    if not clean or ".." in clean.split("/"):
+        raise InputError("vault path", f"not a usable KV path: {path!r}")
+    return clean
+
+
+# --------------------------------------------------------------------------- KV v2
+
+
+def kv_metadata(client: hvac.Client, path: str, *, mount: str = "secret") -> KvMetadata:
+    """Versions of a KV v2 entry (numbers, times, deleted/destroyed), no data.
+
+    ``NotFound`` when the entry has never been written.
+    """
+    path = _check_path(path)
+    with _translate(client, f"{mount}/metadata/{path}"):
+        data = client.secrets.kv.v2.read_secret_metadata(path=path, mount_point=mount)["data"]
+    versions = tuple(
+        sorted(
+            (
+                KvVersion(
+                    version=int(number),
+                    created_time=_ts(info.get("created_time")),
+                    deletion_time=_ts(info.get("deletion_time")),
+                    destroyed=bool(info.get("destroyed")),
+                )
+                for number, info in (data.get("versions") or {}).items()
+            ),
+            key=lambda v: v.version,
+        )
+    )
+    return KvMetadata(
+        path=path,
+        current_version=int(data.get("current_version") or 0),
+        oldest_version=int(data.get("oldest_version") or 0),
+        versions=versions,
+    )
+
+
+def kv_write(
+    client: hvac.Client,
+    path: str,
+    data: Mapping[str, SecretLike],
+    *,
+    mount: str = "secret",
+    cas: int | None = None,
+) -> int:
+    """Write ``data`` as a new version and return only its version number.
+
+    ``cas`` (check-and-set) is the version the caller expects to be current:
+    pass ``kv_metadata(...).current_version`` so a concurrent writer makes this
+    fail with ``Refused`` instead of being silently overwritten. ``cas=0`` means
+    "only if the entry does not exist yet".
+    """
+    path = _check_path(path)
+    if not data:
+        raise InputError(_source(client, f"{mount}/data/{path}"), "nothing to write", field="data")
+    plain = {str(k): reveal(v, source=f"vault {mount}/{path} key {k}") for k, v in data.items()}
+    with _translate(client, f"{mount}/data/{path}"):
+        answer = client.secrets.kv.v2.create_or_update_secret(path=path, secret=plain, cas=cas, mount_point=mount)
+    del plain
+    return int(answer["data"]["version"])
+
+
+def kv_soft_delete(client: hvac.Client, path: str, versions: Iterable[int], *, mount: str = "secret") -> list[int]:
+    """Soft-delete ``versions`` (unreadable, metadata kept; ``undelete`` can bring them back).
+
+    Returns the sorted version numbers asked for. Deleting an already deleted
+    version is not an error (Vault treats it as done), which keeps re-runs safe.
+    """
+    path = _check_path(path)
+    numbers = sorted({int(v) for v in versions})
+    if not numbers:
+        return []
+    if numbers[0] < 1:
+        raise InputError(_source(client, f"{mount}/delete/{path}"), "versions start at 1", field="versions")
+    with _translate(client, f"{mount}/delete/{path}"):
+        client.secrets.kv.v2.delete_secret_versions(path=path, versions=numbers, mount_point=mount)
+    return numbers
+
+
+def kv_read(client: hvac.Client, path: str, *, version: int | None = None, mount: str = "secret") -> KvSecret:
+    """Read one version (latest when ``version`` is None); values come back as ``SecretStr``.
+
+    ``NotFound`` for a missing entry or a deleted/destroyed version.
+    """
+    path = _check_path(path)
+    with _translate(client, f"{mount}/data/{path}"):
+        answer = client.secrets.kv.v2.read_secret_version(
+            path=path, version=version, mount_point=mount, raise_on_deleted_version=True
+        )["data"]
+    return KvSecret(
+        path=path,
+        version=int(answer["metadata"]["version"]),
+        data={str(k): SecretStr(str(v)) for k, v in (answer.get("data") or {}).items()},
+    )
+
+
+def kv_version_matches(
+    client: hvac.Client,
+    path: str,
+    version: int,
+    expected: Mapping[str, SecretLike],
+    *,
+    mount: str = "secret",
+) -> bool:
+    """True when ``version`` holds exactly ``expected`` (constant-time compare, no value returned).
+
+    The rotate stage uses this to verify its write without reading the value
+    out into a variable that could end up in a result.
+    """
+    stored = kv_read(client, path, version=version, mount=mount)
+    if set(stored.data) != set(expected):
+        return False
+    return all(same_secret(stored.data[k], expected[k]) for k in expected)
+
+
+# --------------------------------------------------------------------------- database static roles
+
+
+def db_static_role_status(client: hvac.Client, role: str, *, mount: str = "database") -> StaticRoleStatus:
+    """When the static role's password was last rotated by Vault, without the password.
+
+    Reads ``<mount>/static-roles/<role>``; ``NotFound`` when the role does not exist.
+    """
+    if not role or "/" in role:
+        raise InputError("vault static role", f"not a role name: {role!r}")
+    with _translate(client, f"{mount}/static-roles/{role}"):
+        data = client.secrets.database.read_static_role(name=role, mount_point=mount)["data"]
+    return StaticRoleStatus(
+        role=role,
+        username=str(data.get("username", "")),
+        last_vault_rotation=_ts(data.get("last_vault_rotation")),
+        rotation_period=_int_or_none(data.get("rotation_period")),
+        ttl=_int_or_none(data.get("ttl")),
+    )
+
+
+def db_rotate_static_role(client: hvac.Client, role: str, *, mount: str = "database") -> StaticRoleStatus:
+    """Make Vault set a new password on the role's database user now, and report the new status.
+
+    This is a real credential change on the database: the old password stops
+    working when this returns. ``Refused`` when Vault could not change it
+    (e.g. the database refused the statement); the old password then still works.
+    """
+    if not role or "/" in role:
+        raise InputError("vault static role", f"not a role name: {role!r}")
+    with _translate(client, f"{mount}/rotate-role/{role}"):
+        client.secrets.database.rotate_static_role_credentials(name=role, mount_point=mount)
+    return db_static_role_status(client, role, mount=mount)
+
+
+def db_static_credentials(client: hvac.Client, role: str, *, mount: str = "database") -> StaticCredentials:
+    """The role's current username and password (masked), for a consumer that must be given it."""
+    if not role or "/" in role:
+        raise InputError("vault static role", f"not a role name: {role!r}")
+    with _translate(client, f"{mount}/static-creds/{role}"):
+        data = client.secrets.database.get_static_credentials(name=role, mount_point=mount)["data"]
+    return StaticCredentials(
+        role=role,
+        username=str(data.get("username", "")),
+        password=SecretStr(str(data.get("password", ""))),
+        last_vault_rotation=_ts(data.get("last_vault_rotation")),
+    )
+
+
+def _int_or_none(value: object) -> int | None:
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None

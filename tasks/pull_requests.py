@@ -1,0 +1,131 @@
+"""Pin pull requests: one branch, one commit, one pull (merge) request per repository.
+
+The pin stage plans edits on the checkout (``tasks.pin``); this module carries
+them to the forge. The branch is rebuilt from the remote base every time
+(``integrations.git.commit_and_push``) and the pull request is looked up by its
+head branch before one is opened, so a re-run updates the same branch and the
+same pull request instead of opening another. Nothing is ever merged.
+"""
+
+from __future__ import annotations
+
+from digestguard.advisory import Advisory
+from digestguard.credentials import resolve
+from digestguard.errors import DigestguardError, InputError
+from digestguard.findings import ActionOutcome
+from digestguard.inventory import Inventory, Repository
+from digestguard.journal import Journal
+
+STAGE = "pin"
+
+
+def branch_name(incident: str) -> str:
+    """The head branch for an incident's pin pull requests (stable across re-runs)."""
+    safe = "".join(c if c.isalnum() or c in "-._" else "-" for c in incident)
+    return f"digestguard/pin-{safe}"
+
+
+def pull_request_body(plan, advisory: Advisory, incident: str) -> str:
+    """Why, what, and where: the incident, each change with file and line, and the advisory's references."""
+    refs = [r.value for r in advisory.references if r.kind in ("url", "ghsa", "cve")]
+    lines = [
+        f"## Pin {', '.join(i.repository for i in advisory.images)} to known-good digests",
+        "",
+        f"Incident `{incident}`: {advisory.title}.",
+        "Tags are mutable and were overwritten in this attack; a digest names exactly one image. "
+        "This change keeps the tag for readers and adds the digest that decides what is pulled.",
+        "",
+        "| file | line | before | after |",
+        "|---|---|---|---|",
+    ]
+    for c in plan.changes:
+        lines.append(f"| `{c.path}` | {c.line} | `{c.before}` | `{c.after}` |")
+    if plan.needs_decision:
+        lines += ["", "### Needs a decision (not changed)"]
+        lines += [f"- `{d.path}`:{d.line or '-'} `{d.reference}`: {d.reason}" for d in plan.needs_decision]
+    if refs:
+        lines += ["", "### Advisory", *[f"- {r}" for r in refs]]
+    lines += ["", "_Opened by digestguard. Review and merge by hand; nothing is merged automatically._"]
+    return "\n".join(lines)
+
+
+def open_pin_pull_request(repo: Repository, plan, advisory: Advisory, incident: str, inventory: Inventory,
+                          journal: Journal, *, rendered: dict[str, bytes]) -> ActionOutcome:
+    """Push the rendered files on the incident's branch and open or update its pull request (journaled)."""
+    from integrations import git
+
+    target = repo.name
+    if not rendered:
+        return ActionOutcome(stage=STAGE, target=target, action="pull-request", outcome="skipped", detail={"reason": "nothing to change"})
+    checkout = inventory.resolve_path(repo.path)
+    branch = branch_name(incident)
+    title = f"Pin {', '.join(i.repository.split('/', 1)[1] for i in advisory.images)} to digests ({advisory.id})"
+    body = pull_request_body(plan, advisory, incident)
+    try:
+        with journal.step(incident, STAGE, target, "pull-request") as rec:
+            remote = repo.remote or "origin"
+            base = repo.base_branch or _default_branch(repo, inventory) or "main"
+            update = git.commit_and_push(checkout, branch=branch, base=base, files=rendered, remote=remote,
+                                         message=f"Pin image references to digests ({advisory.id}, incident {incident})")
+            rec.note(branch=branch, base=base, commit=update.commit, pushed=update.pushed)
+            if update.commit is None:
+                rec.skipped(reason="the base already has these pins")
+                return ActionOutcome(stage=STAGE, target=target, action="pull-request", outcome="skipped",
+                                     detail={"reason": "the base already has these pins"})
+            if repo.kind == "local":
+                return ActionOutcome(stage=STAGE, target=target, action="pull-request", outcome="done",
+                                     detail={"branch": branch, "commit": update.commit, "url": None})
+            pr = _open(repo, inventory, branch, base, title, body)
+            rec.note(url=pr["url"], number=pr["number"])
+    except DigestguardError as e:
+        return ActionOutcome(stage=STAGE, target=target, action="pull-request", outcome="failed", error=str(e))
+    return ActionOutcome(stage=STAGE, target=target, action="pull-request", outcome="done",
+                         detail={"branch": branch, "commit": update.commit, "url": pr["url"], "number": pr["number"],
+                                 "changes": len(plan.changes)})
+
+
+def _token(repo: Repository, inventory: Inventory) -> str:
+    ref = repo.token or (inventory.backends.github_token if repo.kind == "github" else inventory.backends.gitlab_token)
+    if not ref:
+        raise InputError(f"repository {repo.name}", f"no {repo.kind} token (set repositories[].token or backends.{repo.kind}_token)")
+    return resolve(ref, f"repository {repo.name}")
+
+
+def _api_url(repo: Repository, inventory: Inventory) -> str | None:
+    return repo.api_url or (inventory.backends.github_api_url if repo.kind == "github" else inventory.backends.gitlab_api_url)
+
+
+def _default_branch(repo: Repository, inventory: Inventory) -> str | None:
+    if repo.kind == "local":
+        return None
+    try:
+        if repo.kind == "github":
+            from integrations.github import GitHubClient
+
+            owner, name = repo.name.split("/", 1)
+            kw = {"api_url": _api_url(repo, inventory)} if _api_url(repo, inventory) else {}
+            with GitHubClient(_token(repo, inventory), **kw) as gh:
+                return gh.default_branch(owner, name)
+        from integrations.gitlab import GitLabClient
+
+        kw = {"api_url": _api_url(repo, inventory)} if _api_url(repo, inventory) else {}
+        with GitLabClient(_token(repo, inventory), **kw) as gl:
+            return gl.default_branch(repo.name)
+    except DigestguardError:
+        return None
+
+
+def _open(repo: Repository, inventory: Inventory, branch: str, base: str, title: str, body: str) -> dict:
+    kw = {"api_url": _api_url(repo, inventory)} if _api_url(repo, inventory) else {}
+    if repo.kind == "github":
+        from integrations.github import GitHubClient, open_or_update_pull_request
+
+        owner, name = repo.name.split("/", 1)
+        with GitHubClient(_token(repo, inventory), **kw) as gh:
+            pr = open_or_update_pull_request(gh, owner, name, head=branch, base=base, title=title, body=body)
+        return {"url": pr.html_url, "number": pr.number}
+    from integrations.gitlab import GitLabClient, open_or_update_merge_request
+
+    with GitLabClient(_token(repo, inventory), **kw) as gl:
+        mr = open_or_update_merge_request(gl, repo.name, head=branch, base=base, title=title, body=body)
+    return {"url": mr.html_url, "number": mr.number}

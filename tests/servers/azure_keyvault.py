@@ -1,0 +1,283 @@
+"""A local HTTPS server speaking the Azure Key Vault *secrets* REST API, for tests.
+
+Why: no Key Vault emulator exists, and ``azure-keyvault-secrets`` refuses plain
+http, so this serves TLS with a self-signed certificate (made with
+``cryptography``) and does Key Vault's challenge-auth dance exactly as the
+service does: a request without ``Authorization`` gets ``401`` with
+``WWW-Authenticate: Bearer authorization="https://login.microsoftonline.com/<tenant>",
+resource="https://vault.azure.net"``; the SDK then asks its credential for a
+token and repeats the request with ``Authorization: Bearer <token>``.
+
+Speaks (``?api-version=...`` on all):
+  PUT   /secrets/<name>                 set (new version)
+  GET   /secrets/<name>[/<version>]     get (latest when no version); 403 if disabled
+  GET   /secrets/<name>/versions        list versions (no values)
+  PATCH /secrets/<name>/<version>       update attributes (enabled, exp, nbf), tags, contentType
+
+Every request is recorded in ``server.calls`` (values redacted); ``server.fail_next``
+injects error answers (429 with Retry-After, 503, ...).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import ssl
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from ipaddress import IPv4Address
+from urllib.parse import parse_qs, unquote, urlsplit
+
+TENANT = "00000000-0000-0000-0000-00000000dg01"
+RESOURCE = "https://vault.azure.net"
+
+
+def make_self_signed_cert(directory: str) -> tuple[str, str]:
+    """Write a self-signed cert for 127.0.0.1/localhost and its key into ``directory``; return the paths."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(IPv4Address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = os.path.join(directory, "kv-cert.pem"), os.path.join(directory, "kv-key.pem")
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+    return cert_path, key_path
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    authorized: bool
+    body: dict | None
+
+
+@dataclass
+class _Version:
+    version: str
+    value: str = field(repr=False)
+    enabled: bool
+    created: int
+    updated: int
+    content_type: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    nbf: int | None = None
+    exp: int | None = None
+
+
+class KeyVaultServer:
+    """State + HTTPS server; use :func:`start_keyvault_server` to run one."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.secrets: dict[str, list[_Version]] = {}
+        self.calls: list[Call] = []
+        self.faults: list[tuple[int, dict[str, str]]] = []
+        self.lock = threading.Lock()
+        self.httpd: ThreadingHTTPServer | None = None
+        self.url = ""
+        self.cert_path = ""
+
+    def fail_next(self, status: int, times: int = 1, headers: dict[str, str] | None = None) -> None:
+        """The next ``times`` authorized requests get ``status`` (e.g. 429 + Retry-After)."""
+        with self.lock:
+            self.faults.extend([(status, headers or {})] * times)
+
+    def stop(self) -> None:
+        if self.httpd:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+
+    # -- model -------------------------------------------------------------
+
+    def bundle(self, name: str, v: _Version, *, with_value: bool) -> dict:
+        attributes = {
+            "enabled": v.enabled,
+            "created": v.created,
+            "updated": v.updated,
+            "recoveryLevel": "Recoverable+Purgeable",
+            "recoverableDays": 90,
+        }
+        if v.nbf is not None:
+            attributes["nbf"] = v.nbf
+        if v.exp is not None:
+            attributes["exp"] = v.exp
+        out: dict = {"id": f"{self.url}/secrets/{name}/{v.version}", "attributes": attributes, "tags": v.tags}
+        if v.content_type:
+            out["contentType"] = v.content_type
+        if with_value:
+            out["value"] = v.value
+        return out
+
+
+def _handler(state: KeyVaultServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:  # quiet
+            pass
+
+        def _send(self, status: int, body: dict | None = None, headers: dict[str, str] | None = None) -> None:
+            data = json.dumps(body).encode() if body is not None else b""
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("x-ms-keyvault-service-version", "1.9.0.0")
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _error(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+            self._send(status, {"error": {"code": code, "message": message}}, headers)
+
+        def _handle(self, method: str) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            parts = urlsplit(self.path)
+            query = parse_qs(parts.query)
+            auth = self.headers.get("Authorization", "")
+            authorized = auth == f"Bearer {state.token}"
+            body = None
+            if raw:
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    body = None
+            redacted = dict(body) if isinstance(body, dict) else None
+            if redacted and "value" in redacted:
+                redacted["value"] = "<redacted>"
+            with state.lock:
+                state.calls.append(Call(method, parts.path, query, authorized, redacted))
+            if not auth:
+                return self._error(
+                    401, "Unauthorized", "AKV10000: Request is missing a Bearer or PoP token.",
+                    {"WWW-Authenticate": f'Bearer authorization="https://login.microsoftonline.com/{TENANT}", '
+                                        f'resource="{RESOURCE}"'},
+                )
+            if not authorized:
+                return self._error(401, "Unauthorized", "AKV10032: Invalid issuer or token.",
+                                   {"WWW-Authenticate": f'Bearer authorization="https://login.microsoftonline.com/{TENANT}", '
+                                                        f'resource="{RESOURCE}"'})
+            if "api-version" not in query:
+                return self._error(400, "BadParameter", "The 'api-version' query parameter is missing.")
+            with state.lock:
+                fault = state.faults.pop(0) if state.faults else None
+            if fault:
+                return self._error(fault[0], "Throttled" if fault[0] == 429 else "ServiceUnavailable",
+                                   "injected fault", fault[1])
+            segs = [unquote(s) for s in parts.path.strip("/").split("/") if s]
+            if not segs or segs[0] != "secrets" or len(segs) < 2 or len(segs) > 3:
+                return self._error(404, "NotFound", f"no route {parts.path}")
+            name = segs[1]
+            rest = segs[2] if len(segs) == 3 else None
+            with state.lock:
+                return self._route(method, name, rest, body)
+
+        def _route(self, method: str, name: str, rest: str | None, body: dict | None) -> None:
+            versions = state.secrets.get(name)
+            if method == "PUT" and rest is None:
+                if not isinstance(body, dict) or not isinstance(body.get("value"), str):
+                    return self._error(400, "BadParameter", "Property 'value' is required.")
+                now = int(time.time())
+                attrs = body.get("attributes") or {}
+                v = _Version(
+                    version=uuid.uuid4().hex, value=body["value"], enabled=attrs.get("enabled", True),
+                    created=now, updated=now, content_type=body.get("contentType"), tags=body.get("tags") or {},
+                    nbf=attrs.get("nbf"), exp=attrs.get("exp"),
+                )
+                state.secrets.setdefault(name, []).append(v)
+                return self._send(200, state.bundle(name, v, with_value=True))
+            if versions is None:
+                return self._error(404, "SecretNotFound",
+                                   f"A secret with (name/id) {name} was not found in this key vault.")
+            if method == "GET" and rest == "versions":
+                items = [state.bundle(name, v, with_value=False) for v in versions]
+                return self._send(200, {"value": items, "nextLink": None})
+            target = versions[-1] if rest in (None, "") else next((v for v in versions if v.version == rest), None)
+            if target is None:
+                return self._error(404, "SecretNotFound",
+                                   f"A secret with (name/id) {name}/{rest} was not found in this key vault.")
+            if method == "GET":
+                if not target.enabled:
+                    return self._error(403, "Forbidden", "Operation get is not allowed on a disabled secret.")
+                return self._send(200, state.bundle(name, target, with_value=True))
+            if method == "PATCH" and rest:
+                body = body or {}
+                attrs = body.get("attributes") or {}
+                if "enabled" in attrs:
+                    target.enabled = bool(attrs["enabled"])
+                for key in ("nbf", "exp"):
+                    if key in attrs:
+                        setattr(target, key, attrs[key])
+                if "tags" in body:
+                    target.tags = body["tags"] or {}
+                if "contentType" in body:
+                    target.content_type = body["contentType"]
+                target.updated = int(time.time())
+                return self._send(200, state.bundle(name, target, with_value=False))
+            return self._error(405, "MethodNotAllowed", f"{method} not allowed here")
+
+        def do_GET(self) -> None:
+            self._handle("GET")
+
+        def do_PUT(self) -> None:
+            self._handle("PUT")
+
+        def do_PATCH(self) -> None:
+            self._handle("PATCH")
+
+        def do_DELETE(self) -> None:
+            self._handle("DELETE")
+
+    return Handler
+
+
+def start_keyvault_server(directory: str, token: str = "kv-test-token") -> KeyVaultServer:
+    """Start a TLS Key Vault server on 127.0.0.1 (port picked by the OS) in a daemon thread.
+
+    ``server.url`` is the vault URL, ``server.cert_path`` the CA file to pass as
+    ``connection_verify``; the accepted bearer token is ``token``.
+    """
+    state = KeyVaultServer(token)
+    cert_path, key_path = make_self_signed_cert(directory)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    httpd.daemon_threads = True
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert_path, key_path)
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    state.httpd = httpd
+    state.url = f"https://127.0.0.1:{httpd.server_address[1]}"
+    state.cert_path = cert_path
+    threading.Thread(target=httpd.serve_forever, name="fake-keyvault", daemon=True).start()
+    return state
