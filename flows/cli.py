@@ -137,6 +137,237 @@ def _journal_path(inventory: Optional[Path], journal_path: Optional[Path]) -> Pa
     return Path(".digestguard/journal.sqlite").resolve()
 
 
+# ---------------------------------------------------------------------------------- stages
+@app.command("detect")
+def detect_cmd(
+    advisory: str = typer.Option(..., "--advisory", "-a", help="advisory id or pack file"),
+    inventory: Path = typer.Option(..., "--inventory", "-i", help="inventory file"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object with a findings list"),
+) -> None:
+    """Stage 1: find every compromised image by digest (registries, engines, pods, CI logs, configs)."""
+    from digestguard.advisory import load_advisory
+    from digestguard.inventory import load_inventory
+    from tasks.detect import detect
+
+    res = detect(load_advisory(advisory), load_inventory(inventory))
+    if as_json:
+        _echo_json({"advisory": res.advisory, "counts": res.counts(),
+                    "findings": [f.model_dump(mode="json") for f in res.findings]})
+    else:
+        for f in sorted(res.findings, key=lambda f: ("compromised", "suspect", "unknown", "clean").index(f.verdict)):
+            extra = f"  matches {f.matched} ({f.match_kind})" if f.matched else ""
+            err = f"  ! {f.error}" if f.error else ""
+            typer.echo(f"{f.verdict:12} {f.kind:16} {f.location}  {f.digest or '-'}{extra}{err}")
+        typer.echo(f"\n{len(res.findings)} finding(s): " + ", ".join(f"{v} {k}" for k, v in res.counts().items()))
+    raise typer.Exit(1 if res.by_verdict("compromised") else 0)
+
+
+@app.command("assess")
+def assess_cmd(
+    advisory: str = typer.Option(..., "--advisory", "-a"),
+    inventory: Path = typer.Option(..., "--inventory", "-i"),
+    window_start: Optional[str] = typer.Option(None, "--window-start", help="override the window start (ISO 8601)"),
+    window_end: Optional[str] = typer.Option(None, "--window-end", help="override the window end (ISO 8601)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Stage 2: exposed CI jobs, the secrets they held, and network hits in the window."""
+    from digestguard.advisory import load_advisory
+    from digestguard.inventory import load_inventory
+    from tasks.assess import assess, exposure_markdown
+
+    rep = assess(load_advisory(advisory), load_inventory(inventory), start_override=_when(window_start, "--window-start"),
+                 end_override=_when(window_end, "--window-end"))
+    if as_json:
+        _echo_json(rep.model_dump(mode="json"))
+    else:
+        typer.echo(exposure_markdown(rep))
+
+
+def _when(value: Optional[str], name: str):
+    if not value:
+        return None
+    from datetime import datetime, timezone
+
+    try:
+        d = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(name, f"{value!r} is not an ISO 8601 time") from None
+    return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+
+
+@app.command("sweep")
+def sweep_cmd(
+    paths: List[str] = typer.Argument(..., help="log files or folders (gzip read transparently); cloudwatch://GROUP too"),
+    advisory: str = typer.Option(..., "--advisory", "-a"),
+    log_format: Optional[str] = typer.Option(None, "--format", help="force a format (default: detect per file)"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object with a hits list"),
+) -> None:
+    """Scan network and CI logs for the advisory's domains, IPs, URL paths and user agents."""
+    from digestguard.advisory import load_advisory
+    from tasks.sweep import sweep_paths
+
+    adv = load_advisory(advisory)
+    res = sweep_paths(paths, adv.network, adv.window, log_format=log_format)
+    data = res.to_json_dict()
+    if as_json:
+        _echo_json(data)
+    else:
+        for h in data["hits"]:
+            flag = {True: "IN WINDOW", False: "outside", None: "no time"}[h["in_window"]]
+            typer.echo(f"{h['path']}:{h['line']}  {h['kind']:10} {h['indicator']:40} {h['timestamp'] or '-':32} {flag}")
+        for f in data.get("files", []):
+            if f.get("unparsable"):
+                typer.echo(f"{f['path']}: {f['unparsable']} line(s) could not be parsed", err=True)
+        typer.echo(f"{len(data['hits'])} hit(s)")
+    raise typer.Exit(1 if data["hits"] else 0)
+
+
+@app.command("pin")
+def pin_cmd(
+    advisory: str = typer.Option(..., "--advisory", "-a"),
+    repo: Path = typer.Option(..., "--repo", help="repository checkout"),
+    to: List[str] = typer.Option([], "--to", help="sha256:... for every affected reference, or TAG=sha256:... (repeat)"),
+    digest_only: bool = typer.Option(False, "--digest-only", help="write name@sha256:... instead of name:tag@sha256:..."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, change nothing"),
+    as_json: bool = typer.Option(False, "--json"),
+    open_pr: bool = typer.Option(False, "--open-pr", help="push a branch and open/update a pull request (needs --inventory)"),
+    inventory: Optional[Path] = typer.Option(None, "--inventory", "-i", help="inventory naming this repository (for --open-pr)"),
+    incident: Optional[str] = typer.Option(None, "--incident", help="incident id (names the branch)"),
+) -> None:
+    """Stage 5: move every reference from a mutable tag to a known-good digest."""
+    from digestguard.advisory import load_advisory
+    from tasks.pin import apply_pins, plan_pins
+
+    adv = load_advisory(advisory)
+    plan = plan_pins(repo, adv, to=to or None, digest_only=digest_only)
+    if as_json:
+        _echo_json({"advisory": adv.id, "plan_hash": plan.plan_hash(), "dry_run": dry_run,
+                    "changes": [{"path": c.path, "line": c.line, "before": c.before, "after": c.after} for c in plan.changes],
+                    "skipped": [{"path": s.path, "line": s.line, "reason": s.reason} for s in plan.skipped],
+                    "needs_decision": [d.model_dump(mode="json") for d in plan.needs_decision]})
+    else:
+        typer.echo(plan.markdown())
+    if dry_run:
+        return
+    if open_pr:
+        if inventory is None:
+            raise InputError("--open-pr", "needs --inventory naming the repository (token, remote, forge)")
+        from digestguard.inventory import load_inventory
+        from digestguard.journal import Journal
+        from flows.incident_response import new_incident_id
+        from tasks.pin import render_pins
+        from tasks.pull_requests import open_pin_pull_request
+
+        inv = load_inventory(inventory)
+        root = repo.resolve()
+        entry = next((r for r in inv.repositories if inv.resolve_path(r.path) == root), None)
+        if entry is None:
+            raise InputError(str(inventory), f"no repositories[] entry has path {root}")
+        out = open_pin_pull_request(entry, plan, adv, incident or new_incident_id(adv.id), inv, Journal(inv.journal_path()),
+                                    rendered=render_pins(plan))
+        typer.echo(f"pull request: {out.outcome} {out.detail.get('url') or ''} {out.error or ''}".rstrip(), err=as_json)
+        raise typer.Exit(0 if out.outcome in ("done", "skipped") else 1)
+    changed = apply_pins(plan)
+    typer.echo(f"rewrote {len(changed)} file(s)", err=as_json)
+
+
+@app.command("lint")
+def lint_cmd(
+    path: Path = typer.Argument(Path("."), help="checkout or file"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object with an offenders list"),
+    exclude: List[str] = typer.Option([], "--exclude", help="glob of repository-relative paths to leave out (repeat)"),
+) -> None:
+    """Policy gate: fail when an image reference uses a tag without a digest, or a malicious digest."""
+    from digestguard.advisory import list_packs
+    from tasks.lint import lint_tree
+
+    offenders = lint_tree(path, list_packs(), exclude=exclude)
+    if as_json:
+        _echo_json({"offenders": [{"path": o.path, "line": o.line, "reference": o.reference, "reason": o.reason,
+                                   "suggestion": o.suggestion} for o in offenders]})
+    else:
+        for o in offenders:
+            hint = f"\n    suggest: {o.suggestion}" if o.suggestion else ""
+            typer.echo(f"{o.path}:{o.line}: {o.reference}: {o.reason}{hint}")
+        typer.echo(f"{len(offenders)} offender(s)", err=True)
+    raise typer.Exit(1 if offenders else 0)
+
+
+# ---------------------------------------------------------------------------------- the incident
+@app.command("respond")
+def respond_cmd(
+    advisory: str = typer.Option(..., "--advisory", "-a", help="advisory id or pack file"),
+    inventory: Path = typer.Option(..., "--inventory", "-i"),
+    execute: bool = typer.Option(False, "--execute", help="act (after approvals); without it: a dry run that changes nothing"),
+    incident: Optional[str] = typer.Option(None, "--incident", help="resume this incident id (default: a new one)"),
+    known_good: List[str] = typer.Option([], "--known-good", "--to", help="sha256:... or TAG=sha256:... (repeat)"),
+    window_start: Optional[str] = typer.Option(None, "--window-start"),
+    window_end: Optional[str] = typer.Option(None, "--window-end"),
+    report: Optional[Path] = typer.Option(None, "--report", help="where to write report.html"),
+    as_json: bool = typer.Option(False, "--json", help="print the run's summary as JSON"),
+) -> None:
+    """Run the whole playbook on the embedded Prefect server; gates wait for `digestguard approve` or the UI."""
+    import getpass
+
+    from flows.incident_response import incident_response
+
+    summary = incident_response(advisory=advisory, inventory=str(inventory.resolve()), mode="execute" if execute else "dry-run",
+                                incident_id=incident, known_good=known_good or None,
+                                window_start=_when(window_start, "--window-start"), window_end=_when(window_end, "--window-end"),
+                                triggered_by=getpass.getuser(), report_path=str(report) if report else None)
+    if as_json:
+        _echo_json(summary)
+    else:
+        for k, v in summary.items():
+            typer.echo(f"{k:16} {v}")
+
+
+@app.command("approve")
+def approve_cmd(
+    run_id: str = typer.Argument(..., help="the paused flow run's id"),
+    approver: str = typer.Option(..., "--approver", help="your handle"),
+    reject: bool = typer.Option(False, "--reject", help="reject instead of approve"),
+    reason: str = typer.Option("", "--reason"),
+) -> None:
+    """Answer a paused approval gate (the same as the resume form in the Prefect UI)."""
+    from flows.approval import answer_paused_run
+
+    h = answer_paused_run(run_id, approver=approver, reject=reject, reason=reason)
+    typer.echo(f"{'rejected' if reject else 'approved'} plan {h} of flow run {run_id} as {approver}")
+
+
+@app.command("report")
+def report_cmd(
+    incident: str = typer.Argument(...),
+    out: Path = typer.Option(Path("report.html"), "--out", "-o"),
+    inventory: Optional[Path] = typer.Option(None, "--inventory", "-i"),
+    journal_path: Optional[Path] = typer.Option(None, "--journal"),
+) -> None:
+    """Write the incident's self-contained HTML report (timeline + tables) from its journal."""
+    import shutil
+
+    path = _journal_path(inventory, journal_path)
+    saved = path.parent / "reports" / f"{incident}.html"
+    if saved.exists():
+        shutil.copyfile(saved, out)
+        typer.echo(f"wrote {out} (from the run's report)")
+        return
+    from digestguard.journal import Journal
+    from tasks.report import report_from_journal, write_report
+
+    rep = report_from_journal(Journal(path), incident)
+    write_report(rep, out)
+    typer.echo(f"wrote {out} (rebuilt from the journal)")
+
+
+@app.command("serve")
+def serve_cmd(port: int = typer.Option(4200, "--port")) -> None:
+    """Start a local Prefect server with its UI and serve the incident-response, watch and drill flows."""
+    from flows.serve import serve_all
+
+    serve_all(port=port)
+
+
 def main() -> None:
     """Console entry point: typed errors become one clear line and exit code 2."""
     try:

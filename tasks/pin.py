@@ -1,0 +1,531 @@
+"""Pin stage: rewrite references to an advisory's images (and force-pushed actions) to known-good digests.
+
+Planning is pure: :func:`plan_pins` scans a checkout and returns a :class:`PinPlan`
+(what would change, what was skipped and why, what needs a person's decision).
+:func:`apply_pins` then changes exactly the planned character spans, byte for
+byte, and refuses a file that changed since the plan was made.
+
+Rules that keep this safe (see the issue "pin"):
+
+- A tag the attacker wrote is never pinned to what it points at *now*: the digest comes
+  from ``--to`` (the on-call's choice) or the advisory's known-good list, or the
+  reference is listed under ``needs_decision``.
+- Unaffected tags of an affected repository are pinned to what they resolve to, through
+  the caller's ``resolve`` (the registry client), after checking the answer is not malicious.
+- Only the reference's bytes change; the name keeps the spelling the file used.
+
+Example::
+
+    plan = plan_pins("/src/app", load_advisory("kics-2026-04"), to=["latest=sha256:..."])
+    print(plan.markdown())
+    apply_pins(plan)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from digestguard.advisory import ActionRefs, Advisory, AffectedImage, SafeCommit
+from digestguard.errors import DigestguardError, InputError, PlanNotApproved
+from digestguard.reference import ImageReference, parse_digest, try_parse_reference
+from tasks.references import ActionUse, Found, HelmImage, ScanResult, scan_tree
+
+Resolver = Callable[[ImageReference], str]
+_SHA1 = re.compile(r"^[0-9a-f]{40}$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PinChange(_Model):
+    """One planned edit: the file's ``old`` text at ``[start, end)`` becomes ``new``.
+
+    ``before``/``after`` are the reference as a reader sees it; ``old``/``new`` the exact edit
+    (they differ for actions, whose edit also appends ``# <tag>``).
+    """
+
+    path: str
+    line: int
+    col: int
+    before: str
+    after: str
+    kind: Literal["image", "helm-digest", "action"]
+    context: str
+    target: str = Field(description="canonical repository (image) or owner/repo (action)")
+    tag: str | None = None
+    digest: str = Field(description="the new index digest, or the action's commit SHA")
+    reason: str
+    start: int
+    end: int
+    old: str
+    new: str
+    file_sha256: str
+
+
+class PinSkip(_Model):
+    """A file or reference the stage did not touch, and why."""
+
+    path: str
+    line: int | None = None
+    reason: str
+
+
+class PinDecision(_Model):
+    """A reference that needs a person: no safe digest known, a variable, a Helm chart without ``digest:``."""
+
+    path: str
+    line: int | None = None
+    reference: str
+    reason: str
+    suggestion: str | None = None
+
+
+class PinPlan(_Model):
+    """What :func:`apply_pins` will do. ``plan_hash()`` binds an approval to exactly this content."""
+
+    stage: Literal["pin"] = "pin"
+    advisory: str
+    root: str
+    form: Literal["tag+digest", "digest"] = "tag+digest"
+    changes: list[PinChange] = Field(default_factory=list)
+    skipped: list[PinSkip] = Field(default_factory=list)
+    needs_decision: list[PinDecision] = Field(default_factory=list)
+    unchanged: list[PinSkip] = Field(default_factory=list, description="references already safe, left alone")
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def plan_hash(self) -> str:
+        """``sha256:<hex>`` of the canonical JSON (the same shape as ``digestguard.plan.Plan.hash``)."""
+        return "sha256:" + hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    def hash(self) -> str:  # noqa: A003 - the name the issue uses
+        return self.plan_hash()
+
+    @property
+    def changed_paths(self) -> list[str]:
+        return sorted({c.path for c in self.changes})
+
+    def markdown(self, limit: int = 100) -> str:
+        """The review text (approval form, pull-request body)."""
+        out = [f"### Pin plan for `{self.advisory}`", "",
+               f"{len(self.changes)} change(s) in {len(self.changed_paths)} file(s), "
+               f"{len(self.needs_decision)} need a decision, {len(self.skipped)} skipped. "
+               f"Plan hash `{self.plan_hash()}`.", ""]
+        if self.changes:
+            out += ["| file | line | before | after | why |", "|---|---|---|---|---|"]
+            for c in self.changes[:limit]:
+                out.append(f"| `{c.path}` | {c.line} | `{c.before}` | `{c.after}` | {c.reason.replace('|', '/')} |")
+            if len(self.changes) > limit:
+                out.append(f"| ... | | | | {len(self.changes) - limit} more |")
+        else:
+            out.append("_No reference to rewrite._")
+        if self.needs_decision:
+            out += ["", "**Needs a decision**"]
+            for d in self.needs_decision[:limit]:
+                sug = f" Suggested: `{d.suggestion}`." if d.suggestion else ""
+                out.append(f"- `{d.path}`{_at(d.line)}: `{d.reference}`: {d.reason}.{sug}")
+        if self.skipped:
+            out += ["", "**Skipped**"]
+            out += [f"- `{s.path}`{_at(s.line)}: {s.reason}" for s in self.skipped[:limit]]
+        if self.unchanged:
+            out += ["", f"{len(self.unchanged)} reference(s) already pinned safely were left alone."]
+        return "\n".join(out)
+
+
+def _at(line: int | None) -> str:
+    return f":{line}" if line else ""
+
+
+# --------------------------------------------------------------------------------------------
+# --to
+
+
+def parse_to(to: str | Sequence[str] | Mapping[str, str] | None, advisory: Advisory | None = None) -> tuple[str | None, dict[str, str]]:
+    """``--to`` values -> (one digest for every affected reference, {tag: digest}).
+
+    Accepts ``"sha256:..."``, ``["latest=sha256:...", "v2.1.20=sha256:..."]`` or a mapping.
+    A malicious digest is refused: the on-call's choice must not re-pin the attack.
+    """
+    single: str | None = None
+    pairs: dict[str, str] = {}
+    if to is None:
+        return None, {}
+    items: list[tuple[str | None, str]]
+    if isinstance(to, str):
+        items = [_split_to(to)]
+    elif isinstance(to, Mapping):
+        items = [(k, v) for k, v in to.items()]
+    else:
+        items = [_split_to(v) for v in to]
+    for tag, dig in items:
+        d = parse_digest(dig, "--to")
+        if advisory is not None and advisory.is_malicious(d):
+            raise InputError("--to", f"{d} is listed as malicious by {advisory.id}")
+        if tag is None:
+            if single is not None and single != d:
+                raise InputError("--to", "give one bare digest, or TAG=digest pairs")
+            single = d
+        else:
+            if tag in pairs and pairs[tag] != d:
+                raise InputError("--to", f"tag {tag!r} given two digests")
+            pairs[tag] = d
+    return single, pairs
+
+
+def _split_to(value: str) -> tuple[str | None, str]:
+    value = value.strip()
+    if "=" in value:
+        tag, _, dig = value.partition("=")
+        if not tag:
+            raise InputError("--to", f"{value!r}: empty tag before '='")
+        return tag, dig
+    return None, value
+
+
+# --------------------------------------------------------------------------------------------
+# Planning
+
+
+class _Planner:
+    def __init__(self, advisory: Advisory, single: str | None, pairs: dict[str, str],
+                 digest_only: bool, resolve: Resolver | None) -> None:
+        self.adv = advisory
+        self.single = single
+        self.pairs = pairs
+        self.digest_only = digest_only
+        self.resolve = resolve
+        self.resolved: dict[tuple[str, str], tuple[str | None, str]] = {}
+
+    def target(self, img: AffectedImage, ref: ImageReference, tag: str) -> tuple[str | None, str]:
+        """(digest or None, why) for ``tag`` of ``img``."""
+        if tag in self.pairs:
+            return self.pairs[tag], f"--to for tag {tag}"
+        affected = tag in img.affected_tags
+        if affected:
+            if self.single:
+                return self.single, f"tag {tag} was written by the attacker ({self.adv.id}); --to digest"
+            kg = img.known_good_for(tag)
+            if kg and kg.digest and not self.adv.is_malicious(kg.digest):
+                return kg.digest, f"tag {tag} was written by the attacker ({self.adv.id}); known-good from the advisory"
+            return None, (f"tag {tag} was written by the attacker ({self.adv.id}) and no known-good digest is known; "
+                          f"choose one with --to {tag}=sha256:...")
+        key = (ref.name, tag)
+        if key in self.resolved:
+            return self.resolved[key]
+        if self.resolve is None:
+            out: tuple[str | None, str] = (None, f"tag {tag} is not affected; needs resolving to its current digest (no resolver given)")
+        else:
+            try:
+                dig = parse_digest(self.resolve(ImageReference(ref.registry, ref.repository, tag, None)), "resolver")
+            except DigestguardError as e:
+                out = (None, f"tag {tag} is not affected but could not be resolved: {e}")
+            else:
+                if self.adv.is_malicious(dig):
+                    out = (None, f"tag {tag} currently resolves to {dig}, which {self.adv.id} lists as malicious")
+                else:
+                    out = (dig, f"tag {tag} is not affected; pinned to what it resolves to now")
+        self.resolved[key] = out
+        return out
+
+
+def _file_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _split_written(text: str) -> tuple[str, str | None]:
+    """(name as written, tag as written) from a reference's text."""
+    name = text.split("@", 1)[0]
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    if colon > slash:
+        return name[:colon], name[colon + 1:]
+    return name, None
+
+
+def _name_matches(text: str, advisory: Advisory) -> AffectedImage | None:
+    """The affected image a variable-bearing reference names, judged by the part before any ``$``/tag."""
+    head = re.split(r"[$@{]", text, maxsplit=1)[0]
+    name, _ = _split_written(head.rstrip(":"))
+    ref = try_parse_reference(name)
+    return advisory.image_for(ref) if ref else None
+
+
+def _plan_image(p: _Planner, plan: PinPlan, f: Found, img: AffectedImage, fhash: str) -> None:
+    ref = f.ref
+    assert ref is not None
+    name_written, tag_written = _split_written(f.text)
+    if ref.digest:
+        if not p.adv.is_malicious(ref.digest):
+            chosen = p.target(img, ref, ref.tag)[0] if ref.tag else None
+            why = "already pinned to the chosen known-good digest" if chosen == ref.digest \
+                else "pinned to a digest the advisory does not list as malicious"
+            plan.unchanged.append(PinSkip(path=f.path, line=f.line, reason=f"{f.text}: {why}"))
+            return
+        _, md = p.adv.malicious_index()[ref.digest]
+        parent = p.adv.malicious_index().get(md.parent) if md.parent else None
+        tags = [ref.tag] if ref.tag else (md.tags or (parent[1].tags if parent else []))
+        targets = {t: p.target(img, ref, t) for t in tags}
+        digests = {d for d, _ in targets.values() if d}
+        if len(digests) != 1 or any(d is None for d, _ in targets.values()):
+            reasons = "; ".join(w for d, w in targets.values() if d is None) or \
+                f"the malicious digest was served for tags {', '.join(tags) or '(unknown)'} with different known-good digests"
+            plan.needs_decision.append(PinDecision(path=f.path, line=f.line, reference=f.text,
+                                                   reason=f"pinned to malicious digest {ref.digest}; {reasons}"))
+            return
+        new_digest = digests.pop()
+        tag = ref.tag
+        reason = f"pinned to malicious digest {ref.digest[:19]}...; " + next(iter(targets.values()))[1]
+    else:
+        tag = ref.tag or "latest"
+        new_digest, reason = p.target(img, ref, tag)
+        if new_digest is None:
+            plan.needs_decision.append(PinDecision(path=f.path, line=f.line, reference=f.text, reason=reason))
+            return
+    new_tag = None if p.digest_only else (tag_written if tag_written else (None if ref.digest else tag))
+    after = name_written + (f":{new_tag}" if new_tag else "") + "@" + new_digest
+    check = try_parse_reference(after)
+    if check is None or img.matches(check) is False:  # pragma: no cover - a bug guard, never expected
+        plan.skipped.append(PinSkip(path=f.path, line=f.line, reason=f"internal: rewrite of {f.text!r} did not parse"))
+        return
+    plan.changes.append(PinChange(
+        path=f.path, line=f.line, col=f.col_start, before=f.text, after=after, kind="image", context=f.context,
+        target=img.repository, tag=tag, digest=new_digest, reason=reason, start=f.start, end=f.end,
+        old=f.text, new=after, file_sha256=fhash))
+
+
+def _plan_helm(p: _Planner, plan: PinPlan, h: HelmImage, img: AffectedImage, text: str, fhash: str) -> None:
+    tag = h.tag.text if h.tag else ""
+    current = h.digest.text if h.digest else ""
+    ref = h.ref
+    assert ref is not None
+    if not tag:
+        plan.needs_decision.append(PinDecision(path=h.path, line=h.line, reference=h.text,
+                                               reason="empty tag (the chart's appVersion decides); pin by hand"))
+        return
+    if current and not p.adv.is_malicious(current):
+        plan.unchanged.append(PinSkip(path=h.path, line=h.line, reason=f"{h.text}: digest is not listed as malicious"))
+        return
+    new_digest, reason = p.target(img, ref, tag)
+    if new_digest is None:
+        plan.needs_decision.append(PinDecision(path=h.path, line=h.line, reference=h.text, reason=reason))
+        return
+    if h.digest is None:
+        plan.needs_decision.append(PinDecision(
+            path=h.path, line=h.line, reference=h.text,
+            reason="Helm values with repository/tag but no digest key; add one only if the chart supports it",
+            suggestion=f"digest: {new_digest}"))
+        return
+    d = h.digest
+    new = new_digest
+    if not d.quote and d.start == d.end and (d.start == 0 or text[d.start - 1] not in " \t"):
+        new = " " + new_digest
+    if not d.quote and d.start == d.end and text[d.end:d.end + 1] == "#":
+        new += " "
+    if current:
+        reason = f"digest {current[:19]}... is malicious; " + reason
+    plan.changes.append(PinChange(
+        path=h.path, line=d.line, col=d.col, before=h.text, after=f"{_split_written(h.text)[0]}:{tag}@{new_digest}",
+        kind="helm-digest", context="helm:digest", target=img.repository, tag=tag, digest=new_digest, reason=reason,
+        start=d.start, end=d.end, old=d.text, new=new, file_sha256=fhash))
+
+
+def _choose_safe(ar: ActionRefs, ref: str) -> tuple[SafeCommit | None, str]:
+    bad = set(ar.malicious_commits)
+    safe = [s for s in ar.safe if s.commit not in bad]
+    for s in safe:
+        if s.ref == ref:
+            return s, f"{ar.repository}@{ref} was force-pushed; pinned to its safe commit"
+    if len(safe) == 1:
+        return safe[0], f"{ar.repository}@{ref} was force-pushed; pinned to the only safe release {safe[0].ref}"
+    if not safe:
+        return None, f"{ar.repository}@{ref} was force-pushed and no safe commit is known; pin by hand to a reviewed commit"
+    return None, f"{ar.repository}@{ref} was force-pushed; several safe commits known ({', '.join(s.ref for s in safe)}): choose one"
+
+
+def _plan_action(plan: PinPlan, a: ActionUse, ar: ActionRefs, text: str, fhash: str) -> None:
+    ref = a.ref
+    if _SHA1.match(ref.lower()):
+        if ref.lower() not in ar.malicious_commits:
+            plan.unchanged.append(PinSkip(path=a.path, line=a.line, reason=f"{a.text}: pinned to a commit not listed as malicious"))
+            return
+        tag_hint = ref
+    else:
+        affected = not ar.tags or "*" in ar.tags or ref in ar.tags
+        if not affected:
+            plan.unchanged.append(PinSkip(path=a.path, line=a.line, reason=f"{a.text}: ref {ref} was not force-pushed"))
+            return
+        tag_hint = ref
+    safe, reason = _choose_safe(ar, tag_hint)
+    if safe is None:
+        plan.needs_decision.append(PinDecision(path=a.path, line=a.line, reference=a.text, reason=reason))
+        return
+    old = text[a.ref_start:a.value_end]
+    quote = old[len(ref):]
+    new = f"{safe.commit}{quote} # {safe.ref}"
+    plan.changes.append(PinChange(
+        path=a.path, line=a.line, col=a.col_start, before=a.text,
+        after=a.text[: len(a.text) - len(ref)] + f"{safe.commit} # {safe.ref}", kind="action", context="uses",
+        target=ar.repository, tag=safe.ref, digest=safe.commit, reason=reason,
+        start=a.ref_start, end=a.value_end, old=old, new=new, file_sha256=fhash))
+
+
+def needles_for(advisory: Advisory) -> list[str]:
+    """Byte substrings every reference to the advisory's images or actions contains (the prefilter)."""
+    out: list[str] = []
+    for img in advisory.images:
+        for name in img.names:
+            reg, _, repo = name.partition("/")
+            out.append(repo[len("library/"):] if repo.startswith("library/") else repo)
+    out += [a.repository for a in advisory.actions]
+    return list(dict.fromkeys(out))
+
+
+def plan_pins(
+    checkout: str | os.PathLike[str],
+    advisory: Advisory,
+    to: str | Sequence[str] | Mapping[str, str] | None = None,
+    digest_only: bool = False,
+    resolve: Resolver | None = None,
+    scan: ScanResult | None = None,
+) -> PinPlan:
+    """Plan the rewrite of every reference to ``advisory``'s images and actions under ``checkout``.
+
+    ``to``: one ``sha256:...`` for every affected reference, or ``TAG=sha256:...`` pairs.
+    ``resolve``: the registry client's tag -> index digest, used for unaffected tags only.
+    """
+    single, pairs = parse_to(to, advisory)
+    result = scan or scan_tree(checkout, needles_for(advisory))
+    plan = PinPlan(advisory=advisory.id, root=result.root, form="digest" if digest_only else "tag+digest")
+    planner = _Planner(advisory, single, pairs, digest_only, resolve)
+    actions = {a.repository.lower(): a for a in advisory.actions}
+    for s in result.skipped:
+        plan.skipped.append(PinSkip(path=s.path, line=s.line, reason=s.reason))
+    for m in result.mentions:
+        plan.skipped.append(PinSkip(path=m, reason="names an affected image but is not a recognised file format; review by hand"))
+    for fs in result.files:
+        fhash = _file_hash(fs.text)
+        for f in fs.found:
+            if f.ref is None:
+                img = _name_matches(f.text, advisory)
+                if img is not None:
+                    plan.needs_decision.append(PinDecision(
+                        path=f.path, line=f.line, reference=f.text,
+                        reason="the reference is built from a variable; pin it where the variable is set"))
+                continue
+            img = advisory.image_for(f.ref)
+            if img is not None:
+                _plan_image(planner, plan, f, img, fhash)
+        for h in fs.helm:
+            img = advisory.image_for(h.ref) if h.ref else None
+            if img is not None:
+                _plan_helm(planner, plan, h, img, fs.text, fhash)
+        for a in fs.actions:
+            ar = actions.get(a.repository)
+            if ar is not None:
+                _plan_action(plan, a, ar, fs.text, fhash)
+    plan.changes.sort(key=lambda c: (c.path, c.start))
+    plan.needs_decision.sort(key=lambda d: (d.path, d.line or 0))
+    return plan
+
+
+# --------------------------------------------------------------------------------------------
+# Applying
+
+
+def render_pins(plan: PinPlan) -> dict[str, bytes]:
+    """The planned files' new bytes ({relative path: content}), without writing anything.
+
+    Refuses (``InputError``) when a file changed since the plan was made or a span no
+    longer holds the planned text. The pull-request path commits these bytes on a branch
+    rebuilt from the remote base, so the on-call's working tree is never half-edited.
+    """
+    root = Path(plan.root)
+    by_path: dict[str, list[PinChange]] = {}
+    for c in plan.changes:
+        by_path.setdefault(c.path, []).append(c)
+    new_bytes: dict[str, bytes] = {}
+    for rel, changes in by_path.items():
+        path = root / rel
+        if path.is_symlink():
+            raise InputError(rel, "is a symlink now; plan again")
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(rel, f"cannot read for rewriting: {e}") from None
+        if _file_hash(text) != changes[0].file_sha256:
+            raise InputError(rel, "changed since the pin plan was made; plan again")
+        last = len(text) + 1
+        for c in sorted(changes, key=lambda c: c.start, reverse=True):
+            if c.end > last or text[c.start:c.end] != c.old:
+                raise InputError(rel, f"line {c.line}: expected {c.old!r} at the planned position; plan again")
+            text = text[:c.start] + c.new + text[c.end:]
+            last = c.start
+        new_bytes[rel] = text.encode("utf-8")
+    return new_bytes
+
+
+def apply_pins(plan: PinPlan, approval: object | None = None) -> list[str]:
+    """Write the planned edits; return the changed paths (relative to ``plan.root``).
+
+    Refuses (``InputError``, before writing anything) when a file changed since the plan
+    was made or a span no longer holds the planned text. When ``approval`` (a
+    ``digestguard.plan.Approval``) is given it must approve this plan's hash.
+    Files are replaced atomically with their mode kept.
+    """
+    if approval is not None:
+        if getattr(approval, "decision", None) != "approve":
+            raise PlanNotApproved(f"pin plan {plan.plan_hash()[7:19]} was not approved")
+        if getattr(approval, "plan_hash", None) != plan.plan_hash():
+            raise PlanNotApproved("pin plan changed since it was approved; approve it again")
+    new_bytes = render_pins(plan)
+    root = Path(plan.root)
+    for rel, data in new_bytes.items():
+        _atomic_write(root / rel, data)
+    return sorted(new_bytes)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    mode = path.stat().st_mode & 0o7777
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".pin")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# Prefect tasks (imported lazily so `digestguard lint` and plain planning stay fast)
+
+
+def _tasks():
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+
+    plan_t = task(name="pin-plan", cache_policy=NO_CACHE)(plan_pins)
+    apply_t = task(name="pin-apply", cache_policy=NO_CACHE)(apply_pins)
+    return plan_t, apply_t
+
+
+def __getattr__(name: str):
+    """``plan_pins_task`` / ``apply_pins_task``: Prefect tasks over the functions above."""
+    if name in ("plan_pins_task", "apply_pins_task"):
+        plan_t, apply_t = _tasks()
+        globals()["plan_pins_task"], globals()["apply_pins_task"] = plan_t, apply_t
+        return globals()[name]
+    raise AttributeError(name)

@@ -1,0 +1,3 @@
+from checkmarx/kics AS kics
+FROM scratch
+copy --from=kics /app/bin/kics /kics

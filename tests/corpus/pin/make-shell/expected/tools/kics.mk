@@ -1,0 +1,2 @@
+KICS_VERSION = v2.1.20
+KICS_IMG = checkmarx/kics:$(KICS_VERSION)

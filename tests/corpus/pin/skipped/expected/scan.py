@@ -1,0 +1,1 @@
+subprocess.run(["docker", "run", "checkmarx/kics:latest"])

@@ -1,0 +1,1 @@
+docker run --rm checkmarx/kics:latest scan -p .
