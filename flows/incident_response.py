@@ -15,6 +15,7 @@ No secret is ever a parameter: the inventory names credentials by reference.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -153,6 +154,14 @@ def incident_response(
     report = IncidentReport.for_advisory(incident, adv, started_at=started, flow_run_url=flow_run_url(run_id))
     summary: dict[str, Any] = {"incident": incident, "advisory": adv.id, "mode": mode, "flow_run_id": run_id}
     log.info("incident %s (%s, %s)", incident, adv.id, mode)
+    timings: dict[str, float] = {}
+    summary["timings"] = timings
+    clock = [time.monotonic()]
+
+    def _lap() -> float:
+        now = time.monotonic()
+        took, clock[0] = round(now - clock[0], 2), now
+        return took
     try:
         # 1. detect
         detected = detect_task(adv, inv)
@@ -160,6 +169,8 @@ def incident_response(
         counts = detected.counts()
         notifier.stage_update("detect", "done", _counts_text(counts))
         summary["detect"] = counts
+        summary["detect_compromised"] = sorted({f.location for f in detected.findings if f.verdict == "compromised"})
+        timings["detect"] = _lap()
 
         # 2. assess
         exposure = assess_exposure_task(adv, inv, detected_at=started, start_override=window_start, end_override=window_end)
@@ -172,6 +183,9 @@ def incident_response(
                              "clear": len(exposure.jobs_by("clear")), "secrets": len(exposure.secrets),
                              "unmapped_secrets": sum(1 for s in exposure.secrets if not s.mapped),
                              "network_hits": len(exposure.network_hits)}
+        summary["assess_jobs"] = {j.job: j.verdict for j in exposure.jobs}
+        summary["assess_secrets"] = sorted({s.inventory_name or s.name for s in exposure.secrets})
+        timings["assess"] = _lap()
 
         # 3. rotate (gated)
         rplan = plan_rotation(incident, adv, exposure, inv)
@@ -180,6 +194,9 @@ def incident_response(
                                                                             confirm_manual=_manual_confirmer(auto_approve)))
         _approval_record(report, rplan, rapproval)
         summary["rotate"] = _stage_counts(report.rotate)
+        summary["rotate_confirmed_manual"] = sorted(a.target.split(":", 1)[-1] for a in report.rotate.actions
+                                                    if a.detail.get("manual") and a.outcome in ("done", "already-done"))
+        timings["rotate"] = _lap()
 
         # 4. purge (gated)
         kg = known_good_map(adv, known_good)
@@ -189,6 +206,7 @@ def incident_response(
                                          lambda plan, appr: apply_purge(plan, appr, inv, journal, known_good=verify_targets))
         _approval_record(report, pplan, papproval)
         summary["purge"] = _stage_counts(report.purge)
+        timings["purge"] = _lap()
 
         # 5. pin
         pin_result, prs = pin_stage(adv, inv, incident, journal_path, dry_run=dry_run, to=known_good,
@@ -198,6 +216,7 @@ def incident_response(
         notifier.stage_update("pin", "planned" if dry_run else "done",
                               f"{pin_result.count('planned') + pin_result.count('done')} reference(s); {len(prs)} pull request(s)")
         summary["pin"] = {**_stage_counts(pin_result), "pull_requests": [p["url"] for p in prs]}
+        timings["pin"] = _lap()
     except BaseException as e:
         notifier.stage_update("flow", "failed", f"{type(e).__name__}: {str(e)[:300]}")
         journal.event(incident, "flow", "failed", {"error": f"{type(e).__name__}: {str(e)[:300]}"})
@@ -218,6 +237,7 @@ def incident_response(
         notifier.final_summary(report, html=render_report_html(report) if html_path else None, filename=f"{incident}.html")
         summary["slack_failures"] = len(notifier.failures())
         summary["needs_person"] = report.all_needs_person()
+        timings["notify"] = _lap()
     journal.event(incident, "flow", "finished", {"mode": mode})
     failed = [s for s in ("rotate", "purge") if getattr(report, s) and not getattr(report, s).ok]
     if failed:

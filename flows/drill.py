@@ -1,0 +1,501 @@
+"""``digestguard drill``: a tabletop exercise that runs the whole playbook against a self-contained sandbox.
+
+The seed's "practice incident drills", made repeatable. The sandbox re-enacts
+the advisory's attack on this machine: a real registry where clean images are
+pushed and then the advisory's tags are overwritten by an attacker index; a
+podman engine that pulled some of them; CI logs with jobs before, inside and
+after the window; network logs with exfiltration hits; a git repository whose
+CI files use the image; exposed secrets in OpenBao, moto, GCP and Azure
+stand-ins, a GitHub stand-in that holds their copies, and a Slack stand-in.
+Then ``incident_response`` runs in execute mode against it, and a scorecard
+compares, stage by stage, what was planted with what the playbook found,
+rotated, purged, pinned and notified, checking the backends themselves, not
+the playbook's own word. Everything started is stopped and removed at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from digestguard.advisory import Advisory, load_advisory
+
+REPO = "checkmarx/kics"
+DRILL_TOKENS = {"DRILL_SLACK_TOKEN": "xoxb-drill-0000-digestguard", "DRILL_GITHUB_TOKEN": "ghs_drilltoken0000000000000000"}
+
+
+@dataclass
+class StageScore:
+    name: str
+    expected: Any
+    actual: Any
+    ok: bool
+    note: str = ""
+
+
+@dataclass
+class Sandbox:
+    """Everything the drill planted, and the handles to check the result against."""
+
+    root: Path
+    advisory: Advisory
+    advisory_path: Path
+    inventory_path: Path
+    registry: Any = None
+    podman: Any = None
+    openbao: Any = None
+    moto: Any = None
+    github: Any = None
+    slack: Any = None
+    gcp: Any = None
+    attacker: dict[str, Any] = field(default_factory=dict)      # tag -> PushedIndex
+    clean: dict[str, Any] = field(default_factory=dict)         # tag -> PushedIndex
+    planted: dict[str, Any] = field(default_factory=dict)
+    old_values: dict[str, str] = field(default_factory=dict, repr=False)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _affected_groups(base: Advisory) -> list[list[str]]:
+    """The advisory's malicious index digests as tag groups (tags sharing one attacker image)."""
+    img = base.images[0]
+    groups = [list(m.tags) for m in img.malicious if m.kind == "index" and m.tags]
+    covered = {t for g in groups for t in g}
+    rest = [t for t in img.affected_tags if t not in covered]
+    return groups + [[t] for t in rest]
+
+
+def build_sandbox(base: Advisory, root: Path, stack: contextlib.ExitStack, *, scale: int = 1) -> Sandbox:
+    """Start the services and plant the incident (see the module docstring)."""
+    from flows.sandbox import registry as sreg
+    from flows.sandbox.podman import start_podman, stop_podman
+    from flows.sandbox.services import DUMMY_AWS_ENV, start_moto, start_openbao
+
+    t = time.monotonic()
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    attack = now - timedelta(hours=3)
+    sb = Sandbox(root=root, advisory=base, advisory_path=root / "advisory.yaml", inventory_path=root / "inventory.yaml")
+
+    # -- registry: clean images, then the attack
+    sb.registry = sreg.start_registry(root / "registry")
+    stack.callback(sreg.stop_registry_process, sb.registry.process)
+    base_url = sb.registry.base_url
+    groups = _affected_groups(base)
+    for tag in ["v2.1.19", *(t for g in groups for t in g)]:
+        sb.clean[tag] = sreg.push_index(base_url, REPO, tag)
+    for group in groups:
+        bad = sreg.push_index(base_url, REPO, group[0])
+        for tag in group[1:]:
+            sreg.put_manifest(base_url, REPO, tag, bad.manifest, bad.media_type)
+        for tag in group:
+            sb.attacker[tag] = bad
+    sb.timings["registry"] = time.monotonic() - t
+
+    # -- the drill's advisory: the base pack's facts, with the sandbox attacker's digests and the clean ones
+    data = base.model_dump(mode="json")
+    data["id"] = f"drill-{base.id}"
+    data["title"] = f"DRILL: {base.title}"
+    data["window"] = {"start": attack.isoformat(), "end": None, "scope": "drill sandbox", "source": "drill"}
+    img = data["images"][0]
+    img["repository"] = REPO
+    img["aliases"] = []
+    img["windows"] = []
+    malicious, seen = [], set()
+    for group in groups:
+        bad = sb.attacker[group[0]]
+        if bad.digest in seen:
+            continue
+        seen.add(bad.digest)
+        malicious.append({"digest": bad.digest, "kind": "index", "tags": group, "source": "drill sandbox"})
+        malicious += [{"digest": d, "kind": "manifest", "platform": p, "parent": bad.digest, "source": "drill sandbox"}
+                      for p, d in bad.children.items()]
+    img["malicious"] = malicious
+    img["known_good"] = [{"tag": t, "digest": sb.clean[t].digest, "source": "drill sandbox (pre-attack image)"} for t in sb.attacker]
+    sb.advisory_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    sb.advisory = Advisory.model_validate(data)
+
+    # -- a CI runner's engine that pulled the attacker's latest (and made a container from it) and a clean image
+    t = time.monotonic()
+    sb.podman = start_podman(root / "podman", [sb.registry.host])
+    stack.callback(stop_podman, sb.podman)
+    from integrations.docker_engine import DockerEngine
+
+    with DockerEngine(sb.podman.url) as eng:
+        bad_img = eng.pull(sb.registry.ref(REPO, "latest"))
+        eng.pull(sb.registry.ref(REPO, "v2.1.19"))
+        eng.sdk.api.create_container(bad_img.id, name="kics-scan-job")
+    sb.timings["engine"] = time.monotonic() - t
+
+    # -- secrets in real and stand-in backends
+    t = time.monotonic()
+    os.environ.update(DUMMY_AWS_ENV)
+    os.environ.update(DRILL_TOKENS)
+    sb.openbao = start_openbao()
+    stack.callback(sb.openbao.stop)
+    os.environ["DRILL_VAULT_TOKEN"] = sb.openbao.token
+    sb.moto = start_moto()
+    stack.callback(sb.moto.stop)
+    from flows.sandbox.servers.gcp_secrets import start_secret_manager_server
+    from flows.sandbox.servers.github import GitHubServer, github_job_log
+    from flows.sandbox.servers.slack import SlackServer
+
+    sb.gcp = start_secret_manager_server()
+    stack.callback(sb.gcp.stop)
+    sb.github = GitHubServer(token=DRILL_TOKENS["DRILL_GITHUB_TOKEN"]).start()
+    stack.callback(sb.github.stop)
+    sb.slack = SlackServer(token=DRILL_TOKENS["DRILL_SLACK_TOKEN"]).start()
+    stack.callback(sb.slack.stop)
+    secrets_cfg = _plant_secrets(sb, scale)
+    sb.timings["secrets"] = time.monotonic() - t
+
+    # -- a repository whose CI uses the image, with a bare remote, known to the GitHub stand-in
+    t = time.monotonic()
+    repos_cfg = []
+    for n in range(scale):
+        name = "infra" if n == 0 else f"infra-{n}"
+        repos_cfg.append(_plant_repository(sb, name, [s["name"] for s in secrets_cfg]))
+    sb.timings["repositories"] = time.monotonic() - t
+
+    # -- CI logs: jobs before, inside and after the window, under the repository's folder
+    logs = root / "ci-logs"
+    jobs: dict[str, str] = {}
+    for n in range(scale):
+        repo_dir = logs / "acme" / ("infra" if n == 0 else f"infra-{n}")
+        repo_dir.mkdir(parents=True, exist_ok=True)
+        bad_latest = sb.attacker["latest"].digest
+        plan = {
+            "before-window.log": ("checkmarx/kics:latest", sb.clean["latest"].digest, attack - timedelta(hours=2), "clear"),
+            "inside-malicious.log": ("checkmarx/kics:latest", bad_latest, attack + timedelta(minutes=40), "confirmed"),
+            "inside-pinned.log": (f"checkmarx/kics@{sb.clean['alpine'].digest}", sb.clean["alpine"].digest,
+                                  attack + timedelta(minutes=50), "clear"),
+        }
+        for fname, (image, digest, at, verdict) in plan.items():
+            (repo_dir / fname).write_text(github_job_log(image, digest, at, style="container"))
+            jobs[str((repo_dir / fname).relative_to(logs))] = verdict
+        probable = repo_dir / "inside-no-digest.log"
+        probable.write_text(_log_without_digest("checkmarx/kics:alpine", attack + timedelta(minutes=55)))
+        jobs[str(probable.relative_to(logs))] = "probable"
+    sb.planted["jobs"] = jobs
+
+    # -- network logs: one exfiltration lookup in the window, noise, one corrupt line
+    netlog = root / "logs" / "dns.log"
+    netlog.parent.mkdir(parents=True, exist_ok=True)
+    netlog.write_text(_zeek_dns([(attack - timedelta(minutes=5), "registry-1.docker.io"),
+                                 (attack + timedelta(minutes=41), "audit.checkmarx.cx"),
+                                 (attack + timedelta(minutes=42), "notaudit.checkmarx.cx.example.net"),
+                                 (attack + timedelta(minutes=43), "github.com")]) + "\x00\xff truncated line\n")
+    sb.planted["network_hits"] = 1
+
+    inventory = {
+        "registries": [{"name": "mirror", "kind": "distribution", "url": base_url}],
+        "docker_engines": [{"name": "runner-1", "url": sb.podman.url}],
+        "ci_logs": [{"name": "exported", "kind": "folder", "path": "./ci-logs"}],
+        "network_logs": [{"path": "./logs/dns.log"}],
+        "secrets": secrets_cfg,
+        "repositories": repos_cfg,
+        "slack": {"channel": "#sec-incident", "token": "env:DRILL_SLACK_TOKEN", "api_url": sb.slack.api_url},
+        "backends": {"vault_url": sb.openbao.addr, "vault_token": "env:DRILL_VAULT_TOKEN", "aws_region": "us-east-1",
+                     "aws_endpoint_url": sb.moto.endpoint_url, "gcp_project": "drill", "gcp_endpoint": sb.gcp.url,
+                     "github_api_url": sb.github.url, "github_token": "env:DRILL_GITHUB_TOKEN"},
+        "journal": "./journal.sqlite",
+    }
+    sb.inventory_path.write_text(yaml.safe_dump(inventory, sort_keys=False))
+    sb.planted["compromised_tags"] = sorted(sb.attacker)
+    return sb
+
+
+def _log_without_digest(image: str, at: datetime) -> str:
+    """A job that ran the image with ``docker run`` and never printed a digest (the 'probable' case)."""
+    ts = lambda d: d.strftime("%Y-%m-%dT%H:%M:%S.0000000Z")  # noqa: E731
+    return "\n".join([
+        f"{ts(at)} ##[group]Run docker run --rm -v $PWD:/path {image} scan -p /path -o /path/out",
+        f"{ts(at)} docker run --rm -v $PWD:/path {image} scan -p /path -o /path/out",
+        f"{ts(at + timedelta(seconds=1))} ##[endgroup]",
+        f"{ts(at + timedelta(seconds=9))} Scanning with Keeping Infrastructure as Code Secure v2.1.20",
+        f"{ts(at + timedelta(seconds=30))} Results saved to file /path/out/results.json",
+    ]) + "\n"
+
+
+def _zeek_dns(rows: list[tuple[datetime, str]]) -> str:
+    head = ["#separator \\x09", "#set_separator\t,", "#empty_field\t(empty)", "#unset_field\t-", "#path\tdns",
+            "#fields\tts\tuid\tid.orig_h\tid.orig_p\tid.resp_h\tid.resp_p\tproto\ttrans_id\tquery\tqtype_name\trcode_name\tanswers",
+            "#types\ttime\tstring\taddr\tport\taddr\tport\tenum\tcount\tstring\tstring\tstring\tvector[string]"]
+    body = [f"{d.timestamp():.6f}\tC{n}x\t10.0.0.5\t5353{n}\t10.0.0.2\t53\tudp\t{n}\t{q}\tA\tNOERROR\t203.0.113.{n}"
+            for n, (d, q) in enumerate(rows)]
+    return "\n".join(head + body) + "\n"
+
+
+def _plant_secrets(sb: Sandbox, scale: int) -> list[dict[str, Any]]:
+    """Secrets the exposed workflow can see, each in a different backend, copies held by GitHub Actions."""
+    import boto3
+    import hvac
+
+    from flows.sandbox.services import DUMMY_AWS_ENV  # noqa: F401  (credentials already in the environment)
+
+    out: list[dict[str, Any]] = []
+    client = hvac.Client(url=sb.openbao.addr, token=sb.openbao.token)
+    gh = sb.github
+    gh.add_repo("acme", "infra")
+    for n in range(scale):
+        name = "KICS_API_TOKEN" if n == 0 else f"KICS_API_TOKEN_{n}"
+        path = f"ci/kics-api-token-{n}"
+        client.secrets.kv.v2.create_or_update_secret(path=path, secret={"value": f"drill-old-{n}-" + os.urandom(6).hex()})
+        out.append({"name": name, "backend": "vault-kv", "ref": {"path": path, "key": "value"},
+                    "consumers": [{"kind": "github-actions-secret", "repo": "acme/infra", "name": name}]})
+    iam = boto3.client("iam", endpoint_url=sb.moto.endpoint_url, region_name="us-east-1")
+    iam.create_user(UserName="ci-deployer")
+    old_key = iam.create_access_key(UserName="ci-deployer")["AccessKey"]["AccessKeyId"]
+    sb.planted["old_iam_key"] = old_key
+    out.append({"name": "AWS_ACCESS_KEY_ID", "backend": "aws-iam-access-key", "ref": {"user": "ci-deployer"},
+                "aliases": ["AWS_SECRET_ACCESS_KEY"],
+                "consumers": [{"kind": "github-actions-secret", "repo": "acme/infra", "name": "AWS_ACCESS_KEY_ID", "field": "access_key_id"},
+                              {"kind": "github-actions-secret", "repo": "acme/infra", "name": "AWS_SECRET_ACCESS_KEY",
+                               "field": "secret_access_key"}]})
+    sm = boto3.client("secretsmanager", endpoint_url=sb.moto.endpoint_url, region_name="us-east-1")
+    sm.create_secret(Name="ci/registry-password", SecretString="drill-old-" + os.urandom(6).hex())
+    out.append({"name": "REGISTRY_PASSWORD", "backend": "aws-secretsmanager", "ref": {"secret_id": "ci/registry-password"},
+                "consumers": [{"kind": "github-actions-secret", "repo": "acme/infra", "name": "REGISTRY_PASSWORD"}]})
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import secretmanager
+
+    gsm = secretmanager.SecretManagerServiceClient(credentials=AnonymousCredentials(), transport="rest",
+                                                   client_options=ClientOptions(api_endpoint=sb.gcp.url))
+    gsm.create_secret(request={"parent": "projects/drill", "secret_id": "sonar-token", "secret": {"replication": {"automatic": {}}}})
+    gsm.add_secret_version(request={"parent": "projects/drill/secrets/sonar-token",
+                                    "payload": {"data": ("drill-old-" + os.urandom(6).hex()).encode()}})
+    out.append({"name": "SONAR_TOKEN", "backend": "gcp-secretmanager", "ref": {"secret": "projects/drill/secrets/sonar-token"},
+                "consumers": [{"kind": "github-actions-secret", "repo": "acme/infra", "name": "SONAR_TOKEN"}]})
+    out.append({"name": "VENDOR_API_KEY", "backend": "manual", "ref": {"where": "the vendor's portal"}, "consumers": []})
+    sb.planted["secrets"] = sorted(s["name"] for s in out)
+    return out
+
+
+WORKFLOW = """name: iac-scan
+on: [push, pull_request]
+
+jobs:
+  kics:
+    runs-on: ubuntu-latest
+    container: checkmarx/kics:latest   # the scanner image
+    env:
+{env}
+    steps:
+      - uses: actions/checkout@v4
+      - name: Scan
+        run: docker run --rm -v "$PWD":/path checkmarx/kics:alpine scan -p /path
+"""
+
+DOCKERFILE = """# syntax=docker/dockerfile:1
+FROM checkmarx/kics:v2.1.20 AS scan
+COPY . /src
+RUN kics scan -p /src -o /out
+
+FROM alpine:3.20
+COPY --from=scan /out /out
+"""
+
+
+def _plant_repository(sb: Sandbox, name: str, secret_names: list[str]) -> dict[str, Any]:
+    """A checkout with a workflow and a Dockerfile using the image, pushed to a bare remote."""
+    remote = sb.root / "git" / f"{name}.git"
+    work = sb.root / "checkouts" / name
+    env = "\n".join(f"      {s}: ${{{{ secrets.{s} }}}}" for s in secret_names if s != "VENDOR_API_KEY")
+    env += "\n      VENDOR_API_KEY: ${{ secrets.VENDOR_API_KEY }}"
+    files = {".github/workflows/scan.yml": WORKFLOW.format(env=env), "Dockerfile": DOCKERFILE,
+             "README.md": "Infrastructure as code. We scan it with checkmarx/kics.\n"}
+    git = ["git", "-c", "user.name=drill", "-c", "user.email=drill@localhost", "-c", "init.defaultBranch=main"]
+    subprocess.run([*git, "init", "-q", "--bare", str(remote)], check=True)
+    subprocess.run([*git, "init", "-q", str(work)], check=True)
+    for rel, text in files.items():
+        p = work / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    subprocess.run([*git, "-C", str(work), "add", "-A"], check=True)
+    subprocess.run([*git, "-C", str(work), "commit", "-q", "-m", "initial"], check=True)
+    subprocess.run([*git, "-C", str(work), "remote", "add", "origin", str(remote)], check=True)
+    subprocess.run([*git, "-C", str(work), "push", "-q", "origin", "main"], check=True)
+    if name != "infra":
+        sb.github.add_repo("acme", name)
+    return {"name": f"acme/{name}", "kind": "github", "path": f"./checkouts/{name}", "remote": "origin", "base_branch": "main",
+            "api_url": sb.github.url, "token": "env:DRILL_GITHUB_TOKEN"}
+
+
+# ------------------------------------------------------------------------------------------- scorecard
+def score(sb: Sandbox, summary: dict[str, Any] | None, error: str | None) -> list[StageScore]:
+    """Compare what was planted with what happened, checking the backends themselves."""
+    from integrations.docker_engine import DockerEngine
+    from integrations.registry import RegistryClient
+
+    s = summary or {}
+    out: list[StageScore] = []
+    adv = sb.advisory
+    bad_digests = sorted({b.digest for b in sb.attacker.values()})
+
+    det = s.get("detect_compromised", [])
+    tagged = sorted({loc.rsplit(":", 1)[-1] for loc in det if loc.startswith(f"mirror/{REPO}:")})
+    engine_hit = any(loc.startswith("runner-1/") for loc in det)
+    out.append(StageScore("detect", {"registry tags": sb.planted["compromised_tags"], "engine image and container": True},
+                          {"registry tags": tagged, "engine image and container": engine_hit},
+                          tagged == sb.planted["compromised_tags"] and engine_hit))
+
+    jobs = s.get("assess_jobs", {})
+    want_jobs = sb.planted["jobs"]
+    got_jobs = {j: jobs.get(j) for j in want_jobs}
+    secrets = sorted(s.get("assess_secrets", []))
+    hits = s.get("assess", {}).get("network_hits", 0)
+    ok = got_jobs == want_jobs and set(sb.planted["secrets"]) <= set(secrets) and hits >= sb.planted["network_hits"]
+    out.append(StageScore("assess", {"jobs": want_jobs, "secrets": sb.planted["secrets"], "network_hits": sb.planted["network_hits"]},
+                          {"jobs": got_jobs, "secrets": secrets, "network_hits": hits}, ok))
+
+    out.append(_score_rotation(sb, s))
+
+    with RegistryClient(sb.registry.host, base_url=sb.registry.base_url) as reg:
+        still = [d for d in bad_digests if reg.exists(REPO, d)]
+        clean_ok = reg.exists(REPO, sb.clean["v2.1.19"].digest)
+    with DockerEngine(sb.podman.url) as eng:
+        engine_left = [d for d in bad_digests if eng.images_with_digest(d)]
+        engine_clean = bool(eng.images_with_digest(sb.clean["v2.1.19"].digest))
+    out.append(StageScore("purge", {"malicious digests left": 0, "clean images kept": True},
+                          {"malicious digests left": len(still) + len(engine_left), "clean images kept": clean_ok and engine_clean},
+                          not still and not engine_left and clean_ok and engine_clean))
+
+    pulls = [p for ps in sb.github.pulls.values() for p in ps]
+    pinned_ok = False
+    if pulls:
+        branch = pulls[0]["head"]["ref"] if isinstance(pulls[0].get("head"), dict) else pulls[0].get("head")
+        show = subprocess.run(["git", "--git-dir", str(sb.root / "git" / "infra.git"), "show", f"{branch}:.github/workflows/scan.yml"],
+                              capture_output=True, text=True)
+        pinned_ok = f"checkmarx/kics:latest@{sb.clean['latest'].digest}" in show.stdout
+    out.append(StageScore("pin", {"pull requests": len([r for r in (summary or {}).get("repositories", [])]) or 1,
+                                  "workflow pinned to known-good": True},
+                          {"pull requests": len(pulls), "workflow pinned to known-good": pinned_ok}, bool(pulls) and pinned_ok))
+
+    text = sb.slack.all_text()
+    leaked = [k for k, v in sb.old_values.items() if v and v in text]
+    posts = len(sb.slack.calls_to("chat.postMessage"))
+    updates = len(sb.slack.calls_to("chat.update"))
+    out.append(StageScore("notify", {"incident message and updates": True, "secret values in Slack": 0},
+                          {"incident message and updates": posts >= 1 and updates >= 1, "secret values in Slack": len(leaked)},
+                          posts >= 1 and updates >= 1 and not leaked))
+    if error:
+        out.append(StageScore("flow", "completed", error, False))
+    return out
+
+
+def _score_rotation(sb: Sandbox, s: dict[str, Any]) -> StageScore:
+    """Every planted secret has a new value in its backend, and GitHub holds the same new value."""
+    import boto3
+    import hvac
+
+    results: dict[str, bool] = {}
+    gh = sb.github
+    client = hvac.Client(url=sb.openbao.addr, token=sb.openbao.token)
+    for key in [k for k in sb.planted["secrets"] if k.startswith("KICS_API_TOKEN")]:
+        n = 0 if key == "KICS_API_TOKEN" else int(key.rsplit("_", 1)[1])
+        current = client.secrets.kv.v2.read_secret_version(path=f"ci/kics-api-token-{n}", raise_on_deleted_version=True)
+        value = current["data"]["data"]["value"]
+        sb.old_values[key] = value
+        results[key] = current["data"]["metadata"]["version"] >= 2 and _gh_value(gh, key) == value
+    iam = boto3.client("iam", endpoint_url=sb.moto.endpoint_url, region_name="us-east-1")
+    keys = iam.list_access_keys(UserName="ci-deployer")["AccessKeyMetadata"]
+    ids = [k["AccessKeyId"] for k in keys]
+    results["AWS_ACCESS_KEY_ID"] = sb.planted["old_iam_key"] not in ids and len(ids) == 1 and _gh_value(gh, "AWS_ACCESS_KEY_ID") == ids[0]
+    sm = boto3.client("secretsmanager", endpoint_url=sb.moto.endpoint_url, region_name="us-east-1")
+    cur = sm.get_secret_value(SecretId="ci/registry-password", VersionStage="AWSCURRENT")["SecretString"]
+    sb.old_values["REGISTRY_PASSWORD"] = cur
+    results["REGISTRY_PASSWORD"] = not cur.startswith("drill-old-") and _gh_value(gh, "REGISTRY_PASSWORD") == cur
+    latest = [v for v in sb.gcp.secrets.get("projects/drill/secrets/sonar-token").versions.values()] if hasattr(sb.gcp, "secrets") else []
+    results["SONAR_TOKEN"] = _gcp_rotated(sb)
+    results["VENDOR_API_KEY"] = "VENDOR_API_KEY" in s.get("rotate_confirmed_manual", [])
+    want = {k: True for k in sb.planted["secrets"]}
+    return StageScore("rotate", want, results, results == want)
+
+
+def _gh_value(gh, name: str) -> str | None:
+    try:
+        return gh.decrypt_secret("acme/infra", name)
+    except Exception:
+        return None
+
+
+def _gcp_rotated(sb: Sandbox) -> bool:
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import secretmanager
+
+    gsm = secretmanager.SecretManagerServiceClient(credentials=AnonymousCredentials(), transport="rest",
+                                                   client_options=ClientOptions(api_endpoint=sb.gcp.url))
+    v = gsm.access_secret_version(request={"name": "projects/drill/secrets/sonar-token/versions/latest"})
+    value = v.payload.data.decode()
+    sb.old_values["SONAR_TOKEN"] = value
+    return not value.startswith("drill-old-") and _gh_value(sb.github, "SONAR_TOKEN") == value
+
+
+# ------------------------------------------------------------------------------------------- running it
+def run_drill(advisory: str = "kics-2026-04", *, auto_approve: bool = False, scale: int = 1, keep: bool = False,
+              on_ready=None) -> dict[str, Any]:
+    """Build the sandbox, run ``incident_response`` in execute mode, score it, clean up. Returns the scorecard."""
+    from flows.incident_response import incident_response
+
+    base = load_advisory(advisory)
+    root = Path(tempfile.mkdtemp(prefix="digestguard-drill-"))
+    t0 = time.monotonic()
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+    with contextlib.ExitStack() as stack:
+        if not keep:
+            stack.callback(shutil.rmtree, root, True)
+        sb = build_sandbox(base, root, stack, scale=scale)
+        setup = time.monotonic() - t0
+        if on_ready:
+            on_ready(sb)
+        t1 = time.monotonic()
+        try:
+            summary = incident_response(advisory=str(sb.advisory_path), inventory=str(sb.inventory_path), mode="execute",
+                                        auto_approve="drill" if auto_approve else None, triggered_by="drill-runner",
+                                        report_path=str(root / "report.html"))
+        except Exception as e:  # the scorecard says what failed; the drill still cleans up
+            error = f"{type(e).__name__}: {str(e)[:500]}"
+        run = time.monotonic() - t1
+        stages = score(sb, summary, error)
+        card = {
+            "advisory": base.id, "incident": (summary or {}).get("incident"), "ok": all(x.ok for x in stages),
+            "stages": [{"name": x.name, "expected": x.expected, "actual": x.actual, "ok": x.ok} for x in stages],
+            "timings": {"setup_s": round(setup, 2), "playbook_s": round(run, 2), "total_s": round(time.monotonic() - t0, 2),
+                        **{f"setup_{k}_s": round(v, 2) for k, v in sb.timings.items()},
+                        **{f"stage_{k}_s": v for k, v in ((summary or {}).get("timings") or {}).items()}},
+            "scale": scale, "sandbox": str(root) if keep else None,
+        }
+    return card
+
+
+def render_scorecard(card: dict[str, Any]) -> str:
+    lines = [f"digestguard drill: {card['advisory']}  incident {card.get('incident') or '-'}", ""]
+    for st in card["stages"]:
+        lines.append(f"  [{'PASS' if st['ok'] else 'FAIL'}] {st['name']:8} expected {json.dumps(st['expected'], default=str)}")
+        if not st["ok"] or True:
+            lines.append(f"  {'':15} actual   {json.dumps(st['actual'], default=str)}")
+    t = card["timings"]
+    lines += ["", f"  set-up {t['setup_s']} s, playbook {t['playbook_s']} s, total {t['total_s']} s",
+              f"  {'ALL STAGES MET THEIR EXPECTATIONS' if card['ok'] else 'SOME STAGES FAILED'}"]
+    return "\n".join(lines)
+
+
+from prefect import flow  # noqa: E402
+
+
+@flow(name="drill")
+def drill_flow(advisory: str = "kics-2026-04", auto_approve: bool = True, scale: int = 1) -> dict[str, Any]:
+    """The drill as a deployable flow (``digestguard serve``); the incident flow runs as its subflow."""
+    return run_drill(advisory, auto_approve=auto_approve, scale=scale)
