@@ -175,7 +175,10 @@ def assess_cmd(
     from digestguard.inventory import load_inventory
     from tasks.assess import assess, exposure_markdown
 
-    rep = assess(load_advisory(advisory), load_inventory(inventory), start_override=_when(window_start, "--window-start"),
+    from datetime import datetime, timezone
+
+    rep = assess(load_advisory(advisory), load_inventory(inventory), detected_at=datetime.now(timezone.utc),
+                 start_override=_when(window_start, "--window-start"),
                  end_override=_when(window_end, "--window-end"))
     if as_json:
         _echo_json(rep.model_dump(mode="json"))

@@ -1,0 +1,423 @@
+"""What an exposed CI job could see: the secrets its definition names, and credentials in its repository.
+
+Why: a malicious scanner image runs with the job's environment and reads the
+checked-out repository (the KICS payload sent its scan output, secrets
+included, to the attacker). So for each exposed job we list
+
+1. the secrets the job's *definition* hands it:
+   - GitHub Actions workflow: every ``${{ secrets.X }}`` (and ``secrets['X']``),
+     the ``env:``/``with:`` key that receives it (a second name to match the
+     inventory's aliases), ``env:`` keys that are inventory secrets, and
+     ``secrets: inherit`` (noted: the called workflow sees every secret);
+   - GitLab CI: ``variables:`` entries and ``secrets:`` (external secrets)
+     entries, and ``$VAR``/``${VAR}`` references to variables the file does not
+     define (they come from project/group CI/CD variables);
+   - Jenkinsfile: ``credentials('id')`` and ``withCredentials([... credentialsId:
+     'id' ...])`` bindings, with their variable names as second names;
+2. credentials sitting in the repository contents, found by the maintained
+   scanner ``detect-secrets`` (its Python API, default plugins and filters):
+   the file, line and type are reported, never the value. The name is the key
+   on that line (``AWS_SECRET_ACCESS_KEY = ...`` -> ``AWS_SECRET_ACCESS_KEY``)
+   when there is one, so it can match the inventory.
+
+Every name is matched to the inventory (by name or alias). A name not in the
+inventory is reported ``mapped=False`` so nobody forgets it. To keep the
+unmapped list useful, plain shell variables are not reported: a GitLab ``$VAR``
+or ``variables:`` name that is not in the inventory is reported only when it
+looks like a credential (TOKEN, PASSWORD, SECRET, KEY, AUTH, ...) and is not a
+GitLab predefined variable (``CI_*``, ``GITLAB_*``). GitHub ``secrets.X`` and
+Jenkins credential ids are always reported: they are secrets by construction.
+
+How a job maps to its definition (see ``JobOrigin``): a GitHub run names its
+workflow file (``run.path``); for folder logs, a subfolder named after an
+inventory repository makes every CI definition file of that repository apply,
+and a ``<log>.meta.json`` sidecar may name the repository and workflow.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from digestguard.findings import ExposedJob, ExposedSecret, JobVerdict
+from digestguard.inventory import Inventory, Repository
+
+MAX_SCAN_BYTES = 1024 * 1024
+SKIP_DIRS = {".git", "node_modules", ".venv", "venv", "__pycache__", ".tox", ".mypy_cache", ".pytest_cache"}
+_SECRETISH = re.compile(r"TOKEN|PASS|SECRET|KEY|CRED|AUTH|PRIVATE|CERT|DSN|WEBHOOK|SESSION|API_?KEY", re.IGNORECASE)
+_GITLAB_PREDEFINED = re.compile(r"^(CI|GITLAB|FF|RUNNER|DOCKER_(HOST|TLS_CERTDIR|DRIVER))(_|$)")
+_SHELL_COMMON = {"HOME", "PATH", "PWD", "USER", "SHELL", "TMPDIR", "LANG", "HOSTNAME", "OLDPWD", "IFS", "PS1"}
+_ORDER: dict[str, int] = {"clear": 0, "probable": 1, "confirmed": 2}
+
+
+@dataclass(frozen=True)
+class JobOrigin:
+    """Where a job's definition lives.
+
+    ``repository``: the inventory repository (a local checkout: its CI files and
+    contents are read). ``workflow``: the definition file, relative to the repository
+    (only that file is read when given). ``definitions``: ``(path, text)`` pairs already
+    fetched from an API (a GitHub workflow file at the run's commit) when there is no checkout.
+    """
+
+    repository: str | None = None
+    workflow: str | None = None
+    definitions: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """One secret a file names: ``name`` (the secret), ``also`` (another name it goes by there), where and how."""
+
+    name: str
+    how: str
+    also: tuple[str, ...] = ()
+    always: bool = True
+    """False for names that are only candidates (GitLab variables): reported unmapped only when secret-like."""
+
+
+def job_key(source: str, job: str) -> str:
+    """The identity of a job across sources, as used in ``ExposedSecret.exposed_by``."""
+    return f"{source}:{job}" if source else job
+
+
+# --------------------------------------------------------------------------- definition files
+
+
+def definition_kind(path: str) -> str | None:
+    """``github``, ``gitlab``, ``jenkins`` or None, from a repository-relative path."""
+    p = path.replace("\\", "/")
+    while p.startswith("./"):
+        p = p[2:]
+    name = p.rsplit("/", 1)[-1]
+    if (p.startswith(".github/workflows/") and name.endswith((".yml", ".yaml"))) or (
+        p.startswith(".github/actions/") and name in ("action.yml", "action.yaml")
+    ):
+        return "github"
+    if name == ".gitlab-ci.yml" or name.endswith(".gitlab-ci.yml") or (p.startswith(".gitlab/") and name.endswith((".yml", ".yaml"))):
+        return "gitlab"
+    if name == "Jenkinsfile" or name.startswith("Jenkinsfile.") or name.endswith(".jenkinsfile") or name.endswith(".Jenkinsfile"):
+        return "jenkins"
+    return None
+
+
+def _walk(root: Path) -> Iterable[Path]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        for f in sorted(filenames):
+            yield Path(dirpath) / f
+
+
+def definition_files(root: Path) -> list[str]:
+    """Repository-relative paths of every CI definition file in a checkout."""
+    out = []
+    for p in _walk(root):
+        rel = p.relative_to(root).as_posix()
+        if definition_kind(rel):
+            out.append(rel)
+    return out
+
+
+def _line_of(text: str, index: int) -> int:
+    return text.count("\n", 0, index) + 1
+
+
+_GH_EXPR = re.compile(r"\$\{\{(.*?)\}\}", re.DOTALL)
+_GH_SECRET = re.compile(r"\bsecrets\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_-]*)|\[\s*['\"]([A-Za-z_][A-Za-z0-9_-]*)['\"]\s*\])")
+_YAML_KEY_BEFORE = re.compile(r"^\s*-?\s*['\"]?([A-Za-z_][A-Za-z0-9_.-]*)['\"]?\s*:\s*[^\n]*$")
+_INHERIT = re.compile(r"^\s*secrets\s*:\s*inherit\s*$", re.MULTILINE)
+
+
+class _TolerantLoader(yaml.SafeLoader):
+    """SafeLoader that accepts GitLab's ``!reference`` and other custom tags (as None)."""
+
+
+_TolerantLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def _load_yaml(text: str) -> object:
+    try:
+        return yaml.load(text, Loader=_TolerantLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError:
+        return None
+
+
+def github_refs(path: str, text: str) -> tuple[list[SecretRef], list[str]]:
+    """Secrets a workflow (or composite action) names; notes for ``secrets: inherit``."""
+    refs: list[SecretRef] = []
+    notes: list[str] = []
+    for expr in _GH_EXPR.finditer(text):
+        for m in _GH_SECRET.finditer(expr.group(1)):
+            name = m.group(1) or m.group(2)
+            line_no = _line_of(text, expr.start())
+            line_start = text.rfind("\n", 0, expr.start()) + 1
+            line_end = text.find("\n", expr.start())
+            key = _YAML_KEY_BEFORE.match(text[line_start: line_end if line_end != -1 else len(text)])
+            also = (key.group(1),) if key and key.group(1) not in ("run", "if", "with", "env") and key.group(1) != name else ()
+            how = f"{path}:{line_no} secrets.{name}" + (f" as {also[0]}" if also else "")
+            if name == "GITHUB_TOKEN":
+                how += " (the automatic job token: it expires when the job ends)"
+            refs.append(SecretRef(name=name, how=how, also=also))
+    for m in _INHERIT.finditer(text):
+        notes.append(f"{path}:{_line_of(text, m.start())} passes 'secrets: inherit': the called workflow sees every secret of the repository")
+    named = {a for r in refs for a in (r.name, *r.also)}
+    for key in dict.fromkeys(k for k, _ in _env_entries(_load_yaml(text))):
+        if key not in named:
+            refs.append(SecretRef(name=key, how=f"{path} env {key}", always=False))
+    return refs, notes
+
+
+def _env_entries(data: object) -> Iterable[tuple[str, object]]:
+    """Every key of every ``env:`` mapping at any depth (workflow, job, step)."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            if k == "env" and isinstance(v, dict):
+                for ek in v:
+                    yield str(ek), v
+            else:
+                yield from _env_entries(v)
+    elif isinstance(data, list):
+        for item in data:
+            yield from _env_entries(item)
+
+
+_DOLLAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?:[^}]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def gitlab_refs(path: str, text: str) -> tuple[list[SecretRef], list[str]]:
+    """Secrets a ``.gitlab-ci.yml`` hands its jobs: ``variables:``, ``secrets:`` and ``$VAR`` from CI/CD settings."""
+    refs: list[SecretRef] = []
+    notes: list[str] = []
+    data = _load_yaml(text)
+    defined: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "variables" and isinstance(v, dict):
+                    for name in v:
+                        defined.add(str(name))
+                        refs.append(SecretRef(name=str(name), how=f"{path} variables: {name}", always=False))
+                elif k == "secrets" and isinstance(v, dict):
+                    for name in v:
+                        refs.append(SecretRef(name=str(name), how=f"{path} secrets: {name} (external secret)"))
+                else:
+                    walk(v)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    if data is None and text.strip():
+        notes.append(f"{path}: not valid YAML; only $VARIABLE references were read")
+    walk(data)
+    seen: set[str] = set()
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if line.lstrip().startswith("#"):
+            continue
+        for m in _DOLLAR.finditer(line):
+            name = m.group(1) or m.group(2)
+            if name in defined or name in seen or name in _SHELL_COMMON or _GITLAB_PREDEFINED.match(name):
+                continue
+            seen.add(name)
+            refs.append(SecretRef(name=name, how=f"{path}:{lineno} ${name} (a CI/CD variable)", always=False))
+    return refs, notes
+
+
+_JENKINS_CRED = re.compile(r"(?:([A-Za-z_][A-Za-z0-9_]*)\s*=\s*)?credentials\s*\(\s*['\"]([^'\"]+)['\"]\s*\)")
+_JENKINS_BINDING = re.compile(r"\b(\w+)\s*\(([^()]*\bcredentialsId\s*:\s*['\"][^'\"]+['\"][^()]*)\)")
+_JENKINS_ID = re.compile(r"\bcredentialsId\s*:\s*['\"]([^'\"]+)['\"]")
+_JENKINS_VAR = re.compile(r"\b(?:\w*[vV]ariable)\s*:\s*['\"]([A-Za-z_][A-Za-z0-9_]*)['\"]")
+
+
+def jenkins_refs(path: str, text: str) -> tuple[list[SecretRef], list[str]]:
+    """Credential ids a Jenkinsfile binds (``credentials('id')``, ``withCredentials`` bindings)."""
+    refs: list[SecretRef] = []
+    for m in _JENKINS_CRED.finditer(text):
+        var, cid = m.group(1), m.group(2)
+        how = f"{path}:{_line_of(text, m.start())} credentials('{cid}')" + (f" as {var}" if var else "")
+        refs.append(SecretRef(name=cid, how=how, also=(var,) if var else ()))
+    for m in _JENKINS_BINDING.finditer(text):
+        args = m.group(2)
+        cid_m = _JENKINS_ID.search(args)
+        if not cid_m:
+            continue
+        variables = tuple(_JENKINS_VAR.findall(args))
+        how = f"{path}:{_line_of(text, m.start())} withCredentials {m.group(1)}(credentialsId: '{cid_m.group(1)}')"
+        if variables:
+            how += " as " + ", ".join(variables)
+        refs.append(SecretRef(name=cid_m.group(1), how=how, also=variables))
+    return refs, []
+
+
+def definition_refs(path: str, text: str) -> tuple[list[SecretRef], list[str]]:
+    """Secret references of one CI definition file, by its kind (unknown kinds: none)."""
+    kind = definition_kind(path)
+    if kind == "github":
+        return github_refs(path, text)
+    if kind == "gitlab":
+        return gitlab_refs(path, text)
+    if kind == "jenkins":
+        return jenkins_refs(path, text)
+    return [], []
+
+
+# --------------------------------------------------------------------------- repository contents
+
+_DS_LOCK = threading.Lock()  # detect-secrets keeps its settings in a process-wide global
+_INDIRECT = re.compile(r"credentialsId|[vV]ariable\s*:|\$\{\{|credentials\s*\(|:\s*\$\{?[A-Za-z_]")
+_KEY_ON_LINE = re.compile(r"""^\s*(?:export\s+|set\s+|-\s+)?["']?([A-Za-z_][A-Za-z0-9_.-]*)["']?\s*(?::=|=|:)""")
+
+
+def scan_repository_contents(root: Path, label: str) -> tuple[list[SecretRef], list[str]]:
+    """Credentials in a checkout, found by detect-secrets. Returns names/locations only, never values.
+
+    Files over 1 MiB, ``.git`` and dependency folders are skipped. The name of a finding is
+    the key on its line when the line is an assignment, else ``<type> at <file>:<line>``.
+    """
+    from detect_secrets import SecretsCollection
+    from detect_secrets.settings import default_settings
+
+    refs: list[SecretRef] = []
+    notes: list[str] = []
+    files: list[str] = []
+    for p in _walk(root):
+        try:
+            if p.is_symlink() or not p.is_file() or p.stat().st_size > MAX_SCAN_BYTES:
+                continue
+        except OSError:
+            continue
+        files.append(p.relative_to(root).as_posix())
+    found: list[tuple[str, int, str]] = []
+    with _DS_LOCK, default_settings():
+        collection = SecretsCollection(root=str(root))
+        for rel in files:
+            try:
+                collection.scan_file(rel)
+            except Exception as exc:  # noqa: BLE001 - one unreadable file must not end the scan
+                notes.append(f"{label}: detect-secrets could not scan {rel}: {type(exc).__name__}")
+        for filename, secret in collection:
+            found.append((str(filename), int(secret.line_number or 0), str(secret.type)))
+    lines_cache: dict[str, list[str]] = {}
+    for filename, line_no, kind in sorted(set(found)):
+        if filename not in lines_cache:
+            try:
+                lines_cache[filename] = (root / filename).read_text(encoding="utf-8", errors="replace").splitlines()
+            except OSError:
+                lines_cache[filename] = []
+        lines = lines_cache[filename]
+        key = None
+        text = lines[line_no - 1] if 0 < line_no <= len(lines) else ""
+        if kind == "Secret Keyword" and definition_kind(filename) and _INDIRECT.search(text):
+            continue  # a CI file naming where a secret comes from (credentialsId, ${{ secrets.X }}, $VAR): not a literal
+        m = _KEY_ON_LINE.match(text)
+        key = m.group(1) if m else None
+        where = f"{filename}:{line_no}"
+        name = key or f"{kind} at {where}"
+        refs.append(SecretRef(name=name, how=f"found in repository {label} file {where} ({kind})"))
+    return refs, notes
+
+
+# --------------------------------------------------------------------------- putting it together
+
+
+def _repository(inventory: Inventory, name: str | None, repos: Sequence[Repository] | None) -> Repository | None:
+    if not name:
+        return None
+    for r in list(repos or []) + list(inventory.repositories):
+        if r.name == name:
+            return r
+    return None
+
+
+def exposed_secrets(
+    jobs: Sequence[ExposedJob],
+    inventory: Inventory,
+    repos: Mapping[str, JobOrigin] | None = None,
+    *,
+    repositories: Sequence[Repository] | None = None,
+    scan_contents: bool = True,
+) -> tuple[list[ExposedSecret], list[str]]:
+    """Secrets each confirmed/probable job could see, matched to the inventory; plus notes/errors.
+
+    ``repos`` maps :func:`job_key` (source, job) to the job's :class:`JobOrigin`. A job with
+    no origin, or whose repository has no readable checkout and no fetched definition,
+    produces an error line (its secrets cannot be listed) instead of silence.
+    """
+    errors: list[str] = []
+    merged: dict[str, ExposedSecret] = {}
+    origins = repos or {}
+    def_cache: dict[tuple[str, str], tuple[list[SecretRef], list[str]]] = {}
+    content_cache: dict[str, tuple[list[SecretRef], list[str]]] = {}
+
+    def record(ref: SecretRef, job_id: str, verdict: JobVerdict) -> None:
+        inv = inventory.secret(ref.name) or next((s for a in ref.also if (s := inventory.secret(a))), None)
+        if inv is None and not ref.always and not _SECRETISH.search(ref.name):
+            return
+        key = inv.name if inv else ref.name
+        cur = merged.get(key)
+        if cur is None:
+            cur = ExposedSecret(name=ref.name if inv is None else inv.name, inventory_name=inv.name if inv else None,
+                                mapped=inv is not None, exposure=verdict)
+            merged[key] = cur
+        if job_id not in cur.exposed_by:
+            cur.exposed_by.append(job_id)
+        if ref.how not in cur.how:
+            cur.how.append(ref.how)
+        if _ORDER[verdict] > _ORDER[cur.exposure]:
+            cur.exposure = verdict
+
+    for job in jobs:
+        if job.verdict == "clear":
+            continue
+        jid = job_key(job.source, job.job)
+        origin = origins.get(jid) or JobOrigin(workflow=job.workflow)
+        repo = _repository(inventory, origin.repository, repositories)
+        texts: list[tuple[str, str, str]] = []  # (cache key, path, text)
+        for path, text in origin.definitions:
+            texts.append((f"fetched:{jid}:{path}", path, text))
+        root: Path | None = None
+        if repo is not None:
+            root = inventory.resolve_path(repo.path)
+            if not root.is_dir():
+                errors.append(f"{jid}: repository {repo.name} checkout {root} is missing: its CI definitions and contents were not read")
+                root = None
+        if root is not None and not origin.definitions:
+            wanted = [origin.workflow] if origin.workflow and (root / origin.workflow).is_file() else definition_files(root)
+            if origin.workflow and not (root / origin.workflow).is_file():
+                errors.append(f"{jid}: workflow {origin.workflow} not in checkout {repo.name if repo else root}; read every CI definition instead")
+            for rel in wanted:
+                try:
+                    texts.append((f"{root}:{rel}", rel, (root / rel).read_text(encoding="utf-8", errors="replace")))
+                except OSError as exc:
+                    errors.append(f"{jid}: cannot read {rel}: {exc.strerror}")
+        if not texts and root is None:
+            errors.append(f"{jid}: no repository or workflow definition known for this job: the secrets it could see are not listed")
+            continue
+        for cache_key, path, text in texts:
+            if cache_key not in def_cache:
+                def_cache[cache_key] = definition_refs(path, text)
+            refs, notes = def_cache[cache_key]
+            for note in notes:
+                line = f"note: {jid}: {note}"
+                if line not in errors:
+                    errors.append(line)
+            for ref in refs:
+                record(ref, jid, job.verdict)
+        if root is not None and scan_contents and repo is not None:
+            if repo.name not in content_cache:
+                content_cache[repo.name] = scan_repository_contents(root, repo.name)
+            refs, notes = content_cache[repo.name]
+            for note in notes:
+                if note not in errors:
+                    errors.append(note)
+            for ref in refs:
+                record(ref, jid, job.verdict)
+
+    out = sorted(merged.values(), key=lambda s: (s.mapped, -_ORDER[s.exposure], s.name))
+    return out, errors
