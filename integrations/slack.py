@@ -1,0 +1,272 @@
+"""Slack Web API client: post, update and thread incident messages; open a channel; upload the report.
+
+A thin typed layer over ``slack_sdk.WebClient`` so the notifier never touches
+the SDK's exceptions or response objects:
+
+* retries live in the SDK's own retry handlers, attached here once:
+  ``RateLimitErrorRetryHandler`` (429, sleeping for the ``Retry-After`` Slack
+  sends; bounded here: a wait longer than ``max_rate_limit_wait`` is not slept
+  through but raised as ``RateLimited`` with ``retry_after``) and
+  ``ConnectionErrorRetryHandler`` (refused / reset / dropped connections, with
+  exponential back-off). Both have a bounded retry count;
+* failures become the typed errors of :mod:`digestguard.errors`
+  (``RateLimited``, ``Unavailable``, ``AuthError``, ``NotFound``, ``Refused``) naming
+  the API host and method, never the token;
+* every outgoing string (message text, blocks, file content) goes through an
+  optional ``scrub`` function first, the last line of defence that keeps a secret
+  value out of a channel even if a caller put one in a message by mistake;
+* ``base_url`` can point at an Enterprise Grid proxy or a local test server.
+
+Example::
+
+    client = SlackClient(token, base_url="http://127.0.0.1:8099/api/")
+    msg = client.post("#sec-incident", "Incident kics-2026-04 opened")
+    client.reply(msg, "detect: 3 compromised")
+    client.update(msg, "Incident kics-2026-04: detect done")
+    client.upload_file(msg.channel, "report.html", html, title="Incident report", thread_ts=msg.ts)
+"""
+
+from __future__ import annotations
+
+import http.client
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.error import URLError
+from urllib.parse import urlsplit
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError, SlackRequestError
+from slack_sdk.http_retry import (
+    BackoffRetryIntervalCalculator,
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+    RetryIntervalCalculator,
+)
+
+from digestguard.errors import AuthError, InputError, IntegrationError, NotFound, RateLimited, Refused, Unavailable
+
+__all__ = ["DEFAULT_BASE_URL", "BoundedRateLimitHandler", "SlackClient", "SlackMessage", "channel_name_for"]
+
+DEFAULT_BASE_URL = "https://slack.com/api/"
+
+# Slack answers HTTP 200 with {"ok": false, "error": "..."}; these codes say what kind of "no" it was.
+_AUTH_ERRORS = frozenset({
+    "not_authed", "invalid_auth", "account_inactive", "token_revoked", "token_expired", "no_permission",
+    "missing_scope", "not_allowed_token_type", "ekm_access_denied", "team_access_not_granted",
+})
+_NOT_FOUND_ERRORS = frozenset({"channel_not_found", "message_not_found", "thread_not_found", "file_not_found", "not_in_channel"})
+_UNAVAILABLE_ERRORS = frozenset({"internal_error", "fatal_error", "service_unavailable", "request_timeout"})
+
+Scrub = Callable[[str], str]
+
+
+@dataclass(frozen=True)
+class SlackMessage:
+    """Where a message lives: the channel id and its ``ts`` (Slack's message id)."""
+
+    channel: str
+    ts: str
+    thread_ts: str | None = None
+
+
+def channel_name_for(incident: str) -> str:
+    """A valid Slack channel name for an incident: lowercase, ``[a-z0-9-_]``, at most 80 characters.
+
+    >>> channel_name_for("KICS 2026/04 #1")
+    'inc-kics-2026-04-1'
+    """
+    out = []
+    for ch in incident.lower():
+        out.append(ch if ch.isascii() and (ch.isalnum() or ch in "-_") else "-")
+    slug = "-".join(p for p in "".join(out).split("-") if p)
+    if not slug:
+        raise InputError("slack channel", f"incident id {incident!r} has no characters usable in a channel name")
+    return ("inc-" + slug)[:80].rstrip("-_")
+
+
+def _scrub_obj(obj: Any, scrub: Scrub) -> Any:
+    """Apply ``scrub`` to every string inside blocks (dicts and lists of any depth)."""
+    if isinstance(obj, str):
+        return scrub(obj)
+    if isinstance(obj, Mapping):
+        return {k: _scrub_obj(v, scrub) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_scrub_obj(v, scrub) for v in obj]
+    return obj
+
+
+class BoundedRateLimitHandler(RateLimitErrorRetryHandler):
+    """The SDK's 429 handler (sleeps for ``Retry-After``), except that it gives up at once when Slack asks
+    for a longer wait than ``max_wait`` seconds: the caller gets ``RateLimited`` with ``retry_after``
+    and decides, instead of the whole response stalling inside a notification."""
+
+    def __init__(self, max_retry_count: int = 3, max_wait: float = 30.0) -> None:
+        super().__init__(max_retry_count=max_retry_count)
+        self.max_wait = max_wait
+
+    def _can_retry(self, *, state: Any, request: Any, response: Any = None, error: Any = None) -> bool:
+        if not super()._can_retry(state=state, request=request, response=response, error=error):
+            return False
+        for k, v in (response.headers or {}).items():
+            if k.lower() == "retry-after":
+                value = v[0] if isinstance(v, list) else v
+                try:
+                    return float(value) <= self.max_wait
+                except (TypeError, ValueError):
+                    return True
+        return True
+
+
+class SlackClient:
+    """A bot-token Slack Web API client with bounded retries and typed errors."""
+
+    def __init__(
+        self,
+        token: str,
+        *,
+        base_url: str | None = None,
+        timeout: int = 10,
+        rate_limit_retries: int = 3,
+        max_rate_limit_wait: float = 30.0,
+        connection_retries: int = 2,
+        retry_interval: RetryIntervalCalculator | None = None,
+        scrub: Scrub | None = None,
+    ) -> None:
+        if not token or not token.strip():
+            raise InputError("slack", "no bot token given (inventory slack.token resolved to an empty value)")
+        url = base_url or DEFAULT_BASE_URL
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise InputError("slack", f"api_url {url!r} is not an http(s) URL", field="slack.api_url")
+        self.base_url = url if url.endswith("/") else url + "/"
+        self.source = f"slack {parts.netloc}"
+        self.scrub: Scrub = scrub or (lambda s: s)
+        self._web = WebClient(
+            token=token,
+            base_url=self.base_url,
+            timeout=timeout,
+            retry_handlers=[
+                BoundedRateLimitHandler(max_retry_count=rate_limit_retries, max_wait=max_rate_limit_wait),
+                # The SDK's default error types (URLError incl. refused/connect timeout, reset, remote
+                # disconnect). Read timeouts are NOT retried: Slack may have posted the message already.
+                ConnectionErrorRetryHandler(
+                    max_retry_count=connection_retries,
+                    interval_calculator=retry_interval or BackoffRetryIntervalCalculator(backoff_factor=0.5),
+                ),
+            ],
+        )
+
+    # ------------------------------------------------------------------ plumbing
+    def _call(self, method: str, fn: Callable[..., Any], **kwargs: Any) -> dict[str, Any]:
+        """Call one SDK method; translate every failure into a typed error naming host and method."""
+        where = f"{self.source} {method}"
+        try:
+            resp = fn(**kwargs)
+        except SlackApiError as e:
+            err = self._api_error(where, e)
+            err.slack_error = (e.response.data or {}).get("error") if isinstance(e.response.data, dict) else None  # type: ignore[attr-defined]
+            raise err from None
+        except SlackRequestError as e:
+            raise Refused(where, f"request refused by the client: {str(e)[:200]}") from None
+        except (URLError, OSError, http.client.HTTPException) as e:
+            reason = getattr(e, "reason", None) or e
+            raise Unavailable(where, f"cannot reach Slack: {type(reason).__name__}: {str(reason)[:200]}") from None
+        except SlackClientError as e:
+            raise Unavailable(where, f"Slack client error: {str(e)[:200]}") from None
+        except ValueError as e:  # a non-JSON body (a proxy's HTML error page) fails to parse
+            raise Unavailable(where, f"unreadable answer: {type(e).__name__}") from None
+        return dict(resp.data) if isinstance(resp.data, dict) else {}
+
+    @staticmethod
+    def _api_error(where: str, e: SlackApiError) -> IntegrationError:
+        status = getattr(e.response, "status_code", None)
+        data = e.response.data if isinstance(getattr(e.response, "data", None), dict) else {}
+        code = str(data.get("error") or "unknown_error")
+        headers = getattr(e.response, "headers", {}) or {}
+        shown = status if status and status != 200 else None  # Slack says "no" with HTTP 200: the code is the news
+        if status == 429 or code == "ratelimited":
+            ra = headers.get("Retry-After") or headers.get("retry-after")
+            if isinstance(ra, list):
+                ra = ra[0] if ra else None
+            try:
+                retry_after = float(ra) if ra is not None else None
+            except ValueError:
+                retry_after = None
+            return RateLimited(where, "rate limited after retries", status=429, retry_after=retry_after)
+        if status is not None and status >= 500 or code in _UNAVAILABLE_ERRORS:
+            return Unavailable(where, f"Slack error {code}", status=shown)
+        if code in _AUTH_ERRORS or status in (401, 403):
+            return AuthError(where, f"Slack refused the token: {code}", status=shown)
+        if code in _NOT_FOUND_ERRORS or status == 404:
+            return NotFound(where, f"Slack error {code}", status=shown)
+        return Refused(where, f"Slack error {code}", status=shown)
+
+    def _clean_text(self, text: str, blocks: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
+        out: dict[str, Any] = {"text": self.scrub(text)}
+        if blocks is not None:
+            out["blocks"] = _scrub_obj(list(blocks), self.scrub)
+        return out
+
+    # ------------------------------------------------------------------ API
+    def auth_test(self) -> dict[str, Any]:
+        """Who the token is (team, user, bot ids): a cheap check that the token works."""
+        data = self._call("auth.test", self._web.auth_test)
+        return {k: data.get(k) for k in ("url", "team", "team_id", "user", "user_id", "bot_id")}
+
+    def post(self, channel: str, text: str, *, blocks: Sequence[Mapping[str, Any]] | None = None,
+             thread_ts: str | None = None, reply_broadcast: bool = False) -> SlackMessage:
+        """Post a message (``thread_ts`` makes it a thread reply). Returns the channel *id* and ts.
+
+        ``channel`` may be a name (``#sec-incident``) or id; the answer always carries the id,
+        which is what ``update`` needs.
+        """
+        if not channel:
+            raise InputError("slack", "no channel given", field="slack.channel")
+        kwargs: dict[str, Any] = {"channel": channel, **self._clean_text(text, blocks), "unfurl_links": False,
+                                  "unfurl_media": False}
+        if thread_ts:
+            kwargs["thread_ts"] = thread_ts
+            if reply_broadcast:
+                kwargs["reply_broadcast"] = True
+        data = self._call("chat.postMessage", self._web.chat_postMessage, **kwargs)
+        return SlackMessage(channel=str(data.get("channel") or channel), ts=str(data["ts"]), thread_ts=thread_ts)
+
+    def reply(self, parent: SlackMessage, text: str, *, blocks: Sequence[Mapping[str, Any]] | None = None,
+              broadcast: bool = False) -> SlackMessage:
+        """Reply in ``parent``'s thread (``broadcast`` also shows the reply in the channel)."""
+        return self.post(parent.channel, text, blocks=blocks, thread_ts=parent.thread_ts or parent.ts, reply_broadcast=broadcast)
+
+    def update(self, message: SlackMessage, text: str, *, blocks: Sequence[Mapping[str, Any]] | None = None) -> SlackMessage:
+        """Replace a message's text and blocks in place (``chat.update``)."""
+        kwargs: dict[str, Any] = {"channel": message.channel, "ts": message.ts, **self._clean_text(text, blocks)}
+        if blocks is None:
+            kwargs["blocks"] = []  # drop old blocks, or Slack keeps showing them instead of the new text
+        data = self._call("chat.update", self._web.chat_update, **kwargs)
+        return SlackMessage(channel=str(data.get("channel") or message.channel), ts=str(data.get("ts") or message.ts),
+                            thread_ts=message.thread_ts)
+
+    def create_channel(self, name: str, *, private: bool = False) -> str:
+        """Open a channel and return its id. ``Refused`` with ``name_taken`` when it exists already."""
+        data = self._call("conversations.create", self._web.conversations_create, name=name, is_private=private)
+        channel = data.get("channel") or {}
+        if not channel.get("id"):
+            raise Unavailable(f"{self.source} conversations.create", "answer carried no channel id")
+        return str(channel["id"])
+
+    def upload_file(self, channel: str, filename: str, content: str | bytes, *, title: str | None = None,
+                    thread_ts: str | None = None, initial_comment: str | None = None) -> str:
+        """Upload a file into a channel (or thread) with ``files_upload_v2``; returns the file id.
+
+        Text content (``str``) is scrubbed like a message; bytes are sent as they are.
+        """
+        body = self.scrub(content) if isinstance(content, str) else content
+        kwargs: dict[str, Any] = {"channel": channel, "filename": filename, "content": body,
+                                  "title": self.scrub(title or filename)}
+        if thread_ts:
+            kwargs["thread_ts"] = thread_ts
+        if initial_comment:
+            kwargs["initial_comment"] = self.scrub(initial_comment)
+        data = self._call("files.upload (v2)", self._web.files_upload_v2, **kwargs)
+        f = data.get("file") or (data.get("files") or [{}])[0]
+        return str(f.get("id") or "")
