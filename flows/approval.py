@@ -89,6 +89,10 @@ def request_approval(plan: Plan, journal: Journal, policy: ApprovalPolicy, *, tr
     if on_asked:
         on_asked(plan, run_id)
     description = plan.markdown() + _rules_text(policy, triggered_by, needed)
+    from tasks.notify import flow_run_url
+
+    log.warning("APPROVAL NEEDED for the %s stage\n%s\n\nApprove in the Prefect UI: %s\nor: digestguard approve %s --approver NAME "
+                "[--reject --reason TEXT]", plan.stage, description, flow_run_url(run_id) or "(no UI URL)", run_id)
     for attempt in range(1, MAX_ASKS + 1):
         key = f"{plan.stage}-{flow_run.run_count or 1}-{plan.short_hash}-{attempt}"
         try:
@@ -174,3 +178,33 @@ def confirm_manual_rotation(item) -> bool:
     except FlowPauseTimeout:
         return False
     return bool(form.rotated)
+
+
+def answer_paused_run(flow_run_id: str, *, approver: str, reject: bool = False, reason: str = "") -> str:
+    """Answer a paused approval gate from outside the flow (``digestguard approve``); returns the plan hash answered.
+
+    The answer carries the hash of the plan the gate is showing right now, read from the pause's own
+    description, so the approver approves exactly what the UI would show.
+    """
+    from uuid import UUID
+
+    from prefect import get_client
+    from prefect.flow_runs import resume_flow_run
+    from prefect.input.actions import read_flow_run_input
+    from prefect.input.run_input import keyset_from_paused_state
+
+    from digestguard.errors import InputError
+
+    run_uuid = UUID(flow_run_id)
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(run_uuid)
+    if not run.state or not run.state.is_paused():
+        raise InputError(flow_run_id, f"flow run is {run.state.name if run.state else 'unknown'}, not paused at a gate")
+    keyset = keyset_from_paused_state(run.state)
+    description = read_flow_run_input(keyset["description"], flow_run_id=run_uuid)
+    plan_hash = plan_hash_of_paused_run(description if isinstance(description, str) else str(description))
+    if not plan_hash:
+        raise InputError(flow_run_id, "the paused run is not waiting at a digestguard approval gate")
+    resume_flow_run(run_uuid, run_input={"decision": "reject" if reject else "approve", "approver": approver,
+                                         "reason": reason, "plan_hash": plan_hash})
+    return plan_hash
