@@ -1,0 +1,456 @@
+"""Stage 3, rotate: give every exposed credential a new value, update everyone who holds it, revoke the old one.
+
+The plan (:func:`plan_rotation`) has one ``rotate`` item per exposed secret that
+the inventory knows; unmapped secrets become plan notes for a person. Each item
+carries ids only: backend, ``ref``, strategy, consumers (kind, id and the
+fields to reach them), the jobs that exposed it.
+
+Strategies: ``revoke-first`` (default for *confirmed* exposure) makes the
+leaked credential unusable before any consumer gets the new one; ``overlap``
+(default for *probable*) updates and verifies consumers first and revokes last,
+so nothing breaks while it runs. For value stores (Vault KV, Secrets Manager,
+Key Vault, GCP) "revoke" means the exposed versions become unreadable; since a
+version can only be read back while it is live, revoke-first there writes the
+new version first and revokes right after it, before any consumer is touched.
+For an IAM key revoke-first deletes the old key before creating the new one.
+A database static role is rotated by Vault in one atomic step.
+
+Crash safety, the rule every step follows: the new value is written to its
+backend *before* anything else refers to it, and each step is journaled
+(``started`` before, ``done`` after, under target ``secret:<name>``). A resumed
+run (after a crash, a kill, or a retry of a retryable error) reads the journal:
+a ``new-version`` step that started but never finished is *recovered* from the
+backend (Vault's check-and-set makes ``base+1`` the only version the write
+could have made; Secrets Manager uses a token derived from incident and secret,
+so a repeated put is the same version; Key Vault / GCP adopt the version that
+appeared since the journaled list) and never written twice. Consumers always
+get the value read back from the backend by the journaled version id, so the
+first run and a resumed run hand out exactly the same value.
+
+IAM access keys are the exception: AWS never shows a secret access key again.
+The chosen design: when the secret has a whole-credential copy consumer
+(``vault-kv`` or ``aws-secretsmanager`` with no ``field``) that copy is the
+*stash*: it is written right after the key is created, before the step is
+journaled done, and a resumed run reads the pair back from it. Without a stash
+(or when the crash came between ``CreateAccessKey`` and the stash write) the
+resumed run finds the orphan key (any key not in the journaled ``old-keys``
+list), deletes it and creates another; a key whose secret was lost after the
+step finished is deleted and replaced the same way. So an IAM key may be
+created twice after a crash, but never left behind and never active unknown.
+
+Values never leave this stage: they live in ``SecretStr`` locals of one
+secret's rotation; results, journal rows and log lines carry ids and versions.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Mapping
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from digestguard.advisory import Advisory
+from digestguard.errors import DigestguardError, IntegrationError, Refused
+from digestguard.findings import ActionOutcome, ExposureReport, StageResult
+from digestguard.inventory import Inventory
+from digestguard.journal import Journal
+from digestguard.plan import Approval, Plan, PlanItem, require_approved
+from tasks.rotate_backends import (
+    BACKENDS,
+    AwsIamKey,
+    Backend,
+    Clients,
+    ConsumerSpec,
+    Lost,
+    consumer_id,
+    pick,
+    read_stash,
+    write_consumer,
+)
+
+STAGE = "rotate"
+_EXPOSURE_ORDER = {"clear": 0, "probable": 1, "confirmed": 2}
+_log = logging.getLogger("digestguard.rotate")
+
+ConfirmManual = Callable[[PlanItem], bool]
+
+
+def default_strategy(exposure: str) -> str:
+    """``revoke-first`` for confirmed exposure (the attacker has it: kill it now), ``overlap`` otherwise."""
+    return "revoke-first" if exposure == "confirmed" else "overlap"
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def plan_rotation(incident: str, advisory: Advisory, exposure: ExposureReport, inventory: Inventory) -> Plan:
+    """One ``rotate`` item per exposed, inventoried secret (sorted by name); unmapped ones become notes.
+
+    Several exposed names that map to the same inventory secret (``AWS_ACCESS_KEY_ID`` and
+    ``AWS_SECRET_ACCESS_KEY`` both naming one key) become one item with the strongest exposure.
+    """
+    merged: dict[str, dict[str, Any]] = {}
+    notes: list[str] = []
+    for s in exposure.secrets:
+        inv = inventory.secret(s.inventory_name or s.name) if s.mapped else None
+        if inv is None:
+            jobs = ", ".join(s.exposed_by[:5]) + (f" and {len(s.exposed_by) - 5} more" if len(s.exposed_by) > 5 else "")
+            seen = "; ".join(s.how[:3])
+            why = "not in the inventory" if not s.mapped else f"mapped to {s.inventory_name!r}, which the inventory no longer has"
+            notes.append(f"{s.name}: {why} ({s.exposure} exposure by {jobs or 'unknown jobs'}{'; ' + seen if seen else ''}): "
+                         "rotate it by hand and add it to the inventory")
+            continue
+        cur = merged.setdefault(inv.name, {"secret": inv, "exposure": s.exposure, "jobs": [], "names": []})
+        if _EXPOSURE_ORDER[s.exposure] > _EXPOSURE_ORDER[cur["exposure"]]:
+            cur["exposure"] = s.exposure
+        cur["jobs"] += [j for j in s.exposed_by if j not in cur["jobs"]]
+        if s.name not in cur["names"]:
+            cur["names"].append(s.name)
+    items: list[PlanItem] = []
+    evidence: list[str] = []
+    for name in sorted(merged):
+        m = merged[name]
+        sec = m["secret"]
+        strategy = sec.strategy or default_strategy(m["exposure"])
+        consumers = []
+        for c in sec.consumers:
+            fields = c.model_dump(exclude_none=True)
+            consumers.append({**fields, "id": consumer_id(fields, sec.name, inventory.backends)})
+        jobs = sorted(m["jobs"])
+        reason = f"{m['exposure']} exposure by {len(jobs)} job(s); {strategy}; {len(consumers)} consumer(s) to update"
+        if sec.backend == "manual":
+            where = sec.ref.get("where") or sec.owner or "where it was issued"
+            reason = f"rotate by hand ({where}) and confirm; {m['exposure']} exposure by {len(jobs)} job(s)"
+        items.append(PlanItem(
+            target=f"secret:{sec.name}", action="rotate", kind=sec.backend, reason=reason,
+            params={"backend": sec.backend, "ref": dict(sec.ref), "strategy": strategy, "consumers": consumers,
+                    "exposed_by": jobs, "exposure": m["exposure"], "names": sorted(m["names"])},
+        ))
+        evidence += [f"{sec.name}: exposed to {j}" for j in jobs]
+    return Plan(stage="rotate", incident=incident, advisory=advisory.id, items=items, evidence=evidence, notes=notes)
+
+
+def dry_run_result(plan: Plan) -> StageResult:
+    """``--dry-run``: every rotation planned, nothing changed."""
+    return StageResult(stage=STAGE, dry_run=True, plan_hash=plan.hash, notes=list(plan.notes),
+                       actions=[ActionOutcome(stage=STAGE, target=i.target, action=i.action, outcome="planned",
+                                              detail={"backend": i.kind, "strategy": i.params.get("strategy"),
+                                                      "consumers": [c["id"] for c in i.params.get("consumers", [])]})
+                                for i in plan.items])
+
+
+# --------------------------------------------------------------------------- one secret
+
+
+class _Rotation:
+    """The journaled steps of one secret's rotation. Re-running ``run`` is the same as resuming it."""
+
+    def __init__(self, plan: Plan, item: PlanItem, journal: Journal, clients: Clients, approver: str,
+                 confirm_manual: ConfirmManual | None, log: logging.Logger | logging.LoggerAdapter) -> None:
+        self.plan, self.item, self.journal, self.clients = plan, item, journal, clients
+        self.approver, self.confirm_manual, self.log = approver, confirm_manual, log
+        self.name = item.target.removeprefix("secret:")
+        self.p = item.params
+        self.acted = False
+        self.manual: list[ActionOutcome] = []
+        self.notes: list[str] = []
+
+    # -- journal plumbing ------------------------------------------------------------
+    def _get(self, action: str):
+        return self.journal.get(self.plan.incident, STAGE, self.item.target, action)
+
+    def _record(self, action: str, status: str, detail: dict[str, Any] | None = None, error: str | None = None) -> None:
+        self.journal.record(self.plan.incident, STAGE, self.item.target, action, status, detail=detail, error=error,
+                            approver=self.approver)
+
+    def _done(self, action: str, version: str | None) -> dict[str, Any] | None:
+        e = self._get(action)
+        if e and e.status in ("done", "skipped") and (version is None or str(e.detail.get("version")) == str(version)):
+            return e.detail
+        return None
+
+    def step(self, action: str, fn: Callable[[], dict[str, Any]], version: str | None = None) -> dict[str, Any]:
+        """Run ``fn`` unless the journal already has it done (for ``version``); journal before and after."""
+        prior = self._done(action, version)
+        if prior is not None:
+            return prior
+        self._record(action, "started")
+        try:
+            detail = dict(fn() or {})
+        except BaseException as e:
+            self._record(action, "failed", error=f"{type(e).__name__}: {e}"[:500])
+            raise
+        if version is not None:
+            detail["version"] = version
+        self._record(action, "done", detail)
+        self.acted = True
+        self.log.info("rotate %s %s done %s", self.item.target, action, _ids(detail))
+        return detail
+
+    # -- the rotation ----------------------------------------------------------------
+    def run(self) -> ActionOutcome:
+        if self.item.kind == "manual":
+            return self._manual_secret()
+        backend_cls = BACKENDS.get(self.p["backend"])
+        if backend_cls is None:
+            raise Refused(f"secret {self.name}", f"no rotation for backend {self.p['backend']!r}")
+        backend = backend_cls(self.name, self.p.get("ref") or {}, self.clients, (self.plan.incident, self.item.target))
+        consumers = [ConsumerSpec(kind=c["kind"], id=c["id"], fields={k: v for k, v in c.items() if k not in ("kind", "id")})
+                     for c in self.p.get("consumers", [])]
+        revoke_first = self.p.get("strategy") == "revoke-first"
+        iam = isinstance(backend, AwsIamKey)
+        stash = next((c for c in consumers if c.kind in ("vault-kv", "aws-secretsmanager") and not c.get("field")), None) if iam else None
+        detail: dict[str, Any] = {"backend": self.p["backend"], "strategy": self.p.get("strategy")}
+
+        if iam:
+            assert isinstance(backend, AwsIamKey)
+            backend.old = list(self.step("old-keys", lambda: {"old": backend.old_keys()})["old"])
+            if stash is not None:
+                backend.stash_reader = lambda: read_stash(stash, self.clients)
+            if revoke_first:
+                detail["revoked"] = self.step("revoke-old", lambda: backend.revoke_keys(backend.old))
+            else:
+                room = self.step("make-room", lambda: {"deleted_keys": backend.make_room(backend.old)})
+                if room.get("deleted_keys"):
+                    self.notes.append(f"{self.name}: IAM's 2-key limit forced deleting exposed key(s) {room['deleted_keys']} "
+                                      "before the new one existed")
+
+        version = self._new_version(backend, stash)
+        if revoke_first and not iam:
+            detail["revoked"] = self.step("revoke-old", lambda: backend.revoke(version), version)
+
+        version, updated, failures = self._consumers(backend, consumers, version, stash)
+        detail["version"] = version
+        detail["consumers"] = updated
+        retryable = next((e for e in failures.values() if isinstance(e, IntegrationError) and e.retryable), None)
+        if retryable is not None:
+            raise retryable  # the caller retries the whole secret; done steps are skipped
+
+        def verify() -> dict[str, Any]:
+            ok, why = backend.verify(version)
+            if not ok:
+                raise Refused(f"secret {self.name}", f"verification failed: {why}")
+            return {"verified": True}
+
+        self.step("verify", verify, version)
+        if failures:
+            if not revoke_first:
+                self.notes.append(f"{self.name}: the exposed credential is still active because consumer(s) "
+                                  f"{sorted(failures)} could not be updated; fix them and re-run")
+            errors = "; ".join(f"{cid}: {e}" for cid, e in sorted(failures.items()))
+            self._record("rotate", "failed", {"version": version}, error=errors[:500])
+            return ActionOutcome(stage=STAGE, target=self.item.target, action="rotate", outcome="failed", detail=detail,
+                                 error=errors)
+        if not revoke_first:
+            if iam:
+                detail["revoked"] = self.step("revoke-old", lambda: backend.revoke_keys(backend.old))  # type: ignore[attr-defined]
+            else:
+                detail["revoked"] = self.step("revoke-old", lambda: backend.revoke(version), version)
+        detail["revoked"] = {k: v for k, v in (detail.get("revoked") or {}).items() if k != "version"}
+        acted = self.acted
+        self.step("rotate", lambda: {"consumers": len(updated)}, version)
+        return ActionOutcome(stage=STAGE, target=self.item.target, action="rotate",
+                             outcome="done" if acted else "already-done", detail=detail)
+
+    def _new_version(self, backend: Backend, stash: ConsumerSpec | None) -> str:
+        """Write the new version once; recover it from the backend if an earlier attempt was interrupted."""
+        e = self._get("new-version")
+        if e and e.status == "done":
+            return str(e.detail["version"])
+        version = backend.recover(e.detail) if e and e.detail.get("base_recorded") else None
+        if version is not None:
+            self.log.info("rotate %s new-version recovered %s from the backend", self.item.target, version)
+        else:
+            base = {**backend.base(), "base_recorded": True}
+            self._record("new-version", "started", base)
+            try:
+                version = backend.create(base)
+            except BaseException as exc:
+                self._record("new-version", "failed", error=f"{type(exc).__name__}: {exc}"[:500])
+                raise
+        self.acted = True
+        if stash is not None:  # IAM: the pair goes to its stash before the key counts as made
+            assert isinstance(backend, AwsIamKey)
+            mat = backend.material(version)
+            try:
+                self.step(f"consumer:{stash.kind}:{stash.id}", lambda: write_consumer(stash, self.name, mat, self.clients,
+                                                                                     (self.plan.incident, self.item.target)), version)
+            except Exception as exc:
+                # the stash refused: a key whose secret is stored nowhere must not stay active
+                made = version
+                self.step("discard-lost-key", lambda: (backend.discard(made), {"access_key_id": made})[1], made)
+                self._record("new-version", "failed", {"lost": made}, error=f"stash write failed: {type(exc).__name__}"[:500])
+                raise
+        self._record("new-version", "done", {"version": version, "stash": stash.id if stash else None})
+        self.log.info("rotate %s new-version %s", self.item.target, version)
+        return version
+
+    def _consumers(self, backend: Backend, consumers: list[ConsumerSpec], version: str,
+                   stash: ConsumerSpec | None) -> tuple[str, list[str], dict[str, Exception]]:
+        """Update every consumer with the value read back from the backend; collect (not raise) their failures."""
+        pending = [c for c in consumers if c.kind != "manual" and self._done(f"consumer:{c.kind}:{c.id}", version) is None]
+        material = None
+        if pending:
+            try:
+                material = backend.material(version)
+            except Lost:
+                assert isinstance(backend, AwsIamKey)
+                lost = version
+                self.step("discard-lost-key", lambda: (backend.discard(lost), {"access_key_id": lost})[1], lost)
+                self._record("new-version", "failed", {"lost": lost},
+                             error=f"Lost: key {lost} was created but its secret was stored nowhere; replaced")
+                self.notes.append(f"{self.name}: new key {lost} was lost in a crash before any consumer stored it; deleted and replaced")
+                version = self._new_version(backend, stash)
+                material = backend.material(version)
+        updated: list[str] = []
+        failures: dict[str, Exception] = {}
+        for c in consumers:
+            action = f"consumer:{c.kind}:{c.id}"
+            if c.kind == "manual":
+                self._manual_consumer(c, action, version)
+                continue
+            try:
+                def write(c: ConsumerSpec = c) -> dict[str, Any]:
+                    assert material is not None
+                    value = pick(material, c.get("field"), backend.default_field, c.kind, f"secret {self.name} consumer {c.id}")
+                    return write_consumer(c, self.name, value, self.clients, (self.plan.incident, self.item.target))
+
+                self.step(action, write, version)
+                updated.append(c.id)
+            except DigestguardError as exc:
+                failures[c.id] = exc
+        return version, updated, failures
+
+    # -- things a person does ----------------------------------------------------------
+    def _ask(self, item: PlanItem) -> bool:
+        if self.confirm_manual is None:
+            return False
+        return bool(self.confirm_manual(item))
+
+    def _manual_secret(self) -> ActionOutcome:
+        """A checklist item: done only when a person (or the drill) confirms it was rotated by hand."""
+        detail = {"backend": "manual", "manual": True, "where": str((self.p.get("ref") or {}).get("where") or "")}
+        if self._done("confirm", None) is not None:
+            return ActionOutcome(stage=STAGE, target=self.item.target, action="rotate", outcome="already-done", detail=detail)
+        if self._ask(self.item):
+            self.step("confirm", lambda: {"confirmed_by": self.approver})
+            return ActionOutcome(stage=STAGE, target=self.item.target, action="rotate", outcome="done",
+                                 detail={**detail, "confirmed": True})
+        self._record("confirm", "planned", {"needs": "person"})
+        return ActionOutcome(stage=STAGE, target=self.item.target, action="rotate", outcome="needs-person",
+                             detail={**detail, "checklist": self.item.reason})
+
+    def _manual_consumer(self, c: ConsumerSpec, action: str, version: str) -> None:
+        if self._done(action, version) is not None:
+            return
+        ask = PlanItem(target=self.item.target, action=f"update {c.id}", kind="manual",
+                       reason=str(c.get("note") or f"update the copy of {self.name} at {c.id} by hand"),
+                       params={"consumer": c.id, "version": version})
+        if self._ask(ask):
+            self.step(action, lambda: {"confirmed_by": self.approver}, version)
+            return
+        self._record(action, "planned", {"needs": "person", "version": version})
+        self.manual.append(ActionOutcome(stage=STAGE, target=self.item.target, action=action, outcome="needs-person",
+                                         detail={"version": version, "note": ask.reason}))
+
+
+def _ids(detail: Mapping[str, Any]) -> str:
+    """A log-safe rendering of a step's detail (ids and versions only: that is all details hold)."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(detail.items()))
+
+
+# --------------------------------------------------------------------------- apply
+
+
+def apply_rotation(plan: Plan, approval: Approval | None, inventory: Inventory, journal: Journal, *,
+                   clients: Mapping[str, Any] | None = None, confirm_manual: ConfirmManual | None = None,
+                   max_workers: int = 4, attempts: int = 3, backoff: float = 1.0) -> StageResult:
+    """Rotate every secret of an approved plan, journaled and resumable; one secret's failure does not stop the others.
+
+    ``clients`` injects ready clients by name (``vault``, ``iam``, ``secretsmanager``,
+    ``azure``, ``gcp``, ``github``, ``gitlab``); the rest are built from
+    ``inventory.backends``. ``confirm_manual(item) -> bool`` answers manual items
+    (a person, or the drill's auto-confirm); without it they come back ``needs-person``.
+    Retryable errors (429/5xx) re-run the secret's rotation up to ``attempts`` times,
+    which is safe because every step resumes from the journal.
+    """
+    approval = require_approved(plan, approval)
+    approver = ",".join(approval.approvers)
+    log = _logger()
+    result = StageResult(stage=STAGE, plan_hash=plan.hash, approved_by=list(approval.approvers), notes=list(plan.notes))
+    journal.event(plan.incident, STAGE, "rotate-started", {"plan_hash": plan.hash, "items": len(plan.items)})
+    pool_clients = Clients(inventory.backends, clients)
+    lock = threading.Lock()
+
+    def one(item: PlanItem) -> tuple[ActionOutcome, list[ActionOutcome], list[str]]:
+        rot = _Rotation(plan, item, journal, pool_clients, approver, confirm_manual, log)
+        for n in range(1, attempts + 1):
+            try:
+                return rot.run(), rot.manual, rot.notes
+            except IntegrationError as e:
+                if e.retryable and n < attempts:
+                    wait = min(getattr(e, "retry_after", None) or backoff * 2 ** (n - 1), 30.0)
+                    log.warning("rotate %s: %s; retrying in %.1f s", item.target, e, wait)
+                    time.sleep(wait)
+                    rot = _Rotation(plan, item, journal, pool_clients, approver, confirm_manual, log)
+                    continue
+                error = str(e)
+            except (DigestguardError, Lost) as e:
+                error = str(e)
+            except Exception as e:  # noqa: BLE001 - one secret's surprise must not stop the others
+                error = f"{type(e).__name__}: {e}"[:500]
+            log.error("rotate %s failed: %s", item.target, error)
+            with lock:
+                journal.record(plan.incident, STAGE, item.target, "rotate", "failed", error=error[:500], approver=approver)
+            return (ActionOutcome(stage=STAGE, target=item.target, action="rotate", outcome="failed",
+                                  detail={"backend": item.kind}, error=error), rot.manual, rot.notes)
+        raise AssertionError("unreachable")
+
+    try:
+        workers = max(1, min(max_workers, len(plan.items) or 1))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rotate") as pool:
+            outcomes = list(pool.map(one, plan.items))
+    finally:
+        pool_clients.close()
+    for outcome, manual, notes in outcomes:
+        result.actions.append(outcome)
+        result.actions.extend(manual)
+        result.notes.extend(notes)
+        if outcome.outcome in ("done", "already-done") and outcome.detail.get("version") is not None:
+            result.verification.append(ActionOutcome(stage=STAGE, target=outcome.target, action="verify", outcome="done",
+                                                     detail={"version": outcome.detail["version"]}))
+    journal.event(plan.incident, STAGE, "rotate-finished",
+                  {"done": result.count("done") + result.count("already-done"), "failed": result.count("failed"),
+                   "needs_person": result.count("needs-person")})
+    return result
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run logger inside a flow/task run (lines reach the UI), else this module's logger."""
+    try:
+        from prefect.logging import get_run_logger
+
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - no run context: plain logging
+        return _log
+
+
+@task(name="rotate", persist_result=False, cache_policy=NO_CACHE)
+def rotate_task(plan: Plan, approval: Approval | None, inventory: Inventory, journal_path: str,
+                auto_confirm_manual: bool = False) -> StageResult:
+    """Prefect task: apply the approved rotation plan; returns ids and versions only (never persisted, never cached).
+
+    ``auto_confirm_manual`` is for the drill; in an incident manual items come back
+    ``needs-person`` and the flow asks a person.
+    """
+    journal = Journal(journal_path)
+    try:
+        return apply_rotation(plan, approval, inventory, journal,
+                              confirm_manual=(lambda item: True) if auto_confirm_manual else None)
+    finally:
+        journal.close()
