@@ -371,6 +371,27 @@ def serve_cmd(port: int = typer.Option(4200, "--port")) -> None:
     serve_all(port=port)
 
 
+# ---------------------------------------------------------------------------------- drill
+@app.command("drill")
+def drill_cmd(
+    advisory: str = typer.Argument("kics-2026-04", help="the advisory to re-enact"),
+    auto_approve: bool = typer.Option(False, "--auto-approve", help="approve every gate as 'drill' (else: UI or `digestguard approve`)"),
+    scale: int = typer.Option(1, "--scale", min=1, help="N times the repositories, jobs and secrets"),
+    keep: bool = typer.Option(False, "--keep", help="keep the sandbox folder for inspection"),
+    as_json: bool = typer.Option(False, "--json", help="the scorecard as one JSON object"),
+) -> None:
+    """Tabletop exercise: build a sandbox, run the whole playbook against it, print a scorecard (exit 0 only if all passed)."""
+    from flows.drill import quiet_prefect_server, render_scorecard, run_drill
+
+    quiet_prefect_server()
+    card = run_drill(advisory, auto_approve=auto_approve, scale=scale, keep=keep)
+    if as_json:
+        _echo_json(card)
+    else:
+        typer.echo(render_scorecard(card))
+    raise typer.Exit(0 if card["ok"] else 1)
+
+
 def main() -> None:
     """Console entry point: typed errors become one clear line and exit code 2."""
     try:

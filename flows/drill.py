@@ -81,6 +81,9 @@ def build_sandbox(base: Advisory, root: Path, stack: contextlib.ExitStack, *, sc
     from flows.sandbox.podman import start_podman, stop_podman
     from flows.sandbox.services import DUMMY_AWS_ENV, start_moto, start_openbao
 
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
     t = time.monotonic()
     now = datetime.now(timezone.utc).replace(microsecond=0)
     attack = now - timedelta(hours=3)
@@ -415,7 +418,6 @@ def _score_rotation(sb: Sandbox, s: dict[str, Any]) -> StageScore:
     cur = sm.get_secret_value(SecretId="ci/registry-password", VersionStage="AWSCURRENT")["SecretString"]
     sb.old_values["REGISTRY_PASSWORD"] = cur
     results["REGISTRY_PASSWORD"] = not cur.startswith("drill-old-") and _gh_value(gh, "REGISTRY_PASSWORD") == cur
-    latest = [v for v in sb.gcp.secrets.get("projects/drill/secrets/sonar-token").versions.values()] if hasattr(sb.gcp, "secrets") else []
     results["SONAR_TOKEN"] = _gcp_rotated(sb)
     results["VENDOR_API_KEY"] = "VENDOR_API_KEY" in s.get("rotate_confirmed_manual", [])
     want = {k: True for k in sb.planted["secrets"]}
@@ -424,7 +426,7 @@ def _score_rotation(sb: Sandbox, s: dict[str, Any]) -> StageScore:
 
 def _gh_value(gh, name: str) -> str | None:
     try:
-        return gh.decrypt_secret("acme/infra", name)
+        return gh.decrypt_secret("repo:acme/infra", name)
     except Exception:
         return None
 
@@ -443,6 +445,19 @@ def _gcp_rotated(sb: Sandbox) -> bool:
 
 
 # ------------------------------------------------------------------------------------------- running it
+def quiet_prefect_server() -> None:
+    """Settings for the embedded server that make a drill start fast and stay quiet (set before Prefect loads)."""
+    for k, v in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                 "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+                 "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED": "false",
+                 "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED": "false",
+                 "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
+                 "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
+                 "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",
+                 "PREFECT_SERVER_SERVICES_FOREMAN_ENABLED": "false"}.items():
+        os.environ.setdefault(k, v)
+
+
 def run_drill(advisory: str = "kics-2026-04", *, auto_approve: bool = False, scale: int = 1, keep: bool = False,
               on_ready=None) -> dict[str, Any]:
     """Build the sandbox, run ``incident_response`` in execute mode, score it, clean up. Returns the scorecard."""
@@ -462,9 +477,14 @@ def run_drill(advisory: str = "kics-2026-04", *, auto_approve: bool = False, sca
             on_ready(sb)
         t1 = time.monotonic()
         try:
-            summary = incident_response(advisory=str(sb.advisory_path), inventory=str(sb.inventory_path), mode="execute",
-                                        auto_approve="drill" if auto_approve else None, triggered_by="drill-runner",
-                                        report_path=str(root / "report.html"))
+            state = incident_response(advisory=str(sb.advisory_path), inventory=str(sb.inventory_path), mode="execute",
+                                      auto_approve="drill" if auto_approve else None, triggered_by="drill-runner",
+                                      report_path=str(root / "report.html"), return_state=True)
+            summary = state.result(raise_on_failure=False)
+            if not isinstance(summary, dict):
+                error, summary = f"{type(summary).__name__}: {str(summary)[:500]}", None
+            elif not state.is_completed():
+                error = state.message
         except Exception as e:  # the scorecard says what failed; the drill still cleans up
             error = f"{type(e).__name__}: {str(e)[:500]}"
         run = time.monotonic() - t1
@@ -484,7 +504,7 @@ def render_scorecard(card: dict[str, Any]) -> str:
     lines = [f"digestguard drill: {card['advisory']}  incident {card.get('incident') or '-'}", ""]
     for st in card["stages"]:
         lines.append(f"  [{'PASS' if st['ok'] else 'FAIL'}] {st['name']:8} expected {json.dumps(st['expected'], default=str)}")
-        if not st["ok"] or True:
+        if not st["ok"]:
             lines.append(f"  {'':15} actual   {json.dumps(st['actual'], default=str)}")
     t = card["timings"]
     lines += ["", f"  set-up {t['setup_s']} s, playbook {t['playbook_s']} s, total {t['total_s']} s",

@@ -118,6 +118,7 @@ def incident_response(
     triggered_by: str | None = None,
     auto_approve: str | None = None,
     open_pull_requests: bool = True,
+    remove_containers: bool = True,
     report_path: str | None = None,
 ) -> dict[str, Any]:
     """Run the playbook for ``advisory`` over the estate described by ``inventory``.
@@ -125,7 +126,9 @@ def incident_response(
     ``mode``: ``dry-run`` plans everything and changes nothing; ``execute`` acts after approvals.
     ``known_good``: ``sha256:...`` for every affected tag, or ``TAG=sha256:...`` pairs (pin and purge verification).
     ``auto_approve``: an approver name recorded without pausing (the drill); never set it for a real incident.
-    Returns a summary with counts, ids and links only.
+    ``remove_containers``: the purge plan also removes containers created from a malicious image (shown in the plan).
+    Returns a summary with counts, ids and links only; when rotate or purge had failures the run ends
+    Failed with that same summary as its data, so the record is never lost.
     """
     from prefect.runtime import flow_run
 
@@ -200,7 +203,7 @@ def incident_response(
 
         # 4. purge (gated)
         kg = known_good_map(adv, known_good)
-        pplan = plan_purge(incident, adv, detected, inv)
+        pplan = plan_purge(incident, adv, detected, inv, remove_containers=remove_containers)
         verify_targets = _known_good_targets(detected, kg)
         report.purge, papproval = _gated(pplan, dry_run, journal, inv, notifier, triggered_by, auto_approve, purge_dry_run,
                                          lambda plan, appr: apply_purge(plan, appr, inv, journal, known_good=verify_targets))
@@ -240,8 +243,12 @@ def incident_response(
         timings["notify"] = _lap()
     journal.event(incident, "flow", "finished", {"mode": mode})
     failed = [s for s in ("rotate", "purge") if getattr(report, s) and not getattr(report, s).ok]
+    summary["ok"] = not failed
     if failed:
-        raise RuntimeError(f"incident {incident}: {', '.join(failed)} had failures; see the report {summary.get('report')}")
+        from prefect.states import Failed
+
+        return Failed(message=f"incident {incident}: {', '.join(failed)} had failures; see the report {summary.get('report')}",
+                      data=summary)
     return summary
 
 

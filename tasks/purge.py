@@ -66,8 +66,11 @@ def plan_purge(incident: str, advisory: Advisory, detected: DetectResult, invent
         elif f.kind == "engine-image":
             image_id = f.detail.get("image_id")
             t = f"{f.source}/{image_id}"
+            users = [c for c in detected.findings if c.kind == "engine-container" and c.source == f.source
+                     and c.detail.get("image_id") == image_id]
+            also = f" (and remove its {len(users)} container(s))" if users and remove_containers else ""
             items.setdefault(("remove-image", t), PlanItem(target=t, action="remove-image", kind="engine",
-                             reason=f"{f.reference} is {f.digest}",
+                             reason=f"{f.reference} is {f.digest}{also}",
                              params={"engine": f.source, "image_id": image_id, "digest": f.digest,
                                      "remove_containers": remove_containers}))
         elif f.kind == "engine-container" and not remove_containers:

@@ -4,7 +4,7 @@
   roles against a REAL PostgreSQL (the old password stops logging in, the new one works).
 * AWS IAM and Secrets Manager: the REAL moto server.
 * Azure Key Vault (over TLS), GCP Secret Manager, GitHub and GitLab: the LOCAL
-  PROTOCOL SERVERS in tests/servers/ (azure_keyvault.py, gcp_secrets.py,
+  PROTOCOL SERVERS in flows/sandbox/servers/ (azure_keyvault.py, gcp_secrets.py,
   github.py, gitlab.py), spoken to by the vendors' SDKs / our clients unchanged.
   The GitHub server opens what it receives with its private key, so the tests
   read back exactly what a workflow would get.
@@ -41,12 +41,12 @@ from integrations import aws_iam, aws_secrets, azure_keyvault, gcp_secrets, vaul
 from integrations.github import GitHubClient
 from integrations.gitlab import GitLabClient
 from tasks.rotate import apply_rotation, plan_rotation
-from tests.servers.azure_keyvault import start_keyvault_server
-from tests.servers.gcp_secrets import start_secret_manager_server
-from tests.servers.github import DEFAULT_TOKEN as GH_TOKEN
-from tests.servers.github import GitHubServer
-from tests.servers.gitlab import DEFAULT_TOKEN as GL_TOKEN
-from tests.servers.gitlab import GitLabServer
+from flows.sandbox.servers.azure_keyvault import start_keyvault_server
+from flows.sandbox.servers.gcp_secrets import start_secret_manager_server
+from flows.sandbox.servers.github import DEFAULT_TOKEN as GH_TOKEN
+from flows.sandbox.servers.github import GitHubServer
+from flows.sandbox.servers.gitlab import DEFAULT_TOKEN as GL_TOKEN
+from flows.sandbox.servers.gitlab import GitLabServer
 
 AWS = {"region_name": "us-east-1", "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 KV_TOKEN = "kv-rotate-token"

@@ -1,0 +1,207 @@
+"""Benchmark: the network sweep vs ``grep -F -i -n -f`` and ``rg -F -i -n -f`` on one big log.
+
+What it does, in one run so the three share the same machine state:
+
+1. generates a Zeek ``dns.log``/``http.log``-style TSV file (``--size-mb``,
+   default 1024) of realistic DNS and HTTP lines with about one hit per
+   100,000 lines (plus near-miss decoys such as ``notaudit.checkmarx.cx`` and
+   ``194.154.172.43`` that grep counts and the sweep must not), or reuses
+   ``--file``;
+2. reads it once so it is in the page cache, then times GNU grep, ripgrep and
+   ``sweep_paths`` in interleaved rounds (``--repeat``, best kept), every output
+   going to a file (GNU grep stops at the first match when writing to /dev/null);
+3. prints MB/s, the ratios to grep, hit counts and peak RSS (GNU time's
+   maximum resident set of the process and of its largest child).
+
+The sweep is timed two ways: ``scan`` (sweep_paths inside the process, what
+the stage costs in a running flow) and ``wall`` (a fresh interpreter, imports
+of Prefect included, what a one-off CLI call costs).
+
+    .venv/bin/python bench/sweep.py                # 1 GB, both backends
+    .venv/bin/python bench/sweep.py --size-mb 256 --repeat 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+INDICATORS = [
+    ("domain", "audit.checkmarx.cx"),
+    ("url_path", "/v1/telemetry"),
+    ("user_agent", "KICS-Telemetry/2.0"),
+    ("ip", "94.154.172.43"),
+]
+WORDS = ("api cdn mail static auth login update metrics assets img www edge eu us prod dev staging build cache "
+         "objects blob registry docker github gitlab s3 storage compute pkg npm pypi files media video").split()
+TLDS = ("com", "net", "org", "io", "dev", "cloud", "co.uk", "de", "cx")
+ORGS = ("example", "contoso", "fabrikam", "acme", "initech", "globex", "umbrella", "hooli", "checkmarx", "aquasec")
+UAS = ("Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0", "curl/8.5.0", "Go-http-client/1.1",
+       "python-requests/2.32.3", "Docker-Client/27.3.1 (linux)", "aws-sdk-go-v2/1.30.3 os/linux lang/go#1.22.5",
+       "KICS-Telemetry-Client/1.9", "Wget/1.21.4")
+HITS = ("x.audit.checkmarx.cx", "AUDIT.CHECKMARX.CX")
+DECOYS = ("notaudit.checkmarx.cx", "audit.checkmarx.cx.example.net")
+FIELDS = ("ts uid id.orig_h id.orig_p id.resp_h id.resp_p proto method query_or_host uri user_agent answers status").split()
+
+
+def _ip(r: random.Random) -> str:
+    return f"{r.randint(1, 223)}.{r.randint(0, 255)}.{r.randint(0, 255)}.{r.randint(1, 254)}"
+
+
+def _host(r: random.Random) -> str:
+    return ".".join(r.choice(WORDS) for _ in range(r.randint(1, 3))) + f".{r.choice(ORGS)}.{r.choice(TLDS)}"
+
+
+def _line(r: random.Random, ts: float, i: int, special: str | None) -> str:
+    host = special if special and "." in special and not special[0].isdigit() else _host(r)
+    answer = special if special and special[0].isdigit() else _ip(r)
+    if i % 3:
+        return (f"{ts:.6f}\tC{r.getrandbits(64):016x}\t10.{r.randint(0, 255)}.{r.randint(0, 255)}.{r.randint(1, 254)}"
+                f"\t{r.randint(1024, 65535)}\t10.0.0.2\t53\tudp\t-\t{host}\t-\t-\t{answer},{_ip(r)}\t-")
+    path = "/" + "/".join(r.choice(WORDS) for _ in range(r.randint(1, 4))) + f"?id={r.getrandbits(40):x}"
+    ua = "KICS-Telemetry/2.0" if special == "ua" else r.choice(UAS)
+    return (f"{ts:.6f}\tC{r.getrandbits(64):016x}\t10.{r.randint(0, 255)}.{r.randint(0, 255)}.{r.randint(1, 254)}"
+            f"\t{r.randint(1024, 65535)}\t{answer}\t443\ttcp\tGET\t{host}\t{path}\t{ua}\t-\t200")
+
+
+def generate(path: Path, size_mb: int, seed: int = 7) -> dict[str, int]:
+    """Write the log: distinct lines in 8 MB blocks, one indicator line per ~100,000 lines."""
+    r = random.Random(seed)
+    target = size_mb << 20
+    written = lines = planted = 0
+    ts = 1776859200.0  # 2026-04-22T12:00:00Z
+    specials = [*HITS, "94.154.172.43", "ua"]
+    decoys = [*DECOYS, "194.154.172.43", "94.154.172.431"]
+    with open(path, "w", encoding="ascii") as f:
+        f.write("#separator \\x09\n#path\tmixed\n#fields\t" + "\t".join(FIELDS) + "\n")
+        while written < target:
+            block = []
+            for _ in range(40000):
+                lines += 1
+                ts += 0.01
+                special = None
+                if lines % 100_000 == 50_000:
+                    special = specials[planted % len(specials)]
+                    planted += 1
+                elif lines % 100_000 == 0:
+                    special = decoys[(lines // 100_000) % len(decoys)]
+                block.append(_line(r, ts, lines, special))
+            text = "\n".join(block) + "\n"
+            f.write(text)
+            written += len(text)
+    return {"lines": lines, "planted": planted, "bytes": path.stat().st_size}
+
+
+def timed(cmd: list[str], out: Path, env: dict[str, str] | None = None) -> tuple[float, int, str]:
+    """(seconds, max RSS KiB, stderr) for ``cmd`` with stdout to ``out``, via GNU time."""
+    tfile = out.with_suffix(".time")
+    with open(out, "wb") as o:
+        t0 = time.perf_counter()
+        p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(tfile), *cmd], stdout=o, stderr=subprocess.PIPE, env=env)
+        dt = time.perf_counter() - t0
+    if p.returncode not in (0, 1):
+        raise SystemExit(f"{cmd[0]} failed ({p.returncode}): {p.stderr.decode()[-500:]}")
+    return dt, int(tfile.read_text().split()[-1]), p.stderr.decode()
+
+
+SWEEP_SNIPPET = """
+import json, resource, sys, time
+t0 = time.perf_counter()
+from tasks.sweep import sweep_paths
+from tasks import sweep_engine
+t1 = time.perf_counter()
+res = sweep_paths([sys.argv[1]], json.loads(sys.argv[2]), None, workers=int(sys.argv[3]))
+t2 = time.perf_counter()
+print(json.dumps(res.to_json_dict()))
+print(json.dumps({"import_s": t1 - t0, "scan_s": t2 - t1, "backend": sweep_engine.backend(),
+                  "self_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "child_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}), file=sys.stderr)
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mb", type=int, default=1024)
+    ap.add_argument("--file", type=Path, help="scan this file instead of generating one")
+    ap.add_argument("--dir", type=Path, help="where to write the generated log (default: a temp dir, removed after)")
+    ap.add_argument("--repeat", type=int, default=2, help="runs per tool; the best is kept")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--backends", default="hyperscan,python")
+    args = ap.parse_args()
+
+    work = args.dir or Path(tempfile.mkdtemp(prefix="sweep-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        log = args.file
+        if log is None:
+            log = work / "mixed.log"
+            t = time.perf_counter()
+            info = generate(log, args.size_mb)
+            print(f"generated {log} {info['bytes'] / 1e6:.0f} MB, {info['lines']} lines, {info['planted']} planted hits "
+                  f"in {time.perf_counter() - t:.1f}s")
+        size = log.stat().st_size
+        ind_file = work / "indicators.txt"
+        ind_file.write_text("".join(v + "\n" for _, v in INDICATORS))
+        with open(log, "rb") as f:  # into the page cache
+            while f.read(16 << 20):
+                pass
+        mb = size / 1e6
+        rows: list[tuple[str, float, int, str]] = []
+
+        tools: list[tuple[str, str, list[str], dict[str, str] | None]] = [
+            ("grep", "grep -F -i -n -f", ["grep", "-F", "-i", "-n", "-f", str(ind_file), str(log)], None),
+        ]
+        if shutil.which("rg"):
+            tools.append(("rg", "rg -F -i -n -f (--no-mmap)", ["rg", "-F", "-i", "-n", "--no-mmap", "-f", str(ind_file), str(log)], None))
+            tools.append(("rg-mmap", "rg -F -i -n -f (mmap)", ["rg", "-F", "-i", "-n", "-f", str(ind_file), str(log)], None))
+        for backend in [b for b in args.backends.split(",") if b]:
+            env = dict(os.environ, DIGESTGUARD_SWEEP_ENGINE=backend, PYTHONPATH=str(ROOT))
+            cmd = [sys.executable, "-c", SWEEP_SNIPPET, str(log), json.dumps(INDICATORS), str(args.workers)]
+            tools.append((f"sweep-{backend}", f"sweep {backend}", cmd, env))
+
+        # interleaved rounds: a burst of load on this shared box hits every tool alike
+        runs: dict[str, list[tuple[float, int, str]]] = {key: [] for key, *_ in tools}
+        for _ in range(args.repeat):
+            for key, _label, cmd, env in tools:
+                runs[key].append(timed(cmd, work / f"{key}.out", env))
+
+        grep_s = min(r[0] for r in runs["grep"])
+        for key, label, _cmd, _env in tools:
+            dt, _, err = min(runs[key], key=lambda x: x[0])
+            rss = max(r[1] for r in runs[key])
+            out = work / f"{key}.out"
+            if not key.startswith("sweep-"):
+                rows.append((label, dt, rss, f"{sum(1 for _ in open(out, 'rb'))} matching lines"))
+                continue
+            metas = [json.loads(r[2].strip().splitlines()[-1]) for r in runs[key]]
+            meta = min(metas, key=lambda m: m["scan_s"])
+            res = json.loads(out.read_text())
+            stats = res["files"][0]
+            note = (f"{res['totals']['hits']} hits on {len({h['line'] for h in res['hits']})} lines, "
+                    f"{stats['lines']} lines read, {stats['unparsable']} unparsable; backend {meta['backend']}, "
+                    f"main RSS {max(m['self_rss_kb'] for m in metas) // 1024} MB, "
+                    f"largest worker {max(m['child_rss_kb'] for m in metas) // 1024} MB")
+            rows.append((f"{label} (wall, incl. {meta['import_s']:.1f}s imports)", dt, rss, note))
+            rows.append((f"{label} (scan only)", meta["scan_s"], rss, ""))
+
+        load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"\nfile: {mb:.0f} MB, cached; workers={args.workers}; cpus={os.cpu_count()}; load average {load}\n")
+        print(f"{'tool':52} {'seconds':>8} {'MB/s':>8} {'x grep':>7} {'peak RSS':>9}  notes")
+        for name, dt, rss, note in rows:
+            print(f"{name:52} {dt:8.2f} {mb / dt:8.0f} {grep_s / dt:7.2f} {rss / 1024:7.0f}MB  {note}")
+    finally:
+        if args.dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

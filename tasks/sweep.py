@@ -1,0 +1,282 @@
+"""Assess window: sweep network and CI logs for an advisory's network indicators.
+
+``sweep_paths(paths, indicators, window)`` is the whole stage as a pure
+function (files in, :class:`SweepResult` out; no printing, no Prefect);
+``sweep_task`` is its Prefect wrapper (``@task``, ``cache_policy=NO_CACHE``,
+built on first access so that importing this module does not import Prefect). The CLI (``digestguard sweep``) prints
+``SweepResult.to_json_dict()``.
+
+Inputs: plain or gzip files and directories (every file below them, each
+format detected from its content), and ``cloudwatch://LOG-GROUP[?stream=P]``
+addresses. A line that does not parse is counted per file and still matched
+on its raw text: a hit is never dropped because the line around it is broken.
+
+Speed: see ``tasks/sweep_engine.py`` (anchored prefilter, only candidate lines
+parsed) and ``bench/sweep.py``. Big plain files are split into byte ranges
+scanned by ``workers`` processes; memory stays bounded (1 MiB chunks).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from digestguard.advisory import Indicator, Window
+from digestguard.errors import InputError
+from digestguard.findings import NetworkHit
+from integrations import netlogs
+from tasks import sweep_engine as engine
+
+PARALLEL_MIN_BYTES = 64 << 20
+"""Below this much input, worker processes cost more than they save."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SweepFileStats(_Model):
+    """What was read from one input: lines, malformed lines, and anything that went wrong."""
+
+    path: str
+    format: str
+    lines: int = 0
+    unparsable: int = 0
+    bytes: int = 0
+    hits: int = 0
+    errors: list[str] = Field(default_factory=list)
+
+
+class SweepResult(_Model):
+    """Every hit (in file and line order) and per-input statistics."""
+
+    indicators: list[str] = Field(default_factory=list, description="'kind:value' of every indicator swept for")
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    hits: list[NetworkHit] = Field(default_factory=list)
+    files: list[SweepFileStats] = Field(default_factory=list)
+
+    @property
+    def lines(self) -> int:
+        return sum(f.lines for f in self.files)
+
+    @property
+    def unparsable(self) -> int:
+        return sum(f.unparsable for f in self.files)
+
+    def hits_in_window(self) -> list[NetworkHit]:
+        return [h for h in self.hits if h.in_window]
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The ``--json`` object: ``hits``, ``files`` and totals (timestamps ISO 8601 UTC)."""
+        return {
+            "indicators": self.indicators,
+            "window": {
+                "start": self.window_start.isoformat() if self.window_start else None,
+                "end": self.window_end.isoformat() if self.window_end else None,
+            },
+            "hits": [h.model_dump(mode="json") for h in self.hits],
+            "files": [f.model_dump(mode="json") for f in self.files],
+            "totals": {
+                "files": len(self.files),
+                "lines": self.lines,
+                "unparsable": self.unparsable,
+                "hits": len(self.hits),
+                "hits_in_window": len(self.hits_in_window()),
+            },
+        }
+
+
+# ---------------------------------------------------------------- inputs
+
+def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """Files and ``cloudwatch://`` addresses; directories become the files below them (sorted).
+
+    A path that does not exist is bad input and raises :class:`InputError` naming it,
+    before anything is read.
+    """
+    out: list[str] = []
+    for p in paths:
+        s = os.fspath(p)
+        if s.startswith("cloudwatch://"):
+            netlogs.parse_cloudwatch_uri(s)
+            out.append(s)
+            continue
+        path = Path(s)
+        if path.is_dir():
+            out.extend(str(f) for f in sorted(path.rglob("*")) if f.is_file())
+        elif path.is_file():
+            out.append(s)
+        elif path.exists():
+            raise InputError(s, "not a regular file or directory")
+        else:
+            raise InputError(s, "no such file or directory")
+    return out
+
+
+def _indicator_pairs(indicators: Iterable[Indicator | tuple[str, str]]) -> list[tuple[str, str]]:
+    pairs = []
+    for ind in indicators:
+        if isinstance(ind, Indicator):
+            pairs.append((ind.kind, ind.value))
+        else:
+            kind, value = ind
+            # validate and refang the way an advisory pack would
+            try:
+                pairs.append((kind, Indicator(kind=kind, value=value, source="sweep input").value))
+            except ValidationError as e:
+                reason = "; ".join(err["msg"] for err in e.errors())
+                raise InputError(f"{kind}:{value}", reason, "indicator") from None
+    return pairs
+
+
+def _in_window(window: Window | None, ts: datetime | None) -> bool | None:
+    if ts is None or window is None:
+        return None
+    return window.contains(ts)
+
+
+# ---------------------------------------------------------------- the sweep
+
+def sweep_paths(
+    paths: Sequence[str | os.PathLike[str]],
+    indicators: Iterable[Indicator | tuple[str, str]],
+    window: Window | None,
+    *,
+    log_format: str | None = None,
+    workers: int | None = None,
+    chunk_size: int = netlogs.DEFAULT_CHUNK,
+    cloudwatch_endpoint: str | None = None,
+) -> SweepResult:
+    """Sweep ``paths`` for ``indicators``; flag each hit against ``window``.
+
+    ``indicators`` are ``Advisory.network`` entries (or ``(kind, value)`` pairs,
+    defanged or not). ``log_format`` forces one format for every file (default:
+    detect per file). ``workers`` defaults to the CPU count (capped at 4).
+    Raises :class:`InputError` for missing paths or bad indicators; a broken
+    line or a truncated gzip is reported in the file's stats, never raised.
+    Example::
+
+        adv = load_advisory("kics-2026-04")
+        res = sweep_paths(["/var/log/zeek"], adv.network, adv.window)
+        for h in res.hits_in_window(): ...
+    """
+    pairs = _indicator_pairs(indicators)
+    matcher = engine.compile_matcher(pairs)
+    files = expand_paths(paths)
+    result = SweepResult(
+        indicators=[f"{k}:{v}" for k, v in pairs],
+        window_start=window.start if window else None,
+        window_end=window.end if window else None,
+    )
+    if not pairs:
+        result.files = [SweepFileStats(path=p, format="-", errors=["no network indicators to sweep for"]) for p in files]
+        return result
+    workers = workers or min(os.cpu_count() or 1, 4)
+
+    # plan: (file index, unit args) — big plain files split into byte ranges
+    plans: list[tuple[int, tuple]] = []
+    stats: list[SweepFileStats] = []
+    total = 0
+    for i, p in enumerate(files):
+        if p.startswith("cloudwatch://"):
+            stats.append(SweepFileStats(path=p, format=netlogs.CLOUDWATCH))
+            continue
+        head = netlogs.read_head(p)
+        fmt = netlogs.format_by_name(log_format, head) if log_format else netlogs.detect_format(head)
+        stats.append(SweepFileStats(path=p, format=fmt.name))
+        size = Path(p).stat().st_size
+        total += size
+        if workers > 1 and not netlogs.is_gzip(p) and size >= PARALLEL_MIN_BYTES:
+            for a, b in netlogs.split_ranges(p, workers, min_part=PARALLEL_MIN_BYTES // 2):
+                plans.append((i, (matcher, fmt, p, a, b, chunk_size)))
+        else:
+            plans.append((i, (matcher, fmt, p, 0, None, chunk_size)))
+
+    raw: dict[int, list[engine.UnitResult]] = {}
+    if workers > 1 and len(plans) > 1 and total >= PARALLEL_MIN_BYTES:
+        # fork: workers run only this pure engine code (no logging, no I/O but reads), and
+        # start in milliseconds without re-importing Prefect
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(min(workers, len(plans))) as pool:
+            for (i, _), unit in zip(plans, pool.imap(engine.scan_unit_args, [a for _, a in plans])):
+                raw.setdefault(i, []).append(unit)
+    else:
+        for i, args in plans:
+            raw.setdefault(i, []).append(engine.scan_unit(*args))
+
+    for i, p in enumerate(files):
+        st = stats[i]
+        if p.startswith("cloudwatch://"):
+            units = [_sweep_cloudwatch(p, matcher, st, cloudwatch_endpoint)]
+        else:
+            units = raw.get(i, [])
+        base = 0
+        for u in units:
+            for line, ind, kind, ts_iso, _field, text in u.hits or ():
+                ts = datetime.fromisoformat(ts_iso) if ts_iso else None
+                result.hits.append(
+                    NetworkHit(
+                        path=p, line=base + line, indicator=ind, kind=kind,  # type: ignore[arg-type]
+                        timestamp=ts, in_window=_in_window(window, ts), text=text,
+                    )
+                )
+                st.hits += 1
+            base += u.lines
+            st.lines += u.lines
+            st.unparsable += u.unparsable
+            st.bytes += u.bytes_read
+            st.errors.extend(u.errors or ())
+    result.files = stats
+    return result
+
+
+def _sweep_cloudwatch(uri: str, matcher: engine.Matcher, st: SweepFileStats, endpoint: str | None) -> engine.UnitResult:
+    """Read one log group through the API; an API failure lands in the stats, named, not raised."""
+    from digestguard.errors import IntegrationError
+
+    parts = netlogs.parse_cloudwatch_uri(uri)
+    events = netlogs.iter_log_events(
+        parts["log_group"],
+        stream_prefix=parts.get("stream"),
+        endpoint_url=parts.get("endpoint") or endpoint,
+        region=parts.get("region"),
+    )
+    try:
+        return engine.scan_events(matcher, ((e.stream, e.timestamp, e.message) for e in events))
+    except IntegrationError as e:
+        return engine.UnitResult(hits=[], errors=[str(e)])
+
+
+def _make_sweep_task():
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+
+    @task(name="sweep-network-logs", cache_policy=NO_CACHE, persist_result=False)
+    def sweep_task(
+        paths: list[str],
+        indicators: list[Indicator],
+        window: Window | None,
+        log_format: str | None = None,
+        workers: int | None = None,
+    ) -> SweepResult:
+        """Prefect wrapper of :func:`sweep_paths` (logs may hold anything: never cached or persisted)."""
+        return sweep_paths(paths, indicators, window, log_format=log_format, workers=workers)
+
+    return sweep_task
+
+
+def __getattr__(name: str) -> Any:
+    """``sweep_task`` is built on first use: importing Prefect costs 3-5 s, more than
+    sweeping a gigabyte, and ``digestguard sweep`` from a shell should not pay it."""
+    if name == "sweep_task":
+        value = _make_sweep_task()
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
