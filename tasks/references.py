@@ -280,7 +280,12 @@ _TOKEN_STOP = frozenset(" \t\r\n;|&)`\"'<>")
 
 
 def _tokens(text: str, pos: int) -> Iterator[tuple[int, int, str]]:
-    """Shell-ish words from ``pos`` to the end of the command: (start, end, value) with quotes removed."""
+    """Shell words from ``pos`` to the end of the command: (start, end, value) with quotes removed.
+
+    Adjacent quoted and unquoted parts form one word (``-v "$PWD":/src`` is two words, not
+    three). A word that is one quoted string spans its inside, so an image written as
+    ``"checkmarx/kics:latest"`` is rewritten without touching its quotes.
+    """
     n = len(text)
     while pos < n:
         c = text[pos]
@@ -296,19 +301,38 @@ def _tokens(text: str, pos: int) -> Iterator[tuple[int, int, str]]:
                 continue
         if c in "\r\n;|&)`#<>":
             return
-        if c in "\"'":
-            close = text.find(c, pos + 1)
-            if close == -1 or "\n" in text[pos + 1:close]:
-                return
-            yield pos + 1, close, text[pos + 1:close]
-            pos = close + 1
-            continue
         start = pos
-        while pos < n and text[pos] not in _TOKEN_STOP:
-            if text[pos] == "\\" and pos + 1 < n and text[pos + 1] in "\r\n":
+        parts: list[str] = []
+        quoted_only = True
+        while pos < n and text[pos] not in " \t\r\n;|&)`<>":
+            ch = text[pos]
+            if ch in "\"'":
+                close = text.find(ch, pos + 1)
+                if close == -1 or "\n" in text[pos + 1:close]:
+                    # the command itself sits in a string (``sh "docker pull x"``): its quote ends it
+                    if parts:
+                        value = "".join(parts)
+                        yield (start, pos, value)
+                    return
+                parts.append(text[pos + 1:close])
+                pos = close + 1
+                continue
+            if ch == "\\" and pos + 1 < n and text[pos + 1] in "\r\n":
                 break
-            pos += 1
-        yield start, pos, text[start:pos]
+            quoted_only = False
+            seg = pos
+            while pos < n and text[pos] not in _TOKEN_STOP and text[pos] not in "\"'":
+                if text[pos] == "\\" and pos + 1 < n and text[pos + 1] in "\r\n":
+                    break
+                pos += 1
+            if pos == seg:  # a stop character this loop does not end words on (e.g. '(' or '$')
+                pos += 1
+            parts.append(text[seg:pos])
+        value = "".join(parts)
+        if quoted_only and len(parts) == 1 and pos - start >= 2:
+            yield start + 1, pos - 1, value
+        else:
+            yield start, pos, value
 
 
 def _command_image(text: str, pos: int) -> tuple[int, int] | None:
