@@ -192,9 +192,13 @@ def incident_response(
 
         # 3. rotate (gated)
         rplan = plan_rotation(incident, adv, exposure, inv)
+        auto_manual = (lambda item: True) if auto_approve else None
         report.rotate, rapproval = _gated(rplan, dry_run, journal, inv, notifier, triggered_by, auto_approve, rotate_dry_run,
-                                          lambda plan, appr: apply_rotation(plan, appr, inv, journal,
-                                                                            confirm_manual=_manual_confirmer(auto_approve)))
+                                          lambda plan, appr: apply_rotation(plan, appr, inv, journal, confirm_manual=auto_manual))
+        if rapproval is not None and rapproval.approved and not auto_approve:
+            report.rotate = _confirm_manual_rotations(rplan, rapproval, report.rotate, notifier,
+                                                      lambda plan, appr, confirmed: apply_rotation(
+                                                          plan, appr, inv, journal, confirm_manual=lambda i: i.target in confirmed))
         _approval_record(report, rplan, rapproval)
         summary["rotate"] = _stage_counts(report.rotate)
         summary["rotate_confirmed_manual"] = sorted(a.target.split(":", 1)[-1] for a in report.rotate.actions
@@ -286,13 +290,27 @@ def _run_stage_task(stage: str, apply, plan: Plan, approval: Approval) -> StageR
     return t()
 
 
-def _manual_confirmer(auto_approve: str | None):
-    """For manual rotations: the drill confirms; a real run pauses for a person (``flows.approval``)."""
-    if auto_approve:
-        return lambda item: True
+def _confirm_manual_rotations(plan: Plan, approval: Approval, result: StageResult, notifier, reapply) -> StageResult:
+    """Manual rotations wait for a person: the flow pauses once per open checklist item (a task cannot pause),
+    then re-applies the plan; the journal makes every finished secret a no-op on that second pass."""
     from flows.approval import confirm_manual_rotation
 
-    return confirm_manual_rotation
+    open_items = [i for i in plan.items if any(a.target == i.target and a.outcome == "needs-person" and a.detail.get("manual")
+                                              for a in result.actions)]
+    if not open_items:
+        return result
+    confirmed: set[str] = set()
+    for item in open_items:
+        notifier.stage_update("rotate", "awaiting-person", f"manual rotation of {item.target}: confirm in the Prefect UI")
+        if confirm_manual_rotation(item):
+            confirmed.add(item.target)
+    if not confirmed:
+        return result
+    second = _run_stage_task("rotate", lambda p, a: reapply(p, a, confirmed), plan, approval)
+    first = {(a.target, a.action): a for a in result.actions}
+    merged = [first[(a.target, a.action)] if a.outcome == "already-done" and (a.target, a.action) in first else a
+              for a in second.actions]
+    return second.model_copy(update={"actions": merged, "verification": result.verification + second.verification})
 
 
 def _known_good_targets(detected, kg: dict[str, str]) -> dict[str, str]:

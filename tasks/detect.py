@@ -178,15 +178,15 @@ def _child_match(client, repo: str, digest: str, advisory: Advisory) -> Finding 
 
 # ---------------------------------------------------------------------------------- ECR
 def detect_ecr(entry: Registry, advisory: Advisory, client=None) -> list[Finding]:
-    """ECR: describe-images by tag (affected tags) and by digest (malicious digests)."""
+    """ECR: every image of each mirrored repository, by digest, with its tags (malicious digests and affected tags)."""
     from integrations import ecr
 
+    c = client or ecr.ecr_client(region_name=entry.region, endpoint_url=entry.url)
     findings: list[Finding] = []
     for repo, img in registry_repositories(entry, advisory):
         where = f"{entry.name}/{repo}"
         try:
-            images = ecr.describe_images(repo, region=entry.region, endpoint_url=entry.url, registry_id=entry.account_id,
-                                         client=client)
+            images = ecr.list_images(c, repo, registry_id=entry.account_id)
         except NotFound:
             continue
         except DigestguardError as e:
@@ -194,10 +194,9 @@ def detect_ecr(entry: Registry, advisory: Advisory, client=None) -> list[Finding
             continue
         affected = set(img.affected_tags)
         for im in images:
-            tags = list(im.tags) or [None]
             f = _finding(entry.name, "ecr", f"{where}@{im.digest}", f"{repo}@{im.digest}", im.digest, advisory,
-                         detail={"tags": list(im.tags), "pushed_at": str(im.pushed_at) if im.pushed_at else None})
-            if f.verdict == "compromised" or any(t in affected for t in tags if t):
+                         detail={"tags": list(im.tags), "pushed_at": im.pushed_at.isoformat() if im.pushed_at else None})
+            if f.verdict == "compromised" or affected & set(im.tags):
                 findings.append(f)
     return findings
 
@@ -360,28 +359,31 @@ def detect(advisory: Advisory, inventory: Inventory, *, registry_clients: dict[s
 
 
 def detect_gar(entry: Registry, advisory: Advisory) -> list[Finding]:
-    """Artifact Registry: every version of the mirrored package, by digest, with its tags."""
+    """Artifact Registry: every version of each mirrored package, by digest, with its tags."""
     from digestguard.credentials import resolve
-    from integrations import gar
+    from integrations.gar import API_URL, ArtifactRegistry, GarPackage
 
     findings: list[Finding] = []
-    token = resolve(entry.token, f"registry {entry.name}")
-    for repo, img in registry_repositories(entry, advisory):
-        where = f"{entry.name}/{repo}"
-        try:
-            versions = gar.list_versions(project=entry.project, location=entry.location, repository=entry.name,
-                                         package=repo, token=token, api_url=entry.url)
-        except NotFound:
-            continue
-        except DigestguardError as e:
-            findings.append(_unknown(entry.name, "gar", where, e))
-            continue
-        affected = set(img.affected_tags)
-        for v in versions:
-            f = _finding(entry.name, "gar", f"{where}@{v.digest}", f"{repo}@{v.digest}", v.digest, advisory,
-                         detail={"tags": list(v.tags)})
-            if f.verdict == "compromised" or affected & set(v.tags):
-                findings.append(f)
+    if not (entry.project and entry.location):
+        return [Finding(source=entry.name, kind="gar", location=entry.name, verdict="unknown",
+                        error="an Artifact Registry entry needs project and location")]
+    with ArtifactRegistry(resolve(entry.token, f"registry {entry.name}") or "", api_url=entry.url or API_URL) as gar:
+        for repo, img in registry_repositories(entry, advisory):
+            where = f"{entry.name}/{repo}"
+            pkg = GarPackage(entry.project, entry.location, entry.name, repo)
+            try:
+                versions = gar.list_versions(pkg)
+            except NotFound:
+                continue
+            except DigestguardError as e:
+                findings.append(_unknown(entry.name, "gar", where, e))
+                continue
+            affected = set(img.affected_tags)
+            for v in versions:
+                f = _finding(entry.name, "gar", f"{where}@{v.digest}", f"{repo}@{v.digest}", v.digest, advisory,
+                             detail={"tags": list(v.tags)})
+                if f.verdict == "compromised" or affected & set(v.tags):
+                    findings.append(f)
     return findings
 
 

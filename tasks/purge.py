@@ -142,15 +142,20 @@ def _apply_item(item: PlanItem, targets: PurgeTargets) -> dict:
         if item.kind == "ecr":
             from integrations import ecr
 
-            ecr.delete_images(p["repository"], [p["digest"]], region=entry.region, endpoint_url=entry.url,
-                              registry_id=entry.account_id)
-        else:
-            from digestguard.credentials import resolve
-            from integrations import gar
+            res = ecr.batch_delete_images(ecr.ecr_client(region_name=entry.region, endpoint_url=entry.url),
+                                          p["repository"], [p["digest"]], registry_id=entry.account_id)
+            if p["digest"] not in res.deleted_digests:
+                failure = next(iter(res.failures), None)
+                if failure is not None and "notfound" in str(getattr(failure, "code", "")).lower():
+                    raise NotFound(item.target, "already gone")
+                raise Refused(item.target, f"ECR did not delete it: {failure}")
+            return {"digest": p["digest"]}
+        from digestguard.credentials import resolve
+        from integrations.gar import API_URL, ArtifactRegistry, GarPackage
 
-            gar.delete_version(project=entry.project, location=entry.location, repository=entry.name,
-                               package=p["repository"], digest=p["digest"], token=resolve(entry.token), api_url=entry.url)
-        return {"digest": p["digest"]}
+        with ArtifactRegistry(resolve(entry.token, f"registry {entry.name}") or "", api_url=entry.url or API_URL) as gar:
+            done = gar.delete_version(GarPackage(entry.project, entry.location, entry.name, p["repository"]), p["digest"])
+        return {"digest": p["digest"], "tags_deleted": list(done.tags_deleted)}
     if item.action == "remove-image":
         removed = targets.engine(p["engine"]).remove_image(p["image_id"], force=bool(p.get("remove_containers")),
                                                            remove_containers=bool(p.get("remove_containers")))
@@ -217,6 +222,9 @@ def verify_purge(plan: Plan, targets: PurgeTargets, known_good: dict[str, str]) 
             if item.action == "delete-manifest":
                 still = targets.registry(p["registry"]).exists(p["repository"], p["digest"])
                 out.append(_verdict(item.target, "verify-absent", not still, "digest still answers in the registry"))
+            elif item.action == "delete-image":
+                out.append(_verdict(item.target, "verify-absent", not _cloud_image_present(item, targets),
+                                    "digest still listed by the registry"))
             elif item.action == "remove-image":
                 left = targets.engine(p["engine"]).images_with_digest(p["digest"]) if p.get("digest") else []
                 left += [i for i in targets.engine(p["engine"]).list_images() if i.id == p["image_id"]]
@@ -235,6 +243,27 @@ def verify_purge(plan: Plan, targets: PurgeTargets, known_good: dict[str, str]) 
         except DigestguardError as e:
             out.append(ActionOutcome(stage=STAGE, target=f"{where}@{digest}", action="verify-known-good", outcome="failed", error=str(e)))
     return out
+
+
+def _cloud_image_present(item: PlanItem, targets: PurgeTargets) -> bool:
+    """Whether ECR / Artifact Registry still lists the digest."""
+    p = item.params
+    entry = next(r for r in targets.inventory.registries if r.name == p["registry"])
+    if item.kind == "ecr":
+        from integrations import ecr
+
+        found, _missing = ecr.describe_by_digest(ecr.ecr_client(region_name=entry.region, endpoint_url=entry.url),
+                                                 p["repository"], [p["digest"]], registry_id=entry.account_id)
+        return bool(found)
+    from digestguard.credentials import resolve
+    from integrations.gar import API_URL, ArtifactRegistry, GarPackage
+
+    with ArtifactRegistry(resolve(entry.token, f"registry {entry.name}") or "", api_url=entry.url or API_URL) as gar:
+        try:
+            gar.get_version(GarPackage(entry.project, entry.location, entry.name, p["repository"]), p["digest"])
+        except NotFound:
+            return False
+    return True
 
 
 def _blobs_of(client, repo: str, manifest) -> list[str]:

@@ -73,6 +73,14 @@ class SweepResult(_Model):
     def hits_in_window(self) -> list[NetworkHit]:
         return [h for h in self.hits if h.in_window]
 
+    def unparsable_by_path(self) -> dict[str, int]:
+        """``{path: malformed lines}`` for inputs that had any (``ExposureReport.unparsable``)."""
+        return {f.path: f.unparsable for f in self.files if f.unparsable}
+
+    def errors(self) -> list[str]:
+        """Every read failure, prefixed with its input (truncated gzip, API errors)."""
+        return [f"{f.path}: {e}" for f in self.files for e in f.errors]
+
     def to_json_dict(self) -> dict[str, Any]:
         """The ``--json`` object: ``hits``, ``files`` and totals (timestamps ISO 8601 UTC)."""
         return {
@@ -203,9 +211,11 @@ def sweep_paths(
     if workers > 1 and len(plans) > 1 and total >= PARALLEL_MIN_BYTES:
         # fork: workers run only this pure engine code (no logging, no I/O but reads), and
         # start in milliseconds without re-importing Prefect
+        netlogs.count_byte(bytes(8192), b"\n")  # import numpy once here, not once per worker
+        engine.backend()  # likewise hyperscan
         ctx = multiprocessing.get_context("fork")
         with ctx.Pool(min(workers, len(plans))) as pool:
-            for (i, _), unit in zip(plans, pool.imap(engine.scan_unit_args, [a for _, a in plans])):
+            for (i, _), unit in zip(plans, pool.imap(engine.scan_unit_args, [a for _, a in plans]), strict=True):
                 raw.setdefault(i, []).append(unit)
     else:
         for i, args in plans:

@@ -6,6 +6,10 @@ loaded here so any test can ask for them by name.
 
 import pathlib
 
+import pytest
+
+pytest.register_assert_rewrite("tests.support")
+
 # Every fixture module in tests/support (one per service family) is a plugin.
 pytest_plugins = sorted(
     f"tests.support.{p.stem}"

@@ -115,4 +115,7 @@ def start_moto() -> MotoServer:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    return MotoServer(endpoint_url=f"http://{host}:{port}", server=server)
+    url = f"http://{host}:{port}"
+    # moto keeps its state per process, not per server: start every sandbox from an empty account
+    urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=10).close()
+    return MotoServer(endpoint_url=url, server=server)

@@ -102,6 +102,25 @@ def _wait_for_gate(journal_path: Path, incident: str, stage: str, n: int = 1, ti
     raise AssertionError(f"no paused {stage} gate within {timeout} s")
 
 
+def _wait_for_pause_text(run_id: str, timeout: float = 120) -> str:
+    """The description of the form a paused run shows next (waits for a new pause)."""
+    from prefect import get_client
+    from prefect.input.actions import read_flow_run_input
+    from prefect.input.run_input import keyset_from_paused_state
+
+    deadline = time.monotonic() + timeout
+    time.sleep(1.5)
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as c:
+            run = c.read_flow_run(run_id)
+        if run.state.is_paused():
+            text = read_flow_run_input(keyset_from_paused_state(run.state)["description"], flow_run_id=run.id)
+            if text:
+                return str(text)
+        time.sleep(0.5)
+    raise AssertionError("the run did not pause again")
+
+
 def test_gates_approve_rotation_reject_purge_and_bind_the_hash(sandbox):
     incident = "e2e-gates-1"
     jpath = sandbox.root / "journal.sqlite"
@@ -119,6 +138,9 @@ def test_gates_approve_rotation_reject_purge_and_bind_the_hash(sandbox):
         time.sleep(0.3)
     run_id = _wait_for_gate(jpath, incident, "rotate")
     answer_paused_run(run_id, approver="alice", reason="confirmed exposure")
+    # the manual checklist item (VENDOR_API_KEY) waits for a person at flow level
+    assert "Manual rotation" in _wait_for_pause_text(run_id)
+    resume_flow_run(run_id, run_input={"rotated": True, "who": "carol", "note": "rotated on the vendor portal"})
     run_id = _wait_for_gate(jpath, incident, "purge")
     answer_paused_run(run_id, approver="bob", reject=True, reason="purge after the freeze")
     t.join(180)
@@ -128,6 +150,7 @@ def test_gates_approve_rotation_reject_purge_and_bind_the_hash(sandbox):
     assert summary["purge"] == {"skipped": summary["purge"]["skipped"]}  # nothing purged
     j = Journal(jpath)
     appr = {e.target: e for e in j.entries(incident, "approval")}
+    print({k: (v.status, v.approver, v.action) for k, v in appr.items()})
     assert appr["rotate"].status == "done" and appr["rotate"].approver == "alice"
     assert appr["purge"].status == "failed" and appr["purge"].approver == "bob"
     with RegistryClient(sandbox.registry.host, base_url=sandbox.registry.base_url) as reg:

@@ -92,3 +92,16 @@ def test_prune_dangling(engine, registry):
     result = engine.prune_dangling()
     assert first.id.removeprefix("sha256:") in {d.removeprefix("sha256:") for d in result.deleted}
     assert engine.get_image(second.id).id == second.id
+
+
+def test_remove_by_digest_reference(engine, registry):
+    """Removal named by ``name@digest`` (what an advisory gives) rather than by image id."""
+    pushed = push_index(registry.base_url, "engine/bydigest", "latest")
+    img = engine.pull(registry.ref("engine/bydigest", "latest"))
+    result = engine.remove_image(registry.ref("engine/bydigest", digest=pushed.digest), force=True, remove_containers=True)
+    assert result.target.endswith(pushed.digest)
+    assert engine.images_with_digest(pushed.digest) == []
+    with pytest.raises(NotFound):
+        engine.get_image(img.id)
+    with pytest.raises(NotFound):
+        engine.remove_image(registry.ref("engine/bydigest", digest=pushed.digest))

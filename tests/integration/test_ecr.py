@@ -81,3 +81,9 @@ def test_batch_delete_by_digest_removes_tags_and_reports_failures(client, repo):
     with pytest.raises(NotFound):
         ecr.describe_by_tag(client, repo, "latest")  # the tag went with the digest
     assert ecr.describe_by_tag(client, repo, "stable").digest == keep
+
+
+def test_registry_login_for_the_registry_client(client):
+    login = ecr.registry_login(client)
+    assert login.username == "AWS" and login.password and ".dkr.ecr." in login.host
+    assert login.password not in repr(login)

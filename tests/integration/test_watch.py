@@ -14,7 +14,6 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-import httpx
 import pytest
 import yaml
 
@@ -248,7 +247,7 @@ def test_signatures_valid_unsigned_and_wrong_key(registry, tmp_path: Path):
     key, other = new_key(), new_key()
     (tmp_path / "cosign.pub").write_bytes(public_pem(key))
     good = push_index(registry.base_url, repo, "good")
-    bare = push_index(registry.base_url, repo, "bare")
+    push_index(registry.base_url, repo, "bare")
     forged = push_index(registry.base_url, repo, "forged")
     sign_image(registry.base_url, repo, good.digest, key)
     sign_image(registry.base_url, repo, forged.digest, other)

@@ -16,25 +16,13 @@ from collections.abc import Iterator
 
 import pytest
 
-DUMMY_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_REGION": "us-east-1",
-}
+from flows.sandbox.services import DUMMY_AWS_ENV as DUMMY_ENV, start_moto as _start_moto
 
 
 def start_moto():
-    """Start ``ThreadedMotoServer`` on a free loopback port; returns (server, endpoint_url)."""
-    try:
-        from moto.server import ThreadedMotoServer
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise RuntimeError(f"moto server mode is missing: install the PyPI package `moto[server]` ({e})") from e
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    return server, f"http://{host}:{port}"
+    """Start a moto server on a free loopback port; returns (server, endpoint_url)."""
+    m = _start_moto()
+    return m, m.endpoint_url
 
 
 @pytest.fixture(scope="session")

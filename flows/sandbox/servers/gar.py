@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-_STATUS = {400: "FAILED_PRECONDITION", 401: "UNAUTHENTICATED", 404: "NOT_FOUND", 400.1: "INVALID_ARGUMENT"}
 
 
 @dataclass

@@ -1,0 +1,104 @@
+"""Watch alerts as Slack messages (see ``tasks/watch.py``).
+
+One message per image or source event; network hits grouped per file per
+cycle (a burst of hits must not become a burst of messages and a rate limit).
+Log lines reach the channel with query-string values blanked: tokens ride in
+URLs more often than anywhere else in a proxy log.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from digestguard.credentials import resolve
+from digestguard.errors import DigestguardError
+from digestguard.inventory import Inventory
+from tasks.watch_events import (
+    DriftEvent,
+    MaliciousEvent,
+    NetworkHitEvent,
+    SignatureEvent,
+    SourceDownEvent,
+    SourceRecoveredEvent,
+)
+
+Alert = Callable[[Sequence[Any]], None]
+"""Deliver a batch of events (raise a DigestguardError when it could not; they are queued and retried)."""
+
+
+
+_QUERY_VALUE = re.compile(r"([?&][^=&\s\"']+=)[^&\s\"']+")
+_ICON = {"critical": ":rotating_light:", "high": ":warning:", "warning": ":large_orange_diamond:", "info": ":white_check_mark:"}
+MAX_HITS_PER_MESSAGE = 20
+
+
+def _safe_line(text: str | None) -> str:
+    """A log line fit for a channel: query-string values blanked (tokens ride in URLs), length bounded."""
+    return _QUERY_VALUE.sub(r"\1…", text or "")[:240]
+
+
+def alert_messages(events: Sequence[Any]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """``[(text, blocks)]``: one message per image/source event, network hits grouped per file."""
+    out: list[tuple[str, list[dict[str, Any]]]] = []
+    hits: dict[str, list[NetworkHitEvent]] = {}
+    for ev in events:
+        if isinstance(ev, NetworkHitEvent):
+            hits.setdefault(ev.path, []).append(ev)
+            continue
+        title = f"{_ICON[ev.severity]} *[{ev.severity.upper()}] watch: {ev.kind}*"
+        lines = [_event_detail(ev)]
+        text = f"[{ev.severity}] {ev.summary()}"
+        out.append((text, [{"type": "section", "text": {"type": "mrkdwn", "text": title + "\n" + "\n".join(lines)}}]))
+    for path, hs in hits.items():
+        advs = sorted({a for h in hs for a in h.advisories})
+        text = f"[critical] {len(hs)} network indicator hit(s) ({', '.join(advs)}) in {path}"
+        body = "\n".join(f"line {h.line}: `{h.indicator}` ({h.indicator_kind}) {h.timestamp.isoformat() if h.timestamp else ''}\n"
+                         f">{_safe_line(h.text)}" for h in hs[:MAX_HITS_PER_MESSAGE])
+        more = f"\n…and {len(hs) - MAX_HITS_PER_MESSAGE} more" if len(hs) > MAX_HITS_PER_MESSAGE else ""
+        out.append((text, [{"type": "section", "text": {"type": "mrkdwn", "text":
+                    f"{_ICON['critical']} *[CRITICAL] watch: network-hit* in `{path}` ({', '.join(advs)})\n{body}{more}"[:2900]}}]))
+    return out
+
+
+def _event_detail(ev: Any) -> str:
+    if isinstance(ev, DriftEvent):
+        who = ev.pushed_by or ("unknown" if not ev.push_info_error else f"unknown ({ev.push_info_error})")
+        return (f"`{ev.reference}` moved to a digest nobody listed as expected\n"
+                f"before: `{ev.before}`\nafter:  `{ev.after}`\n"
+                f"pushed: {ev.pushed_at.isoformat() if ev.pushed_at else 'unknown'} by {who}")
+    if isinstance(ev, MaliciousEvent):
+        inc = f"dry-run incident `{ev.incident}` started" if ev.incident else f"incident NOT started: {ev.incident_error}"
+        via = "" if ev.matched == ev.digest else f" (platform child `{ev.matched}`)"
+        return (f"`{ev.reference}` now names `{ev.digest}`{via}, listed as malicious by *{ev.advisory}* {ev.advisory_title}\n"
+                f"before: `{ev.before or 'first seen'}`\n"
+                f"pushed: {ev.pushed_at.isoformat() if ev.pushed_at else 'unknown'} by {ev.pushed_by or 'unknown'}\n{inc}\n"
+                "Do not pull it; pin the previous digest.")
+    if isinstance(ev, SignatureEvent):
+        return f"`{ev.reference}@{ev.digest}` is *{ev.status}*: {ev.reason}"
+    if isinstance(ev, SourceDownEvent):
+        return f"`{ev.source}` cannot be checked: {ev.error}\n(said once; a recovery notice follows)"
+    if isinstance(ev, SourceRecoveredEvent):
+        return f"`{ev.source}` answers again" + (f" (down since {ev.down_since.isoformat()})" if ev.down_since else "")
+    return ev.summary()
+
+
+def slack_alerter(inventory: Inventory, **client_options: Any) -> tuple[Alert | None, str | None]:
+    """``(alert, None)`` posting to ``inventory.slack``; ``(None, reason)`` when Slack is not configured or its token
+    cannot be resolved (the watch still runs and keeps the alerts queued in its state)."""
+    if inventory.slack is None:
+        return None, "no slack section in the inventory"
+    from integrations.slack import SlackClient
+
+    cfg = inventory.slack
+    try:
+        client = SlackClient(resolve(cfg.token, "inventory slack.token") or "", base_url=cfg.api_url, **client_options)
+    except DigestguardError as e:
+        return None, str(e)
+
+    def alert(events: Sequence[Any]) -> None:
+        for text, blocks in alert_messages(events):
+            client.post(cfg.channel, text, blocks=blocks)
+
+    return alert, None

@@ -1,0 +1,157 @@
+"""The watch's memory: a small SQLite file (see ``tasks/watch.py``)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from digestguard.errors import InputError
+from digestguard.inventory import Inventory
+from tasks.watch_events import WATCH_EVENT, _iso, _now
+
+DEFAULT_STATE = ".digestguard/watch.sqlite"
+
+
+
+@dataclass(frozen=True)
+class Outage:
+    source: str
+    since: datetime
+    error: str
+
+
+@dataclass(frozen=True)
+class LogPosition:
+    """Where the last cycle stopped reading a log: byte ``offset``, ``lines`` before it, the file's inode."""
+
+    offset: int
+    lines: int
+    inode: int | None
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS digests(reference TEXT PRIMARY KEY, digest TEXT NOT NULL, first_seen TEXT, changed_at TEXT);
+CREATE TABLE IF NOT EXISTS signatures(reference TEXT PRIMARY KEY, digest TEXT NOT NULL, status TEXT NOT NULL, reason TEXT, checked_at TEXT);
+CREATE TABLE IF NOT EXISTS log_positions(path TEXT PRIMARY KEY, offset INTEGER NOT NULL, lines INTEGER NOT NULL, inode INTEGER, updated_at TEXT);
+CREATE TABLE IF NOT EXISTS outages(source TEXT PRIMARY KEY, since TEXT NOT NULL, error TEXT);
+CREATE TABLE IF NOT EXISTS pending_alerts(id INTEGER PRIMARY KEY AUTOINCREMENT, event TEXT NOT NULL, queued_at TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0);
+"""
+
+
+class WatchState:
+    """The watch's memory (SQLite): last digest per tag, signature verdicts, log offsets, outages, undelivered alerts.
+
+    Why SQLite: it survives restarts and crashes mid-cycle (each batch is one
+    transaction), and a scheduled deployment run on another worker can share
+    the file. Nothing secret is stored: digests, paths, offsets, error texts.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as e:
+            raise InputError(str(path), f"cannot open the watch state: {e}") from None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_inventory(cls, inventory: Inventory, path: str | os.PathLike[str] | None = None) -> "WatchState":
+        """The state file named by ``path`` or ``.digestguard/watch.sqlite`` next to the inventory."""
+        return cls(inventory.resolve_path(os.fspath(path)) if path else inventory.resolve_path(DEFAULT_STATE))
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "WatchState":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _write(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(sql, rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    # -- digests
+    def digests(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT reference, digest FROM digests"))
+
+    def record_digests(self, changes: Mapping[str, str], when: datetime | None = None) -> None:
+        """Remember ``{reference: digest}`` (one transaction)."""
+        at = _iso(when or _now())
+        self._write(
+            "INSERT INTO digests(reference, digest, first_seen, changed_at) VALUES(?, ?, ?, ?) "
+            "ON CONFLICT(reference) DO UPDATE SET digest=excluded.digest, changed_at=excluded.changed_at",
+            [(r, d, at, at) for r, d in changes.items()],
+        )
+
+    # -- signatures
+    def signatures(self) -> dict[str, tuple[str, str]]:
+        """``{reference: (digest, status)}`` of the last verdicts."""
+        return {r: (d, s) for r, d, s in self._db.execute("SELECT reference, digest, status FROM signatures")}
+
+    def record_signatures(self, verdicts: Iterable[tuple[str, str, str, str]]) -> None:
+        """Rows of ``(reference, digest, status, reason)``."""
+        at = _iso(_now())
+        self._write(
+            "INSERT INTO signatures(reference, digest, status, reason, checked_at) VALUES(?, ?, ?, ?, ?) "
+            "ON CONFLICT(reference) DO UPDATE SET digest=excluded.digest, status=excluded.status, reason=excluded.reason, "
+            "checked_at=excluded.checked_at",
+            [(*v, at) for v in verdicts],
+        )
+
+    # -- network logs
+    def log_position(self, path: str) -> LogPosition | None:
+        row = self._db.execute("SELECT offset, lines, inode FROM log_positions WHERE path=?", (path,)).fetchone()
+        return LogPosition(*row) if row else None
+
+    def record_log_position(self, path: str, pos: LogPosition) -> None:
+        self._write(
+            "INSERT INTO log_positions(path, offset, lines, inode, updated_at) VALUES(?, ?, ?, ?, ?) "
+            "ON CONFLICT(path) DO UPDATE SET offset=excluded.offset, lines=excluded.lines, inode=excluded.inode, "
+            "updated_at=excluded.updated_at",
+            [(path, pos.offset, pos.lines, pos.inode, _iso(_now()))],
+        )
+
+    # -- outages
+    def outages(self) -> dict[str, Outage]:
+        return {s: Outage(s, datetime.fromisoformat(since), err or "")
+                for s, since, err in self._db.execute("SELECT source, since, error FROM outages")}
+
+    def mark_down(self, source: str, error: str) -> None:
+        self._write("INSERT OR IGNORE INTO outages(source, since, error) VALUES(?, ?, ?)", [(source, _iso(_now()), error[:500])])
+
+    def mark_up(self, source: str) -> None:
+        self._write("DELETE FROM outages WHERE source=?", [(source,)])
+
+    # -- undelivered alerts
+    def queue_alerts(self, events: Sequence[Any]) -> None:
+        at = _iso(_now())
+        self._write("INSERT INTO pending_alerts(event, queued_at) VALUES(?, ?)",
+                    [(e.model_dump_json(), at) for e in events])
+
+    def pending_alerts(self) -> list[tuple[int, Any]]:
+        """``[(id, event)]`` oldest first."""
+        rows = self._db.execute("SELECT id, event FROM pending_alerts ORDER BY id").fetchall()
+        return [(i, WATCH_EVENT.validate_json(e)) for i, e in rows]
+
+    def drop_alerts(self, ids: Iterable[int]) -> None:
+        self._write("DELETE FROM pending_alerts WHERE id=?", [(i,) for i in ids])
+
+    def count_pending(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM pending_alerts").fetchone()[0])
