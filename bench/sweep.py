@@ -101,16 +101,17 @@ def generate(path: Path, size_mb: int, seed: int = 7) -> dict[str, int]:
     return {"lines": lines, "planted": planted, "bytes": path.stat().st_size}
 
 
-def timed(cmd: list[str], out: Path, env: dict[str, str] | None = None) -> tuple[float, int, str]:
-    """(seconds, max RSS KiB, stderr) for ``cmd`` with stdout to ``out``, via GNU time."""
+def timed(cmd: list[str], out: Path, env: dict[str, str] | None = None) -> tuple[float, int, str, float]:
+    """(seconds, max RSS KiB, stderr, CPU seconds user+sys incl. workers) for ``cmd``, via GNU time."""
     tfile = out.with_suffix(".time")
     with open(out, "wb") as o:
         t0 = time.perf_counter()
-        p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(tfile), *cmd], stdout=o, stderr=subprocess.PIPE, env=env)
+        p = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", str(tfile), *cmd], stdout=o, stderr=subprocess.PIPE, env=env)
         dt = time.perf_counter() - t0
     if p.returncode not in (0, 1):
         raise SystemExit(f"{cmd[0]} failed ({p.returncode}): {p.stderr.decode()[-500:]}")
-    return dt, int(tfile.read_text().split()[-1]), p.stderr.decode()
+    rss, user, sys_ = tfile.read_text().split()[-3:]
+    return dt, int(rss), p.stderr.decode(), float(user) + float(sys_)
 
 
 SWEEP_SNIPPET = """
@@ -169,15 +170,18 @@ def main() -> None:
             tools.append((f"sweep-{backend}", f"sweep {backend}", cmd, env))
 
         # interleaved rounds: a burst of load on this shared box hits every tool alike
-        runs: dict[str, list[tuple[float, int, str]]] = {key: [] for key, *_ in tools}
+        runs: dict[str, list[tuple[float, int, str, float]]] = {key: [] for key, *_ in tools}
         for _ in range(args.repeat):
             for key, _label, cmd, env in tools:
                 runs[key].append(timed(cmd, work / f"{key}.out", env))
 
         grep_s = min(r[0] for r in runs["grep"])
+        grep_cpu = min(r[3] for r in runs["grep"])
+        cpu: dict[str, float] = {}
         for key, label, _cmd, _env in tools:
-            dt, _, err = min(runs[key], key=lambda x: x[0])
+            dt = min(r[0] for r in runs[key])
             rss = max(r[1] for r in runs[key])
+            cpu[label] = min(r[3] for r in runs[key])
             out = work / f"{key}.out"
             if not key.startswith("sweep-"):
                 rows.append((label, dt, rss, f"{sum(1 for _ in open(out, 'rb'))} matching lines"))
@@ -190,14 +194,18 @@ def main() -> None:
                     f"{stats['lines']} lines read, {stats['unparsable']} unparsable; backend {meta['backend']}, "
                     f"main RSS {max(m['self_rss_kb'] for m in metas) // 1024} MB, "
                     f"largest worker {max(m['child_rss_kb'] for m in metas) // 1024} MB")
+            cpu[f"{label} (wall, incl. {meta['import_s']:.1f}s imports)"] = cpu[label]
             rows.append((f"{label} (wall, incl. {meta['import_s']:.1f}s imports)", dt, rss, note))
             rows.append((f"{label} (scan only)", meta["scan_s"], rss, ""))
 
         load = " ".join(f"{x:.1f}" for x in os.getloadavg())
         print(f"\nfile: {mb:.0f} MB, cached; workers={args.workers}; cpus={os.cpu_count()}; load average {load}\n")
-        print(f"{'tool':52} {'seconds':>8} {'MB/s':>8} {'x grep':>7} {'peak RSS':>9}  notes")
+        print(f"{'tool':52} {'seconds':>8} {'MB/s':>8} {'x grep':>7} {'CPU s':>6} {'MB/CPU-s':>9} {'peak RSS':>9}  notes")
         for name, dt, rss, note in rows:
-            print(f"{name:52} {dt:8.2f} {mb / dt:8.0f} {grep_s / dt:7.2f} {rss / 1024:7.0f}MB  {note}")
+            c = cpu.get(name)
+            cpu_cols = f"{'':6} {'':9}" if c is None else f"{c:6.2f} {mb / max(c, 0.01):9.0f}"
+            print(f"{name:52} {dt:8.2f} {mb / dt:8.0f} {grep_s / dt:7.2f} {cpu_cols} {rss / 1024:7.0f}MB  {note}")
+        print(f"\nCPU seconds are user+sys of the process and its workers (best run); grep used {grep_cpu:.2f}.")
     finally:
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -392,6 +392,47 @@ def drill_cmd(
     raise typer.Exit(0 if card["ok"] else 1)
 
 
+@app.command("watch")
+def watch_cmd(
+    inventory: Path = typer.Option(..., "--inventory", "-i", help="inventory file (images, registries, network_logs, slack)"),
+    cycles: int = typer.Option(1, "--cycles", min=0, help="cycles to run (0: until interrupted)"),
+    interval: float = typer.Option(300.0, "--interval", min=0, help="seconds between cycles"),
+    include_repositories: bool = typer.Option(False, "--include-repositories",
+                                              help="also watch tagged, unpinned references in the inventory's repositories"),
+    advisories_dir: Optional[Path] = typer.Option(None, "--advisories-dir", help="advisory packs (default: the shipped ones)"),
+    state: Optional[Path] = typer.Option(None, "--state", help="state file (default .digestguard/watch.sqlite next to the inventory)"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object at the end (events and per-cycle counts)"),
+) -> None:
+    """Watch image tags for digest drift, signatures and network indicators; alert Slack; start a dry-run incident on a match.
+
+    Exit code 1 when any cycle raised an alert, 0 when all was quiet, 2 on bad input.
+    """
+    from flows.watch import run, summarize
+
+    def show(rep) -> None:
+        if as_json:
+            return
+        for ev in rep.events:
+            typer.echo(f"{ev.severity:8} {ev.kind:16} {ev.summary()}")
+        for note in rep.notes:
+            typer.echo(f"note: {note}", err=True)
+        typer.echo(f"{rep.finished_at:%Y-%m-%d %H:%M:%S} cycle: {rep.references} reference(s), {rep.unchanged} unchanged, "
+                   f"{rep.first_seen} first seen, {len(rep.allowed)} expected update(s), {len(rep.events)} alert(s), "
+                   f"{rep.alerts_pending} undelivered")
+
+    try:
+        reports = run(str(inventory), cycles=cycles, interval=interval, include_repositories=include_repositories,
+                      advisories_dir=str(advisories_dir) if advisories_dir else None,
+                      state_path=str(state) if state else None, on_report=show)
+    except InputError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
+    if as_json:
+        _echo_json(summarize(reports))
+    raise typer.Exit(1 if any(r.events for r in reports) else 0)
+
+
 def main() -> None:
     """Console entry point: typed errors become one clear line and exit code 2."""
     try:

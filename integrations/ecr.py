@@ -17,16 +17,17 @@ it at a moto server with ``endpoint_url``.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import boto3
 import botocore.exceptions as bx
 
-from digestguard.errors import InputError, NotFound
+from digestguard.errors import InputError, IntegrationError, NotFound
 from digestguard.reference import parse_digest
 from integrations._aws_errors import CLIENT_CONFIG, aws_errors
 
@@ -39,6 +40,8 @@ __all__ = [
     "describe_by_tag",
     "ecr_client",
     "list_images",
+    "registry_login",
+    "RegistryLogin",
 ]
 
 _ECR_NOT_FOUND = {"RepositoryNotFoundException", "ImageNotFoundException", "RegistryPolicyNotFoundException"}
@@ -131,6 +134,34 @@ def _repo_args(repository: str, registry_id: str | None) -> dict[str, str]:
     if registry_id:
         args["registryId"] = registry_id
     return args
+
+
+@dataclass(frozen=True)
+class RegistryLogin:
+    """Basic credentials for the ECR registry endpoint (``host``), for :class:`integrations.registry.RegistryClient`.
+
+    ``password`` is a 12-hour token; ``repr`` hides it. Hand it straight to the
+    registry client; do not store or log it.
+    """
+
+    host: str
+    username: str
+    password: str = field(repr=False)
+    expires_at: datetime | None = None
+
+
+def registry_login(client: Any, *, registry_id: str | None = None) -> RegistryLogin:
+    """``get_authorization_token`` decoded: the registry host plus basic credentials (``AWS`` / token)."""
+    args = {"registryIds": [registry_id]} if registry_id else {}
+    with _ecr_errors("ecr get_authorization_token"):
+        resp = client.get_authorization_token(**args)
+    data = (resp.get("authorizationData") or [{}])[0]
+    try:
+        user, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
+    except (KeyError, ValueError):
+        raise IntegrationError("ecr get_authorization_token", "answer carries no usable authorization token") from None
+    host = str(data.get("proxyEndpoint", "")).removeprefix("https://").removeprefix("http://").rstrip("/")
+    return RegistryLogin(host, user, password, data.get("expiresAt"))
 
 
 def describe_by_digest(client: Any, repository: str, digests: list[str], *,

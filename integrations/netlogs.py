@@ -209,7 +209,7 @@ def _parse_zeek_tsv(text: str, fmt: LogFormat) -> Parsed:
     values = text.split(sep)
     if len(values) != len(fmt.fields):
         raise LineError(f"{len(values)} fields, the #fields header names {len(fmt.fields)}")
-    fields = {k: v for k, v in zip(fmt.fields, values) if v not in ("-", "(empty)")}
+    fields = {k: v for k, v in zip(fmt.fields, values, strict=True) if v not in ("-", "(empty)")}
     ts = None
     if "ts" in fields:
         try:
@@ -665,7 +665,7 @@ def split_ranges(path: str | Path, parts: int, min_part: int = 32 << 20) -> list
             if cuts[-1] < pos < size:
                 cuts.append(pos)
     cuts.append(size)
-    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+    return [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
 
 
 # ---------------------------------------------------------------- CloudWatch Logs

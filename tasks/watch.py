@@ -49,7 +49,7 @@ from tasks.watch_events import (
     SourceDownEvent,
     SourceRecoveredEvent,
     WatchEvent,
-    _now,
+    utc_now,
 )
 from tasks.watch_sources import (
     DockerHubPushInfo,
@@ -58,12 +58,12 @@ from tasks.watch_sources import (
     PushInfoSource,
     RegistryPool,
     Target,
-    _indicators,
-    _log_files,
+    compile_indicators,
     dockerhub_push_info,
     follow_log,
     inventory_targets,
     load_packs,
+    log_files,
     registry_entry_for,
     repository_targets,
 )
@@ -114,7 +114,7 @@ def watch_cycle(
     Raises :class:`InputError` for a bad inventory ``images`` entry; every
     other failure becomes a source-down event (once per outage) or a note.
     """
-    report = CycleReport(started_at=_now())
+    report = CycleReport(started_at=utc_now())
     if packs is None:
         packs = load_packs(advisories_dir)
     own_pool = registries is None
@@ -145,7 +145,7 @@ def watch_cycle(
             pool.close()
         if own_push is not None:
             own_push.close()
-    report.finished_at = _now()
+    report.finished_at = utc_now()
     return report
 
 
@@ -328,14 +328,14 @@ def _follow_logs(inventory: Inventory, state: WatchState, packs: Sequence[Pack],
         report.notes.append(f"network log {s.name}: kind {s.kind} is not followed by the watch (use `digestguard sweep`)")
     if not files:
         return
-    ind = _indicators(packs)
+    ind = compile_indicators(packs)
     if ind is None:
         report.notes.append("no advisory has network indicators: network logs not followed")
         return
     for src in files:
         name = f"network log {src.name}"
         try:
-            paths = _log_files(inventory, src)
+            paths = log_files(inventory, src)
             for p in paths:
                 key = str(p)
                 hits, pos, nbytes, restarted = follow_log(p, state.log_position(key), ind, src.format, src.name or key)

@@ -8,7 +8,6 @@ URLs more often than anywhere else in a proxy log.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ from tasks.watch_events import (
     SignatureEvent,
     SourceDownEvent,
     SourceRecoveredEvent,
+    redact_line,
 )
 
 Alert = Callable[[Sequence[Any]], None]
@@ -29,14 +29,13 @@ Alert = Callable[[Sequence[Any]], None]
 
 
 
-_QUERY_VALUE = re.compile(r"([?&][^=&\s\"']+=)[^&\s\"']+")
 _ICON = {"critical": ":rotating_light:", "high": ":warning:", "warning": ":large_orange_diamond:", "info": ":white_check_mark:"}
 MAX_HITS_PER_MESSAGE = 20
 
 
 def _safe_line(text: str | None) -> str:
-    """A log line fit for a channel: query-string values blanked (tokens ride in URLs), length bounded."""
-    return _QUERY_VALUE.sub(r"\1…", text or "")[:240]
+    """A log line fit for a channel (blanked again: a queued event may predate the blanking)."""
+    return redact_line(text) or ""
 
 
 def alert_messages(events: Sequence[Any]) -> list[tuple[str, list[dict[str, Any]]]]:

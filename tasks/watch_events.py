@@ -7,6 +7,7 @@ read back exactly (``WATCH_EVENT.validate_json``).
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Union
 
@@ -15,11 +16,21 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 Severity = Literal["info", "warning", "high", "critical"]
 
 
-def _now() -> datetime:
+_QUERY_VALUE = re.compile(r"([?&][^=&\s\"']+=)[^&\s\"']+")
+
+
+def redact_line(text: str | None, limit: int = 240) -> str | None:
+    """A log line fit for a report or a channel: query-string values blanked (tokens ride in URLs), length bounded."""
+    if text is None:
+        return None
+    return _QUERY_VALUE.sub(r"\1…", text)[:limit]
+
+
+def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _iso(d: datetime | None) -> str | None:
+def iso_or_none(d: datetime | None) -> str | None:
     return d.isoformat() if d else None
 
 
@@ -29,7 +40,7 @@ def _iso(d: datetime | None) -> str | None:
 class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    at: datetime = Field(default_factory=_now)
+    at: datetime = Field(default_factory=utc_now)
 
     def summary(self) -> str:  # pragma: no cover - every event overrides it
         raise NotImplementedError

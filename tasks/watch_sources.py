@@ -24,7 +24,7 @@ from digestguard.credentials import resolve
 from digestguard.errors import DigestguardError, InputError, NotFound
 from digestguard.inventory import Inventory, NetworkLogSource, Registry
 from digestguard.reference import DOCKER_HUB, DOCKER_HUB_ALIASES, ImageReference, parse_digest, parse_reference
-from tasks.watch_events import NetworkHitEvent
+from tasks.watch_events import NetworkHitEvent, redact_line
 from tasks.watch_state import LogPosition
 
 CHUNK = 1 << 20
@@ -302,12 +302,15 @@ def dockerhub_push_info(inventory: Inventory) -> DockerHubPushInfo | None:
 
 
 @dataclass
-class _Indicators:
+class Indicators:
+    """Every pack's network indicators compiled once per cycle, and which advisories name each value."""
+
     matcher: Any
     advisories: dict[str, list[str]]  # indicator value -> advisory ids
 
 
-def _indicators(packs: Sequence[Pack]) -> _Indicators | None:
+def compile_indicators(packs: Sequence[Pack]) -> Indicators | None:
+    """The sweep engine's matcher over all packs' indicators (None when no pack has any)."""
     from tasks.sweep_engine import compile_matcher
 
     pairs: dict[tuple[str, str], list[str]] = {}
@@ -320,10 +323,11 @@ def _indicators(packs: Sequence[Pack]) -> _Indicators | None:
     for (_, v), ids in pairs.items():
         by_value.setdefault(v, [])
         by_value[v] += [i for i in ids if i not in by_value[v]]
-    return _Indicators(compile_matcher(list(pairs)), by_value)
+    return Indicators(compile_matcher(list(pairs)), by_value)
 
 
-def _log_files(inventory: Inventory, src: NetworkLogSource) -> list[Path]:
+def log_files(inventory: Inventory, src: NetworkLogSource) -> list[Path]:
+    """The files a file-kind source names (a folder: every file below it); InputError when the path is missing."""
     p = inventory.resolve_path(src.path or "")
     if p.is_dir():
         return sorted(f for f in p.rglob("*") if f.is_file())
@@ -332,7 +336,7 @@ def _log_files(inventory: Inventory, src: NetworkLogSource) -> list[Path]:
     return [p]
 
 
-def follow_log(path: Path, pos: LogPosition | None, indicators: _Indicators, log_format: str | None,
+def follow_log(path: Path, pos: LogPosition | None, indicators: Indicators, log_format: str | None,
                source: str) -> tuple[list[NetworkHitEvent], LogPosition, int, bool]:
     """Sweep only what was appended to ``path`` since ``pos``.
 
@@ -393,5 +397,5 @@ def follow_log(path: Path, pos: LogPosition | None, indicators: _Indicators, log
         hits.append(NetworkHitEvent(
             source=source, path=str(path), line=line, indicator=ind, indicator_kind=kind,
             advisories=indicators.advisories.get(ind, []), timestamp=datetime.fromisoformat(ts_iso) if ts_iso else None,
-            text=text))
+            text=redact_line(text)))
     return hits, new_pos, nbytes, restarted

@@ -13,7 +13,7 @@ from typing import Any
 
 from digestguard.errors import InputError
 from digestguard.inventory import Inventory
-from tasks.watch_events import WATCH_EVENT, _iso, _now
+from tasks.watch_events import WATCH_EVENT, iso_or_none, utc_now
 
 DEFAULT_STATE = ".digestguard/watch.sqlite"
 
@@ -93,7 +93,7 @@ class WatchState:
 
     def record_digests(self, changes: Mapping[str, str], when: datetime | None = None) -> None:
         """Remember ``{reference: digest}`` (one transaction)."""
-        at = _iso(when or _now())
+        at = iso_or_none(when or utc_now())
         self._write(
             "INSERT INTO digests(reference, digest, first_seen, changed_at) VALUES(?, ?, ?, ?) "
             "ON CONFLICT(reference) DO UPDATE SET digest=excluded.digest, changed_at=excluded.changed_at",
@@ -107,7 +107,7 @@ class WatchState:
 
     def record_signatures(self, verdicts: Iterable[tuple[str, str, str, str]]) -> None:
         """Rows of ``(reference, digest, status, reason)``."""
-        at = _iso(_now())
+        at = iso_or_none(utc_now())
         self._write(
             "INSERT INTO signatures(reference, digest, status, reason, checked_at) VALUES(?, ?, ?, ?, ?) "
             "ON CONFLICT(reference) DO UPDATE SET digest=excluded.digest, status=excluded.status, reason=excluded.reason, "
@@ -125,7 +125,7 @@ class WatchState:
             "INSERT INTO log_positions(path, offset, lines, inode, updated_at) VALUES(?, ?, ?, ?, ?) "
             "ON CONFLICT(path) DO UPDATE SET offset=excluded.offset, lines=excluded.lines, inode=excluded.inode, "
             "updated_at=excluded.updated_at",
-            [(path, pos.offset, pos.lines, pos.inode, _iso(_now()))],
+            [(path, pos.offset, pos.lines, pos.inode, iso_or_none(utc_now()))],
         )
 
     # -- outages
@@ -134,14 +134,14 @@ class WatchState:
                 for s, since, err in self._db.execute("SELECT source, since, error FROM outages")}
 
     def mark_down(self, source: str, error: str) -> None:
-        self._write("INSERT OR IGNORE INTO outages(source, since, error) VALUES(?, ?, ?)", [(source, _iso(_now()), error[:500])])
+        self._write("INSERT OR IGNORE INTO outages(source, since, error) VALUES(?, ?, ?)", [(source, iso_or_none(utc_now()), error[:500])])
 
     def mark_up(self, source: str) -> None:
         self._write("DELETE FROM outages WHERE source=?", [(source,)])
 
     # -- undelivered alerts
     def queue_alerts(self, events: Sequence[Any]) -> None:
-        at = _iso(_now())
+        at = iso_or_none(utc_now())
         self._write("INSERT INTO pending_alerts(event, queued_at) VALUES(?, ?)",
                     [(e.model_dump_json(), at) for e in events])
 

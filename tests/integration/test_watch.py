@@ -323,6 +323,7 @@ def test_network_log_only_new_hits_and_truncation(tmp_path: Path, slack: SlackSe
         log.write_text("2026-04-23T00:00:00Z query audit.evil-test.cx?token=s3cr3t\n")  # truncated / rotated
         r5 = cycle()
         assert [e.line for e in r5.by_kind("network-hit")] == [1]
+        assert "s3cr3t" not in r5.model_dump_json()  # blanked in the report (flow result, JSON) too
         assert any("rotated" in n for n in r5.notes)
 
     msgs = [c.params for c in slack.calls_to("chat.postMessage", ok_only=True)]
@@ -458,9 +459,9 @@ def test_flow_starts_dry_run_incident_response(prefect_harness, registry, tmp_pa
 
 def test_drift_on_docker_hub_names_push_time_and_pusher(registry, tmp_path: Path, slack: SlackServer,
                                                         monkeypatch: pytest.MonkeyPatch):
-    """Docker Hub APIs through tests.servers.dockerhub (tag_last_pushed, audit logs); the real registry stands in
+    """Docker Hub APIs through flows.sandbox.servers.dockerhub (tag_last_pushed, audit logs); the real registry stands in
     for registry-1.docker.io as an inventory mirror (``mirror_of: docker.io``); Slack through the local SlackServer."""
-    from tests.servers.dockerhub import start_dockerhub
+    from flows.sandbox.servers.dockerhub import start_dockerhub
 
     hub = start_dockerhub()
     hub.tokens.add("org-access-token-for-tests")
