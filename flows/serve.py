@@ -16,7 +16,8 @@ import httpx
 
 def start_server(port: int, timeout: float = 120.0) -> subprocess.Popen:
     """``prefect server start`` on loopback; returns once /api/health answers."""
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true"}
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true",
+           "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}
     proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env)
     url = f"http://127.0.0.1:{port}/api/health"
     deadline = time.monotonic() + timeout

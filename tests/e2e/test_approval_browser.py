@@ -1,0 +1,160 @@
+"""Approving in the Prefect UI, in a real browser.
+
+A real Prefect server (``prefect server start``, with its UI) runs the incident flow on the drill's sandbox
+(real registry, podman, OpenBao, moto; local servers speaking the GitHub, Slack and GCP protocols, since no real
+ones can run here). The test opens the paused run in headless Chromium (Debian's ``chromium``, driven by
+Playwright with ``executable_path``: no browser download), reads the plan in the resume dialog, approves the
+rotation, then rejects the purge, and sees the flow go on and finish with exactly that outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from digestguard.advisory import load_advisory
+from digestguard.journal import Journal
+from flows.drill import REPO, build_sandbox
+from flows.sandbox.services import free_port
+from tests.e2e.test_incident_flow import _wait_for_pause_text
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def prefect_ui(tmp_path_factory):
+    if not shutil.which("chromium"):
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
+    import os
+
+    from flows.serve import start_server
+
+    port = free_port()
+    home = tmp_path_factory.mktemp("prefect-ui-home")
+    old = os.environ.get("PREFECT_HOME")
+    os.environ["PREFECT_HOME"] = str(home)
+    try:
+        proc = start_server(port, timeout=180)
+    finally:
+        if old is None:
+            os.environ.pop("PREFECT_HOME", None)
+        else:
+            os.environ["PREFECT_HOME"] = old
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(20)
+
+
+def _dialog(page, run_url: str):
+    page.goto(run_url)
+    page.get_by_role("button", name="Resume").first.click(timeout=60_000)
+    dialog = page.get_by_role("dialog")
+    dialog.wait_for(timeout=30_000)
+    return dialog
+
+
+def _wait_asked(jpath, incident, stage, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if jpath.exists():
+            ev = [e for e in Journal(jpath).events(incident) if e["kind"] == "asked" and e["detail"].get("stage") == stage]
+            if ev:
+                return ev[-1]["detail"]["flow_run_id"]
+        time.sleep(0.5)
+    raise AssertionError(f"the {stage} gate was never reached")
+
+
+def _wait_paused(run_id, timeout=60):
+    from prefect import get_client
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as c:
+            if c.read_flow_run(run_id).state.is_paused():
+                return
+        time.sleep(0.5)
+    raise AssertionError("run did not pause")
+
+
+def test_approve_and_reject_in_the_prefect_ui(prefect_ui, tmp_path):
+    from playwright.sync_api import sync_playwright
+    from prefect.flow_runs import resume_flow_run
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+
+    from flows.incident_response import incident_response
+
+    with contextlib.ExitStack() as stack, temporary_settings(updates={PREFECT_API_URL: f"{prefect_ui}/api",
+                                                                      PREFECT_UI_URL: prefect_ui}):
+        sb = build_sandbox(load_advisory("kics-2026-04"), tmp_path, stack)
+        incident = "ui-approval-1"
+        jpath = sb.root / "journal.sqlite"
+        box: dict = {}
+
+        def go():
+            try:
+                box["state"] = incident_response(advisory=str(sb.advisory_path), inventory=str(sb.inventory_path),
+                                                 mode="execute", incident_id=incident, triggered_by="oncall",
+                                                 return_state=True)
+            except BaseException as e:  # noqa: BLE001
+                box["error"] = e
+
+        ctx = contextvars.copy_context()  # the thread must see the temporary settings (API URL)
+        t = threading.Thread(target=ctx.run, args=(go,), daemon=True)
+        t.start()
+        run_id = _wait_asked(jpath, incident, "rotate")
+        _wait_paused(run_id)
+        run_url = f"{prefect_ui}/runs/flow-run/{run_id}"
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--no-first-run", "--disable-sync"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            dialog = _dialog(page, run_url)
+            text = dialog.inner_text()
+            assert "Rotate plan" in text and "Plan hash" in text and "KICS_API_TOKEN" in text
+            boxes = dialog.locator("textarea")
+            boxes.nth(0).fill("alice")                       # approver
+            boxes.nth(1).fill("confirmed exposure, rotate")  # reason
+            page.screenshot(path=str(tmp_path / "rotate-gate.png"))
+            dialog.get_by_role("button", name="Submit").click()
+
+            # the manual checklist item (a vendor API key) is confirmed by its owner through the API
+            # (Prefect's sync helpers return coroutines inside Playwright's event loop: ask from a plain thread)
+            with ThreadPoolExecutor(1) as pool:
+                assert "Manual rotation" in pool.submit(contextvars.copy_context().run, _wait_for_pause_text, run_id).result()
+                pool.submit(contextvars.copy_context().run, resume_flow_run, run_id,
+                            {"rotated": True, "who": "carol", "note": "vendor portal"}).result()
+
+            run_id = _wait_asked(jpath, incident, "purge")
+            _wait_paused(run_id)
+            dialog = _dialog(page, run_url)
+            assert "Purge plan" in dialog.inner_text()
+            control = dialog.locator("button.p-select-button__control").first  # Prefect UI's select: a listbox popover
+            control.focus()
+            control.press("ArrowDown")
+            page.get_by_role("option", name="reject").click()
+            assert dialog.locator(".p-select-button__value").first.inner_text() == "reject"
+            boxes = dialog.locator("textarea")
+            boxes.nth(0).fill("bob")
+            boxes.nth(1).fill("change freeze")
+            dialog.get_by_role("button", name="Submit").click()
+            browser.close()
+        t.join(180)
+        assert not t.is_alive() and "error" not in box, box.get("error")
+        summary = box["state"].result(raise_on_failure=False)
+        assert summary["rotate"].get("done", 0) >= 5
+        assert set(summary["purge"]) == {"skipped"}
+        appr = {e.target: e for e in Journal(jpath).entries(incident, "approval")}
+        assert (appr["rotate"].status, appr["rotate"].approver) == ("done", "alice")
+        assert (appr["purge"].status, appr["purge"].approver) == ("failed", "bob")
+        from integrations.registry import RegistryClient
+
+        with RegistryClient(sb.registry.host, base_url=sb.registry.base_url) as reg:
+            assert reg.exists(REPO, sb.attacker["latest"].digest)
