@@ -42,7 +42,7 @@ import subprocess
 from bench.resolve import REPOS, seed, write_curl_config
 from digestguard.inventory import load_inventory
 from tasks.watch import RegistryPool, WatchState, load_packs, watch_cycle
-from tests.support.registry import running_registry
+from flows.sandbox.registry import running_registry
 
 GOAL = 0.8
 

@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from digestguard.credentials import check_reference
 from digestguard.errors import InputError
 
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: large inventories load fast
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -36,7 +38,8 @@ class Registry(_Model):
 
     name: str
     kind: Literal["distribution", "dockerhub", "ecr", "gar"] = "distribution"
-    url: str | None = Field(None, description="base URL (distribution, dockerhub mirror) or API endpoint override")
+    url: str | None = Field(None, description="registry base URL (distribution, dockerhub) or the vendor endpoint (ecr: AWS endpoint, gar: REST API)")
+    api_url: str | None = Field(None, description="dockerhub: the Hub API (repository info, audit logs); default https://hub.docker.com")
     username: str | None = Field(None, description="credential reference for basic/token auth")
     password: str | None = Field(None, description="credential reference")
     token: str | None = Field(None, description="credential reference (bearer token / GAR access token)")
@@ -288,7 +291,7 @@ def load_inventory(path: str | Path) -> Inventory:
     """Load and validate an inventory file; relative paths resolve against its folder."""
     p = Path(path).expanduser().resolve()
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_SafeLoader)
     except OSError as e:
         raise InputError(str(path), f"cannot read inventory: {e.strerror}") from None
     except yaml.YAMLError as e:

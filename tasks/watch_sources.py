@@ -146,11 +146,11 @@ def registry_entry_for(inventory: Inventory, host: str) -> Registry | None:
     ``docker.io`` references go through a ``distribution`` entry with
     ``mirror_of: docker.io`` when the inventory lists one (a pull-through cache
     shows its own view of the tag: it refreshes on pull), else to Docker Hub
-    with a ``dockerhub`` entry's credentials (that entry's ``url``, when set,
-    is the Hub *API*, not the registry).
+    with a ``dockerhub`` entry's credentials (that entry's ``url``, when set, is
+    the registry; its ``api_url`` is the Hub API).
     """
     for r in inventory.registries:
-        if r.kind != "dockerhub" and r.url and _url_host(r.url) == host:
+        if r.url and _url_host(r.url) == host:
             return r
     if host == DOCKER_HUB:
         for r in inventory.registries:
@@ -159,9 +159,6 @@ def registry_entry_for(inventory: Inventory, host: str) -> Registry | None:
         for r in inventory.registries:
             if r.kind == "dockerhub":
                 return r
-    for r in inventory.registries:
-        if r.kind == "dockerhub" and r.url and _url_host(r.url) == host:
-            return r
     return None
 
 
@@ -193,7 +190,7 @@ class RegistryPool:
                 if entry is not None:
                     user = resolve(entry.username, f"registry {entry.name} username")
                     pw = resolve(entry.password, f"registry {entry.name} password")
-                    if entry.kind != "dockerhub" and entry.url:
+                    if entry.url:
                         base = entry.url
                 c = self._clients[host] = RegistryClient(host, username=user, password=pw, base_url=base,
                                                          pool_size=self.concurrency, **self.options)
@@ -277,7 +274,7 @@ class DockerHubPushInfo:
 def dockerhub_push_info(inventory: Inventory) -> DockerHubPushInfo | None:
     """The Docker Hub push-info source for this inventory (None when ``integrations.dockerhub`` is absent).
 
-    The API base is the ``url`` of an inventory registry of kind ``dockerhub``
+    The API base is the ``api_url`` of an inventory registry of kind ``dockerhub``
     (default ``https://hub.docker.com``); its ``token`` (organisation access
     token) or ``username``/``password`` (personal access token) unlock the
     audit log. Raises :class:`InputError` when a credential reference cannot be resolved.
@@ -294,7 +291,7 @@ def dockerhub_push_info(inventory: Inventory) -> DockerHubPushInfo | None:
     user = resolve(entry.username, f"{where} username")
     secret = resolve(entry.password, f"{where} password")
     hub = DockerHub(token=token, identifier=user if secret else None, secret=secret if user else None,
-                    api_url=entry.url or API_URL, max_retries=2)
+                    api_url=entry.api_url or API_URL, max_retries=2)
     return DockerHubPushInfo(hub, audit=bool(token or (user and secret)))
 
 

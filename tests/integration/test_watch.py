@@ -470,7 +470,7 @@ def test_drift_on_docker_hub_names_push_time_and_pusher(registry, tmp_path: Path
         before = push_index(registry.base_url, "acme/scanner", "v2")
         inv = load_inventory(write_inventory(tmp_path, slack, images=[{"reference": "acme/scanner:v2"}], registries=[
             {"name": "hub-mirror", "kind": "distribution", "url": registry.base_url, "mirror_of": "docker.io"},
-            {"name": "hub", "kind": "dockerhub", "url": hub.url, "token": "env:DG_HUB_TOKEN"},
+            {"name": "hub", "kind": "dockerhub", "api_url": hub.url, "token": "env:DG_HUB_TOKEN"},
         ]))
         alert, _ = slack_alerter(inv)
         packs = load_packs(write_pack(tmp_path / "adv", "none").parent)
