@@ -296,6 +296,64 @@ def lint_cmd(
     raise typer.Exit(1 if offenders else 0)
 
 
+def _plan_stage(stage: str, advisory: str, inventory: Path, incident: Optional[str]):
+    from datetime import datetime, timezone
+
+    from digestguard.advisory import load_advisory
+    from digestguard.inventory import load_inventory
+    from flows.incident_response import new_incident_id
+    from tasks.detect import detect
+
+    adv, inv = load_advisory(advisory), load_inventory(inventory)
+    inc = incident or new_incident_id(adv.id)
+    if stage == "purge":
+        from tasks.purge import plan_purge
+
+        return plan_purge(inc, adv, detect(adv, inv), inv)
+    from tasks.assess import assess
+    from tasks.rotate import plan_rotation
+
+    return plan_rotation(inc, adv, assess(adv, inv, detected_at=datetime.now(timezone.utc)), inv)
+
+
+def _print_plan(plan, as_json: bool) -> None:
+    if as_json:
+        _echo_json({"stage": plan.stage, "plan_hash": plan.hash, "items": [i.model_dump(mode="json") for i in plan.items],
+                    "evidence": plan.evidence, "notes": plan.notes})
+    else:
+        typer.echo(plan.markdown())
+
+
+@app.command("rotate")
+def rotate_cmd(
+    advisory: str = typer.Option(..., "--advisory", "-a"),
+    inventory: Path = typer.Option(..., "--inventory", "-i"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the rotation plan and change nothing"),
+    incident: Optional[str] = typer.Option(None, "--incident"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Stage 3 plan: every exposed credential and the places that use it. Executing needs an approval on a flow run."""
+    if not dry_run:
+        raise InputError("rotate", "rotation runs only after an approval on a flow run: use `digestguard respond --execute` "
+                                   "(or --dry-run here to see the plan)")
+    _print_plan(_plan_stage("rotate", advisory, inventory, incident), as_json)
+
+
+@app.command("purge")
+def purge_cmd(
+    advisory: str = typer.Option(..., "--advisory", "-a"),
+    inventory: Path = typer.Option(..., "--inventory", "-i"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the purge plan and change nothing"),
+    incident: Optional[str] = typer.Option(None, "--incident"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Stage 4 plan: every malicious digest and where it is. Executing needs an approval on a flow run."""
+    if not dry_run:
+        raise InputError("purge", "purging runs only after an approval on a flow run: use `digestguard respond --execute` "
+                                  "(or --dry-run here to see the plan)")
+    _print_plan(_plan_stage("purge", advisory, inventory, incident), as_json)
+
+
 # ---------------------------------------------------------------------------------- the incident
 @app.command("respond")
 def respond_cmd(

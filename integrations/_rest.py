@@ -306,3 +306,22 @@ class RestClient:
             pages += 1
             if pages >= max_pages:
                 raise IntegrationError(self.source("GET", path), f"more than {max_pages} pages; narrow the query")
+
+
+class RestBackedClient:
+    """Lifecycle shared by the forge clients: ``self.rest`` is their :class:`RestClient`."""
+
+    rest: RestClient
+
+    @property
+    def api_url(self) -> str:
+        return self.rest.api_url
+
+    def close(self) -> None:
+        self.rest.close()
+
+    def __enter__(self):  # noqa: ANN204 - returns the subclass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -351,3 +351,9 @@ def commit_and_push(
         return BranchUpdate(str(path), branch, base, base_sha, None, pushed=False, changed=False)
     pushed = push_branch(path, branch, remote=remote, base=base)
     return BranchUpdate(str(path), branch, base, base_sha, head_sha(path), pushed=pushed, changed=pushed)
+
+
+def checkout(repo: str | Path, ref: str) -> None:
+    """Switch the checkout to ``ref`` (a branch or commit): the pin stage puts the on-call's working tree back as it was."""
+    path = _checkout(repo)
+    _git(path, "checkout", "--quiet", ref)

@@ -42,7 +42,7 @@ from nacl.exceptions import CryptoError
 from pydantic import SecretStr
 
 from digestguard.errors import InputError, IntegrationError, NotFound, Refused
-from integrations._rest import RestClient, next_link
+from integrations._rest import RestBackedClient, RestClient, next_link
 from integrations._secret_values import SecretLike, reveal
 
 __all__ = [
@@ -264,7 +264,7 @@ def _check_secret_name(name: str) -> None:
         raise InputError("github secret", f"{name!r}: names starting with GITHUB_ are reserved by GitHub", field="name")
 
 
-class GitHubClient:
+class GitHubClient(RestBackedClient):
     """A GitHub REST client for one API endpoint and one token.
 
     ``token`` may be a ``SecretStr``; it is sent as ``Authorization: Bearer`` only to
@@ -299,19 +299,6 @@ class GitHubClient:
             max_wait=max_wait,
             backoff=backoff,
         )
-
-    @property
-    def api_url(self) -> str:
-        return self.rest.api_url
-
-    def close(self) -> None:
-        self.rest.close()
-
-    def __enter__(self) -> GitHubClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # ---------------------------------------------------------------- repository
 

@@ -29,7 +29,7 @@ from urllib.parse import quote
 from pydantic import SecretStr
 
 from digestguard.errors import InputError, IntegrationError, NotFound, Refused
-from integrations._rest import RestClient
+from integrations._rest import RestBackedClient, RestClient
 from integrations._secret_values import SecretLike, reveal
 
 __all__ = [
@@ -166,7 +166,7 @@ class MergeRequest:
         )
 
 
-class GitLabClient:
+class GitLabClient(RestBackedClient):
     """A GitLab REST v4 client for one instance and one token (``PRIVATE-TOKEN``)."""
 
     def __init__(
@@ -195,19 +195,6 @@ class GitLabClient:
             max_wait=max_wait,
             backoff=backoff,
         )
-
-    @property
-    def api_url(self) -> str:
-        return self.rest.api_url
-
-    def close(self) -> None:
-        self.rest.close()
-
-    def __enter__(self) -> GitLabClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # ---------------------------------------------------------------- project
 

@@ -284,10 +284,15 @@ def detect_ci_logs(entry: CISource, advisory: Advisory, inventory: Inventory) ->
     for err in errors:
         out.append(Finding(source=entry.name, kind="ci-log", location=entry.name, verdict="unknown", error=err))
     for job in logs:
+        seen: set[tuple[str | None, str | None]] = set()
         for p in job.pulls:
             ref = try_parse_reference(p.reference) if p.reference else None
             if not (ref and advisory.image_for(ref)) and not match_digest(advisory, p.digest):
                 continue
+            key = (ref.name if ref else p.reference, p.digest)
+            if key in seen:  # the same pull told twice (pull line, digest line, status line): one finding per job
+                continue
+            seen.add(key)
             out.append(_finding(entry.name, "ci-log", f"{job.job}:{p.line_no}", p.reference, p.digest, advisory,
                                 detail={"job": job.job, "tag": p.tag}, seen_at=p.at or job.started_at))
     return out

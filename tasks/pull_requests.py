@@ -65,8 +65,13 @@ def open_pin_pull_request(repo: Repository, plan, advisory: Advisory, incident: 
         with journal.step(incident, STAGE, target, "pull-request") as rec:
             remote = repo.remote or "origin"
             base = repo.base_branch or _default_branch(repo, inventory) or "main"
-            update = git.commit_and_push(checkout, branch=branch, base=base, files=rendered, remote=remote,
-                                         message=f"Pin image references to digests ({advisory.id}, incident {incident})")
+            before = git.current_branch(checkout) or git.head_sha(checkout)
+            try:
+                update = git.commit_and_push(checkout, branch=branch, base=base, files=rendered, remote=remote,
+                                             message=f"Pin image references to digests ({advisory.id}, incident {incident})")
+            finally:  # leave the working tree on the branch it was on; the pins live on the pushed branch
+                if before and before != branch:
+                    git.checkout(checkout, before)
             rec.note(branch=branch, base=base, commit=update.commit, pushed=update.pushed)
             if update.commit is None:
                 rec.skipped(reason="the base already has these pins")
