@@ -63,7 +63,7 @@ def next_link(response: httpx.Response) -> str | None:
     return None
 
 
-def _parse_retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a ``Retry-After`` header: either delta-seconds or an HTTP date."""
     if not value:
         return None
@@ -81,6 +81,22 @@ def _parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
+def api_time(value: Any) -> datetime | None:
+    """An API timestamp (``2026-04-22T13:05:11Z``) as an aware datetime; None when absent."""
+    if not value:
+        return None
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def iso_utc(value: datetime, name: str, source: str) -> str:
+    """ISO-8601 UTC with ``Z``; naive datetimes are refused because an incident window must not shift by a timezone."""
+    if not isinstance(value, datetime):
+        raise InputError(source, f"expected a datetime, got {type(value).__name__}", field=name)
+    if value.tzinfo is None:
+        raise InputError(source, "datetime has no timezone; pass an aware UTC datetime", field=name)
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def rate_limit_wait(response: httpx.Response) -> float | None:
     """How long the server asks us to wait, or ``None`` when this is not a rate limit.
 
@@ -93,7 +109,7 @@ def rate_limit_wait(response: httpx.Response) -> float | None:
     if status not in (403, 429):
         return None
     headers = response.headers
-    after = _parse_retry_after(headers.get("retry-after"))
+    after = parse_retry_after(headers.get("retry-after"))
     if after is not None:
         return after
     remaining = headers.get("x-ratelimit-remaining", headers.get("ratelimit-remaining"))

@@ -42,7 +42,7 @@ from nacl.exceptions import CryptoError
 from pydantic import SecretStr
 
 from digestguard.errors import InputError, IntegrationError, NotFound, Refused
-from integrations._rest import RestBackedClient, RestClient, next_link
+from integrations._rest import RestBackedClient, RestClient, api_time, iso_utc, next_link
 from integrations._secret_values import SecretLike, reveal
 
 __all__ = [
@@ -73,18 +73,11 @@ _RUN_LIST_CAP = 1000  # GitHub stops listing filtered runs after this many
 
 
 def _time(value: Any) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return api_time(value)
 
 
 def _utc(value: datetime, name: str) -> str:
-    """ISO-8601 UTC with ``Z``; naive datetimes are refused because an incident window must not shift by a timezone."""
-    if not isinstance(value, datetime):
-        raise InputError("github time range", f"expected a datetime, got {type(value).__name__}", field=name)
-    if value.tzinfo is None:
-        raise InputError("github time range", "datetime has no timezone; pass an aware UTC datetime", field=name)
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso_utc(value, name, "github time range")
 
 
 @dataclass(frozen=True)

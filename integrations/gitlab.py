@@ -29,7 +29,7 @@ from urllib.parse import quote
 from pydantic import SecretStr
 
 from digestguard.errors import InputError, IntegrationError, NotFound, Refused
-from integrations._rest import RestBackedClient, RestClient
+from integrations._rest import RestBackedClient, RestClient, api_time, iso_utc
 from integrations._secret_values import SecretLike, reveal
 
 __all__ = [
@@ -47,17 +47,11 @@ DEFAULT_API_URL = "https://gitlab.com/api/v4"
 
 
 def _time(value: Any) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return api_time(value)
 
 
 def _utc(value: datetime, name: str) -> str:
-    if not isinstance(value, datetime):
-        raise InputError("gitlab time range", f"expected a datetime, got {type(value).__name__}", field=name)
-    if value.tzinfo is None:
-        raise InputError("gitlab time range", "datetime has no timezone; pass an aware UTC datetime", field=name)
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso_utc(value, name, "gitlab time range")
 
 
 def project_path(project: int | str) -> str:

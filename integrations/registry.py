@@ -39,7 +39,6 @@ Example::
 from __future__ import annotations
 
 import base64
-import email.utils
 import hashlib
 import http.client
 import json
@@ -69,6 +68,7 @@ from digestguard.errors import (
     Unavailable,
 )
 from digestguard.reference import DOCKER_HUB_ALIASES, ImageReference, parse_digest, parse_reference
+from integrations._rest import parse_retry_after  # noqa: F401  (one parser for every vendor; re-exported)
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -195,24 +195,6 @@ def parse_ratelimit(value: str | None) -> tuple[int | None, int | None]:
     if m:
         window = int(m.group(1))
     return n, window
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from ``Retry-After``: delta-seconds or an HTTP date; None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
