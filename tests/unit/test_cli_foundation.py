@@ -39,3 +39,16 @@ def test_journal_command_prints_rows(tmp_path):
     out = json.loads(dg("journal", "inc-7", "--journal", str(path), "--json").stdout)
     assert out["actions"][0]["target"] == "mirror/kics@sha256:ab" and out["actions"][0]["approver"] == "alice"
     assert "delete-manifest" in dg("journal", "inc-7", "--journal", str(path)).stdout
+
+
+def test_report_command_rebuilds_the_html_from_the_journal(tmp_path):
+    path = tmp_path / "j.sqlite"
+    j = Journal(path)
+    j.record("inc-9", "purge", "mirror/kics@sha256:ab", "delete-manifest", "done", approver="alice")
+    j.record("inc-9", "rotate", "secret:KICS_API_TOKEN", "rotate", "done", detail={"version": 2}, approver="alice")
+    out = tmp_path / "report.html"
+    r = dg("report", "inc-9", "--journal", str(path), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    html = out.read_text()
+    assert "<svg" in html and "inc-9" in html and "delete-manifest" in html
+    assert "src=\"http" not in html and "<link" not in html  # self-contained: no external assets
