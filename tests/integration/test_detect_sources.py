@@ -72,3 +72,18 @@ def test_github_actions_logs_in_the_window(tmp_path, monkeypatch):
     comp = [f for f in res.findings if f.verdict == "compromised"]
     assert len(comp) == 1 and comp[0].kind == "ci-log" and comp[0].digest == BAD
     assert comp[0].seen_at is not None and comp[0].detail["tag"] == "latest"
+
+
+def test_ci_configuration_in_repositories(tmp_path):
+    """Every file that references the affected repository, with the tag used; other images are not findings."""
+    from digestguard.inventory import Repository
+
+    repo = tmp_path / "infra"
+    (repo / ".github/workflows").mkdir(parents=True)
+    (repo / ".github/workflows/scan.yml").write_text("jobs:\n  scan:\n    container: checkmarx/kics:latest\n")
+    (repo / "Dockerfile").write_text(f"FROM checkmarx/kics@{BAD}\nFROM alpine:3.20\n")
+    (repo / ".gitlab-ci.yml").write_text("scan:\n  image: {name: 'checkmarx/kics-github-action:v2'}\n")
+    inv = Inventory(repositories=[Repository(name="acme/infra", kind="local", path=str(repo))], base_dir=str(tmp_path))
+    res = detect(_adv(), inv)
+    got = {(f.location, f.verdict, f.detail["tag"]) for f in res.findings}
+    assert got == {(".github/workflows/scan.yml:3", "suspect", "latest"), ("Dockerfile:1", "compromised", "latest")}

@@ -1,0 +1,63 @@
+"""The on-call's entry points as processes: `digestguard respond` (a dry run on the embedded Prefect server, against
+the drill's sandbox: real registry, podman, OpenBao, moto; local GitHub/Slack/GCP protocol servers) and
+`digestguard serve` (a local Prefect server with its UI, serving the three deployments)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from digestguard.advisory import load_advisory
+from flows.drill import build_sandbox
+from flows.sandbox.services import free_port
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_respond_dry_run_prints_the_summary(tmp_path):
+    with contextlib.ExitStack() as stack:
+        sb = build_sandbox(load_advisory("kics-2026-04"), tmp_path / "sb", stack)
+        env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+        env.pop("PREFECT_API_URL", None)
+        r = subprocess.run([sys.executable, "-m", "flows.cli", "respond", "-a", str(sb.advisory_path), "-i", str(sb.inventory_path),
+                            "--incident", "respond-dry-1", "--json"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        summary = json.loads(r.stdout)
+        assert summary["incident"] == "respond-dry-1" and summary["mode"] == "dry-run" and summary["ok"]
+        assert summary["rotate"]["planned"] == 5 and summary["pin"]["pull_requests"] == []
+        assert Path(summary["report"]).is_file()
+
+
+def test_serve_starts_the_ui_and_serves_three_deployments(tmp_path):
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--port", str(port)], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 240
+        names: set[str] = set()
+        while time.monotonic() < deadline and len(names) < 3:
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            try:
+                r = httpx.post(f"{base}/api/deployments/filter", json={}, timeout=5)
+                names = {d["name"] for d in r.json()} if r.status_code == 200 else set()
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        assert names >= {"incident-response", "watch", "drill"}
+        assert httpx.get(base, timeout=10).status_code == 200  # the UI
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
