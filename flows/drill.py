@@ -342,7 +342,6 @@ def score(sb: Sandbox, summary: dict[str, Any] | None, error: str | None) -> lis
 
     s = summary or {}
     out: list[StageScore] = []
-    adv = sb.advisory
     bad_digests = sorted({b.digest for b in sb.attacker.values()})
 
     det = s.get("detect_compromised", [])

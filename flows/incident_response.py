@@ -14,7 +14,6 @@ No secret is ever a parameter: the inventory names credentials by reference.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from datetime import datetime, timezone

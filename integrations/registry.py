@@ -67,7 +67,7 @@ from digestguard.errors import (
     Unavailable,
 )
 from digestguard.reference import DOCKER_HUB_ALIASES, ImageReference, parse_digest, parse_reference
-from integrations._rest import parse_retry_after  # noqa: F401  (one parser for every vendor; re-exported)
+from integrations._rest import next_link, parse_retry_after  # noqa: F401  (one parser each for every vendor; re-exported)
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -81,7 +81,6 @@ DOCKER_HUB_REGISTRY_URL = "https://registry-1.docker.io"
 DELETE_SETTING = "storage.delete.enabled: true (environment REGISTRY_STORAGE_DELETE_ENABLED=true)"
 
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
-_LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 _CHALLENGE_PARAM = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
 _MAX_TAG_PAGES = 10_000
 
@@ -202,18 +201,6 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     params = {m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3))
               for m in _CHALLENGE_PARAM.finditer(rest)}
     return scheme.lower(), params
-
-
-def next_link(response: httpx.Response) -> str | None:
-    """The ``rel="next"`` target of a ``Link`` header (tags/list pagination), if any."""
-    header = response.headers.get("link")
-    if not header:
-        return None
-    for part in header.split(","):
-        m = _LINK_NEXT.search(part)
-        if m:
-            return m.group(1)
-    return None
 
 
 def sha256_of(body: bytes) -> str:

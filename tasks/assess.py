@@ -41,11 +41,11 @@ from prefect.cache_policies import NO_CACHE
 
 from digestguard.advisory import Advisory
 from digestguard.cilog import JobLog, PullEvent, parse_job_log
-from digestguard.credentials import resolve
 from digestguard.errors import DigestguardError, InputError
 from digestguard.findings import ExposedJob, ExposedSecret, ExposureReport, JobVerdict, NetworkHit
 from digestguard.inventory import CISource, Inventory
 from digestguard.reference import try_parse_reference
+from tasks.forges import forge_client
 from tasks.ci_secrets import JobOrigin, exposed_secrets, job_key
 
 __all__ = [
@@ -363,24 +363,12 @@ def _list_range(window: ExposureWindow | None, advisory: Advisory, lookback: tim
 
 def github_client_for(entry: CISource, inventory: Inventory) -> Any:
     """A GitHub client for a CI source: its api_url/token, else the inventory's backends."""
-    from integrations.github import DEFAULT_API_URL, GitHubClient
-
-    ref = entry.token or inventory.backends.github_token
-    if not ref:
-        raise InputError(entry.name, "a github CI source needs a token (ci_logs.token or backends.github_token)", field="token")
-    token = resolve(ref, f"{entry.name} token")
-    return GitHubClient(token, entry.api_url or inventory.backends.github_api_url or DEFAULT_API_URL)
+    return forge_client("github", inventory.backends, source=entry.name, token=entry.token, api_url=entry.api_url)
 
 
 def gitlab_client_for(entry: CISource, inventory: Inventory) -> Any:
     """A GitLab client for a CI source: its api_url/token, else the inventory's backends."""
-    from integrations.gitlab import DEFAULT_API_URL, GitLabClient
-
-    ref = entry.token or inventory.backends.gitlab_token
-    if not ref:
-        raise InputError(entry.name, "a gitlab CI source needs a token (ci_logs.token or backends.gitlab_token)", field="token")
-    token = resolve(ref, f"{entry.name} token")
-    return GitLabClient(token, entry.api_url or inventory.backends.gitlab_api_url or DEFAULT_API_URL)
+    return forge_client("gitlab", inventory.backends, source=entry.name, token=entry.token, api_url=entry.api_url)
 
 
 def _fan_out(fn: Callable[[Any], Any], items: Sequence[Any], workers: int = 4) -> list[Any]:

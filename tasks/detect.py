@@ -17,7 +17,6 @@ import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -26,7 +25,7 @@ from digestguard.advisory import Advisory, AffectedImage
 from digestguard.errors import DigestguardError, NotFound
 from digestguard.findings import DetectResult, Finding
 from digestguard.inventory import CISource, DockerEngine, Inventory, KubernetesCluster, Registry, Repository
-from digestguard.reference import DOCKER_HUB, ImageReference, try_parse_reference
+from digestguard.reference import DOCKER_HUB, try_parse_reference
 
 MAX_SOURCES_IN_PARALLEL = 8
 TAG_WORKERS = 16

@@ -10,11 +10,11 @@ same pull request instead of opening another. Nothing is ever merged.
 from __future__ import annotations
 
 from digestguard.advisory import Advisory
-from digestguard.credentials import resolve
-from digestguard.errors import DigestguardError, InputError
+from digestguard.errors import DigestguardError
 from digestguard.findings import ActionOutcome
 from digestguard.inventory import Inventory, Repository
 from digestguard.journal import Journal
+from tasks.forges import forge_client
 
 STAGE = "pin"
 
@@ -89,48 +89,34 @@ def open_pin_pull_request(repo: Repository, plan, advisory: Advisory, incident: 
                                  "changes": len(plan.changes)})
 
 
-def _token(repo: Repository, inventory: Inventory) -> str:
-    ref = repo.token or (inventory.backends.github_token if repo.kind == "github" else inventory.backends.gitlab_token)
-    if not ref:
-        raise InputError(f"repository {repo.name}", f"no {repo.kind} token (set repositories[].token or backends.{repo.kind}_token)")
-    return resolve(ref, f"repository {repo.name}")
+def _client(repo: Repository, inventory: Inventory):
+    return forge_client(repo.kind, inventory.backends, source=f"repository {repo.name}", token=repo.token, api_url=repo.api_url)
 
 
-def _api_url(repo: Repository, inventory: Inventory) -> str | None:
-    return repo.api_url or (inventory.backends.github_api_url if repo.kind == "github" else inventory.backends.gitlab_api_url)
+def _open(repo: Repository, inventory: Inventory, branch: str, base: str | None, title: str, body: str) -> dict:
+    """Open or update the pull (merge) request; ``base`` None means the forge's default branch."""
+    with _client(repo, inventory) as forge:
+        if repo.kind == "github":
+            from integrations.github import open_or_update_pull_request
+
+            owner, name = repo.name.split("/", 1)
+            pr = open_or_update_pull_request(forge, owner, name, head=branch, base=base, title=title, body=body)
+        else:
+            from integrations.gitlab import open_or_update_merge_request
+
+            pr = open_or_update_merge_request(forge, repo.name, head=branch, base=base, title=title, body=body)
+    return {"url": pr.html_url, "number": pr.number}
 
 
 def _default_branch(repo: Repository, inventory: Inventory) -> str | None:
+    """The forge's default branch (the pull request's base when the inventory names none)."""
     if repo.kind == "local":
         return None
     try:
-        if repo.kind == "github":
-            from integrations.github import GitHubClient
-
-            owner, name = repo.name.split("/", 1)
-            kw = {"api_url": _api_url(repo, inventory)} if _api_url(repo, inventory) else {}
-            with GitHubClient(_token(repo, inventory), **kw) as gh:
-                return gh.default_branch(owner, name)
-        from integrations.gitlab import GitLabClient
-
-        kw = {"api_url": _api_url(repo, inventory)} if _api_url(repo, inventory) else {}
-        with GitLabClient(_token(repo, inventory), **kw) as gl:
-            return gl.default_branch(repo.name)
+        with _client(repo, inventory) as forge:
+            if repo.kind == "github":
+                owner, name = repo.name.split("/", 1)
+                return forge.default_branch(owner, name)
+            return forge.default_branch(repo.name)
     except DigestguardError:
         return None
-
-
-def _open(repo: Repository, inventory: Inventory, branch: str, base: str, title: str, body: str) -> dict:
-    kw = {"api_url": _api_url(repo, inventory)} if _api_url(repo, inventory) else {}
-    if repo.kind == "github":
-        from integrations.github import GitHubClient, open_or_update_pull_request
-
-        owner, name = repo.name.split("/", 1)
-        with GitHubClient(_token(repo, inventory), **kw) as gh:
-            pr = open_or_update_pull_request(gh, owner, name, head=branch, base=base, title=title, body=body)
-        return {"url": pr.html_url, "number": pr.number}
-    from integrations.gitlab import GitLabClient, open_or_update_merge_request
-
-    with GitLabClient(_token(repo, inventory), **kw) as gl:
-        mr = open_or_update_merge_request(gl, repo.name, head=branch, base=base, title=title, body=body)
-    return {"url": mr.html_url, "number": mr.number}

@@ -124,17 +124,10 @@ class Clients:
                 return gcp_secrets.secret_manager_client(credentials=AnonymousCredentials(), api_endpoint=b.gcp_endpoint,
                                                          transport="rest")
             return gcp_secrets.secret_manager_client(api_endpoint=b.gcp_endpoint)
-        if name == "github":
-            from integrations.github import DEFAULT_API_URL, GitHubClient
+        if name in ("github", "gitlab"):
+            from tasks.forges import forge_client
 
-            token = resolve(self._need(b.github_token, "github_token"), "backends.github_token")
-            return GitHubClient(SecretStr(token or ""), b.github_api_url or DEFAULT_API_URL)
-        if name == "gitlab":
-            from integrations.gitlab import DEFAULT_API_URL as GL_URL
-            from integrations.gitlab import GitLabClient
-
-            token = resolve(self._need(b.gitlab_token, "gitlab_token"), "backends.gitlab_token")
-            return GitLabClient(SecretStr(token or ""), b.gitlab_api_url or GL_URL)
+            return forge_client(name, self.backends, source=f"backends.{name}")
         raise InputError("rotate", f"no client named {name!r}")
 
 

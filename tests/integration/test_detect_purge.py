@@ -13,7 +13,7 @@ from digestguard.plan import Approval
 from digestguard.errors import PlanNotApproved
 from tasks.detect import detect
 from tasks.purge import apply_purge, plan_purge
-from tests.support.registry import push_image, push_index
+from tests.support.registry import push_index
 
 REPO = "checkmarx/kics"
 
@@ -72,7 +72,7 @@ def test_child_digest_match_through_an_index_the_advisory_does_not_name(registry
 
 
 def test_unreachable_registry_is_a_finding_not_a_skip(tmp_path):
-    adv = _advisory({})  if False else Advisory.model_validate({
+    adv = Advisory.model_validate({
         "id": "x", "title": "t", "window": {"start": "2026-04-22T12:35:00Z", "source": "t"},
         "images": [{"repository": REPO, "tags_overwritten": ["latest"], "malicious": [{"digest": "sha256:" + "2" * 64, "source": "t"}]}]})
     inv = Inventory(registries=[Registry(name="down", url="http://127.0.0.1:9")], base_dir=str(tmp_path))

@@ -59,7 +59,7 @@ def test_containers_created_are_listed_with_image_ids(engine, registry):
 
 def test_remove_malicious_by_digest_keeps_the_clean_image(engine, registry):
     """The purge on a host: tag overwritten, both versions pulled, the bad one (and its container) removed by digest."""
-    clean = push_index(registry.base_url, "engine/victim", "latest")
+    push_index(registry.base_url, "engine/victim", "latest")
     clean_img = engine.pull(registry.ref("engine/victim", "latest"))
     engine.sdk.api.tag(clean_img.id, registry.ref("engine/victim"), "clean")
     bad = overwrite_tag(registry.base_url, "engine/victim", "latest")

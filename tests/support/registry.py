@@ -7,7 +7,6 @@ they are re-exported here so tests can keep importing them from one place.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 

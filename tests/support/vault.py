@@ -23,8 +23,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -7,7 +7,6 @@ a real inventory file, and the real detect-secrets scanner over a real checkout.
 from __future__ import annotations
 
 import shutil
-import textwrap
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 

@@ -99,7 +99,7 @@ def test_suggestion_uses_known_good(tmp_path: Path):
     data = KICS.model_dump(mode="json")
     data["images"][0]["known_good"] = [{"tag": "latest", "digest": GOOD, "source": "test"}]
     adv = parse_advisory(data, "test")
-    _write(tmp_path, "docker-compose.yml", f"services:\n  a:\n    image: checkmarx/kics\n  b:\n    image: checkmarx/kics@sha256:a0d9366f6f0166dcbf92fcdc98e1a03d2e6210e8d7e8573f74d50849130651a0\n")
+    _write(tmp_path, "docker-compose.yml", "services:\n  a:\n    image: checkmarx/kics\n  b:\n    image: checkmarx/kics@sha256:a0d9366f6f0166dcbf92fcdc98e1a03d2e6210e8d7e8573f74d50849130651a0\n")
     off = _by_line(lint_tree(tmp_path, [adv]), "docker-compose.yml")
     assert off[3].suggestion == f"checkmarx/kics:latest@{GOOD}"
     assert off[5].suggestion == f"checkmarx/kics@{GOOD}"

@@ -144,7 +144,7 @@ def github_job_log(
         emit("with:")
         emit("  repository: acme/api")
         emit("##[endgroup]")
-        emit(f"##[group]Run ./")
+        emit("##[group]Run ./")
         emit("##[endgroup]")
         emit(f"/usr/bin/docker run --name {repo_short.replace('/', '')}_3c1e --label 8a1f3e --workdir /github/workspace --rm {image} scan -p .")
     elif style == "container":
