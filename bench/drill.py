@@ -18,10 +18,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--scales", type=int, nargs="+", default=[1, 2, 4, 8])
     args = ap.parse_args()
-    from flows.drill import quiet_prefect_server
+    from flows.drill.flow import quiet_prefect_server
 
     quiet_prefect_server()
-    from flows.drill import run_drill
+    from flows.drill.flow import run_drill
 
     # the first drill in a process also starts Prefect's embedded server: reported apart, as the cold start
     t = time.monotonic()

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from digestguard.advisory import load_advisory  # noqa: E402
 from tasks.pin import needles_for, plan_pins  # noqa: E402
-from tasks.references import scan_tree  # noqa: E402
+from tasks.scan.references import scan_tree  # noqa: E402
 
 WORDS = "import return def class const let func package struct self value error result config client".split()
 IMAGES = ["alpine:3.20", "node:20", "python:3.12-slim", "golang:1.22", "redis:7", "nginx:1.27", "postgres:16"]

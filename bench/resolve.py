@@ -5,7 +5,7 @@ requests (same Accept header, keep-alive, 64 in flight) is the cheapest way a
 shell script would do the job, so it sets the bar: the goal is a throughput
 ratio (ours / curl) of at least 0.8.
 
-The bench starts its own Debian ``docker-registry`` (flows/sandbox/registry.py)
+The bench starts its own Debian ``docker-registry`` (flows/drill/registry.py)
 on a free loopback port, pushes one small image under N tags spread over 10
 repositories, then, for each N, alternates curl and resolve_many ``--repeat``
 times and reports the best run of each (the least disturbed by other load on
@@ -40,7 +40,7 @@ from pathlib import Path
 import httpx
 
 from integrations.registry import MANIFEST_ACCEPT, resolve_many
-from flows.sandbox.registry import push_image, put_manifest, running_registry
+from flows.drill.registry import push_image, put_manifest, running_registry
 
 GOAL = 0.8
 REPOS = 10

@@ -117,8 +117,8 @@ def timed(cmd: list[str], out: Path, env: dict[str, str] | None = None) -> tuple
 SWEEP_SNIPPET = """
 import json, resource, sys, time
 t0 = time.perf_counter()
-from tasks.sweep import sweep_paths
-from tasks import sweep_engine
+from tasks.sweep.run import sweep_paths
+from tasks.sweep import engine as sweep_engine
 t1 = time.perf_counter()
 res = sweep_paths([sys.argv[1]], json.loads(sys.argv[2]), None, workers=int(sys.argv[3]))
 t2 = time.perf_counter()

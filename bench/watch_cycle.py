@@ -41,8 +41,8 @@ import subprocess
 
 from bench.resolve import REPOS, seed, write_curl_config
 from digestguard.inventory import load_inventory
-from tasks.watch import RegistryPool, WatchState, load_packs, watch_cycle
-from flows.sandbox.registry import running_registry
+from tasks.watch.cycle import RegistryPool, WatchState, load_packs, watch_cycle
+from flows.drill.registry import running_registry
 
 GOAL = 0.8
 

@@ -207,7 +207,7 @@ def sweep_cmd(
 ) -> None:
     """Scan network and CI logs for the advisory's domains, IPs, URL paths and user agents."""
     from digestguard.advisory import load_advisory
-    from tasks.sweep import sweep_paths
+    from tasks.sweep.run import sweep_paths
 
     adv = load_advisory(advisory)
     res = sweep_paths(paths, adv.network, adv.window, log_format=log_format)
@@ -311,7 +311,7 @@ def _plan_stage(stage: str, advisory: str, inventory: Path, incident: Optional[s
 
         return plan_purge(inc, adv, detect(adv, inv), inv)
     from tasks.assess import assess
-    from tasks.rotate import plan_rotation
+    from tasks.rotate.stage import plan_rotation
 
     return plan_rotation(inc, adv, assess(adv, inv, detected_at=datetime.now(timezone.utc)), inv)
 
@@ -414,7 +414,7 @@ def report_cmd(
         typer.echo(f"wrote {out} (from the run's report)")
         return
     from digestguard.journal import Journal
-    from tasks.report import report_from_journal, write_report
+    from tasks.report.model import report_from_journal, write_report
 
     rep = report_from_journal(Journal(path), incident)
     write_report(rep, out)
@@ -439,7 +439,7 @@ def drill_cmd(
     as_json: bool = typer.Option(False, "--json", help="the scorecard as one JSON object"),
 ) -> None:
     """Tabletop exercise: build a sandbox, run the whole playbook against it, print a scorecard (exit 0 only if all passed)."""
-    from flows.drill import quiet_prefect_server, render_scorecard, run_drill
+    from flows.drill.flow import quiet_prefect_server, render_scorecard, run_drill
 
     quiet_prefect_server()
     card = run_drill(advisory, auto_approve=auto_approve, scale=scale, keep=keep)

@@ -135,8 +135,8 @@ def incident_response(
     from tasks.detect import detect_task
     from tasks.notify import Notifier
     from tasks.purge import apply_purge, dry_run_result as purge_dry_run, plan_purge
-    from tasks.report import IncidentReport, PullRequestLink, publish_report
-    from tasks.rotate import apply_rotation, dry_run_result as rotate_dry_run, plan_rotation
+    from tasks.report.model import IncidentReport, PullRequestLink, publish_report
+    from tasks.rotate.stage import apply_rotation, dry_run_result as rotate_dry_run, plan_rotation
 
     log = get_run_logger()
     dry_run = mode != "execute"
@@ -238,7 +238,7 @@ def incident_response(
             summary["artifacts"] = published.get("artifacts") if isinstance(published, dict) else None
         except Exception as e:  # the record must not hide the response's own outcome
             log.warning("report could not be written: %s", e)
-        from tasks.report import render_report_html
+        from tasks.report.model import render_report_html
 
         notifier.final_summary(report, html=render_report_html(report) if html_path else None, filename=f"{incident}.html")
         summary["slack_failures"] = len(notifier.failures())
@@ -331,7 +331,7 @@ def _known_good_targets(detected, kg: dict[str, str]) -> dict[str, str]:
 
 def _approval_record(report, plan: Plan, approval: Approval | None) -> None:
     if approval is not None:
-        from tasks.report import ApprovalRecord
+        from tasks.report.model import ApprovalRecord
 
         report.approvals.append(ApprovalRecord.from_approval(plan.stage, approval))
 

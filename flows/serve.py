@@ -42,7 +42,7 @@ def serve_all(port: int = 4200) -> None:
     try:
         from prefect import serve
 
-        from flows.drill import drill_flow
+        from flows.drill.flow import drill_flow
         from flows.incident_response import incident_response
         from flows.watch import watch
 

@@ -1,7 +1,7 @@
 """``watch``: the scheduled digest-drift watch as a Prefect flow.
 
 Each cycle is one coarse task (thousands of HEADs fan out inside it, see
-``tasks/watch.py``); between cycles the flow starts a dry-run
+``tasks/watch/cycle.py``); between cycles the flow starts a dry-run
 ``incident_response`` subflow for every advisory a watched tag matched, and
 posts the cycle's alerts to the inventory's Slack channel. The deployment
 (``deployments/prefect.yaml``, ``digestguard serve``) runs it every 5 minutes
@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from digestguard.inventory import Inventory, load_inventory
-from tasks.watch import (
+from tasks.watch.cycle import (
     CycleReport,
     MaliciousEvent,
     RegistryPool,

@@ -6,7 +6,7 @@ The data's way through::
     Inventory.ci_logs -> read_ci_sources -> JobLog per job (digestguard.cilog)
     JobLogs + window -> classify_jobs -> ExposedJob (confirmed / probable / clear)
     exposed jobs + their definitions + repository contents -> exposed_secrets
-    Inventory.network_logs -> tasks.sweep.sweep_paths -> NetworkHit
+    Inventory.network_logs -> tasks.sweep.run.sweep_paths -> NetworkHit
     all of it -> build_exposure_report -> ExposureReport -> exposure_markdown
 
 Verdicts (per job; the worst of its pulls of an affected image wins):
@@ -46,7 +46,7 @@ from digestguard.findings import ExposedJob, ExposedSecret, ExposureReport, JobV
 from digestguard.inventory import CISource, Inventory
 from digestguard.reference import try_parse_reference
 from tasks.forges import forge_client
-from tasks.ci_secrets import JobOrigin, exposed_secrets, job_key
+from tasks.scan.ci_secrets import JobOrigin, exposed_secrets, job_key
 
 __all__ = [
     "CIRead",
@@ -554,7 +554,7 @@ def _sweep_address(inventory: Inventory, n: Any) -> str:
 
 
 def run_network_sweep(inventory: Inventory, advisory: Advisory, window: ExposureWindow) -> tuple[list[NetworkHit], list[str], dict[str, int]]:
-    """Sweep the inventory's network logs with ``tasks.sweep.sweep_paths`` (when that module exists).
+    """Sweep the inventory's network logs with ``tasks.sweep.run.sweep_paths`` (when that module exists).
 
     Returns (hits, errors/notes, unparsable lines per log). One call per source, so a missing
     file fails only its own source; a source's own ``format`` is passed when the sweep knows it.
@@ -563,12 +563,12 @@ def run_network_sweep(inventory: Inventory, advisory: Advisory, window: Exposure
     if not inventory.network_logs:
         return [], [], {}
     try:
-        sweep = importlib.import_module("tasks.sweep")
+        sweep = importlib.import_module("tasks.sweep.run")
         fn = sweep.sweep_paths
     except (ImportError, AttributeError):
-        return [], ["network sweep not available (tasks.sweep.sweep_paths missing): network logs were NOT swept"], {}
+        return [], ["network sweep not available (tasks.sweep.run.sweep_paths missing): network logs were NOT swept"], {}
     from digestguard.advisory import Window
-    from integrations import netlogs
+    from digestguard import netlog
 
     w = Window(start=window.start, end=window.end, source=window.source or "assess")
     hits: list[NetworkHit] = []
@@ -576,7 +576,7 @@ def run_network_sweep(inventory: Inventory, advisory: Advisory, window: Exposure
     unparsable: dict[str, int] = {}
     for n in inventory.network_logs:
         address = _sweep_address(inventory, n)
-        fmt = n.format if n.format in netlogs.FORMATS else None
+        fmt = n.format if n.format in netlog.FORMATS else None
         try:
             result = fn([address], advisory.network, w, log_format=fmt)
         except (DigestguardError, OSError, ValueError) as exc:

@@ -300,7 +300,7 @@ def detect_ci_logs(entry: CISource, advisory: Advisory, inventory: Inventory) ->
 # ---------------------------------------------------------------------------------- configuration
 def detect_config(entry: Repository, advisory: Advisory, inventory: Inventory) -> list[Finding]:
     """Every file in a checkout that references an affected repository, with the tag it uses."""
-    from tasks.references import scan_tree
+    from tasks.scan.references import scan_tree
 
     root = inventory.resolve_path(entry.path)
     needles = [s for img in advisory.images for s in img.spellings()]

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from digestguard.advisory import Advisory
 from digestguard.errors import InputError
 from digestguard.reference import ImageReference
-from tasks.references import FileScan, classify, scan_text, scan_tree
+from tasks.scan.references import FileScan, classify, scan_text, scan_tree
 
 _SHA1 = re.compile(r"^[0-9a-fA-F]{40}$")
 

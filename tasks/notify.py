@@ -562,7 +562,7 @@ class Notifier:
     def final_summary(self, report: Any, *, html: str | None = None, filename: str | None = None) -> list[ActionOutcome]:
         """Post (or on a re-run edit) the summary in the thread, mark the board finished, upload the HTML report.
 
-        ``report`` is a :class:`tasks.report.IncidentReport`. Returns one outcome per Slack action.
+        ``report`` is a :class:`tasks.report.model.IncidentReport`. Returns one outcome per Slack action.
         """
         counts = report.counts()
         people = report.all_needs_person()

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from digestguard.advisory import ActionRefs, Advisory, AffectedImage, SafeCommit
 from digestguard.errors import DigestguardError, InputError, PlanNotApproved
 from digestguard.reference import ImageReference, parse_digest, try_parse_reference
-from tasks.references import ActionUse, Found, HelmImage, ScanResult, scan_tree
+from tasks.scan.references import ActionUse, Found, HelmImage, ScanResult, scan_tree
 
 Resolver = Callable[[ImageReference], str]
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 from digestguard.advisory import Window
 from digestguard.findings import ActionOutcome, DetectResult, ExposedJob, ExposedSecret, ExposureReport, Finding, NetworkHit, StageResult
-from tasks.report import ApprovalRecord, IncidentReport, PullRequestLink
+from tasks.report.model import ApprovalRecord, IncidentReport, PullRequestLink
 
 START = datetime(2026, 4, 22, 12, 35, tzinfo=timezone.utc)
 END = datetime(2026, 4, 22, 15, 41, 31, tzinfo=timezone.utc)

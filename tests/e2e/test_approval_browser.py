@@ -23,8 +23,8 @@ import pytest
 
 from digestguard.advisory import load_advisory
 from digestguard.journal import Journal
-from flows.drill import REPO, build_sandbox
-from flows.sandbox.services import free_port
+from flows.drill.flow import REPO, build_sandbox
+from flows.drill.services import free_port
 from tests.e2e.test_incident_flow import _wait_for_pause_text
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 
 from digestguard.advisory import load_advisory
-from flows.drill import build_sandbox
-from flows.sandbox.services import free_port
+from flows.drill.flow import build_sandbox
+from flows.drill.services import free_port
 
 ROOT = Path(__file__).parents[2]
 

@@ -22,7 +22,7 @@ import pytest
 
 from digestguard.journal import Journal
 from flows.approval import answer_paused_run
-from flows.drill import REPO, build_sandbox, run_drill
+from flows.drill.flow import REPO, build_sandbox, run_drill
 from integrations.docker_engine import DockerEngine
 from integrations.registry import RegistryClient
 from digestguard.advisory import load_advisory

@@ -1,4 +1,4 @@
-"""integrations.azure_keyvault against a LOCAL PROTOCOL SERVER (flows/sandbox/servers/azure_keyvault.py).
+"""integrations.azure_keyvault against a LOCAL PROTOCOL SERVER (tests/fakes/azure_keyvault.py).
 
 No Key Vault emulator exists: the server speaks the Key Vault secrets REST API
 over TLS (self-signed cert made with ``cryptography``) with the real challenge
@@ -16,7 +16,7 @@ from azure.core.credentials import AccessToken
 from digestguard.errors import AuthError, InputError, NotFound, RateLimited, Refused
 from integrations import azure_keyvault as kv
 from integrations._secret_values import new_password
-from flows.sandbox.servers.azure_keyvault import start_keyvault_server
+from tests.fakes.azure_keyvault import start_keyvault_server
 
 
 class StaticToken:

@@ -17,7 +17,7 @@ from digestguard.journal import Journal
 from digestguard.plan import Approval
 from tasks.detect import detect
 from tasks.purge import apply_purge, plan_purge
-from flows.sandbox.servers.gar import start_gar
+from tests.fakes.gar import start_gar
 
 
 def _adv(bad: str, repo: str) -> Advisory:

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 
 from digestguard.advisory import Advisory
 from digestguard.inventory import CISource, Inventory, KubernetesCluster
-from flows.sandbox.servers.github import GitHubServer, github_job_log
-from flows.sandbox.servers.kubernetes import KubeServer, make_pod
+from flows.drill.servers.github import GitHubServer, github_job_log
+from tests.fakes.kubernetes import KubeServer, make_pod
 from tasks.detect import detect
 
 BAD = "sha256:" + "b" * 64

@@ -1,6 +1,6 @@
-"""integrations.gar against the local Artifact Registry REST stand-in (flows/sandbox/servers/gar.py).
+"""integrations.gar against the local Artifact Registry REST stand-in (tests/fakes/gar.py).
 
-Uses the local protocol server flows/sandbox/servers/gar.py: no Artifact Registry
+Uses the local protocol server tests/fakes/gar.py: no Artifact Registry
 emulator exists for this machine. The server keeps the real service's rule
 that a tagged version cannot be deleted without deleting its tags.
 """
@@ -11,7 +11,7 @@ import pytest
 
 from digestguard.errors import AuthError, InputError, NotFound, Refused
 from integrations.gar import ArtifactRegistry, GarPackage, parse_gar_image
-from flows.sandbox.servers.gar import start_gar
+from tests.fakes.gar import start_gar
 
 BAD = "sha256:" + "a" * 64
 GOOD = "sha256:" + "b" * 64

@@ -1,4 +1,4 @@
-"""integrations.gcp_secrets against a LOCAL PROTOCOL SERVER (flows/sandbox/servers/gcp_secrets.py).
+"""integrations.gcp_secrets against a LOCAL PROTOCOL SERVER (flows/drill/servers/gcp_secrets.py).
 
 No Secret Manager emulator exists: the server speaks the Secret Manager v1 REST
 API over plain http; the client under test is the real
@@ -16,8 +16,8 @@ from google.auth.credentials import AnonymousCredentials
 from digestguard.errors import InputError, NotFound, Refused, Unavailable
 from integrations import gcp_secrets as gsm
 from integrations._secret_values import new_password
-from flows.sandbox.servers.gcp_secrets import crc32c as server_crc32c
-from flows.sandbox.servers.gcp_secrets import start_secret_manager_server
+from flows.drill.servers.gcp_secrets import crc32c as server_crc32c
+from flows.drill.servers.gcp_secrets import start_secret_manager_server
 
 
 @pytest.fixture(scope="module")

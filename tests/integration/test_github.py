@@ -1,6 +1,6 @@
 """``integrations.github`` against a local GitHub REST protocol server.
 
-The API server is ``flows.sandbox.servers.github.GitHubServer``, a local protocol server:
+The API server is ``flows.drill.servers.github.GitHubServer``, a local protocol server:
 no real GitHub (nor Gitea/Forgejo) can run on these machines. It speaks GitHub's
 wire protocol (paths, JSON, Link pagination, rate-limit headers, the 302 log
 redirect to a separate storage origin) and holds real NaCl keypairs, so the
@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from digestguard.errors import AuthError, InputError, NotFound, RateLimited, Refused, Unavailable
 from integrations.github import GitHubClient, open_or_update_pull_request, split_repo, write_actions_secret
-from flows.sandbox.servers.github import DEFAULT_TOKEN, GitHubServer, github_job_log
+from flows.drill.servers.github import DEFAULT_TOKEN, GitHubServer, github_job_log
 
 KICS_LATEST = "sha256:a0d9366f6f0166dcbf92fcdc98e1a03d2e6210e8d7e8573f74d50849130651a0"
 ATTACK_START = datetime(2026, 4, 22, 12, 35, tzinfo=timezone.utc)

@@ -1,7 +1,7 @@
 """The Kubernetes integration, driven through the real ``kubernetes`` Python client.
 
 No real cluster can run here (no kubelet; containers cannot even start under
-podman), so these tests use ``flows/sandbox/servers/kubernetes.py``: a local server
+podman), so these tests use ``tests/fakes/kubernetes.py``: a local server
 speaking the Kubernetes API's JSON for pod lists (``/api/v1/pods``,
 ``/api/v1/namespaces/{ns}/pods``) with the real ``limit``/``continue`` paging,
 bearer-token check and ``Status`` error bodies. Everything between our
@@ -24,7 +24,7 @@ from integrations.kubernetes import (
     list_running_containers,
     workload_of,
 )
-from flows.sandbox.servers.kubernetes import KubeServer, make_pod
+from tests.fakes.kubernetes import KubeServer, make_pod
 
 TOKEN = "kube-test-token-5f1d0c"  # fake; asserted never to appear in errors
 KICS_BAD = "sha256:a0d9366f6f0166dcbf92fcdc98e1a03d2e6210e8d7e8573f74d50849130651a0"

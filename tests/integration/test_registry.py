@@ -2,7 +2,7 @@
 
 Paths a plain registry cannot show (no digest header, paginated tags, bearer
 and basic auth, 429/5xx) go through the local protocol server
-``flows/sandbox/servers/oci_gateway.py``, which forwards to the same real registry, so
+``tests/fakes/oci_gateway.py``, which forwards to the same real registry, so
 bytes and digests stay the registry's own.
 """
 
@@ -24,7 +24,7 @@ from integrations.registry import (
     registry_repository,
     resolve_many,
 )
-from flows.sandbox.servers.oci_gateway import start_gateway
+from tests.fakes.oci_gateway import start_gateway
 from tests.support.registry import overwrite_tag, push_image, push_index, push_many_tags
 
 
@@ -128,7 +128,7 @@ def test_list_tags_plain(registry):
 
 
 def test_list_tags_follows_link_pagination(registry, gw):
-    """Uses the local gateway server (flows/sandbox/servers/oci_gateway.py) to paginate tags/list with Link headers."""
+    """Uses the local gateway server (tests/fakes/oci_gateway.py) to paginate tags/list with Link headers."""
     push_many_tags(registry.base_url, "tags/paged", 25)
     gw.page_size = 10
     with client(gw.host) as reg:

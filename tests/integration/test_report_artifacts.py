@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from tasks.report import StageProgress, artifact_key
+from tasks.report.model import StageProgress, artifact_key
 from tests.report_fixtures import sample_report
 
 INCIDENT = "INC-2026-0422 artifacts"
@@ -25,7 +25,7 @@ def test_report_artifacts_are_published_and_versioned(prefect_harness, tmp_path)
     from prefect import flow
     from prefect.client.orchestration import get_client
 
-    from tasks.report import publish_report_task
+    from tasks.report.model import publish_report_task
 
     report = sample_report(incident=INCIDENT)
     report.rotate.actions[0].detail["plaintext"] = "never-in-an-artifact"
@@ -78,7 +78,7 @@ def test_empty_tables_still_publish(prefect_harness):
     from prefect import flow
     from prefect.client.orchestration import get_client
 
-    from tasks.report import IncidentReport, publish_artifacts
+    from tasks.report.model import IncidentReport, publish_artifacts
 
     r = IncidentReport(incident="inc-empty", advisory_id="kics-2026-04", window=sample_report().window,
                        started_at=sample_report().started_at)

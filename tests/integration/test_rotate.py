@@ -4,7 +4,7 @@
   roles against a REAL PostgreSQL (the old password stops logging in, the new one works).
 * AWS IAM and Secrets Manager: the REAL moto server.
 * Azure Key Vault (over TLS), GCP Secret Manager, GitHub and GitLab: the LOCAL
-  PROTOCOL SERVERS in flows/sandbox/servers/ (azure_keyvault.py, gcp_secrets.py,
+  PROTOCOL SERVERS in tests/fakes/ (azure_keyvault.py, gcp_secrets.py,
   github.py, gitlab.py), spoken to by the vendors' SDKs / our clients unchanged.
   The GitHub server opens what it receives with its private key, so the tests
   read back exactly what a workflow would get.
@@ -40,13 +40,13 @@ from digestguard.plan import Approval
 from integrations import aws_iam, aws_secrets, azure_keyvault, gcp_secrets, vault
 from integrations.github import GitHubClient
 from integrations.gitlab import GitLabClient
-from tasks.rotate import apply_rotation, plan_rotation
-from flows.sandbox.servers.azure_keyvault import start_keyvault_server
-from flows.sandbox.servers.gcp_secrets import start_secret_manager_server
-from flows.sandbox.servers.github import DEFAULT_TOKEN as GH_TOKEN
-from flows.sandbox.servers.github import GitHubServer
-from flows.sandbox.servers.gitlab import DEFAULT_TOKEN as GL_TOKEN
-from flows.sandbox.servers.gitlab import GitLabServer
+from tasks.rotate.stage import apply_rotation, plan_rotation
+from tests.fakes.azure_keyvault import start_keyvault_server
+from flows.drill.servers.gcp_secrets import start_secret_manager_server
+from flows.drill.servers.github import DEFAULT_TOKEN as GH_TOKEN
+from flows.drill.servers.github import GitHubServer
+from tests.fakes.gitlab import DEFAULT_TOKEN as GL_TOKEN
+from tests.fakes.gitlab import GitLabServer
 
 AWS = {"region_name": "us-east-1", "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 KV_TOKEN = "kv-rotate-token"
@@ -467,7 +467,7 @@ from digestguard.plan import Approval, Plan
 from digestguard.inventory import Inventory
 from integrations import aws_iam, vault
 from integrations.github import GitHubClient
-from tasks.rotate import apply_rotation
+from tasks.rotate.stage import apply_rotation
 
 args = dict(a.split("=", 1) for a in sys.argv[1:])
 plan = Plan.model_validate_json(open(args["plan"]).read())

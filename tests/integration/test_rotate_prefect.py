@@ -4,7 +4,7 @@ A rotation runs as ``rotate_task`` inside a small flow on the shared Prefect tes
 server (``prefect_harness``), with every client built from the inventory's
 ``backends`` (credentials as ``env:`` references), against the REAL OpenBao,
 the REAL moto server and the LOCAL PROTOCOL SERVERS for GitHub, GitLab and GCP
-Secret Manager (flows/sandbox/servers/). The test then reads the new values back from
+Secret Manager (tests/fakes/). The test then reads the new values back from
 the backends and searches every place Prefect and the journal write for them.
 """
 
@@ -24,13 +24,13 @@ from digestguard.findings import ExposedSecret, ExposureReport
 from digestguard.inventory import parse_inventory
 from digestguard.plan import Approval
 from integrations import aws_iam, aws_secrets, gcp_secrets, vault
-from tasks.rotate import plan_rotation, rotate_task
-from tasks.rotate_backends import read_gcp_version
-from flows.sandbox.servers.gcp_secrets import start_secret_manager_server
-from flows.sandbox.servers.github import DEFAULT_TOKEN as GH_TOKEN
-from flows.sandbox.servers.github import GitHubServer
-from flows.sandbox.servers.gitlab import DEFAULT_TOKEN as GL_TOKEN
-from flows.sandbox.servers.gitlab import GitLabServer
+from tasks.rotate.stage import plan_rotation, rotate_task
+from tasks.rotate.backends import read_gcp_version
+from flows.drill.servers.gcp_secrets import start_secret_manager_server
+from flows.drill.servers.github import DEFAULT_TOKEN as GH_TOKEN
+from flows.drill.servers.github import GitHubServer
+from tests.fakes.gitlab import DEFAULT_TOKEN as GL_TOKEN
+from tests.fakes.gitlab import GitLabServer
 
 AWS = {"region_name": "us-east-1", "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 

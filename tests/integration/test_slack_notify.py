@@ -1,6 +1,6 @@
 """Slack notifications through the real ``slack_sdk.WebClient`` against a local Slack Web API server.
 
-Uses the local protocol server ``flows.sandbox.servers.slack.SlackServer`` (chat.postMessage,
+Uses the local protocol server ``flows.drill.servers.slack.SlackServer`` (chat.postMessage,
 chat.update, conversations.create, the files_upload_v2 steps, auth.test): the SDK
 talks to it unchanged over HTTP, and it records every call so the tests assert on
 exactly what reached "Slack". Faults it injects (429 with Retry-After, dropped
@@ -23,9 +23,9 @@ from digestguard.journal import Journal
 from digestguard.plan import Approval, Plan, PlanItem
 from integrations.slack import SlackClient, channel_name_for
 from tasks.notify import MASK, Notifier, flow_run_url, markdown_to_mrkdwn, redact
-from tasks.report import render_report_html
+from tasks.report.model import render_report_html
 from tests.report_fixtures import sample_report
-from flows.sandbox.servers.slack import SlackServer
+from flows.drill.servers.slack import SlackServer
 
 SECRET = "dckr_pat_Sup3rSecretValue-0001"
 FAST = FixedValueRetryIntervalCalculator(0.01)

@@ -16,8 +16,9 @@ import pytest
 
 from digestguard.advisory import Indicator, Window
 from digestguard.errors import NotFound
-from integrations import netlogs
-from tasks.sweep import sweep_paths
+from digestguard import netlog
+from integrations import cloudwatch
+from tasks.sweep.run import sweep_paths
 
 UTC = timezone.utc
 # CloudWatch (and moto) refuse events older than 14 days: the story is replayed two hours ago
@@ -70,14 +71,14 @@ def test_sweep_finds_indicators_in_a_log_group(moto_server: str, log_group: str)
 
 
 def test_reader_follows_next_token_and_stream_prefix(moto_server: str, log_group: str) -> None:
-    events = list(netlogs.iter_log_events(log_group, endpoint_url=moto_server, region="us-east-1", page_size=4))
+    events = list(cloudwatch.iter_log_events(log_group, endpoint_url=moto_server, region="us-east-1", page_size=4))
     assert len(events) == 30 and len({e.event_id for e in events}) == 30
-    only_b = list(netlogs.iter_log_events(log_group, stream_prefix="vpc-b", endpoint_url=moto_server, region="us-east-1"))
+    only_b = list(cloudwatch.iter_log_events(log_group, stream_prefix="vpc-b", endpoint_url=moto_server, region="us-east-1"))
     assert {e.stream for e in only_b} == {"vpc-b"} and len(only_b) == 15
 
 
 def test_missing_log_group_is_reported_not_raised(moto_server: str) -> None:
     with pytest.raises(NotFound, match="cloudwatch:/no/such/group"):
-        list(netlogs.iter_log_events("/no/such/group", endpoint_url=moto_server, region="us-east-1"))
+        list(cloudwatch.iter_log_events("/no/such/group", endpoint_url=moto_server, region="us-east-1"))
     res = sweep_paths(["cloudwatch:///no/such/group"], KICS, WINDOW, cloudwatch_endpoint=moto_server)
     assert res.hits == [] and "cloudwatch:/no/such/group" in res.files[0].errors[0]

@@ -13,8 +13,8 @@ from pathlib import Path
 from prefect import flow
 
 from digestguard.advisory import Indicator, Window
-from tasks import sweep as sweep_mod
-from tasks.sweep import SweepResult, sweep_task
+from tasks.sweep import run as sweep_mod
+from tasks.sweep.run import SweepResult, sweep_task
 
 WINDOW = Window(start=datetime(2026, 4, 22, 12, 35, tzinfo=timezone.utc), source="seed")
 INDICATORS = [Indicator(kind="domain", value="audit.checkmarx[.]cx", source="seed")]

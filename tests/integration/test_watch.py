@@ -2,7 +2,7 @@
 
 Uses the real local registry (``registry`` session fixture, tests/support/registry.py) for
 tags, overwrites and cosign ``.sig`` tags, and the local Slack Web API server
-``flows.sandbox.servers.slack.SlackServer`` for alerts (every test that checks Slack says so).
+``flows.drill.servers.slack.SlackServer`` for alerts (every test that checks Slack says so).
 Signatures are made with ``tests.support.cosign`` keys; advisory packs are written into a
 temporary directory and loaded from there.
 """
@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from digestguard.inventory import load_inventory
-from tasks.watch import (
+from tasks.watch.cycle import (
     MaliciousEvent,
     RegistryPool,
     WatchState,
@@ -27,7 +27,7 @@ from tasks.watch import (
     slack_alerter,
     watch_cycle,
 )
-from flows.sandbox.servers.slack import SlackServer
+from flows.drill.servers.slack import SlackServer
 from tests.support.cosign import new_key, public_pem, sign_image
 from tests.support.registry import push_image, push_index, put_manifest
 
@@ -459,9 +459,9 @@ def test_flow_starts_dry_run_incident_response(prefect_harness, registry, tmp_pa
 
 def test_drift_on_docker_hub_names_push_time_and_pusher(registry, tmp_path: Path, slack: SlackServer,
                                                         monkeypatch: pytest.MonkeyPatch):
-    """Docker Hub APIs through flows.sandbox.servers.dockerhub (tag_last_pushed, audit logs); the real registry stands in
+    """Docker Hub APIs through tests.fakes.dockerhub (tag_last_pushed, audit logs); the real registry stands in
     for registry-1.docker.io as an inventory mirror (``mirror_of: docker.io``); Slack through the local SlackServer."""
-    from flows.sandbox.servers.dockerhub import start_dockerhub
+    from tests.fakes.dockerhub import start_dockerhub
 
     hub = start_dockerhub()
     hub.tokens.add("org-access-token-for-tests")

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from flows.sandbox.services import DUMMY_AWS_ENV as DUMMY_ENV, start_moto as _start_moto
+from flows.drill.services import DUMMY_AWS_ENV as DUMMY_ENV, start_moto as _start_moto
 
 
 def start_moto():

@@ -1,11 +1,11 @@
-"""Fixtures for the local GitHub and GitLab protocol servers (``flows/sandbox/servers/github.py``, ``gitlab.py``).
+"""Fixtures for the local GitHub and GitLab protocol servers (``flows/drill/servers/github.py``, ``gitlab.py``).
 
 No real GitHub or GitLab can run here, so these local protocol servers stand in for
 them; a test using one should say so in its docstring. They start in milliseconds, so
 each test module gets fresh ones (module scope): no state leaks between stages' tests.
 
-* ``github_server`` -> ``GitHubServer`` (``.url`` is the ``api_url``; token ``flows.sandbox.servers.github.DEFAULT_TOKEN``)
-* ``gitlab_server`` -> ``GitLabServer`` (``.url`` is the ``api_url``; token ``flows.sandbox.servers.gitlab.DEFAULT_TOKEN``)
+* ``github_server`` -> ``GitHubServer`` (``.url`` is the ``api_url``; token ``flows.drill.servers.github.DEFAULT_TOKEN``)
+* ``gitlab_server`` -> ``GitLabServer`` (``.url`` is the ``api_url``; token ``tests.fakes.gitlab.DEFAULT_TOKEN``)
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from flows.sandbox.servers.github import GitHubServer
-from flows.sandbox.servers.gitlab import GitLabServer
+from flows.drill.servers.github import GitHubServer
+from tests.fakes.gitlab import GitLabServer
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Session fixture ``podman_engine``: podman's Docker-compatible API service trusting the session's registry.
 
-The service itself (config, isolation, start/stop) lives in ``flows/sandbox/podman.py``; the drill uses it too.
+The service itself (config, isolation, start/stop) lives in ``flows/drill/podman.py``; the drill uses it too.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from flows.sandbox.podman import PodmanService, start_podman, stop_podman  # noqa: F401
-from flows.sandbox.registry import RunningRegistry
+from flows.drill.podman import PodmanService, start_podman, stop_podman  # noqa: F401
+from flows.drill.registry import RunningRegistry
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """Session fixtures for the real OCI registry (Debian's ``docker-registry``): ``registry`` (delete enabled)
 and ``registry_nodelete`` (delete disabled, for the 405 path).
 
-The registry itself and the push helpers live in ``flows/sandbox/registry.py`` (the drill uses them too);
+The registry itself and the push helpers live in ``flows/drill/registry.py`` (the drill uses them too);
 they are re-exported here so tests can keep importing them from one place.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.sandbox.registry import (  # noqa: F401  (re-exported for tests and benches)
+from flows.drill.registry import (  # noqa: F401  (re-exported for tests and benches)
     DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, PushedImage, PushedIndex, RunningRegistry, free_port,
     make_layer_tar, overwrite_tag, push_blob, push_image, push_index, push_many_tags, put_manifest, running_registry,
     sha256_digest, start_registry, stop_registry_process,

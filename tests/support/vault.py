@@ -48,8 +48,8 @@ class OpenBao:
 
 @pytest.fixture(scope="session")
 def openbao() -> Iterator[OpenBao]:
-    """A running OpenBao dev server (in-memory, unsealed, KV v2 at ``secret/``); see flows/sandbox/services.py."""
-    from flows.sandbox.services import start_openbao
+    """A running OpenBao dev server (in-memory, unsealed, KV v2 at ``secret/``); see flows/drill/services.py."""
+    from flows.drill.services import start_openbao
 
     try:
         server = start_openbao()

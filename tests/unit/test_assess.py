@@ -28,7 +28,7 @@ from tasks.assess import (
     exposure_window,
     read_ci_sources,
 )
-from tasks.ci_secrets import JobOrigin, job_key
+from tasks.scan.ci_secrets import JobOrigin, job_key
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "cilogs"
 UTC = timezone.utc
@@ -367,7 +367,7 @@ def test_build_report_with_given_hits_and_unparsable(kics):
 
 
 def test_network_sweep_hits_join_the_report(kics, tmp_path):
-    """The real sweep (tasks.sweep) over a JSON-lines DNS log next to the inventory."""
+    """The real sweep (tasks.sweep.run) over a JSON-lines DNS log next to the inventory."""
     (tmp_path / "dns.jsonl").write_text(
         '{"ts": "2026-04-22T14:21:03Z", "query": "audit.checkmarx.cx", "client": "10.0.3.7"}\n'
         '{"ts": "2026-04-22T14:22:00Z", "query": "github.com", "client": "10.0.3.7"}\n'

@@ -11,7 +11,7 @@ from digestguard.advisory import load_advisory, parse_advisory
 from digestguard.errors import InputError, PlanNotApproved
 from digestguard.plan import Approval
 from tasks.pin import apply_pins, parse_to, plan_pins
-from tasks.references import MAX_FILE_BYTES, classify, scan_text, scan_tree
+from tasks.scan.references import MAX_FILE_BYTES, classify, scan_text, scan_tree
 
 KICS = load_advisory("kics-2026-04")
 GOOD = "sha256:" + "ab" * 32

@@ -11,7 +11,7 @@ from html.parser import HTMLParser
 
 from digestguard.findings import ActionOutcome, DetectResult, Finding, StageResult
 from digestguard.journal import Journal
-from tasks.report import IncidentReport, artifact_key, render_report_html, safe_detail, write_report
+from tasks.report.model import IncidentReport, artifact_key, render_report_html, safe_detail, write_report
 from tests.report_fixtures import START, sample_report
 
 
@@ -182,7 +182,7 @@ def test_artifact_key():
 
 
 def test_report_from_journal_rebuilds_actions_approvals_and_prs(tmp_path):
-    from tasks.report import report_from_journal
+    from tasks.report.model import report_from_journal
 
     inc = "kics-2026-04-20261127-1930-3f2a"
     j = Journal(tmp_path / "j.sqlite")

@@ -14,7 +14,7 @@ from digestguard.findings import ExposedSecret, ExposureReport
 from digestguard.inventory import parse_inventory
 from digestguard.journal import Journal
 from digestguard.plan import Approval
-from tasks.rotate import apply_rotation, dry_run_result, plan_rotation
+from tasks.rotate.stage import apply_rotation, dry_run_result, plan_rotation
 
 INVENTORY = {
     "secrets": [
@@ -99,7 +99,7 @@ def test_clients_are_built_from_backends_with_references_resolved_at_use(monkeyp
 
     from digestguard.errors import InputError
     from digestguard.inventory import Backends
-    from tasks.rotate_backends import Clients
+    from tasks.rotate.backends import Clients
 
     monkeypatch.setenv("DG_TEST_AZ_SECRET", "client-secret-value")
     backends = Backends(azure_vault_url="https://example.vault.azure.net", azure_tenant_id="t", azure_client_id="c",

@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 
 from digestguard.advisory import Indicator, Window
 from digestguard.errors import InputError
-from integrations import netlogs
-from tasks import sweep as sweep_mod
-from tasks import sweep_engine
-from tasks.sweep import sweep_paths
+from digestguard import netlog
+from tasks.sweep import run as sweep_mod
+from tasks.sweep import engine as sweep_engine
+from tasks.sweep.run import sweep_paths
 
 UTC = timezone.utc
 IN = datetime(2026, 4, 22, 14, 20, tzinfo=UTC)  # inside the kics window (starts 12:35, open end)
@@ -332,13 +332,13 @@ def test_ip_matches_whole_addresses_only(pre: int, post: int, sep: str) -> None:
 
 
 def test_format_detection() -> None:
-    assert netlogs.detect_format(zeek_tsv("dns", ZEEK_DNS_FIELDS, [dns_row(IN, "a.b")]).encode()).fields == tuple(ZEEK_DNS_FIELDS)
-    assert netlogs.detect_format(b'{"ts": 1, "uid": "C"}\n').name == "zeek-json"
-    assert netlogs.detect_format(b'{"query_name": "a.", "query_timestamp": "2026-04-22T14:20:00Z"}\n').name == "route53"
-    assert netlogs.detect_format(b'{"a": 1}\n').name == "jsonl"
-    assert netlogs.detect_format(b"1776867600.000    245 10.0.0.5 TCP_MISS/200 1 GET http://a/ - HIER_DIRECT/1.2.3.4 -\n").name == "squid"
-    assert netlogs.detect_format(b"hello\nworld\n").name == "text"
-    assert netlogs.detect_format(b"").name == "text"
+    assert netlog.detect_format(zeek_tsv("dns", ZEEK_DNS_FIELDS, [dns_row(IN, "a.b")]).encode()).fields == tuple(ZEEK_DNS_FIELDS)
+    assert netlog.detect_format(b'{"ts": 1, "uid": "C"}\n').name == "zeek-json"
+    assert netlog.detect_format(b'{"query_name": "a.", "query_timestamp": "2026-04-22T14:20:00Z"}\n').name == "route53"
+    assert netlog.detect_format(b'{"a": 1}\n').name == "jsonl"
+    assert netlog.detect_format(b"1776867600.000    245 10.0.0.5 TCP_MISS/200 1 GET http://a/ - HIER_DIRECT/1.2.3.4 -\n").name == "squid"
+    assert netlog.detect_format(b"hello\nworld\n").name == "text"
+    assert netlog.detect_format(b"").name == "text"
 
 
 ROUTE53_LINE = json.dumps({"query_timestamp": "2026-04-22T14:20:00Z", "query_name": "example.com.", "srcaddr": "10.0.0.5"})

@@ -38,8 +38,8 @@ from typing import Any
 
 from digestguard.errors import DigestguardError, InputError, NotFound, RateLimited, Unavailable
 from digestguard.inventory import Inventory
-from tasks.watch_alerts import Alert, alert_messages, slack_alerter
-from tasks.watch_events import (
+from tasks.watch.alerts import Alert, alert_messages, slack_alerter
+from tasks.watch.events import (
     AllowedChange,
     CycleReport,
     DriftEvent,
@@ -51,7 +51,7 @@ from tasks.watch_events import (
     WatchEvent,
     utc_now,
 )
-from tasks.watch_sources import (
+from tasks.watch.sources import (
     DockerHubPushInfo,
     Pack,
     PushInfo,
@@ -67,7 +67,7 @@ from tasks.watch_sources import (
     registry_entry_for,
     repository_targets,
 )
-from tasks.watch_state import DEFAULT_STATE, LogPosition, Outage, WatchState
+from tasks.watch.state import DEFAULT_STATE, LogPosition, Outage, WatchState
 
 __all__ = [
     "DEFAULT_STATE", "Alert", "AllowedChange", "CycleReport", "DockerHubPushInfo", "DriftEvent", "LogPosition",

@@ -32,7 +32,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from nacl import encoding, public
 from nacl.exceptions import CryptoError
 
-from flows.sandbox.servers._forge import Call, ForgeServer, Reply, Request
+from flows.drill.servers._forge import Call, ForgeServer, Reply, Request
 
 DEFAULT_TOKEN = "ghp_localTestToken000000000000000000000"
 

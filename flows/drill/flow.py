@@ -77,9 +77,9 @@ def _affected_groups(base: Advisory) -> list[list[str]]:
 
 def build_sandbox(base: Advisory, root: Path, stack: contextlib.ExitStack, *, scale: int = 1) -> Sandbox:
     """Start the services and plant the incident (see the module docstring)."""
-    from flows.sandbox import registry as sreg
-    from flows.sandbox.podman import start_podman, stop_podman
-    from flows.sandbox.services import DUMMY_AWS_ENV, start_moto, start_openbao
+    from flows.drill import registry as sreg
+    from flows.drill.podman import start_podman, stop_podman
+    from flows.drill.services import DUMMY_AWS_ENV, start_moto, start_openbao
 
     import logging
 
@@ -148,9 +148,9 @@ def build_sandbox(base: Advisory, root: Path, stack: contextlib.ExitStack, *, sc
     os.environ["DRILL_VAULT_TOKEN"] = sb.openbao.token
     sb.moto = start_moto()
     stack.callback(sb.moto.stop)
-    from flows.sandbox.servers.gcp_secrets import start_secret_manager_server
-    from flows.sandbox.servers.github import GitHubServer, github_job_log
-    from flows.sandbox.servers.slack import SlackServer
+    from flows.drill.servers.gcp_secrets import start_secret_manager_server
+    from flows.drill.servers.github import GitHubServer, github_job_log
+    from flows.drill.servers.slack import SlackServer
 
     sb.gcp = start_secret_manager_server()
     stack.callback(sb.gcp.stop)
@@ -243,7 +243,7 @@ def _plant_secrets(sb: Sandbox, scale: int) -> list[dict[str, Any]]:
     import boto3
     import hvac
 
-    from flows.sandbox.services import DUMMY_AWS_ENV  # noqa: F401  (credentials already in the environment)
+    from flows.drill.services import DUMMY_AWS_ENV  # noqa: F401  (credentials already in the environment)
 
     out: list[dict[str, Any]] = []
     client = hvac.Client(url=sb.openbao.addr, token=sb.openbao.token)

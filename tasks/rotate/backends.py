@@ -1,6 +1,6 @@
 """The rotate stage's adapters: one per secret backend, one writer per consumer kind.
 
-Why a module of its own: ``tasks/rotate.py`` owns the *order* of a rotation and
+Why a module of its own: ``tasks/rotate/stage.py`` owns the *order* of a rotation and
 its journal (what is done, what a crashed run must pick up); this module owns
 *how* each backend makes, reads back, verifies and revokes a version, on top of
 the thin clients in ``integrations/``. Each adapter answers the same five
@@ -418,7 +418,7 @@ class GcpSecretManager(Backend):
 
 
 class AwsIamKey(Backend):
-    """An IAM user's access key. AWS never shows a secret access key again, so see ``tasks/rotate.py`` for the stash rule."""
+    """An IAM user's access key. AWS never shows a secret access key again, so see ``tasks/rotate/stage.py`` for the stash rule."""
 
     default_field = None
     needs_stash = True

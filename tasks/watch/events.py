@@ -1,4 +1,4 @@
-"""The watch's typed events and cycle report (see ``tasks/watch.py``).
+"""The watch's typed events and cycle report (see ``tasks/watch/cycle.py``).
 
 Plain pydantic models so a cycle's findings can be printed, returned from the
 flow as JSON, and queued in the state file when Slack cannot take them, then

@@ -1,6 +1,6 @@
 """What the watch reads: advisory packs, watched tags, registry clients, Docker Hub push facts, network logs.
 
-Split from ``tasks/watch.py`` (the cycle) so each source's rules sit in one
+Split from ``tasks/watch/cycle.py`` (the cycle) so each source's rules sit in one
 place: how a reference's host maps to an inventory registry and its
 credentials, how "when/who" is asked of Docker Hub, and how a growing log is
 followed by byte offset without re-reading or splitting a line.
@@ -24,8 +24,8 @@ from digestguard.credentials import resolve
 from digestguard.errors import DigestguardError, InputError, NotFound
 from digestguard.inventory import Inventory, NetworkLogSource, Registry
 from digestguard.reference import DOCKER_HUB, DOCKER_HUB_ALIASES, ImageReference, parse_digest, parse_reference
-from tasks.watch_events import NetworkHitEvent, redact_line
-from tasks.watch_state import LogPosition
+from tasks.watch.events import NetworkHitEvent, redact_line
+from tasks.watch.state import LogPosition
 
 CHUNK = 1 << 20
 """Bytes of a network log read at a time (lines are never split between chunks)."""
@@ -115,7 +115,7 @@ def repository_targets(inventory: Inventory) -> tuple[list[Target], dict[str, st
     Returns ``(targets, failures)`` where failures maps ``repository NAME`` to
     the reason its checkout could not be scanned.
     """
-    from tasks.references import scan_tree
+    from tasks.scan.references import scan_tree
 
     out: dict[str, Target] = {}
     failures: dict[str, str] = {}
@@ -308,7 +308,7 @@ class Indicators:
 
 def compile_indicators(packs: Sequence[Pack]) -> Indicators | None:
     """The sweep engine's matcher over all packs' indicators (None when no pack has any)."""
-    from tasks.sweep_engine import compile_matcher
+    from tasks.sweep.engine import compile_matcher
 
     pairs: dict[tuple[str, str], list[str]] = {}
     for p in packs:
@@ -344,21 +344,21 @@ def follow_log(path: Path, pos: LogPosition | None, indicators: Indicators, log_
     of the file. Gzip files cannot be followed by offset: they are re-read when
     their size changes and only lines past the last count are reported.
     """
-    from integrations import netlogs
-    from tasks.sweep_engine import scan_chunk
+    from digestguard import netlog
+    from tasks.sweep.engine import scan_chunk
 
     st = path.stat()
-    head = netlogs.read_head(path)
-    fmt = netlogs.format_by_name(log_format, head) if log_format else netlogs.detect_format(head)
+    head = netlog.read_head(path)
+    fmt = netlog.format_by_name(log_format, head) if log_format else netlog.detect_format(head)
     restarted = pos is not None and (st.st_size < pos.offset or (pos.inode is not None and pos.inode != st.st_ino))
     start = 0 if (pos is None or restarted) else pos.offset
     lines_before = 0 if (pos is None or restarted) else pos.lines
     raw: list[tuple] = []
-    if netlogs.is_gzip(path):
+    if netlog.is_gzip(path):
         if pos is not None and not restarted and st.st_size == pos.offset:
             return [], pos, 0, False
         total = 0
-        for chunk, _trunc in netlogs.iter_chunks(path):
+        for chunk, _trunc in netlog.iter_chunks(path):
             if chunk:
                 n, _ = scan_chunk(indicators.matcher, fmt, chunk, total, raw)
                 total += n

@@ -1,4 +1,4 @@
-"""The watch's memory: a small SQLite file (see ``tasks/watch.py``)."""
+"""The watch's memory: a small SQLite file (see ``tasks/watch/cycle.py``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from digestguard.errors import InputError
 from digestguard.inventory import Inventory
-from tasks.watch_events import WATCH_EVENT, iso_or_none, utc_now
+from tasks.watch.events import WATCH_EVENT, iso_or_none, utc_now
 
 DEFAULT_STATE = ".digestguard/watch.sqlite"
 

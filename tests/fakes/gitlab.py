@@ -26,7 +26,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import unquote
 
-from flows.sandbox.servers._forge import ForgeServer, Reply, Request
+from flows.drill.servers._forge import ForgeServer, Reply, Request
 
 DEFAULT_TOKEN = "glpat-localTestToken0000000"
 

@@ -60,7 +60,7 @@ from digestguard.findings import ActionOutcome, ExposureReport, StageResult
 from digestguard.inventory import Inventory
 from digestguard.journal import Journal
 from digestguard.plan import Approval, Plan, PlanItem, require_approved
-from tasks.rotate_backends import (
+from tasks.rotate.backends import (
     BACKENDS,
     AwsIamKey,
     Backend,

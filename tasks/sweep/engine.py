@@ -1,6 +1,6 @@
 """The network sweep's matching engine: prefilter big chunks, confirm candidate lines.
 
-Why a separate module from ``tasks/sweep.py``: worker processes import this
+Why a separate module from ``tasks/sweep/run.py``: worker processes import this
 one, and it must stay light (no Prefect, no pydantic, no boto3) so that a
 worker starts in milliseconds. Everything here is pure: bytes in, plain tuples
 out.
@@ -15,7 +15,7 @@ an anchor is found however the line was written. Only lines holding an anchor
 are parsed with their format's parser, and the indicator is confirmed on each
 parsed field with its boundary rule (labels for domains, whole addresses for
 IPs, path segments for URL paths). Malformed lines are counted per chunk by a
-structural check (:func:`integrations.netlogs.chunk_bad_lines`).
+structural check (:func:`digestguard.netlog.chunk_bad_lines`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from integrations import netlogs
-from integrations.netlogs import LineError, LogFormat
+from digestguard import netlog
+from digestguard.netlog import LineError, LogFormat
 
 LABEL = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 DIGITS = frozenset("0123456789")
@@ -194,7 +194,7 @@ def scan_offsets(
     """
     starts: set[int] = set()
     if (use or backend()) == "hyperscan":
-        patterns = netlogs.structure_patterns(fmt)
+        patterns = netlog.structure_patterns(fmt)
         structure = tuple(patterns or ())
         db, scratch = _hs_scanner(matcher.hs_patterns, structure)
         limit = len(matcher.hs_patterns)
@@ -223,7 +223,7 @@ def scan_offsets(
 
 def candidate_line_starts(matcher: Matcher, chunk: bytes, use: str | None = None) -> set[int]:
     """Offsets of the lines of ``chunk`` holding at least one indicator probe."""
-    return scan_offsets(matcher, LogFormat(netlogs.TEXT), chunk, use)[0]
+    return scan_offsets(matcher, LogFormat(netlog.TEXT), chunk, use)[0]
 
 
 # ---------------------------------------------------------------- confirming
@@ -334,11 +334,11 @@ def examine_line(
     if not present.needles:  # the anchor was part of something else (``KICS-Telemetry-Client``)
         return [], False
     try:
-        ts, fields = netlogs.parse_line(fmt, line)
+        ts, fields = netlog.parse_line(fmt, line)
         bad = False
     except LineError:
         bad = True
-        ts = netlogs.fallback_timestamp(line)
+        ts = netlog.fallback_timestamp(line)
         fields = raw
     ts = ts or default_ts
     found = confirm_fields(present, fields)
@@ -357,24 +357,24 @@ def scan_chunk(
     ``line_base`` is the number of lines before this chunk in its unit.
     """
     complete = chunk.endswith(b"\n")
-    nlines = netlogs.count_byte(chunk, b"\n") + (0 if complete or not chunk else 1)
+    nlines = netlog.count_byte(chunk, b"\n") + (0 if complete or not chunk else 1)
     starts, suspicious = scan_offsets(matcher, fmt, chunk)
     if suspicious is None:
-        bad_set = set(netlogs.chunk_bad_lines(fmt, chunk, nlines, force=not complete) or ())
+        bad_set = set(netlog.chunk_bad_lines(fmt, chunk, nlines, force=not complete) or ())
     else:
         # any suspicious line (or bad encoding, or a cut last line): walk the whole chunk, since
         # damage comes in runs and a line cut near its end can pass the patterns
-        force = bool(suspicious) or not complete or not netlogs.encoding_ok(chunk)
-        bad_set = set(netlogs.chunk_bad_lines(fmt, chunk, nlines, force=True) or ()) if force else set()
+        force = bool(suspicious) or not complete or not netlog.encoding_ok(chunk)
+        bad_set = set(netlog.chunk_bad_lines(fmt, chunk, nlines, force=True) or ()) if force else set()
     counted_line = line_base
     counted_pos = 0
     for s in sorted(starts):
-        counted_line += netlogs.count_byte(chunk, b"\n", counted_pos, s)
+        counted_line += netlog.count_byte(chunk, b"\n", counted_pos, s)
         counted_pos = s
         e = chunk.find(b"\n", s)
         line = chunk[s:] if e < 0 else chunk[s:e]
         found, bad = examine_line(matcher, fmt, line.rstrip(b"\r"))
-        if bad and s not in bad_set and not (fmt.name == netlogs.ZEEK_TSV and line.startswith(b"#")):
+        if bad and s not in bad_set and not (fmt.name == netlog.ZEEK_TSV and line.startswith(b"#")):
             bad_set.add(s)
         text = _trim(line) if found else ""
         for n, field, ts in found:
@@ -388,12 +388,12 @@ def scan_unit(
     path: str,
     start: int = 0,
     end: int | None = None,
-    chunk_size: int = netlogs.DEFAULT_CHUNK,
+    chunk_size: int = netlog.DEFAULT_CHUNK,
 ) -> UnitResult:
     """Scan a whole file (or one byte range of a plain file). Never raises for bad content."""
     res = UnitResult(hits=[], errors=[])
     try:
-        for chunk, truncated in netlogs.iter_chunks(path, start, end, chunk_size):
+        for chunk, truncated in netlog.iter_chunks(path, start, end, chunk_size):
             res.bytes_read += len(chunk)
             if chunk:
                 n, bad = scan_chunk(matcher, fmt, chunk, res.lines, res.hits)
@@ -426,13 +426,13 @@ def scan_events(matcher: Matcher, events: Iterator[tuple[str, datetime, str]]) -
         line = msg.replace("\n", " ").encode("utf-8", "replace")
         fmt = formats.get(stream)
         if fmt is None:
-            fmt = netlogs.detect_format(line + b"\n")
-            if fmt.name == netlogs.ZEEK_TSV:  # headers never travel inside single events
-                fmt = LogFormat(netlogs.TEXT)
+            fmt = netlog.detect_format(line + b"\n")
+            if fmt.name == netlog.ZEEK_TSV:  # headers never travel inside single events
+                fmt = LogFormat(netlog.TEXT)
             formats[stream] = fmt
         res.lines += 1
         res.bytes_read += len(line) + 1
-        if netlogs.line_is_bad(fmt, line):
+        if netlog.line_is_bad(fmt, line):
             res.unparsable += 1
         low = line.lower() if matcher.lower else line
         if not any(a in low for a in matcher.anchors):

@@ -1,4 +1,4 @@
-"""Watch alerts as Slack messages (see ``tasks/watch.py``).
+"""Watch alerts as Slack messages (see ``tasks/watch/cycle.py``).
 
 One message per image or source event; network hits grouped per file per
 cycle (a burst of hits must not become a burst of messages and a rate limit).
@@ -14,7 +14,7 @@ from typing import Any
 from digestguard.credentials import resolve
 from digestguard.errors import DigestguardError
 from digestguard.inventory import Inventory
-from tasks.watch_events import (
+from tasks.watch.events import (
     DriftEvent,
     MaliciousEvent,
     NetworkHitEvent,

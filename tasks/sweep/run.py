@@ -11,7 +11,7 @@ format detected from its content), and ``cloudwatch://LOG-GROUP[?stream=P]``
 addresses. A line that does not parse is counted per file and still matched
 on its raw text: a hit is never dropped because the line around it is broken.
 
-Speed: see ``tasks/sweep_engine.py`` (anchored prefilter, only candidate lines
+Speed: see ``tasks/sweep/engine.py`` (anchored prefilter, only candidate lines
 parsed) and ``bench/sweep.py``. Big plain files are split into byte ranges
 scanned by ``workers`` processes; memory stays bounded (1 MiB chunks).
 """
@@ -30,8 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from digestguard.advisory import Indicator, Window
 from digestguard.errors import InputError
 from digestguard.findings import NetworkHit
-from integrations import netlogs
-from tasks import sweep_engine as engine
+from digestguard import netlog
+from integrations import cloudwatch
+from tasks.sweep import engine
 
 PARALLEL_MIN_BYTES = 64 << 20
 """Below this much input, worker processes cost more than they save."""
@@ -113,7 +114,7 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
     for p in paths:
         s = os.fspath(p)
         if s.startswith("cloudwatch://"):
-            netlogs.parse_cloudwatch_uri(s)
+            cloudwatch.parse_cloudwatch_uri(s)
             out.append(s)
             continue
         path = Path(s)
@@ -159,7 +160,7 @@ def sweep_paths(
     *,
     log_format: str | None = None,
     workers: int | None = None,
-    chunk_size: int = netlogs.DEFAULT_CHUNK,
+    chunk_size: int = netlog.DEFAULT_CHUNK,
     cloudwatch_endpoint: str | None = None,
 ) -> SweepResult:
     """Sweep ``paths`` for ``indicators``; flag each hit against ``window``.
@@ -194,15 +195,15 @@ def sweep_paths(
     total = 0
     for i, p in enumerate(files):
         if p.startswith("cloudwatch://"):
-            stats.append(SweepFileStats(path=p, format=netlogs.CLOUDWATCH))
+            stats.append(SweepFileStats(path=p, format=netlog.CLOUDWATCH))
             continue
-        head = netlogs.read_head(p)
-        fmt = netlogs.format_by_name(log_format, head) if log_format else netlogs.detect_format(head)
+        head = netlog.read_head(p)
+        fmt = netlog.format_by_name(log_format, head) if log_format else netlog.detect_format(head)
         stats.append(SweepFileStats(path=p, format=fmt.name))
         size = Path(p).stat().st_size
         total += size
-        if workers > 1 and not netlogs.is_gzip(p) and size >= PARALLEL_MIN_BYTES:
-            for a, b in netlogs.split_ranges(p, workers, min_part=PARALLEL_MIN_BYTES // 2):
+        if workers > 1 and not netlog.is_gzip(p) and size >= PARALLEL_MIN_BYTES:
+            for a, b in netlog.split_ranges(p, workers, min_part=PARALLEL_MIN_BYTES // 2):
                 plans.append((i, (matcher, fmt, p, a, b, chunk_size)))
         else:
             plans.append((i, (matcher, fmt, p, 0, None, chunk_size)))
@@ -211,7 +212,7 @@ def sweep_paths(
     if workers > 1 and len(plans) > 1 and total >= PARALLEL_MIN_BYTES:
         # fork: workers run only this pure engine code (no logging, no I/O but reads), and
         # start in milliseconds without re-importing Prefect
-        netlogs.count_byte(bytes(8192), b"\n")  # import numpy once here, not once per worker
+        netlog.count_byte(bytes(8192), b"\n")  # import numpy once here, not once per worker
         engine.backend()  # likewise hyperscan
         ctx = multiprocessing.get_context("fork")
         with ctx.Pool(min(workers, len(plans))) as pool:
@@ -251,8 +252,8 @@ def _sweep_cloudwatch(uri: str, matcher: engine.Matcher, st: SweepFileStats, end
     """Read one log group through the API; an API failure lands in the stats, named, not raised."""
     from digestguard.errors import IntegrationError
 
-    parts = netlogs.parse_cloudwatch_uri(uri)
-    events = netlogs.iter_log_events(
+    parts = cloudwatch.parse_cloudwatch_uri(uri)
+    events = cloudwatch.iter_log_events(
         parts["log_group"],
         stream_prefix=parts.get("stream"),
         endpoint_url=parts.get("endpoint") or endpoint,

@@ -1,0 +1,1 @@
+"""The network sweep: the stage (``run``) over the matching engine (``engine``)."""

@@ -1,0 +1,1 @@
+"""The drift watch: one cycle (``cycle``) over its sources, events, state and alerts."""
