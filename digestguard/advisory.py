@@ -5,6 +5,11 @@ A pack is YAML under ``advisories/``; this module is its schema (pydantic,
 and its loader. Indicators may be written defanged (``audit.checkmarx[.]cx``,
 ``hxxps://``) the way IOC lists publish them; they are normalised on load so
 every stage matches the real value.
+
+The shipped packs live at the repository root in a checkout and are
+force-included as ``digestguard/advisories/`` in the wheel (pyproject.toml);
+``PACKS_DIR`` is whichever of the two this installation has. Finding no pack
+there is an error: a lint without them would pass malicious digests silently.
 """
 
 from __future__ import annotations
@@ -17,12 +22,28 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
+from digestguard._model import Model
 from digestguard.errors import InputError
 from digestguard.reference import DOCKER_HUB, DOCKER_HUB_ALIASES, ImageReference, normalise_repository, parse_digest
 
-PACKS_DIR = Path(__file__).resolve().parent.parent / "advisories"
+_PACKAGE = Path(__file__).resolve().parent
+# Where the shipped packs are: inside the package in an installed wheel (force-include), at the root of a checkout
+# (the directory holding pyproject.toml). Outside a checkout the package's parent is site-packages, whose
+# ``advisories/`` could belong to anyone, so that place counts only when pyproject.toml sits beside it.
+PACKS_LOCATIONS = (_PACKAGE / "advisories", _PACKAGE.parent / "advisories")
+PACK_GLOB = "*.y*ml"
+
+
+def _shipped_packs_dir() -> Path:
+    wheel, checkout = PACKS_LOCATIONS
+    if not wheel.is_dir() and (checkout.parent / "pyproject.toml").is_file():
+        return checkout
+    return wheel
+
+
+PACKS_DIR = _shipped_packs_dir()
 
 
 def refang(value: str) -> str:
@@ -42,18 +63,14 @@ def _digest(v: str) -> str:
 Digest = Annotated[str, AfterValidator(_digest)]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
-
-
-class Reference(_Model):
+class Reference(Model):
     """A pointer to where a fact was published."""
 
     kind: Literal["ghsa", "cve", "go", "url", "cwe", "other"]
     value: str
 
 
-class MaliciousDigest(_Model):
+class MaliciousDigest(Model):
     """A digest the attacker pushed. ``kind=index`` for manifest lists/OCI indexes, ``manifest`` for a platform child."""
 
     digest: Digest
@@ -65,7 +82,7 @@ class MaliciousDigest(_Model):
     source: str
 
 
-class KnownGood(_Model):
+class KnownGood(Model):
     """A digest believed clean for a tag. ``digest`` may be None: known-good exists but was never published."""
 
     tag: str | None = None
@@ -75,7 +92,7 @@ class KnownGood(_Model):
     note: str | None = None
 
 
-class Window(_Model):
+class Window(Model):
     """When the attack was live (UTC). ``end`` is None while no official end is known."""
 
     start: datetime
@@ -104,7 +121,7 @@ class Window(_Model):
         return when >= self.start and (end is None or when <= end)
 
 
-class AffectedImage(_Model):
+class AffectedImage(Model):
     """One image repository the attacker pushed to."""
 
     repository: str = Field(description="any alias; normalised to the canonical name")
@@ -165,7 +182,7 @@ class AffectedImage(_Model):
         return None
 
 
-class Indicator(_Model):
+class Indicator(Model):
     """A network indicator of compromise, stored refanged."""
 
     kind: Literal["domain", "ip", "url", "url_path", "user_agent"]
@@ -191,7 +208,7 @@ class Indicator(_Model):
         return self
 
 
-class FileIndicator(_Model):
+class FileIndicator(Model):
     """A file the payload left behind, to check a re-pulled image or a host for leftovers."""
 
     path: str | None = None
@@ -201,13 +218,13 @@ class FileIndicator(_Model):
     note: str | None = None
 
 
-class SafeCommit(_Model):
+class SafeCommit(Model):
     ref: str
     commit: str
     source: str
 
 
-class ActionRefs(_Model):
+class ActionRefs(Model):
     """A GitHub Action whose tags were force-pushed: the same attack on Git refs."""
 
     repository: str = Field(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
@@ -218,7 +235,7 @@ class ActionRefs(_Model):
     source: str
 
 
-class Advisory(_Model):
+class Advisory(Model):
     """One incident's indicators. See ``advisories/*.yaml`` and ``digestguard advisories show``."""
 
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
@@ -292,10 +309,17 @@ def load_advisory_file(path: str | Path) -> Advisory:
 
 
 def list_packs(directory: Path | None = None) -> list[Advisory]:
-    """Every pack shipped in ``advisories/`` (or ``directory``), sorted by id."""
+    """Every pack shipped in ``advisories/`` (or ``directory``), sorted by id.
+
+    ``InputError`` naming the place looked in when it holds no pack: an empty list would let ``lint`` pass
+    every malicious digest without a word (an installation that lost its packs must say so).
+    """
     d = directory or PACKS_DIR
-    packs = [load_advisory_file(p) for p in sorted(d.glob("*.y*ml"))]
-    return sorted(packs, key=lambda a: a.id)
+    files = sorted(d.glob(PACK_GLOB)) if d.is_dir() else []
+    if not files:
+        looked = str(d) if directory else " or ".join(str(p) for p in PACKS_LOCATIONS)
+        raise InputError(looked, f"no advisory packs found ({PACK_GLOB}); is this installation complete?")
+    return sorted((load_advisory_file(p) for p in files), key=lambda a: a.id)
 
 
 def load_advisory(id_or_path: str, directory: Path | None = None) -> Advisory:
@@ -303,11 +327,11 @@ def load_advisory(id_or_path: str, directory: Path | None = None) -> Advisory:
     p = Path(id_or_path)
     if p.suffix in (".yaml", ".yml", ".json") and p.exists():
         return load_advisory_file(p)
-    for adv in list_packs(directory):
+    packs = list_packs(directory)
+    for adv in packs:
         if adv.id == id_or_path:
             return adv
-    known = ", ".join(a.id for a in list_packs(directory)) or "none"
-    raise InputError(id_or_path, f"no such advisory (known: {known})")
+    raise InputError(id_or_path, f"no such advisory (known: {', '.join(a.id for a in packs)})")
 
 
 def json_schema() -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any, List, Optional
 import typer
 
 from digestguard.errors import DigestguardError, InputError
+from digestguard.install import check_own_packages
 
 app = typer.Typer(help="Container-image supply-chain incident playbook (Prefect).", no_args_is_help=True, add_completion=False)
 advisories_app = typer.Typer(help="IOC packs: list, show, validate.", no_args_is_help=True)
@@ -494,6 +495,7 @@ def watch_cmd(
 def main() -> None:
     """Console entry point: typed errors become one clear line and exit code 2."""
     try:
+        check_own_packages()
         app()
     except DigestguardError as e:
         typer.echo(f"error: {e}", err=True)

@@ -2,10 +2,11 @@
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from digestguard.advisory import json_schema, list_packs, load_advisory, load_advisory_file, refang
+from digestguard.advisory import PACKS_DIR, json_schema, list_packs, load_advisory, load_advisory_file, refang
 from digestguard.errors import InputError
 from digestguard.reference import parse_reference
 
@@ -107,3 +108,21 @@ def test_json_schema_exported():
     assert schema["title"] == "Advisory"
     assert "images" in schema["required"]
     json.dumps(schema)
+
+
+def test_checkout_finds_the_packs_at_the_repository_root():
+    root = Path(__file__).resolve().parents[2]
+    assert PACKS_DIR == root / "advisories"
+    assert {p.name for p in PACKS_DIR.glob("*.yaml")} >= {"kics-2026-04.yaml", "trivy-2026-03.yaml"}
+
+
+@pytest.mark.parametrize("make", [lambda d: d.mkdir(), lambda d: None], ids=["empty", "missing"])
+def test_no_packs_is_an_error_naming_the_place(tmp_path, make):
+    d = tmp_path / "advisories"
+    make(d)
+    (tmp_path / "advisories.yaml.bak").write_text("not a pack")
+    with pytest.raises(InputError) as e:
+        list_packs(d)
+    assert str(d) in str(e.value) and "no advisory packs found" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(InputError, match="no advisory packs found"):
+        load_advisory("kics-2026-04", d)
