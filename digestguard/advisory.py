@@ -46,10 +46,14 @@ def _shipped_packs_dir() -> Path:
 PACKS_DIR = _shipped_packs_dir()
 
 
+_DEFANGED = (("[.]", "."), ("(.)", "."), ("{.}", "."), ("[dot]", "."), ("(dot)", "."), ("[:]", ":"), ("[://]", "://"),
+             ("[/]", "/"))
+
+
 def refang(value: str) -> str:
     """Undo the usual defanging: ``[.]``, ``(.)``, ``{.}``, ``[dot]``, ``hxxp``, ``[:]``, ``[://]``."""
     out = value.strip()
-    for a, b in (("[.]", "."), ("(.)", "."), ("{.}", "."), ("[dot]", "."), ("(dot)", "."), ("[:]", ":"), ("[://]", "://"), ("[/]", "/")):
+    for a, b in _DEFANGED:
         out = out.replace(a, b)
     out = re.sub(r"^hxxp(s?)://", r"http\1://", out, flags=re.IGNORECASE)
     out = re.sub(r"^fxp://", "ftp://", out, flags=re.IGNORECASE)

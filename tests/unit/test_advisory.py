@@ -86,7 +86,8 @@ def test_user_pack_accepted_and_refanged(tmp_path):
 @pytest.mark.parametrize("mutate,field,reason", [
     (lambda s: s.replace("a" * 64, "a" * 10), "images.0.malicious.0.digest", "64 hex"),
     (lambda s: s.replace("title: t", "title: t\ncolour: red"), "colour", "unknown key"),
-    (lambda s: s.replace('source: test}\nimages', 'end: "2025-01-01T00:00:00Z", source: test}\nimages'), "window", "before start"),
+    (lambda s: s.replace('source: test}\nimages', 'end: "2025-01-01T00:00:00Z", source: test}\nimages'),
+     "window", "before start"),
     (lambda s: s.split("images:")[0] + "images: []\n", "images", "at least 1"),
     (lambda s: s.replace("acme/app", "Acme/App"), "images.0.repository", "lowercase"),
 ])
