@@ -1,10 +1,19 @@
-"""A small JSON-over-HTTP core shared by the GitHub and GitLab clients.
+"""The one retry policy of every integration, and the JSON-over-HTTP client the REST vendors share.
 
-Why not one per vendor: both speak the same dialect (bearer-ish token header,
-JSON bodies, ``Link: <...>; rel="next"`` pagination, 429/5xx with
-``Retry-After`` or a rate-limit reset epoch). Keeping the retry and error
-mapping in one place means both clients retry the same way and raise the same
-typed errors from :mod:`digestguard.errors`.
+:class:`RetryPolicy` and :class:`Retrier` are the ONE place that decides "retry
+this? how long to wait?": the same retryable statuses (429, 500, 502, 503, 504
+and connection errors) for every client, a capped ``Retry-After``, exponential
+back-off, an optional deadline. The hand-written loops (this module's
+:class:`RestClient`, the registry client, the Kubernetes pod lister) ask a
+:class:`Retrier`; the vendor SDKs that retry themselves (botocore, urllib3 under
+hvac, Azure, Google) get their settings from :func:`botocore_config`,
+:func:`urllib3_retry`, :func:`azure_retry_kwargs` and :func:`google_retry`,
+built from the named policies below.
+
+:class:`RestClient` serves GitHub, GitLab, Docker Hub and Artifact Registry:
+token header, JSON bodies, ``Link: <...>; rel="next"`` pagination, 429/5xx with
+``Retry-After`` or a rate-limit reset epoch, typed errors from
+:mod:`digestguard.errors` (via :mod:`integrations._errors`).
 
 Rules this module keeps:
 
@@ -21,29 +30,170 @@ Rules this module keeps:
 
 from __future__ import annotations
 
-import email.utils
+import random
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
 
-from digestguard.errors import (
-    AuthError,
-    InputError,
-    IntegrationError,
-    NotFound,
-    RateLimited,
-    Refused,
-    Unavailable,
-)
+from digestguard.errors import InputError, IntegrationError, RateLimited, Unavailable
+from digestguard.timeutil import iso_z
+from integrations._errors import error_for_status, parse_retry_after
+
+__all__ = [
+    "AWS_SDK_POLICY", "GCP_ACCESS_POLICY", "RETRY_STATUSES", "VAULT_READ_POLICY",
+    "RestBackedClient", "RestClient", "Retrier", "RetryPolicy",
+    "azure_retry_kwargs", "botocore_config", "google_retry", "iso_utc", "next_link",
+    "parse_retry_after", "raise_for", "rate_limit_wait", "redact_url", "urllib3_retry",
+]
 
 _LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 _USERINFO = re.compile(r"(https?://)[^/@\s]+@")
 
-RETRYABLE_5XX = frozenset({500, 502, 503, 504})
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+"""Retryable answers, the same for every client: rate limited, and the server errors that heal by waiting."""
+
+
+# --------------------------------------------------------------------------- the retry policy
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long one request is retried.
+
+    ``max_retries`` extra attempts after the first; the n-th retry waits
+    ``backoff * 2**n`` capped at ``max_backoff`` (with ``jitter``, a random
+    50-100 % of that), or what the server asked for in ``Retry-After``. A
+    server-asked wait longer than ``max_wait`` is not slept through: the caller
+    gets the error (``RateLimited`` with ``retry_after``) and decides. With a
+    ``deadline`` (seconds since the first attempt) no wait may end after it.
+    """
+
+    max_retries: int = 4
+    backoff: float = 0.5
+    max_backoff: float = 60.0
+    max_wait: float = 60.0
+    deadline: float | None = None
+    statuses: frozenset[int] = RETRY_STATUSES
+    jitter: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0:
+            raise InputError("retry policy", "max_retries must be >= 0", field="max_retries")
+
+    def retryable(self, status: int | None, *, safe: bool = True) -> bool:
+        """Whether an answer is worth another try: ``status`` None is a connection error.
+
+        ``safe`` says repeating cannot do a thing twice (an idempotent method, or a
+        request the server refused before acting on it, as with 429).
+        """
+        return safe and (status is None or status in self.statuses)
+
+    def backoff_delay(self, retry: int) -> float:
+        """The wait before retry number ``retry + 1`` when the server named none."""
+        base = min(self.max_backoff, self.backoff * (2**retry))
+        return base * (0.5 + random.random() / 2) if self.jitter else base
+
+    def wait(self, retry: int, *, retry_after: float | None = None, elapsed: float = 0.0) -> float | None:
+        """Seconds to wait before retry number ``retry + 1``, or None to give up now."""
+        if retry >= self.max_retries:
+            return None
+        delay = retry_after if retry_after is not None else self.backoff_delay(retry)
+        if delay > self.max_wait:
+            return None
+        if self.deadline is not None and elapsed + delay > self.deadline:
+            return None
+        return delay
+
+
+class Retrier:
+    """The retries of one request under a :class:`RetryPolicy`: counts them, keeps the deadline, sleeps.
+
+    ``sleep`` exists so a caller with its own clock (a test, a Prefect task) can wait its way.
+    """
+
+    def __init__(self, policy: RetryPolicy, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.policy = policy
+        self.retries = 0
+        self._sleep = sleep
+        self._clock = clock
+        self._started = clock()
+
+    @property
+    def attempts(self) -> int:
+        """Attempts made so far (the first one included)."""
+        return self.retries + 1
+
+    def again(self, status: int | None = None, *, retry_after: float | None = None, safe: bool = True) -> bool:
+        """True (after sleeping) when the request should be sent again; False when the caller should raise."""
+        if not self.policy.retryable(status, safe=safe):
+            return False
+        delay = self.policy.wait(self.retries, retry_after=retry_after, elapsed=self._clock() - self._started)
+        if delay is None:
+            return False
+        self._sleep(delay)
+        self.retries += 1
+        return True
+
+
+# The vendor SDKs that retry themselves, configured from these policies and nowhere else.
+# Their numbers are the ones each client has always used (behaviour unchanged):
+AWS_SDK_POLICY = RetryPolicy(max_retries=5)
+"""botocore standard mode: 5 retries (throttling, 5xx, connection errors) with its own capped back-off."""
+VAULT_READ_POLICY = RetryPolicy(max_retries=3, backoff=0.5, max_backoff=8.0, statuses=frozenset({429, 502, 503, 504}))
+"""hvac's session: reads retried 3 times (2 of them for connection errors), writes never."""
+GCP_ACCESS_POLICY = RetryPolicy(backoff=2.0, max_backoff=60.0, deadline=60.0, statuses=frozenset({429, 503}))
+"""Secret Manager's own retry of ``access_secret_version`` (time-bounded, as google-api-core retries are)."""
+AZURE_SDK_POLICY = RetryPolicy(max_retries=10, backoff=0.8, max_backoff=120.0)
+"""azure-core's ``RetryPolicy`` defaults (10 retries, 0.8 s back-off factor, 120 s cap), named here."""
+
+
+def botocore_config(policy: RetryPolicy = AWS_SDK_POLICY, *, connect_timeout: float = 10, read_timeout: float = 30):
+    """A botocore ``Config`` retrying per ``policy`` (botocore's ``max_attempts`` counts retries, as ours does)."""
+    from botocore.config import Config  # heavy optional import: only the AWS clients need it
+
+    return Config(retries={"mode": "standard", "max_attempts": policy.max_retries},
+                  connect_timeout=connect_timeout, read_timeout=read_timeout)
+
+
+def urllib3_retry(policy: RetryPolicy = VAULT_READ_POLICY, *, methods: frozenset[str] = frozenset({"GET", "LIST", "HEAD"})):
+    """A urllib3 ``Retry`` per ``policy`` for a ``requests`` session: only ``methods`` retried, Retry-After honoured.
+
+    Connection errors get one retry fewer than answers (a server that is down stays down
+    for a while); a read error is never retried: the request may have been acted on.
+    """
+    from urllib3.util.retry import Retry  # imported with requests only by the clients that need it
+
+    return Retry(
+        total=policy.max_retries, connect=max(0, policy.max_retries - 1), read=0,
+        backoff_factor=policy.backoff, backoff_max=policy.max_backoff,
+        status_forcelist=tuple(sorted(policy.statuses)), allowed_methods=methods,
+        respect_retry_after_header=True, raise_on_status=False,
+    )
+
+
+def azure_retry_kwargs(policy: RetryPolicy = AZURE_SDK_POLICY) -> dict[str, Any]:
+    """azure-core client keyword arguments retrying per ``policy`` (429/5xx, honouring Retry-After)."""
+    return {"retry_total": policy.max_retries, "retry_backoff_factor": policy.backoff,
+            "retry_backoff_max": policy.max_backoff}
+
+
+def google_retry(policy: RetryPolicy = GCP_ACCESS_POLICY):
+    """A google-api-core ``Retry`` per ``policy``: its statuses as exceptions, doubling back-off, deadline."""
+    import google.api_core.exceptions as gx  # heavy optional import: only the GCP client needs it
+    from google.api_core import retry as gretry
+
+    kinds = tuple(gx.exception_class_for_http_status(s) for s in sorted(policy.statuses))
+    return gretry.Retry(predicate=gretry.if_exception_type(*kinds), initial=policy.backoff,
+                        maximum=policy.max_backoff, multiplier=2.0, timeout=policy.deadline)
+
+
+# --------------------------------------------------------------------------- HTTP helpers
 
 
 def redact_url(url: str) -> str:
@@ -63,38 +213,13 @@ def next_link(response: httpx.Response) -> str | None:
     return None
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header: either delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-
-
-def api_time(value: Any) -> datetime | None:
-    """An API timestamp (``2026-04-22T13:05:11Z``) as an aware datetime; None when absent."""
-    if not value:
-        return None
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-
-
 def iso_utc(value: datetime, name: str, source: str) -> str:
     """ISO-8601 UTC with ``Z``; naive datetimes are refused because an incident window must not shift by a timezone."""
     if not isinstance(value, datetime):
         raise InputError(source, f"expected a datetime, got {type(value).__name__}", field=name)
     if value.tzinfo is None:
         raise InputError(source, "datetime has no timezone; pass an aware UTC datetime", field=name)
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso_z(value)
 
 
 def rate_limit_wait(response: httpx.Response) -> float | None:
@@ -153,19 +278,7 @@ def _message(response: httpx.Response) -> str:
 
 def raise_for(response: httpx.Response, source: str, *, wait: float | None = None) -> None:
     """Translate an unsuccessful response into the matching typed error."""
-    status = response.status_code
-    msg = _message(response)
-    if wait is not None or status == 429:
-        raise RateLimited(source, f"rate limited: {msg}", status=status, retry_after=wait)
-    if status in (401, 403):
-        raise AuthError(source, f"credential refused or lacks permission: {msg}", status=status)
-    if status in (404, 410):
-        raise NotFound(source, msg, status=status)
-    if status >= 500:
-        raise Unavailable(source, msg, status=status)
-    if status in (400, 405, 409, 412, 422):
-        raise Refused(source, msg, status=status)
-    raise IntegrationError(source, f"unexpected answer: {msg}", status=status)
+    raise error_for_status(source, response.status_code, _message(response), retry_after=wait)
 
 
 class RestClient:
@@ -192,6 +305,7 @@ class RestClient:
             raise InputError(f"{vendor} api_url", f"{api_url!r} is not an http(s) URL")
         if max_retries < 0:
             raise InputError(f"{vendor} client", "max_retries must be >= 0", field="max_retries")
+        self.retry = RetryPolicy(max_retries=max_retries, backoff=backoff, max_backoff=max_wait, max_wait=max_wait)
         self.vendor = vendor
         self.api_url = api_url.rstrip("/")
         self._origin = httpx.URL(self.api_url).copy_with(path="/", query=None, fragment=None)
@@ -202,9 +316,6 @@ class RestClient:
             timeout=timeout,
             follow_redirects=False,
         )
-        self.max_retries = max_retries
-        self.max_wait = max_wait
-        self.backoff = backoff
         self._sleep = sleep
 
     def close(self) -> None:
@@ -246,50 +357,37 @@ class RestClient:
         if self._same_origin(url):
             send_headers.update(self._auth)
         safe_to_repeat = method.upper() != "POST"
-        attempt = 0
+        retrier = Retrier(self.retry, self._sleep)
         redirects = 0
         while True:
             try:
                 response = self._http.request(method, url, params=params, json=json, headers=send_headers)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 # The request never reached the server: repeating is safe for any method.
-                error: IntegrationError = Unavailable(src, f"cannot connect: {type(exc).__name__}")
-                wait = None
+                if not retrier.again():
+                    raise Unavailable(src, f"cannot connect: {type(exc).__name__}") from None
+                continue
             except httpx.TransportError as exc:
-                error = Unavailable(src, f"transport error: {type(exc).__name__}")
-                wait = None
-                if not safe_to_repeat:
-                    raise error from None
-            else:
-                if response.status_code in ok:
-                    return response
-                location = response.headers.get("location")
-                if response.status_code in (301, 302, 303, 307, 308) and location and method.upper() in ("GET", "HEAD") and redirects < 5:
-                    # A renamed or moved repository answers 301; follow it, sending the token only on our origin.
-                    redirects += 1
-                    url = url.join(location)
-                    send_headers = dict(headers or {})
-                    if self._same_origin(url):
-                        send_headers.update(self._auth)
-                    continue
-                wait = rate_limit_wait(response)
-                try:
-                    raise_for(response, src, wait=wait)
-                except IntegrationError as exc:
-                    error = exc
-                retryable = isinstance(error, RateLimited) or (
-                    response.status_code in RETRYABLE_5XX and safe_to_repeat
-                )
-                if not retryable:
-                    raise error from None
-            if attempt >= self.max_retries:
+                if not retrier.again(safe=safe_to_repeat):
+                    raise Unavailable(src, f"transport error: {type(exc).__name__}") from None
+                continue
+            if response.status_code in ok:
+                return response
+            location = response.headers.get("location")
+            if response.status_code in (301, 302, 303, 307, 308) and location and method.upper() in ("GET", "HEAD") and redirects < 5:
+                # A renamed or moved repository answers 301; follow it, sending the token only on our origin.
+                redirects += 1
+                url = url.join(location)
+                send_headers = dict(headers or {})
+                if self._same_origin(url):
+                    send_headers.update(self._auth)
+                continue
+            wait = rate_limit_wait(response)
+            error = error_for_status(src, response.status_code, _message(response), retry_after=wait)
+            limited = isinstance(error, RateLimited)  # the server refused before acting: safe to repeat
+            if not retrier.again(429 if limited else response.status_code, retry_after=wait,
+                                 safe=safe_to_repeat or limited):
                 raise error from None
-            delay = wait if wait is not None else min(self.max_wait, self.backoff * (2**attempt))
-            if delay > self.max_wait:
-                # The server wants more patience than we may spend here: let the caller decide.
-                raise error from None
-            self._sleep(delay)
-            attempt += 1
 
     def get_json(self, path: str, *, params: Mapping[str, Any] | None = None) -> Any:
         return self.request("GET", path, params=params, ok=(200,)).json()

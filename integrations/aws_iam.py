@@ -24,7 +24,8 @@ import boto3
 from pydantic import SecretStr
 
 from digestguard.errors import InputError, NotFound, Refused
-from integrations._aws_errors import CLIENT_CONFIG, aws_errors, keep_secrets_out_of_botocore_debug_logs
+from integrations._errors import aws_errors, keep_secrets_out_of_botocore_debug_logs
+from integrations._rest import botocore_config
 
 keep_secrets_out_of_botocore_debug_logs()
 
@@ -79,7 +80,7 @@ class KeyLastUsed:
 def iam_client(*, session: boto3.session.Session | None = None, endpoint_url: str | None = None, **kwargs: Any):
     """A boto3 IAM client with bounded retries (``endpoint_url`` for tests against a local moto server)."""
     session = session or boto3.session.Session()
-    return session.client("iam", endpoint_url=endpoint_url, config=CLIENT_CONFIG, **kwargs)
+    return session.client("iam", endpoint_url=endpoint_url, config=botocore_config(), **kwargs)
 
 
 def _check(user: str, key_id: str | None = None) -> None:

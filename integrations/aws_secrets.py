@@ -33,7 +33,8 @@ import boto3
 from pydantic import SecretStr
 
 from digestguard.errors import InputError, Refused, Unavailable
-from integrations._aws_errors import CLIENT_CONFIG, aws_errors, keep_secrets_out_of_botocore_debug_logs
+from integrations._errors import aws_errors, keep_secrets_out_of_botocore_debug_logs
+from integrations._rest import botocore_config
 from integrations._secret_values import SecretLike, reveal, same_secret
 
 keep_secrets_out_of_botocore_debug_logs()
@@ -109,7 +110,7 @@ class RotationOutcome:
 def secrets_client(*, session: boto3.session.Session | None = None, endpoint_url: str | None = None, **kwargs: Any):
     """A boto3 Secrets Manager client with bounded retries (``endpoint_url`` for tests)."""
     session = session or boto3.session.Session()
-    return session.client("secretsmanager", endpoint_url=endpoint_url, config=CLIENT_CONFIG, **kwargs)
+    return session.client("secretsmanager", endpoint_url=endpoint_url, config=botocore_config(), **kwargs)
 
 
 def _src(secret_id: str) -> str:

@@ -13,23 +13,18 @@ Errors come back as :mod:`digestguard.errors` naming vault and secret.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from azure.core.credentials import TokenCredential
-from azure.core.exceptions import (
-    ClientAuthenticationError,
-    HttpResponseError,
-    ResourceNotFoundError,
-    ServiceRequestError,
-    ServiceResponseError,
-)
 from azure.keyvault.secrets import SecretClient
+from pydantic import SecretStr
 
-from digestguard.errors import AuthError, InputError, IntegrationError, NotFound, RateLimited, Refused, Unavailable
+from digestguard.errors import InputError, Refused
+from integrations._errors import azure_errors
+from integrations._rest import azure_retry_kwargs
 from integrations._secret_values import SecretLike, reveal, same_secret
 
 __all__ = [
@@ -38,6 +33,8 @@ __all__ = [
     "disable_versions",
     "keyvault_client",
     "list_versions",
+    "read_version",
+    "secret_source",
     "set_secret_version",
 ]
 
@@ -56,56 +53,19 @@ class SecretVersion:
 def keyvault_client(vault_url: str, credential: TokenCredential, **kwargs: Any) -> SecretClient:
     """A ``SecretClient`` for ``vault_url`` (``https://<name>.vault.azure.net``).
 
-    ``kwargs`` go to the SDK: e.g. ``retry_total`` (the SDK retries 429/5xx
-    honouring Retry-After), ``connection_verify`` (a CA file),
-    ``verify_challenge_resource``.
+    The SDK retries 429/5xx honouring Retry-After, per
+    :data:`integrations._rest.AZURE_SDK_POLICY`. ``kwargs`` go to the SDK and
+    win over that policy: e.g. ``retry_total``, ``connection_verify`` (a CA
+    file), ``verify_challenge_resource``.
     """
     if not vault_url.startswith("https://"):
         raise InputError("azure key vault url", f"must start with https:// (bearer tokens need TLS), got {vault_url!r}")
-    return SecretClient(vault_url=vault_url, credential=credential, **kwargs)
+    return SecretClient(vault_url=vault_url, credential=credential, **{**azure_retry_kwargs(), **kwargs})
 
 
-def _src(client: SecretClient, name: str, version: str | None = None) -> str:
+def secret_source(client: SecretClient, name: str, version: str | None = None) -> str:
+    """How errors name a secret (and version) of this vault."""
     return f"azure keyvault {client.vault_url} secret {name}" + (f" version {version}" if version else "")
-
-
-@contextmanager
-def _translate(source: str) -> Iterator[None]:
-    try:
-        yield
-    except ResourceNotFoundError as e:
-        raise NotFound(source, _msg(e), 404) from None
-    except ClientAuthenticationError as e:
-        raise AuthError(source, _msg(e), getattr(e, "status_code", None) or 401) from None
-    except HttpResponseError as e:
-        status = e.status_code or 0
-        if status == 429:
-            after = e.response.headers.get("Retry-After") if e.response is not None else None
-            raise RateLimited(source, _msg(e), 429, retry_after=_float(after)) from None
-        if status in (401, 403) and "disabled" not in _msg(e):
-            raise AuthError(source, _msg(e), status) from None
-        if status >= 500:
-            raise Unavailable(source, _msg(e), status) from None
-        if 400 <= status < 500:
-            raise Refused(source, _msg(e), status) from None
-        raise IntegrationError(source, _msg(e), status or None) from None
-    except (ServiceRequestError, ServiceResponseError) as e:
-        raise Unavailable(source, f"no answer: {type(e).__name__}") from None
-
-
-def _msg(e: HttpResponseError | ClientAuthenticationError) -> str:
-    """The service's error code and message (Key Vault never echoes secret values in them)."""
-    err = getattr(e, "error", None)
-    if err is not None and getattr(err, "message", None):
-        return f"{err.code}: {err.message}"[:300]
-    return (str(getattr(e, "reason", None) or e.message or type(e).__name__)).splitlines()[0][:300]
-
-
-def _float(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _check_name(name: str) -> None:
@@ -123,8 +83,8 @@ def set_secret_version(
 ) -> str:
     """Store ``value`` as a new version of ``name`` (which becomes current); return the version id only."""
     _check_name(name)
-    source = _src(client, name)
-    with _translate(source):
+    source = secret_source(client, name)
+    with azure_errors(source):
         secret = client.set_secret(name, reveal(value, source=source), content_type=content_type, tags=tags)
     return str(secret.properties.version)
 
@@ -132,7 +92,7 @@ def set_secret_version(
 def list_versions(client: SecretClient, name: str) -> list[SecretVersion]:
     """All versions of ``name``, oldest first (by creation time)."""
     _check_name(name)
-    with _translate(_src(client, name)):
+    with azure_errors(secret_source(client, name)):
         items = [
             SecretVersion(
                 name=name,
@@ -156,8 +116,8 @@ def disable_versions(client: SecretClient, name: str, versions: Iterable[str]) -
     done: list[str] = []
     for version in sorted(set(versions)):
         if not version:
-            raise InputError(_src(client, name), "empty version id", field="versions")
-        with _translate(_src(client, name, version)):
+            raise InputError(secret_source(client, name), "empty version id", field="versions")
+        with azure_errors(secret_source(client, name, version)):
             client.update_secret_properties(name, version, enabled=False)
         done.append(version)
     return done
@@ -166,6 +126,20 @@ def disable_versions(client: SecretClient, name: str, versions: Iterable[str]) -
 def current_value_matches(client: SecretClient, name: str, expected: SecretLike, *, version: str | None = None) -> bool:
     """True when the current (or given) version holds ``expected``; compared in constant time, never returned."""
     _check_name(name)
-    with _translate(_src(client, name, version)):
+    with azure_errors(secret_source(client, name, version)):
         secret = client.get_secret(name, version)
     return secret.value is not None and same_secret(secret.value, expected)
+
+
+def read_version(client: SecretClient, name: str, version: str) -> SecretStr:
+    """One version's value, masked (for handing a rotated value to consumers after a resume).
+
+    ``Refused`` when the version holds no value; ``NotFound``/``Refused`` (disabled) as the service says.
+    """
+    _check_name(name)
+    source = secret_source(client, name, version)
+    with azure_errors(source):
+        secret = client.get_secret(name, version)
+    if secret.value is None:
+        raise Refused(source, "the version holds no value")
+    return SecretStr(secret.value)

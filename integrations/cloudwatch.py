@@ -16,7 +16,8 @@ import boto3
 
 from digestguard.errors import InputError
 from digestguard.netlog import epoch_to_utc
-from integrations._aws_errors import CLIENT_CONFIG, aws_errors
+from integrations._errors import aws_errors
+from integrations._rest import botocore_config
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def iter_log_events(
     source = f"cloudwatch:{log_group}"
     if client is None:
         with aws_errors(source):
-            client = boto3.client("logs", endpoint_url=endpoint_url, region_name=region, config=CLIENT_CONFIG)
+            client = boto3.client("logs", endpoint_url=endpoint_url, region_name=region, config=botocore_config())
     kwargs: dict[str, Any] = {"logGroupName": log_group, "limit": page_size}
     if stream_prefix:
         kwargs["logStreamNamePrefix"] = stream_prefix

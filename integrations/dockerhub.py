@@ -18,12 +18,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
 from digestguard.errors import AuthError, InputError, IntegrationError
 from digestguard.reference import DOCKER_HUB, parse_reference
+from digestguard.timeutil import parse_time, utc
 from integrations._rest import RestClient
 
 API_URL = "https://hub.docker.com"
@@ -67,17 +68,6 @@ class AuditEvent:
     data: dict[str, str] = field(default_factory=dict)
 
 
-def parse_time(value: Any) -> datetime | None:
-    """ISO 8601 from the API (``2026-04-22T12:35:10.123456Z``) -> aware datetime; empty/invalid -> None."""
-    if not value or not isinstance(value, str):
-        return None
-    try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
-
-
 def hub_repository(value: str) -> tuple[str, str]:
     """``checkmarx/kics``, ``docker.io/checkmarx/kics`` or ``alpine`` -> (namespace, repository)."""
     ref = parse_reference(value, "docker hub repository")
@@ -106,9 +96,8 @@ def _tag(d: dict[str, Any]) -> HubTag:
 
 
 def _iso(dt: datetime) -> str:
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Docker Hub's audit-log time form: UTC with microseconds and ``Z`` (a naive time is taken as UTC)."""
+    return utc(dt).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class DockerHub:

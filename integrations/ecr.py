@@ -29,7 +29,8 @@ import botocore.exceptions as bx
 
 from digestguard.errors import InputError, IntegrationError, NotFound
 from digestguard.reference import parse_digest
-from integrations._aws_errors import CLIENT_CONFIG, aws_errors
+from integrations._errors import aws_errors
+from integrations._rest import botocore_config
 
 __all__ = [
     "DeleteFailure",
@@ -91,7 +92,7 @@ def ecr_client(*, region_name: str | None = None, endpoint_url: str | None = Non
                aws_session_token: str | None = None) -> Any:
     """A boto3 ECR client with bounded retries; credentials default to boto3's chain when not given."""
     return boto3.client(
-        "ecr", region_name=region_name, endpoint_url=endpoint_url, config=CLIENT_CONFIG,
+        "ecr", region_name=region_name, endpoint_url=endpoint_url, config=botocore_config(),
         aws_access_key_id=aws_access_key_id, aws_secret_access_key=aws_secret_access_key,
         aws_session_token=aws_session_token,
     )

@@ -14,18 +14,18 @@ passed in); errors come back as :mod:`digestguard.errors` naming the secret.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import google.api_core.exceptions as gx
-import requests
 from google.api_core.client_options import ClientOptions
 from google.cloud import secretmanager
+from pydantic import SecretStr
 
-from digestguard.errors import AuthError, InputError, IntegrationError, NotFound, RateLimited, Refused, Unavailable
+from digestguard.errors import InputError, NotFound, Refused, Unavailable
+from integrations._errors import gcp_errors
+from integrations._rest import GCP_ACCESS_POLICY, google_retry
 from integrations._secret_values import SecretLike, reveal, same_secret
 
 __all__ = [
@@ -35,7 +35,9 @@ __all__ = [
     "disable_versions",
     "latest_matches",
     "list_versions",
+    "read_version",
     "secret_exists",
+    "secret_source",
     "secret_manager_client",
 ]
 
@@ -75,35 +77,9 @@ def _check_secret(secret: str) -> str:
     raise InputError("gcp secret manager", f"expected projects/<p>/secrets/<s>, got {secret!r}", field="secret")
 
 
-def _src(secret: str, version: str | None = None) -> str:
+def secret_source(secret: str, version: str | None = None) -> str:
+    """How errors name a secret (and version)."""
     return f"gcp secretmanager {secret}" + (f"/versions/{version}" if version else "")
-
-
-@contextmanager
-def _translate(source: str) -> Iterator[None]:
-    try:
-        yield
-    except gx.NotFound as e:
-        raise NotFound(source, _msg(e), 404) from None
-    except (gx.Unauthenticated, gx.PermissionDenied, gx.Forbidden, gx.Unauthorized) as e:
-        raise AuthError(source, _msg(e), e.code if isinstance(e.code, int) else 403) from None
-    except (gx.TooManyRequests, gx.ResourceExhausted) as e:
-        raise RateLimited(source, _msg(e), 429) from None
-    except (gx.ServiceUnavailable, gx.InternalServerError, gx.GatewayTimeout, gx.DeadlineExceeded,
-            gx.RetryError, gx.BadGateway) as e:
-        raise Unavailable(source, _msg(e), 503) from None
-    except (gx.InvalidArgument, gx.BadRequest, gx.FailedPrecondition, gx.AlreadyExists, gx.Conflict,
-            gx.PreconditionFailed) as e:
-        raise Refused(source, _msg(e), e.code if isinstance(e.code, int) else 400) from None
-    except gx.GoogleAPICallError as e:
-        raise IntegrationError(source, _msg(e)) from None
-    except (requests.ConnectionError, requests.Timeout) as e:
-        raise Unavailable(source, f"no answer: {type(e).__name__}") from None
-
-
-def _msg(e: Exception) -> str:
-    message = getattr(e, "message", None) or str(e)
-    return str(message).splitlines()[0][:300]
 
 
 def _crc32c_table() -> list[int]:
@@ -131,7 +107,7 @@ def secret_exists(client: secretmanager.SecretManagerServiceClient, secret: str)
     """True when the secret (the container of versions) exists."""
     secret = _check_secret(secret)
     try:
-        with _translate(_src(secret)):
+        with gcp_errors(secret_source(secret)):
             client.get_secret(request={"name": secret})
     except NotFound:
         return False
@@ -144,7 +120,7 @@ def create_secret(client: secretmanager.SecretManagerServiceClient, project: str
     if not project or "/" in project or not secret_id or "/" in secret_id:
         raise InputError("gcp secret manager", f"bad project/secret id: {project!r}/{secret_id!r}")
     name = f"projects/{project}/secrets/{secret_id}"
-    with _translate(_src(name)):
+    with gcp_errors(secret_source(name)):
         created = client.create_secret(request={
             "parent": f"projects/{project}",
             "secret_id": secret_id,
@@ -156,9 +132,9 @@ def create_secret(client: secretmanager.SecretManagerServiceClient, project: str
 def add_version(client: secretmanager.SecretManagerServiceClient, secret: str, value: SecretLike) -> str:
     """Add ``value`` as the newest version of ``secret``; return the version number only (e.g. ``"4"``)."""
     secret = _check_secret(secret)
-    source = _src(secret)
+    source = secret_source(secret)
     data = reveal(value, source=source).encode()
-    with _translate(source):
+    with gcp_errors(source):
         version = client.add_secret_version(
             request={"parent": secret, "payload": {"data": data, "data_crc32c": crc32c(data)}}
         )
@@ -169,7 +145,7 @@ def add_version(client: secretmanager.SecretManagerServiceClient, secret: str, v
 def list_versions(client: secretmanager.SecretManagerServiceClient, secret: str) -> list[SecretVersionInfo]:
     """All versions of ``secret`` with their state, oldest first."""
     secret = _check_secret(secret)
-    with _translate(_src(secret)):
+    with gcp_errors(secret_source(secret)):
         items = [
             SecretVersionInfo(
                 secret=secret,
@@ -189,9 +165,9 @@ def disable_versions(client: secretmanager.SecretManagerServiceClient, secret: s
     numbers = sorted({str(v) for v in versions}, key=lambda s: int(s) if s.isdigit() else 0)
     for number in numbers:
         if not number.isdigit():
-            raise InputError(_src(secret), f"version must be a number, got {number!r} ('latest' is not allowed here)",
+            raise InputError(secret_source(secret), f"version must be a number, got {number!r} ('latest' is not allowed here)",
                              field="versions")
-        with _translate(_src(secret, number)):
+        with gcp_errors(secret_source(secret, number)):
             client.disable_secret_version(request={"name": f"{secret}/versions/{number}"})
     return numbers
 
@@ -203,14 +179,32 @@ def latest_matches(client: secretmanager.SecretManagerServiceClient, secret: str
     Also checks the payload's CRC32C when the service sends one.
     """
     secret = _check_secret(secret)
-    source = _src(secret, version)
-    with _translate(source):
-        answer = client.access_secret_version(request={"name": f"{secret}/versions/{version}"})
-    data = answer.payload.data
-    if answer.payload.data_crc32c and crc32c(data) != answer.payload.data_crc32c:
-        raise Unavailable(source, "payload checksum mismatch (damaged in transit)")
+    data, intact = _access(client, secret, version)
+    if not intact:
+        raise Unavailable(secret_source(secret, version), "payload checksum mismatch (damaged in transit)")
     try:
         text = data.decode()
     except UnicodeDecodeError:
         return False
     return same_secret(text, expected)
+
+
+def read_version(client: secretmanager.SecretManagerServiceClient, secret: str, version: str) -> SecretStr:
+    """One version's payload, masked, checksum-checked (for handing a rotated value to consumers after a resume).
+
+    ``Refused`` when the payload does not match its CRC32C.
+    """
+    secret = _check_secret(secret)
+    data, intact = _access(client, secret, version)
+    if not intact:
+        raise Refused(secret_source(secret, version), "payload checksum mismatch")
+    return SecretStr(data.decode("utf-8"))
+
+
+def _access(client: secretmanager.SecretManagerServiceClient, secret: str, version: str) -> tuple[bytes, bool]:
+    """A version's payload bytes and whether they match the CRC32C the service sent (True when it sent none)."""
+    with gcp_errors(secret_source(secret, version)):
+        answer = client.access_secret_version(request={"name": f"{secret}/versions/{version}"},
+                                              retry=google_retry(GCP_ACCESS_POLICY))
+    data = answer.payload.data
+    return data, not answer.payload.data_crc32c or crc32c(data) == answer.payload.data_crc32c

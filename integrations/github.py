@@ -42,7 +42,8 @@ from nacl.exceptions import CryptoError
 from pydantic import SecretStr
 
 from digestguard.errors import InputError, IntegrationError, NotFound, Refused
-from integrations._rest import RestBackedClient, RestClient, api_time, iso_utc, next_link
+from digestguard.timeutil import parse_time
+from integrations._rest import RestBackedClient, RestClient, iso_utc, next_link
 from integrations._secret_values import SecretLike, reveal
 
 __all__ = [
@@ -70,10 +71,6 @@ _RUN_LIST_CAP = 1000  # GitHub stops listing filtered runs after this many
 
 
 # --------------------------------------------------------------------------- types
-
-
-def _time(value: Any) -> datetime | None:
-    return api_time(value)
 
 
 def _utc(value: datetime, name: str) -> str:
@@ -110,9 +107,9 @@ class WorkflowRun:
             event=d.get("event") or "",
             status=d.get("status"),
             conclusion=d.get("conclusion"),
-            created_at=_time(d.get("created_at")),
-            run_started_at=_time(d.get("run_started_at")),
-            updated_at=_time(d.get("updated_at")),
+            created_at=parse_time(d.get("created_at")),
+            run_started_at=parse_time(d.get("run_started_at")),
+            updated_at=parse_time(d.get("updated_at")),
             run_attempt=int(d.get("run_attempt") or 1),
             html_url=d.get("html_url") or "",
             repository=(d.get("repository") or {}).get("full_name", ""),
@@ -144,8 +141,8 @@ class Job:
             name=d.get("name") or "",
             status=d.get("status"),
             conclusion=d.get("conclusion"),
-            started_at=_time(d.get("started_at")),
-            completed_at=_time(d.get("completed_at")),
+            started_at=parse_time(d.get("started_at")),
+            completed_at=parse_time(d.get("completed_at")),
             runner_name=d.get("runner_name"),
             labels=tuple(d.get("labels") or ()),
             html_url=d.get("html_url") or "",
@@ -503,7 +500,7 @@ class GitHubClient(RestBackedClient):
         _check_secret_name(name)
         base = self._repo(owner, repo)
         path = f"{base}/environments/{_seg(environment, 'environment')}/secrets/{name}" if environment else f"{base}/actions/secrets/{name}"
-        return _time(self.rest.get_json(path).get("updated_at"))
+        return parse_time(self.rest.get_json(path).get("updated_at"))
 
     # ---------------------------------------------------------------- pull requests
 

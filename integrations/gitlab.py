@@ -29,7 +29,8 @@ from urllib.parse import quote
 from pydantic import SecretStr
 
 from digestguard.errors import InputError, IntegrationError, NotFound, Refused
-from integrations._rest import RestBackedClient, RestClient, api_time, iso_utc
+from digestguard.timeutil import parse_time
+from integrations._rest import RestBackedClient, RestClient, iso_utc
 from integrations._secret_values import SecretLike, reveal
 
 __all__ = [
@@ -44,10 +45,6 @@ __all__ = [
 ]
 
 DEFAULT_API_URL = "https://gitlab.com/api/v4"
-
-
-def _time(value: Any) -> datetime | None:
-    return api_time(value)
 
 
 def _utc(value: datetime, name: str) -> str:
@@ -89,7 +86,7 @@ class Pipeline:
         return cls(
             id=int(d["id"]), iid=d.get("iid"), project_id=int(d.get("project_id") or 0), sha=d.get("sha") or "",
             ref=d.get("ref") or "", status=d.get("status") or "", source=d.get("source"),
-            created_at=_time(d.get("created_at")), updated_at=_time(d.get("updated_at")), web_url=d.get("web_url") or "",
+            created_at=parse_time(d.get("created_at")), updated_at=parse_time(d.get("updated_at")), web_url=d.get("web_url") or "",
         )
 
 
@@ -113,8 +110,8 @@ class GitLabJob:
         return cls(
             id=int(d["id"]), name=d.get("name") or "", stage=d.get("stage") or "", status=d.get("status") or "",
             pipeline_id=int((d.get("pipeline") or {}).get("id") or 0),
-            created_at=_time(d.get("created_at")), started_at=_time(d.get("started_at")),
-            finished_at=_time(d.get("finished_at")),
+            created_at=parse_time(d.get("created_at")), started_at=parse_time(d.get("started_at")),
+            finished_at=parse_time(d.get("finished_at")),
             runner=runner.get("description") if isinstance(runner, dict) else None,
             web_url=d.get("web_url") or "", retried=bool(d.get("retried")),
         )

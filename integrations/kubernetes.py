@@ -33,13 +33,12 @@ Example::
 
 from __future__ import annotations
 
-import email.utils
 import json
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,16 +48,11 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from digestguard.errors import (
-    AuthError,
-    InputError,
-    IntegrationError,
-    NotFound,
-    RateLimited,
-    Refused,
-    Unavailable,
-)
+from digestguard.errors import InputError, IntegrationError, NotFound, Unavailable
 from digestguard.reference import is_digest, parse_digest
+from digestguard.timeutil import parse_time
+from integrations._errors import error_for_status, parse_retry_after
+from integrations._rest import Retrier, RetryPolicy, redact_url
 
 __all__ = [
     "ClusterConfig",
@@ -72,7 +66,6 @@ __all__ = [
 ]
 
 DEFAULT_PAGE_SIZE = 500
-RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 # CronJob controller (v2) names a Job "<cronjob>-<scheduled time in unix minutes>".
 _CRONJOB_JOB = re.compile(r"^(?P<cronjob>.+)-(?P<minute>\d{8,})$")
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://")
@@ -219,21 +212,12 @@ def workload_of(
     return kind, name, wk, wn
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def _state(status: dict[str, Any] | None) -> tuple[ContainerState, datetime | None]:
     st = (status or {}).get("state") or {}
     if "running" in st:
-        return "running", _parse_time((st.get("running") or {}).get("startedAt"))
+        return "running", parse_time((st.get("running") or {}).get("startedAt"))
     if "terminated" in st:
-        return "terminated", _parse_time((st.get("terminated") or {}).get("startedAt"))
+        return "terminated", parse_time((st.get("terminated") or {}).get("startedAt"))
     if "waiting" in st:
         return "waiting", None
     return ("waiting" if status is None else "unknown"), None
@@ -344,37 +328,11 @@ def _status_message(exc: ApiException) -> str:
     return str(exc.reason or "error")
 
 
-def _retry_after(exc: ApiException) -> float | None:
-    value = (exc.headers or {}).get("Retry-After") if exc.headers else None
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        when = email.utils.parsedate_to_datetime(value) if value else None
-        if when is None:
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-
-
 def _map_api_error(exc: ApiException, source: str) -> IntegrationError:
     status = int(exc.status or 0)
-    msg = _status_message(exc)
-    if status == 429:
-        return RateLimited(source, f"rate limited: {msg}", status=status, retry_after=_retry_after(exc))
-    if status in (401, 403):
-        return AuthError(source, f"token refused or lacks permission to list pods: {msg}", status=status)
-    if status in (404, 410):
-        return NotFound(source, msg, status=status)
-    if status >= 500:
-        return Unavailable(source, msg, status=status)
-    if status in (400, 405, 409, 422):
-        return Refused(source, msg, status=status)
-    if status == 0:
-        return Unavailable(source, f"no answer: {msg}")
-    return IntegrationError(source, f"unexpected answer: {msg}", status=status)
+    retry_after = parse_retry_after((exc.headers or {}).get("Retry-After")) if status == 429 and exc.headers else None
+    return error_for_status(source, status, _status_message(exc), retry_after=retry_after,
+                            auth_hint="token refused or lacks permission to list pods")
 
 
 def _map_transport_error(exc: Exception, source: str) -> IntegrationError:
@@ -395,15 +353,12 @@ class _Lister:
         host: str,
         *,
         page_size: int,
-        max_retries: int,
-        max_wait: float,
-        backoff: float,
+        retry: RetryPolicy,
         timeout: float,
         sleep: Callable[[float], None],
     ) -> None:
         self.api, self.cfg, self.host = api, cfg, host
-        self.page_size, self.max_retries, self.max_wait, self.backoff = page_size, max_retries, max_wait, backoff
-        self.timeout, self.sleep = timeout, sleep
+        self.page_size, self.retry, self.timeout, self.sleep = page_size, retry, timeout, sleep
         self.pages = 0
         self.restarts = 0
 
@@ -416,37 +371,32 @@ class _Lister:
         kwargs: dict[str, Any] = {"limit": self.page_size, "_preload_content": False, "_request_timeout": self.timeout}
         if cont:
             kwargs["_continue"] = cont
-        attempt = 0
+        retrier = Retrier(self.retry, self.sleep)
         while True:
             try:
-                if namespace:
-                    resp = self.api.list_namespaced_pod(namespace, **kwargs)
-                else:
-                    resp = self.api.list_pod_for_all_namespaces(**kwargs)
-                data = resp.data
-                self.pages += 1
-                try:
-                    body = json.loads(data)
-                except ValueError:
-                    raise IntegrationError(src, "answer is not JSON") from None
-                if not isinstance(body, dict) or not isinstance(body.get("items", []), list):
-                    raise IntegrationError(src, "answer is not a PodList")
-                return body
+                return self._fetch(src, namespace, kwargs)
             except ApiException as exc:
                 error = _map_api_error(exc, src)
-                retryable = int(exc.status or 0) in RETRYABLE_STATUS
-                wait = error.retry_after if isinstance(error, RateLimited) else None
+                again = retrier.again(int(exc.status or 0), retry_after=getattr(error, "retry_after", None))
             except urllib3.exceptions.HTTPError as exc:
                 error = _map_transport_error(exc, src)
-                retryable = error.retryable
-                wait = None
-            if not retryable or attempt >= self.max_retries:
+                again = error.retryable and retrier.again()  # a TLS failure does not heal by waiting
+            if not again:
                 raise error from None
-            delay = wait if wait is not None else min(self.max_wait, self.backoff * (2**attempt))
-            if delay > self.max_wait:
-                raise error from None  # the server wants more patience than we may spend: caller decides
-            self.sleep(delay)
-            attempt += 1
+
+    def _fetch(self, src: str, namespace: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if namespace:
+            resp = self.api.list_namespaced_pod(namespace, **kwargs)
+        else:
+            resp = self.api.list_pod_for_all_namespaces(**kwargs)
+        self.pages += 1
+        try:
+            body = json.loads(resp.data)
+        except ValueError:
+            raise IntegrationError(src, "answer is not JSON") from None
+        if not isinstance(body, dict) or not isinstance(body.get("items", []), list):
+            raise IntegrationError(src, "answer is not a PodList")
+        return body
 
     def pods(self, namespace: str | None) -> list[dict[str, Any]]:
         """All pods of one scope. A 410 (continue token expired) restarts the scope once from the top,
@@ -492,11 +442,12 @@ def list_running_containers(
     scope = tuple(dict.fromkeys(namespaces if namespaces is not None else cfg.namespaces))
     api_client = _api_client(cfg)
     try:
-        host = _redact(api_client.configuration.host)
+        host = redact_url(api_client.configuration.host or "")
         lister = _Lister(
             k8s.CoreV1Api(api_client), cfg, host,
-            page_size=page_size, max_retries=max_retries, max_wait=max_wait,
-            backoff=backoff, timeout=timeout, sleep=sleep,
+            page_size=page_size, retry=RetryPolicy(max_retries=max_retries, backoff=backoff, max_backoff=max_wait,
+                                                   max_wait=max_wait),
+            timeout=timeout, sleep=sleep,
         )
         pods: list[dict[str, Any]] = []
         for ns in scope or (None,):
@@ -512,10 +463,6 @@ def list_running_containers(
         )
     finally:
         api_client.close()
-
-
-def _redact(url: str) -> str:
-    return re.sub(r"(https?://)[^/@\s]+@", r"\1", url or "")
 
 
 def cluster_config_from_inventory(entry: Any) -> ClusterConfig:

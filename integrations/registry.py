@@ -17,9 +17,9 @@ guesses. The rules that matter (see ``shared/advisories/README.md``):
   ``WWW-Authenticate: Bearer realm=...,service=...,scope=...`` (Docker Hub's
   auth.docker.io); tokens are cached per scope until shortly before expiry.
 * 429 is honoured (``Retry-After``), 5xx and connection errors are retried with
-  bounded, jittered back-off; anything else becomes a typed error from
-  :mod:`digestguard.errors` that names the registry and repository, never a
-  credential.
+  bounded, jittered back-off (the one :class:`integrations._rest.RetryPolicy`);
+  anything else becomes a typed error from :mod:`digestguard.errors` that names
+  the registry and repository, never a credential.
 
 Throughput: :func:`resolve_many` resolves thousands of references with a
 bounded thread pool. Its HEAD requests go over ``http.client`` keep-alive
@@ -42,7 +42,6 @@ import base64
 import hashlib
 import http.client
 import json
-import random
 import re
 import ssl
 import threading
@@ -67,7 +66,8 @@ from digestguard.errors import (
     Unavailable,
 )
 from digestguard.reference import DOCKER_HUB_ALIASES, ImageReference, parse_digest, parse_reference
-from integrations._rest import next_link, parse_retry_after  # noqa: F401  (one parser each for every vendor; re-exported)
+from integrations._errors import error_for_status, parse_retry_after
+from integrations._rest import Retrier, RetryPolicy, next_link
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -80,7 +80,6 @@ MANIFEST_ACCEPT = ", ".join(MANIFEST_MEDIA_TYPES)
 DOCKER_HUB_REGISTRY_URL = "https://registry-1.docker.io"
 DELETE_SETTING = "storage.delete.enabled: true (environment REGISTRY_STORAGE_DELETE_ENABLED=true)"
 
-RETRY_STATUSES = frozenset({500, 502, 503, 504})
 _CHALLENGE_PARAM = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
 _MAX_TAG_PAGES = 10_000
 
@@ -257,9 +256,9 @@ class RegistryClient:
     references first. They are sent only to the registry and its token realm,
     and never appear in errors or ``repr``.
 
-    ``max_attempts`` bounds tries per request (5xx, connection errors, 429);
-    ``backoff`` is the first wait, doubling to ``max_backoff``; a ``Retry-After``
-    longer than ``max_retry_after`` is not slept through but raised as
+    ``max_retries`` bounds the extra tries per request (5xx, connection errors, 429);
+    ``backoff`` is the first wait, doubling to ``max_backoff`` (jittered); a ``Retry-After``
+    longer than ``max_wait`` is not slept through but raised as
     :class:`RateLimited` with ``retry_after`` so the task can decide.
     """
 
@@ -273,16 +272,16 @@ class RegistryClient:
         insecure: bool | None = None,
         verify: bool | str = True,
         timeout: float = 15.0,
-        max_attempts: int = 5,
+        max_retries: int = 4,
         backoff: float = 0.5,
         max_backoff: float = 30.0,
-        max_retry_after: float = 60.0,
+        max_wait: float = 60.0,
         pool_size: int = 64,
         sleep: Callable[[float], None] = time.sleep,
         fast_path: bool = True,
     ) -> None:
-        if max_attempts < 1:
-            raise InputError("max_attempts", "must be at least 1")
+        if max_retries < 0:
+            raise InputError(f"registry {registry}", "must be >= 0", field="max_retries")
         if (username is None) != (password is None):
             raise InputError(f"registry {registry}", "username and password must be given together")
         self.registry = registry.lower() if not registry.startswith(("http://", "https://")) else registry
@@ -291,10 +290,8 @@ class RegistryClient:
         self._password = password
         self._verify = verify
         self.timeout = timeout
-        self.max_attempts = max_attempts
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self.max_retry_after = max_retry_after
+        self.retry = RetryPolicy(max_retries=max_retries, backoff=backoff, max_backoff=max_backoff,
+                                 max_wait=max_wait, jitter=True)
         self._sleep = sleep
         self._pool_size = pool_size
         self._http_client: httpx.Client | None = None
@@ -514,17 +511,13 @@ class RegistryClient:
             return "Basic " + base64.b64encode(raw).decode("ascii")
         return None
 
-    def _delay(self, attempt: int) -> float:
-        base = min(self.max_backoff, self.backoff * (2 ** attempt))
-        return base * (0.5 + random.random() / 2)
-
     def _request(self, method: str, repo: str, path: str, source: str, *, headers: Mapping[str, str] | None = None,
                  actions: str = "pull") -> httpx.Response:
         """Send with auth, retries and error mapping; returns a 2xx response or raises a typed error."""
         scope = self._scope(repo, actions)
         url = self.base_url + path
         authed_once = False
-        attempt = 0
+        retrier = Retrier(self.retry, self._sleep)
         while True:
             hdrs = dict(headers or {})
             auth = self._auth_header(scope)
@@ -533,10 +526,9 @@ class RegistryClient:
             try:
                 r = self._http.request(method, url, headers=hdrs)
             except httpx.TransportError as e:
-                attempt += 1
-                if attempt >= self.max_attempts:
-                    raise Unavailable(source, f"{type(e).__name__} after {attempt} attempts talking to {self.base_url}") from None
-                self._sleep(self._delay(attempt - 1))
+                if not retrier.again():
+                    raise Unavailable(source, f"{type(e).__name__} after {retrier.attempts} attempts "
+                                              f"talking to {self.base_url}") from None
                 continue
             self._note_ratelimit(r)
             status = r.status_code
@@ -546,31 +538,28 @@ class RegistryClient:
                 authed_once = True
                 self._authenticate(r, scope, source)
                 continue
-            if status == 429 or status in RETRY_STATUSES:
-                wait = parse_retry_after(r.headers.get("retry-after"))
-                attempt += 1
-                if status == 429 and wait is not None and wait > self.max_retry_after:
-                    raise RateLimited(source, f"rate limited; registry asks to wait {wait:.0f}s", 429, retry_after=wait)
-                if attempt >= self.max_attempts:
-                    if status == 429:
-                        raise RateLimited(source, f"still rate limited after {attempt} attempts", 429, retry_after=wait)
-                    raise Unavailable(source, f"{_error_text(r)} after {attempt} attempts", status)
-                self._sleep(wait if wait is not None else self._delay(attempt - 1))
-                continue
-            self._raise_for(r, source, method)
+            if status not in self.retry.statuses:
+                self._raise_for(r, source, method)
+            wait = parse_retry_after(r.headers.get("retry-after"))
+            if not retrier.again(status, retry_after=wait):
+                raise self._gave_up(r, source, wait, retrier.attempts)
+
+    def _gave_up(self, r: httpx.Response, source: str, wait: float | None, attempts: int) -> IntegrationError:
+        """The error for a retryable answer the policy gives up on (retries spent, or a wait beyond ``max_wait``)."""
+        if r.status_code != 429:
+            return Unavailable(source, f"{_error_text(r)} after {attempts} attempts", r.status_code)
+        if wait is not None and wait > self.retry.max_wait:
+            return RateLimited(source, f"rate limited; registry asks to wait {wait:.0f}s", 429, retry_after=wait)
+        return RateLimited(source, f"still rate limited after {attempts} attempts", 429, retry_after=wait)
 
     def _raise_for(self, r: httpx.Response, source: str, method: str) -> None:
         status = r.status_code
         text = _error_text(r)
-        if status in (401, 403):
-            raise AuthError(source, f"credential refused or lacks permission: {text}", status)
-        if status == 404:
-            raise NotFound(source, text if method != "HEAD" else "not found", status)
+        if status == 404 and method == "HEAD":
+            text = "not found"  # a HEAD answer has no body to quote
         if status == 405 and method == "DELETE":
             raise Refused(source, f"the registry has deletion disabled ({text}); enable it with {DELETE_SETTING}", status)
-        if status in (400, 405, 409, 412, 422):
-            raise Refused(source, text, status)
-        raise IntegrationError(source, f"unexpected answer: {text}", status)
+        raise error_for_status(source, status, text)
 
     def _authenticate(self, r: httpx.Response, scope: str, source: str) -> None:
         """Answer a 401 challenge: basic -> remember to send basic; bearer -> fetch and cache a token for ``scope``."""
@@ -596,25 +585,19 @@ class RegistryClient:
         if service:
             query["service"] = service
         auth = httpx.BasicAuth(self._username, self._password or "") if self._username is not None else None
-        attempt = 0
+        retrier = Retrier(self.retry, self._sleep)
         while True:
             try:
                 r = self._http.get(realm, params=query, auth=auth)
             except httpx.TransportError as e:
-                attempt += 1
-                if attempt >= self.max_attempts:
+                if not retrier.again():
                     raise Unavailable(source, f"token service unreachable ({type(e).__name__})") from None
-                self._sleep(self._delay(attempt - 1))
                 continue
-            if r.status_code == 429 or r.status_code in RETRY_STATUSES:
-                attempt += 1
-                if attempt >= self.max_attempts:
-                    cls = RateLimited if r.status_code == 429 else Unavailable
-                    raise cls(source, "token service keeps failing", r.status_code)
-                wait = parse_retry_after(r.headers.get("retry-after"))
-                self._sleep(min(wait, self.max_retry_after) if wait is not None else self._delay(attempt - 1))
-                continue
-            break
+            if r.status_code not in self.retry.statuses:
+                break
+            if not retrier.again(r.status_code, retry_after=parse_retry_after(r.headers.get("retry-after"))):
+                cls = RateLimited if r.status_code == 429 else Unavailable
+                raise cls(source, "token service keeps failing", r.status_code)
         if r.status_code in (401, 403):
             raise AuthError(source, f"token service refused the credentials for scope {scope}", r.status_code)
         if r.status_code != 200:

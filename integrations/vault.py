@@ -23,27 +23,20 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import hvac
-import hvac.exceptions as hx
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 from pydantic import SecretStr
+from requests.adapters import HTTPAdapter
 
-from digestguard.errors import (
-    AuthError,
-    InputError,
-    IntegrationError,
-    NotFound,
-    RateLimited,
-    Refused,
-    Unavailable,
-)
+from digestguard.errors import InputError
+from digestguard.timeutil import parse_time
+from integrations._errors import hvac_errors
+from integrations._rest import VAULT_READ_POLICY, urllib3_retry
 from integrations._secret_values import SecretLike, reveal, same_secret
 
 __all__ = [
@@ -150,11 +143,7 @@ def connect(
     session = requests.Session()
     # reads (GET/LIST) retry on 429/502/503/504 with bounded back-off honouring Retry-After;
     # writes (POST) do not: a repeated rotate or write is the caller's decision, via the typed error
-    retry = Retry(
-        total=3, connect=2, read=0, backoff_factor=0.5, backoff_max=8,
-        status_forcelist=(429, 502, 503, 504), allowed_methods=frozenset({"GET", "LIST", "HEAD"}),
-        respect_retry_after_header=True, raise_on_status=False,
-    )
+    retry = urllib3_retry(VAULT_READ_POLICY, methods=frozenset({"GET", "LIST", "HEAD"}))
     session.mount("http://", HTTPAdapter(max_retries=retry))
     session.mount("https://", HTTPAdapter(max_retries=retry))
     client = hvac.Client(
@@ -174,50 +163,9 @@ def _source(client: hvac.Client, path: str) -> str:
     return f"vault {client.url} {path}"
 
 
-@contextmanager
-def _translate(client: hvac.Client, path: str) -> Iterator[None]:
-    """Turn hvac and requests failures into our typed errors naming the Vault path.
-
-    Vault's own error texts ("permission denied", "check-and-set parameter did
-    not match") never contain secret data, so they are kept; the request body
-    is never included.
-    """
-    source = _source(client, path)
-    try:
-        yield
-    except hx.InvalidPath as e:
-        raise NotFound(source, _reason(e, "not found"), 404) from None
-    except (hx.Unauthorized, hx.Forbidden) as e:
-        raise AuthError(source, _reason(e, "permission denied"), 403 if isinstance(e, hx.Forbidden) else 401) from None
-    except hx.RateLimitExceeded as e:
-        raise RateLimited(source, _reason(e, "rate limited")) from None
-    except (hx.InternalServerError, hx.BadGateway, hx.VaultDown, hx.VaultNotInitialized) as e:
-        raise Unavailable(source, _reason(e, "server error"), 503) from None
-    except (hx.InvalidRequest, hx.PreconditionFailed, hx.UnsupportedOperation, hx.ParamValidationError) as e:
-        raise Refused(source, _reason(e, "request refused"), 400) from None
-    except hx.VaultError as e:
-        raise IntegrationError(source, _reason(e, "unexpected answer")) from None
-    except (requests.ConnectionError, requests.Timeout) as e:
-        raise Unavailable(source, f"no answer: {type(e).__name__}") from None
-
-
-def _reason(e: hx.VaultError, default: str) -> str:
-    errors = [str(x) for x in (e.errors or []) if x]
-    return "; ".join(errors)[:300] if errors else default
-
-
-def _ts(value: str | None) -> datetime | None:
-    """Parse Vault's RFC 3339 timestamps (nanoseconds, 'Z'); empty means 'never'."""
-    if not value:
-        return None
-    text = value.replace("Z", "+00:00")
-    if "." in text:  # Python wants at most 6 fractional digits
-        head, _, tail = text.partition(".")
-        digits = "".join(ch for ch in tail if ch.isdigit())
-        zone = tail[len(digits):]
-        text = f"{head}.{digits[:6]}{zone}"
-    dt = datetime.fromisoformat(text)
-    return None if dt.year <= 1 else dt  # Go's zero time means "never"
+def _translate(client: hvac.Client, path: str) -> AbstractContextManager[None]:
+    """hvac and requests failures as typed errors naming the Vault address and path (never the request body)."""
+    return hvac_errors(_source(client, path))
 
 
 def _check_path(path: str) -> str:
@@ -243,8 +191,8 @@ def kv_metadata(client: hvac.Client, path: str, *, mount: str = "secret") -> KvM
             (
                 KvVersion(
                     version=int(number),
-                    created_time=_ts(info.get("created_time")),
-                    deletion_time=_ts(info.get("deletion_time")),
+                    created_time=parse_time(info.get("created_time")),
+                    deletion_time=parse_time(info.get("deletion_time")),
                     destroyed=bool(info.get("destroyed")),
                 )
                 for number, info in (data.get("versions") or {}).items()
@@ -346,14 +294,13 @@ def db_static_role_status(client: hvac.Client, role: str, *, mount: str = "datab
 
     Reads ``<mount>/static-roles/<role>``; ``NotFound`` when the role does not exist.
     """
-    if not role or "/" in role:
-        raise InputError("vault static role", f"not a role name: {role!r}")
+    _check_role(role)
     with _translate(client, f"{mount}/static-roles/{role}"):
         data = client.secrets.database.read_static_role(name=role, mount_point=mount)["data"]
     return StaticRoleStatus(
         role=role,
         username=str(data.get("username", "")),
-        last_vault_rotation=_ts(data.get("last_vault_rotation")),
+        last_vault_rotation=parse_time(data.get("last_vault_rotation")),
         rotation_period=_int_or_none(data.get("rotation_period")),
         ttl=_int_or_none(data.get("ttl")),
     )
@@ -366,8 +313,7 @@ def db_rotate_static_role(client: hvac.Client, role: str, *, mount: str = "datab
     working when this returns. ``Refused`` when Vault could not change it
     (e.g. the database refused the statement); the old password then still works.
     """
-    if not role or "/" in role:
-        raise InputError("vault static role", f"not a role name: {role!r}")
+    _check_role(role)
     with _translate(client, f"{mount}/rotate-role/{role}"):
         client.secrets.database.rotate_static_role_credentials(name=role, mount_point=mount)
     return db_static_role_status(client, role, mount=mount)
@@ -375,16 +321,20 @@ def db_rotate_static_role(client: hvac.Client, role: str, *, mount: str = "datab
 
 def db_static_credentials(client: hvac.Client, role: str, *, mount: str = "database") -> StaticCredentials:
     """The role's current username and password (masked), for a consumer that must be given it."""
-    if not role or "/" in role:
-        raise InputError("vault static role", f"not a role name: {role!r}")
+    _check_role(role)
     with _translate(client, f"{mount}/static-creds/{role}"):
         data = client.secrets.database.get_static_credentials(name=role, mount_point=mount)["data"]
     return StaticCredentials(
         role=role,
         username=str(data.get("username", "")),
         password=SecretStr(str(data.get("password", ""))),
-        last_vault_rotation=_ts(data.get("last_vault_rotation")),
+        last_vault_rotation=parse_time(data.get("last_vault_rotation")),
     )
+
+
+def _check_role(role: str) -> None:
+    if not role or "/" in role:
+        raise InputError("vault static role", f"not a role name: {role!r}")
 
 
 def _int_or_none(value: object) -> int | None:

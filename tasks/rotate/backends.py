@@ -529,31 +529,17 @@ BACKENDS: dict[str, type[Backend]] = {
 }
 
 
-# --------------------------------------------------------------------------- read-backs the integrations do not offer
+# --------------------------------------------------------------------------- read-backs (the integrations' read_version)
 
 
 def read_azure_version(client, name: str, version: str) -> SecretStr:
     """One Key Vault version's value, masked (for handing the rotated value to consumers after a resume)."""
-    from integrations.azure_keyvault import _src, _translate  # the integration's own error translation
-
-    with _translate(_src(client, name, version)):
-        secret = client.get_secret(name, version)
-    if secret.value is None:
-        raise Refused(_src(client, name, version), "the version holds no value")
-    return SecretStr(secret.value)
+    return azure_keyvault.read_version(client, name, version)
 
 
 def read_gcp_version(client, secret: str, version: str) -> SecretStr:
     """One Secret Manager version's payload, masked, checksum-checked."""
-    from integrations.gcp_secrets import _src, _translate
-
-    source = _src(secret, version)
-    with _translate(source):
-        answer = client.access_secret_version(request={"name": f"{secret}/versions/{version}"})
-    data = answer.payload.data
-    if answer.payload.data_crc32c and gcp_secrets.crc32c(data) != answer.payload.data_crc32c:
-        raise Refused(source, "payload checksum mismatch")
-    return SecretStr(data.decode("utf-8"))
+    return gcp_secrets.read_version(client, secret, version)
 
 
 def gcp_name(secret: Any, project: Any, backends: Backends, where: str) -> str:

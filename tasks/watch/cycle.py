@@ -390,7 +390,7 @@ def run_watch(
     ``cycle_options`` go to :func:`watch_cycle` (``packs``, ``advisories_dir``,
     ``include_repositories`` ...); without ``packs`` each cycle reads the packs
     again, so a pack added while a long watch runs is used from the next cycle.
-    Registry client options (``max_attempts``, ``backoff``, ``max_backoff``,
+    Registry client options (``max_retries``, ``backoff``, ``max_backoff``,
     ``timeout``) go to the :class:`RegistryPool` made here when none is given.
 
     Per cycle: :func:`watch_cycle` (or ``cycle``, e.g. its Prefect task), then
@@ -405,7 +405,7 @@ def run_watch(
     run = cycle or watch_cycle
     own_pool = registries is None
     pool = registries or RegistryPool(inventory, **{k: cycle_options.pop(k) for k in list(cycle_options)
-                                                    if k in ("max_attempts", "backoff", "max_backoff", "timeout")})
+                                                    if k in ("max_retries", "backoff", "max_backoff", "timeout")})
     reports: list[CycleReport] = []
     try:
         n = 0

@@ -167,14 +167,14 @@ class RegistryPool:
 
     Credentials come from the host's inventory entry (``env:``/``prefect-secret:``
     references resolved when the client is first made). ``client_options`` go to
-    every client (tests lower ``max_attempts``/``backoff``; the next cycle
+    every client (tests lower ``max_retries``/``backoff``; the next cycle
     retries anyway, so the watch defaults to 3 tries).
     """
 
     def __init__(self, inventory: Inventory, *, concurrency: int = 64, **client_options: Any) -> None:
         self.inventory = inventory
         self.concurrency = concurrency
-        self.options = {"max_attempts": 3, "backoff": 0.2, "max_backoff": 2.0, "timeout": 10.0, **client_options}
+        self.options = {"max_retries": 2, "backoff": 0.2, "max_backoff": 2.0, "timeout": 10.0, **client_options}
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
 

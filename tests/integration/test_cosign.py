@@ -157,7 +157,7 @@ def test_unreachable_registry_is_raised_not_unsigned(keys) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with RegistryClient(f"127.0.0.1:{port}", max_attempts=1, fast_path=False) as client:
+    with RegistryClient(f"127.0.0.1:{port}", max_retries=0, fast_path=False) as client:
         with pytest.raises(Unavailable):
             verify_signature(RegistrySignatureSource(client), "acme/x", "sha256:" + "b" * 64, public_pem(keys[0]))
 

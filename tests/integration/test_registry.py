@@ -228,7 +228,7 @@ def test_retry_budget_is_bounded(registry, gw):
     """Uses the local gateway server: persistent 503 -> Unavailable; a long Retry-After -> RateLimited(retry_after)."""
     push_image(registry.base_url, "down/app", "latest")
     gw.fail_next(503, times=10)
-    with client(gw.host, sleep=lambda s: None, max_attempts=3) as reg, pytest.raises(Unavailable) as e:
+    with client(gw.host, sleep=lambda s: None, max_retries=2) as reg, pytest.raises(Unavailable) as e:
         reg.resolve("down/app", "latest")
     assert e.value.retryable
     gw.reset()
@@ -250,7 +250,7 @@ def test_ratelimit_remaining_zero_stops_gets(registry, gw):
 
 
 def test_unreachable_registry_is_unavailable():
-    with client("127.0.0.1:9", sleep=lambda s: None, max_attempts=2, timeout=1) as reg:
+    with client("127.0.0.1:9", sleep=lambda s: None, max_retries=1, timeout=1) as reg:
         with pytest.raises(Unavailable) as e:
             reg.resolve("x/y", "latest")
     assert "127.0.0.1:9" in str(e.value)

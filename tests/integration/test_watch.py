@@ -31,7 +31,7 @@ from flows.drill.servers.slack import SlackServer
 from tests.support.cosign import new_key, public_pem, sign_image
 from tests.support.registry import push_image, push_index, put_manifest
 
-FAST = {"max_attempts": 1, "backoff": 0.01, "timeout": 3.0}
+FAST = {"max_retries": 0, "backoff": 0.01, "timeout": 3.0}
 
 
 # ---------------------------------------------------------------- helpers
