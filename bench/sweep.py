@@ -129,6 +129,53 @@ print(json.dumps({"import_s": t1 - t0, "scan_s": t2 - t1, "backend": sweep_engin
 """
 
 
+Tool = tuple[str, str, list[str], "dict[str, str] | None"]
+"""(key, label, command, environment or None)."""
+
+
+def tools_for(log: Path, ind_file: Path, backends: str, workers: int) -> list[Tool]:
+    """grep, ripgrep (when installed, with and without mmap), and the sweep once per backend, as fresh processes."""
+    tools: list[Tool] = [
+        ("grep", "grep -F -i -n -f", ["grep", "-F", "-i", "-n", "-f", str(ind_file), str(log)], None),
+    ]
+    if shutil.which("rg"):
+        tools.append(("rg", "rg -F -i -n -f (--no-mmap)",
+                      ["rg", "-F", "-i", "-n", "--no-mmap", "-f", str(ind_file), str(log)], None))
+        tools.append(("rg-mmap", "rg -F -i -n -f (mmap)", ["rg", "-F", "-i", "-n", "-f", str(ind_file), str(log)], None))
+    for backend in [b for b in backends.split(",") if b]:
+        env = dict(os.environ, DIGESTGUARD_SWEEP_ENGINE=backend, PYTHONPATH=str(ROOT))
+        cmd = [sys.executable, "-c", SWEEP_SNIPPET, str(log), json.dumps(INDICATORS), str(workers)]
+        tools.append((f"sweep-{backend}", f"sweep {backend}", cmd, env))
+    return tools
+
+
+def table_rows(tools: list[Tool], runs: dict[str, list[tuple[float, int, str, float]]],
+               work: Path) -> tuple[list[tuple[str, float, int, str]], dict[str, float]]:
+    """``(rows, CPU seconds by row name)`` from the best run of each tool (the sweep adds a scan-only row)."""
+    rows: list[tuple[str, float, int, str]] = []
+    cpu: dict[str, float] = {}
+    for key, label, _cmd, _env in tools:
+        dt = min(r[0] for r in runs[key])
+        rss = max(r[1] for r in runs[key])
+        cpu[label] = min(r[3] for r in runs[key])
+        out = work / f"{key}.out"
+        if not key.startswith("sweep-"):
+            rows.append((label, dt, rss, f"{sum(1 for _ in open(out, 'rb'))} matching lines"))
+            continue
+        metas = [json.loads(r[2].strip().splitlines()[-1]) for r in runs[key]]
+        meta = min(metas, key=lambda m: m["scan_s"])
+        res = json.loads(out.read_text())
+        stats = res["files"][0]
+        note = (f"{res['totals']['hits']} hits on {len({h['line'] for h in res['hits']})} lines, "
+                f"{stats['lines']} lines read, {stats['unparsable']} unparsable; backend {meta['backend']}, "
+                f"main RSS {max(m['self_rss_kb'] for m in metas) // 1024} MB, "
+                f"largest worker {max(m['child_rss_kb'] for m in metas) // 1024} MB")
+        cpu[f"{label} (wall, incl. {meta['import_s']:.1f}s imports)"] = cpu[label]
+        rows.append((f"{label} (wall, incl. {meta['import_s']:.1f}s imports)", dt, rss, note))
+        rows.append((f"{label} (scan only)", meta["scan_s"], rss, ""))
+    return rows, cpu
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mb", type=int, default=1024)
@@ -149,54 +196,21 @@ def main() -> None:
             info = generate(log, args.size_mb)
             print(f"generated {log} {info['bytes'] / 1e6:.0f} MB, {info['lines']} lines, {info['planted']} planted hits "
                   f"in {time.perf_counter() - t:.1f}s")
-        size = log.stat().st_size
+        mb = log.stat().st_size / 1e6
         ind_file = work / "indicators.txt"
         ind_file.write_text("".join(v + "\n" for _, v in INDICATORS))
         with open(log, "rb") as f:  # into the page cache
             while f.read(16 << 20):
                 pass
-        mb = size / 1e6
-        rows: list[tuple[str, float, int, str]] = []
-
-        tools: list[tuple[str, str, list[str], dict[str, str] | None]] = [
-            ("grep", "grep -F -i -n -f", ["grep", "-F", "-i", "-n", "-f", str(ind_file), str(log)], None),
-        ]
-        if shutil.which("rg"):
-            tools.append(("rg", "rg -F -i -n -f (--no-mmap)", ["rg", "-F", "-i", "-n", "--no-mmap", "-f", str(ind_file), str(log)], None))
-            tools.append(("rg-mmap", "rg -F -i -n -f (mmap)", ["rg", "-F", "-i", "-n", "-f", str(ind_file), str(log)], None))
-        for backend in [b for b in args.backends.split(",") if b]:
-            env = dict(os.environ, DIGESTGUARD_SWEEP_ENGINE=backend, PYTHONPATH=str(ROOT))
-            cmd = [sys.executable, "-c", SWEEP_SNIPPET, str(log), json.dumps(INDICATORS), str(args.workers)]
-            tools.append((f"sweep-{backend}", f"sweep {backend}", cmd, env))
-
+        tools = tools_for(log, ind_file, args.backends, args.workers)
         # interleaved rounds: a burst of load on this shared box hits every tool alike
         runs: dict[str, list[tuple[float, int, str, float]]] = {key: [] for key, *_ in tools}
         for _ in range(args.repeat):
             for key, _label, cmd, env in tools:
                 runs[key].append(timed(cmd, work / f"{key}.out", env))
-
+        rows, cpu = table_rows(tools, runs, work)
         grep_s = min(r[0] for r in runs["grep"])
         grep_cpu = min(r[3] for r in runs["grep"])
-        cpu: dict[str, float] = {}
-        for key, label, _cmd, _env in tools:
-            dt = min(r[0] for r in runs[key])
-            rss = max(r[1] for r in runs[key])
-            cpu[label] = min(r[3] for r in runs[key])
-            out = work / f"{key}.out"
-            if not key.startswith("sweep-"):
-                rows.append((label, dt, rss, f"{sum(1 for _ in open(out, 'rb'))} matching lines"))
-                continue
-            metas = [json.loads(r[2].strip().splitlines()[-1]) for r in runs[key]]
-            meta = min(metas, key=lambda m: m["scan_s"])
-            res = json.loads(out.read_text())
-            stats = res["files"][0]
-            note = (f"{res['totals']['hits']} hits on {len({h['line'] for h in res['hits']})} lines, "
-                    f"{stats['lines']} lines read, {stats['unparsable']} unparsable; backend {meta['backend']}, "
-                    f"main RSS {max(m['self_rss_kb'] for m in metas) // 1024} MB, "
-                    f"largest worker {max(m['child_rss_kb'] for m in metas) // 1024} MB")
-            cpu[f"{label} (wall, incl. {meta['import_s']:.1f}s imports)"] = cpu[label]
-            rows.append((f"{label} (wall, incl. {meta['import_s']:.1f}s imports)", dt, rss, note))
-            rows.append((f"{label} (scan only)", meta["scan_s"], rss, ""))
 
         load = " ".join(f"{x:.1f}" for x in os.getloadavg())
         print(f"\nfile: {mb:.0f} MB, cached; workers={args.workers}; cpus={os.cpu_count()}; load average {load}\n")

@@ -1,22 +1,28 @@
-"""Network and CI logs as lines: format detection, per-format line parsers, chunk readers.
+"""Log lines, the domain part of the network sweep: formats, timestamps, line parsers, chunk readers.
 
 Why this module exists: the network sweep must read whatever an organisation
 keeps (Zeek ``dns.log``/``http.log`` as TSV or JSON, Route 53 Resolver query
-logs, Squid ``access.log``, CloudWatch Logs, CI job logs) without parsing every
-line — a 1 GB log is scanned by a byte prefilter and only candidate lines come
-here. So this module offers three things:
+logs, Squid ``access.log``, combined access logs, JSON lines, CloudWatch Logs
+events, plain text such as CI job logs) without parsing every line: a 1 GB log
+is scanned by a byte prefilter (``tasks/sweep/engine.py``) and only candidate
+lines come here. What it holds:
 
-* :func:`detect_format` — pick the format from a file's first bytes;
-* :func:`parse_line` — one line -> ``(timestamp | None, fields)`` or
-  :class:`LineError` (bad encoding, truncated, wrong shape);
-* :func:`iter_chunks` — newline-aligned byte chunks of a file (gzip read
-  transparently), with bounded memory. CloudWatch Logs events come from
-  ``integrations.cloudwatch`` and are parsed here like any other line.
+* :func:`detect_format` / :func:`format_by_name`: the format from a file's first bytes, or as named;
+* :func:`parse_line`: one line -> ``(timestamp | None, fields)`` or
+  :class:`LineError` (bad encoding, truncated, wrong shape); :func:`fallback_timestamp`
+  for a line that failed its format;
+* timestamps as aware UTC: :func:`epoch_to_utc` (also used for CloudWatch event
+  times), :func:`parse_iso`, :func:`parse_clf_time`, :func:`json_time`;
+* the structural check: :func:`chunk_bad_lines` (with :func:`structure_ok`,
+  :func:`structure_patterns`, :func:`line_is_bad`) counts malformed lines in one
+  C-speed pass per chunk instead of a Python parse per line;
+* readers: :func:`iter_chunks` (newline-aligned chunks, gzip read transparently,
+  bounded memory), :func:`read_head`, :func:`is_gzip`, :func:`split_ranges`
+  (byte ranges for worker processes), :func:`count_byte`.
 
-Plus :func:`chunk_bad_lines`, a cheap per-chunk structural check (one C-speed
-pass) that counts malformed lines without parsing each line in Python.
-
-Nothing here knows about indicators or advisories.
+The CloudWatch Logs client is ``integrations/cloudwatch.py``; which digest a CI
+job ran is read by ``digestguard/cilog.py``. Nothing here knows about indicators
+or advisories.
 """
 
 from __future__ import annotations
@@ -28,11 +34,12 @@ import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from digestguard.errors import InputError
+from digestguard.timeutil import parse_time
 
 ZEEK_TSV = "zeek-tsv"
 ZEEK_JSON = "zeek-json"
@@ -104,13 +111,7 @@ def parse_iso(text: str, *, assume_utc: bool = True) -> datetime | None:
     date, clock, frac, zone = m.groups()
     if zone is None and not assume_utc:
         return None
-    frac = (frac or "")[:7]  # fromisoformat takes at most microseconds + 1 digit it ignores
-    zone = "+00:00" if zone in (None, "Z", "z") else zone
-    try:
-        dt = datetime.fromisoformat(f"{date}T{clock}{frac[:7]}{zone}")
-    except ValueError:
-        return None
-    return dt.astimezone(timezone.utc)
+    return parse_time(f"{date}T{clock}{frac or ''}{zone or 'Z'}")
 
 
 def parse_clf_time(text: str) -> datetime | None:
@@ -127,8 +128,6 @@ def parse_clf_time(text: str) -> datetime | None:
     except ValueError:
         return None
     offset = (int(oh) * 60 + int(om)) * (1 if sign == "+" else -1)
-    from datetime import timedelta
-
     return (naive - timedelta(minutes=offset)).replace(tzinfo=timezone.utc)
 
 
@@ -421,7 +420,7 @@ def _numpy():
     """numpy, imported on first use (0.3 s: not worth paying for a small file), or None."""
     if not _NUMPY:
         try:
-            import numpy
+            import numpy  # deferred: 0.3 s of start-up that a small file or a CLI call should not pay
         except ImportError:  # pragma: no cover - numpy is a dependency; keep working without it
             numpy = None
         _NUMPY.append(numpy)
@@ -583,25 +582,13 @@ def iter_chunks(
         return
     truncated = False
     with open(path, "rb") as raw:
-        if gz:
-            src: Any = gzip.GzipFile(fileobj=raw, mode="rb")
-            remaining = None
-        else:
-            raw.seek(start)
-            src = raw
-            remaining = None if end is None else end - start
+        src = gzip.GzipFile(fileobj=raw, mode="rb")
         carry = b""
         while True:
-            want = chunk_size if remaining is None else min(chunk_size, remaining)
-            if want <= 0:
-                block = b""
-            else:
-                try:
-                    block = src.read(want)
-                except (EOFError, OSError, zlib.error):
-                    block, truncated = b"", True
-            if remaining is not None:
-                remaining -= len(block)
+            try:
+                block = src.read(chunk_size)
+            except (EOFError, OSError, zlib.error):
+                block, truncated = b"", True
             if not block:
                 if carry or truncated:
                     yield carry, truncated

@@ -153,7 +153,7 @@ def backend() -> str:
     if os.environ.get("DIGESTGUARD_SWEEP_ENGINE", "").lower() == "python":
         return "python"
     try:
-        import hyperscan  # noqa: F401
+        import hyperscan  # noqa: F401  (optional: its wheel exists for Linux x86-64 only; probed here, not at import)
     except ImportError:
         return "python"
     return "hyperscan"
@@ -168,7 +168,7 @@ def _hs_scanner(patterns: tuple[bytes, ...], structure: tuple[bytes, ...]):
     key = (patterns, structure)
     got = _HS_CACHE.get(key)
     if got is None:
-        import hyperscan as hs
+        import hyperscan as hs  # optional (see backend()): only reached when backend() found it
 
         exprs = [*patterns, *structure]
         db = hs.Database(mode=hs.HS_MODE_BLOCK)

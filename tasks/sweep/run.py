@@ -2,9 +2,8 @@
 
 ``sweep_paths(paths, indicators, window)`` is the whole stage as a pure
 function (files in, :class:`SweepResult` out; no printing, no Prefect);
-``sweep_task`` is its Prefect wrapper (``@task``, ``cache_policy=NO_CACHE``,
-built on first access so that importing this module does not import Prefect). The CLI (``digestguard sweep``) prints
-``SweepResult.to_json_dict()``.
+``sweep_task`` is its Prefect wrapper (``@task``, ``cache_policy=NO_CACHE``). The CLI
+(``digestguard sweep``) prints ``SweepResult.to_json_dict()``.
 
 Inputs: plain or gzip files and directories (every file below them, each
 format detected from its content), and ``cloudwatch://LOG-GROUP[?stream=P]``
@@ -21,16 +20,21 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import Field, ValidationError
 
-from digestguard.advisory import Indicator, Window
-from digestguard.errors import InputError
-from digestguard.findings import NetworkHit
 from digestguard import netlog
+from digestguard._model import Model
+from digestguard.advisory import Indicator, Window
+from digestguard.errors import InputError, IntegrationError
+from digestguard.findings import NetworkHit
+from digestguard.timeutil import parse_time
 from integrations import cloudwatch
 from tasks.sweep import engine
 
@@ -38,11 +42,7 @@ PARALLEL_MIN_BYTES = 64 << 20
 """Below this much input, worker processes cost more than they save."""
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SweepFileStats(_Model):
+class SweepFileStats(Model):
     """What was read from one input: lines, malformed lines, and anything that went wrong."""
 
     path: str
@@ -54,7 +54,7 @@ class SweepFileStats(_Model):
     errors: list[str] = Field(default_factory=list)
 
 
-class SweepResult(_Model):
+class SweepResult(Model):
     """Every hit (in file and line order) and per-input statistics."""
 
     indicators: list[str] = Field(default_factory=list, description="'kind:value' of every indicator swept for")
@@ -187,71 +187,92 @@ def sweep_paths(
     if not pairs:
         result.files = [SweepFileStats(path=p, format="-", errors=["no network indicators to sweep for"]) for p in files]
         return result
-    workers = workers or min(os.cpu_count() or 1, 4)
-
-    # plan: (file index, unit args) — big plain files split into byte ranges
-    plans: list[tuple[int, tuple]] = []
-    stats: list[SweepFileStats] = []
-    total = 0
+    plan = _plan(files, matcher, log_format, workers or min(os.cpu_count() or 1, 4), chunk_size)
+    raw = _scan_units(plan)
     for i, p in enumerate(files):
         if p.startswith("cloudwatch://"):
-            stats.append(SweepFileStats(path=p, format=netlog.CLOUDWATCH))
+            units = [_sweep_cloudwatch(p, matcher, cloudwatch_endpoint)]
+        else:
+            units = raw.get(i, [])
+        hits, stats = _collect(p, plan.stats[i], units, window)
+        result.hits += hits
+        result.files.append(stats)
+    return result
+
+
+@dataclass
+class _Plan:
+    """The units to scan: ``(file index, scan_unit args)``, big plain files split into byte ranges."""
+
+    units: list[tuple[int, tuple]]
+    stats: list[SweepFileStats]  # one per file, format filled in
+    total_bytes: int
+    workers: int
+
+
+def _plan(files: list[str], matcher: engine.Matcher, log_format: str | None, workers: int, chunk_size: int) -> _Plan:
+    """Detect each file's format and cut the work into units (CloudWatch addresses are read apart)."""
+    plan = _Plan([], [], 0, workers)
+    for i, p in enumerate(files):
+        if p.startswith("cloudwatch://"):
+            plan.stats.append(SweepFileStats(path=p, format=netlog.CLOUDWATCH))
             continue
         head = netlog.read_head(p)
         fmt = netlog.format_by_name(log_format, head) if log_format else netlog.detect_format(head)
-        stats.append(SweepFileStats(path=p, format=fmt.name))
+        plan.stats.append(SweepFileStats(path=p, format=fmt.name))
         size = Path(p).stat().st_size
-        total += size
+        plan.total_bytes += size
         if workers > 1 and not netlog.is_gzip(p) and size >= PARALLEL_MIN_BYTES:
             for a, b in netlog.split_ranges(p, workers, min_part=PARALLEL_MIN_BYTES // 2):
-                plans.append((i, (matcher, fmt, p, a, b, chunk_size)))
+                plan.units.append((i, (matcher, fmt, p, a, b, chunk_size)))
         else:
-            plans.append((i, (matcher, fmt, p, 0, None, chunk_size)))
+            plan.units.append((i, (matcher, fmt, p, 0, None, chunk_size)))
+    return plan
 
+
+def _scan_units(plan: _Plan) -> dict[int, list[engine.UnitResult]]:
+    """``{file index: unit results in order}``; a process pool when there is enough to share out."""
     raw: dict[int, list[engine.UnitResult]] = {}
-    if workers > 1 and len(plans) > 1 and total >= PARALLEL_MIN_BYTES:
+    if plan.workers > 1 and len(plan.units) > 1 and plan.total_bytes >= PARALLEL_MIN_BYTES:
         # fork: workers run only this pure engine code (no logging, no I/O but reads), and
         # start in milliseconds without re-importing Prefect
         netlog.count_byte(bytes(8192), b"\n")  # import numpy once here, not once per worker
         engine.backend()  # likewise hyperscan
         ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(min(workers, len(plans))) as pool:
-            for (i, _), unit in zip(plans, pool.imap(engine.scan_unit_args, [a for _, a in plans]), strict=True):
+        with ctx.Pool(min(plan.workers, len(plan.units))) as pool:
+            args = [a for _, a in plan.units]
+            for (i, _), unit in zip(plan.units, pool.imap(engine.scan_unit_args, args), strict=True):
                 raw.setdefault(i, []).append(unit)
     else:
-        for i, args in plans:
+        for i, args in plan.units:
             raw.setdefault(i, []).append(engine.scan_unit(*args))
-
-    for i, p in enumerate(files):
-        st = stats[i]
-        if p.startswith("cloudwatch://"):
-            units = [_sweep_cloudwatch(p, matcher, st, cloudwatch_endpoint)]
-        else:
-            units = raw.get(i, [])
-        base = 0
-        for u in units:
-            for line, ind, kind, ts_iso, _field, text in u.hits or ():
-                ts = datetime.fromisoformat(ts_iso) if ts_iso else None
-                result.hits.append(
-                    NetworkHit(
-                        path=p, line=base + line, indicator=ind, kind=kind,  # type: ignore[arg-type]
-                        timestamp=ts, in_window=_in_window(window, ts), text=text,
-                    )
-                )
-                st.hits += 1
-            base += u.lines
-            st.lines += u.lines
-            st.unparsable += u.unparsable
-            st.bytes += u.bytes_read
-            st.errors.extend(u.errors or ())
-    result.files = stats
-    return result
+    return raw
 
 
-def _sweep_cloudwatch(uri: str, matcher: engine.Matcher, st: SweepFileStats, endpoint: str | None) -> engine.UnitResult:
-    """Read one log group through the API; an API failure lands in the stats, named, not raised."""
-    from digestguard.errors import IntegrationError
+def _collect(path: str, planned: SweepFileStats, units: list[engine.UnitResult],
+             window: Window | None) -> tuple[list[NetworkHit], SweepFileStats]:
+    """One input's hits (line numbers counted across its units) and its statistics."""
+    hits: list[NetworkHit] = []
+    stats = planned.model_copy(deep=True)
+    base = 0
+    for u in units:
+        for line, ind, kind, ts_iso, _field, text in u.hits or ():
+            ts = parse_time(ts_iso)
+            hits.append(NetworkHit(
+                path=path, line=base + line, indicator=ind, kind=kind,  # type: ignore[arg-type]
+                timestamp=ts, in_window=_in_window(window, ts), text=text,
+            ))
+        base += u.lines
+        stats.lines += u.lines
+        stats.unparsable += u.unparsable
+        stats.bytes += u.bytes_read
+        stats.errors.extend(u.errors or ())
+    stats.hits += len(hits)
+    return hits, stats
 
+
+def _sweep_cloudwatch(uri: str, matcher: engine.Matcher, endpoint: str | None) -> engine.UnitResult:
+    """Read one log group through the API; an API failure lands in the unit's errors, named, not raised."""
     parts = cloudwatch.parse_cloudwatch_uri(uri)
     events = cloudwatch.iter_log_events(
         parts["log_group"],
@@ -265,29 +286,13 @@ def _sweep_cloudwatch(uri: str, matcher: engine.Matcher, st: SweepFileStats, end
         return engine.UnitResult(hits=[], errors=[str(e)])
 
 
-def _make_sweep_task():
-    from prefect import task
-    from prefect.cache_policies import NO_CACHE
-
-    @task(name="sweep-network-logs", cache_policy=NO_CACHE, persist_result=False)
-    def sweep_task(
-        paths: list[str],
-        indicators: list[Indicator],
-        window: Window | None,
-        log_format: str | None = None,
-        workers: int | None = None,
-    ) -> SweepResult:
-        """Prefect wrapper of :func:`sweep_paths` (logs may hold anything: never cached or persisted)."""
-        return sweep_paths(paths, indicators, window, log_format=log_format, workers=workers)
-
-    return sweep_task
-
-
-def __getattr__(name: str) -> Any:
-    """``sweep_task`` is built on first use: importing Prefect costs 3-5 s, more than
-    sweeping a gigabyte, and ``digestguard sweep`` from a shell should not pay it."""
-    if name == "sweep_task":
-        value = _make_sweep_task()
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+@task(name="sweep-network-logs", cache_policy=NO_CACHE, persist_result=False)
+def sweep_task(
+    paths: list[str],
+    indicators: list[Indicator],
+    window: Window | None,
+    log_format: str | None = None,
+    workers: int | None = None,
+) -> SweepResult:
+    """Prefect wrapper of :func:`sweep_paths` (logs may hold anything: never cached or persisted)."""
+    return sweep_paths(paths, indicators, window, log_format=log_format, workers=workers)

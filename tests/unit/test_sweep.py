@@ -12,14 +12,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
+from digestguard import netlog
 from digestguard.advisory import Indicator, Window
 from digestguard.errors import InputError
-from digestguard import netlog
-from tasks.sweep import run as sweep_mod
-from tasks.sweep import engine as sweep_engine
+from tasks.sweep import engine as sweep_engine, run as sweep_mod
 from tasks.sweep.run import sweep_paths
 
 UTC = timezone.utc
