@@ -37,28 +37,12 @@ from pathlib import Path
 
 import yaml
 
-import subprocess
-
-from bench.resolve import REPOS, seed, write_curl_config
+from bench.resolve import GOAL, REPOS, run_curl, seed, write_curl_config
 from digestguard.inventory import load_inventory
-from tasks.watch.cycle import RegistryPool, WatchState, load_packs, watch_cycle
 from flows.drill.registry import running_registry
-
-GOAL = 0.8
-
-
-def run_curl(configs: list[Path], n: int, parallel: int) -> float:
-    """Wall seconds for curl to do the N HEADs (one curl run per config, in turn); fails loudly on any non-200."""
-    codes: list[str] = []
-    t = time.perf_counter()
-    for config in configs:
-        out = subprocess.run(["curl", "--no-progress-meter", "--parallel", "--parallel-max", str(parallel),
-                              "--parallel-immediate", "-K", str(config)], capture_output=True, text=True, check=True)
-        codes += out.stdout.split()
-    elapsed = time.perf_counter() - t
-    if len(codes) != n or any(c != "200" for c in codes):
-        raise SystemExit(f"curl: expected {n} x 200, got {len(codes)} answers, non-200: {sorted(set(codes) - {'200'})}")
-    return elapsed
+from tasks.watch.cycle import watch_cycle
+from tasks.watch.sources import RegistryPool, load_packs
+from tasks.watch.state import WatchState
 
 
 def run_watch_cycle(inv_path: Path, state_path: Path, packs, concurrency: int, n: int) -> float:
@@ -74,6 +58,51 @@ def run_watch_cycle(inv_path: Path, state_path: Path, packs, concurrency: int, n
     return elapsed
 
 
+def curl_configs(tmp: Path, base_url: str, pairs: list[tuple[str, str]], batch: int) -> tuple[Path, list[Path]]:
+    """One curl config with every URL, and the same URLs in batches of ``batch``."""
+    n = len(pairs)
+    one = tmp / f"curl-{n}.cfg"
+    write_curl_config(one, base_url, pairs)
+    batches = []
+    for i in range(0, n, batch):
+        cfg = tmp / f"curl-{n}-{i}.cfg"
+        write_curl_config(cfg, base_url, pairs[i:i + batch])
+        batches.append(cfg)
+    return one, batches
+
+
+def baseline_cycle(inv_path: Path, state_path: Path, packs, concurrency: int, n: int) -> float:
+    """Wall seconds of the first cycle (it records all N digests); fails loudly unless all N were first seen."""
+    t = time.perf_counter()
+    inv = load_inventory(inv_path)
+    with WatchState(state_path) as state, RegistryPool(inv, concurrency=concurrency) as pool:
+        first = watch_cycle(inv, state, packs=packs, registries=pool, concurrency=concurrency)
+    if first.first_seen != n:
+        raise SystemExit(f"baseline cycle: {first.first_seen} of {n} recorded; events: {[e.summary() for e in first.events[:3]]}")
+    return time.perf_counter() - t
+
+
+def measure(reg, tmp: Path, pairs: list[tuple[str, str]], packs, args: argparse.Namespace) -> tuple:
+    """One row of the table for N = ``len(pairs)``: baseline seconds, best and median rates of curl and the watch."""
+    n = len(pairs)
+    one, batches = curl_configs(tmp, reg.base_url, pairs, args.curl_batch)
+    inv_path = tmp / f"inventory-{n}.yaml"
+    inv_path.write_text(yaml.safe_dump({"images": [{"reference": reg.ref(repo, tag)} for repo, tag in pairs]}))
+    state_path = tmp / f"watch-{n}.sqlite"
+    first_t = baseline_cycle(inv_path, state_path, packs, args.concurrency, n)
+    single_t, batch_t, ours_t = [], [], []
+    for _ in range(args.repeat):
+        single_t.append(run_curl([one], n, args.concurrency))
+        batch_t.append(run_curl(batches, n, args.concurrency))
+        ours_t.append(run_watch_cycle(inv_path, state_path, packs, args.concurrency, n))
+    curl_t = single_t if min(single_t) <= min(batch_t) else batch_t
+    print(f"N={n}: curl one list best {n / min(single_t):.0f} req/s, batches of {args.curl_batch} best "
+          f"{n / min(batch_t):.0f} req/s -> comparing with the faster")
+    best_curl, best_ours = n / min(curl_t), n / min(ours_t)
+    med_curl, med_ours = n / statistics.median(curl_t), n / statistics.median(ours_t)
+    return (n, first_t, best_curl, best_ours, best_ours / best_curl, med_curl, med_ours, med_ours / med_curl)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[5000])
@@ -86,41 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("curl not found: install the Debian package `curl`")
 
     packs = load_packs()
-    rows = []
     with running_registry() as reg, tempfile.TemporaryDirectory(prefix="dg-bench-watch-") as tmp:
         t = time.perf_counter()
         pairs_all = seed(reg.base_url, max(args.sizes))
-        print(f"registry {reg.base_url}: pushed {len(pairs_all)} tags over {REPOS} repositories in {time.perf_counter() - t:.1f}s")
-        for n in args.sizes:
-            pairs = pairs_all[:n]
-            one = Path(tmp) / f"curl-{n}.cfg"
-            write_curl_config(one, reg.base_url, pairs)
-            batches = []
-            for i in range(0, n, args.curl_batch):
-                cfg = Path(tmp) / f"curl-{n}-{i}.cfg"
-                write_curl_config(cfg, reg.base_url, pairs[i:i + args.curl_batch])
-                batches.append(cfg)
-            inv_path = Path(tmp) / f"inventory-{n}.yaml"
-            inv_path.write_text(yaml.safe_dump({"images": [{"reference": reg.ref(repo, tag)} for repo, tag in pairs]}))
-            state_path = Path(tmp) / f"watch-{n}.sqlite"
-            t = time.perf_counter()
-            inv = load_inventory(inv_path)
-            with WatchState(state_path) as state, RegistryPool(inv, concurrency=args.concurrency) as pool:
-                first = watch_cycle(inv, state, packs=packs, registries=pool, concurrency=args.concurrency)
-            first_t = time.perf_counter() - t
-            if first.first_seen != n:
-                raise SystemExit(f"baseline cycle: {first.first_seen} of {n} recorded; events: {[e.summary() for e in first.events[:3]]}")
-            single_t, batch_t, ours_t = [], [], []
-            for _ in range(args.repeat):
-                single_t.append(run_curl([one], n, args.concurrency))
-                batch_t.append(run_curl(batches, n, args.concurrency))
-                ours_t.append(run_watch_cycle(inv_path, state_path, packs, args.concurrency, n))
-            curl_t = single_t if min(single_t) <= min(batch_t) else batch_t
-            print(f"N={n}: curl one list best {n / min(single_t):.0f} req/s, batches of {args.curl_batch} best "
-                  f"{n / min(batch_t):.0f} req/s -> comparing with the faster")
-            best_curl, best_ours = n / min(curl_t), n / min(ours_t)
-            med_curl, med_ours = n / statistics.median(curl_t), n / statistics.median(ours_t)
-            rows.append((n, first_t, best_curl, best_ours, best_ours / best_curl, med_curl, med_ours, med_ours / med_curl))
+        took = time.perf_counter() - t
+        print(f"registry {reg.base_url}: pushed {len(pairs_all)} tags over {REPOS} repositories in {took:.1f}s")
+        rows = [measure(reg, Path(tmp), pairs_all[:n], packs, args) for n in args.sizes]
 
     print(f"\n{'N':>6} {'baseline s':>10} {'curl req/s':>11} {'watch ref/s':>11} {'ratio':>6} | "
           f"{'median curl':>11} {'median watch':>12} {'ratio':>6}")
@@ -128,9 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{n:>6} {ft:>10.2f} {bc:>11.0f} {bo:>11.0f} {br:>6.2f} | {mc:>11.0f} {mo:>12.0f} {mr:>6.2f}")
     worst = min(r[4] for r in rows)
     print(f"\ngoal: ratio >= {GOAL} (best runs); worst ratio {worst:.2f} -> {'MET' if worst >= GOAL else 'NOT MET'}")
-    if args.check and worst < GOAL:
-        return 1
-    return 0
+    return 1 if args.check and worst < GOAL else 0
 
 
 if __name__ == "__main__":

@@ -21,16 +21,12 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from digestguard.inventory import Inventory, load_inventory
-from tasks.watch.cycle import (
-    CycleReport,
-    MaliciousEvent,
-    RegistryPool,
-    WatchState,
-    load_packs,
-    run_watch,
-    slack_alerter,
-    watch_cycle,
-)
+from flows.incident_response import incident_response
+from tasks.watch.alerts import slack_alerter
+from tasks.watch.cycle import run_watch, watch_cycle
+from tasks.watch.events import CycleReport, MaliciousEvent
+from tasks.watch.sources import RegistryPool, load_packs
+from tasks.watch.state import WatchState
 
 
 @task(name="watch-cycle", cache_policy=NO_CACHE, persist_result=False)
@@ -43,8 +39,6 @@ def dry_run_starter(inventory_path: str):
     """A ``start_incident`` that runs ``incident_response`` in dry-run mode (a subflow when called inside a flow)."""
 
     def start(ev: MaliciousEvent) -> str:
-        from flows.incident_response import incident_response
-
         summary = incident_response(advisory=ev.advisory_source or ev.advisory, inventory=inventory_path,
                                     mode="dry-run", triggered_by=f"watch: {ev.reference} -> {ev.digest}")
         return str(summary.get("incident") or "")

@@ -3,7 +3,9 @@
 One message per image or source event; network hits grouped per file per
 cycle (a burst of hits must not become a burst of messages and a rate limit).
 Log lines reach the channel with query-string values blanked: tokens ride in
-URLs more often than anywhere else in a proxy log.
+URLs more often than anywhere else in a proxy log. Everything from outside
+(log lines, references, reasons) is escaped for mrkdwn in the message blocks,
+so no line can ping a channel or forge a link.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 from digestguard.credentials import resolve
 from digestguard.errors import DigestguardError
 from digestguard.inventory import Inventory
+from digestguard.markdown import mrkdwn
+from integrations.slack import SlackClient
 from tasks.watch.events import (
     DriftEvent,
     MaliciousEvent,
@@ -27,15 +31,13 @@ from tasks.watch.events import (
 Alert = Callable[[Sequence[Any]], None]
 """Deliver a batch of events (raise a DigestguardError when it could not; they are queued and retried)."""
 
-
-
 _ICON = {"critical": ":rotating_light:", "high": ":warning:", "warning": ":large_orange_diamond:", "info": ":white_check_mark:"}
 MAX_HITS_PER_MESSAGE = 20
 
 
 def _safe_line(text: str | None) -> str:
-    """A log line fit for a channel (blanked again: a queued event may predate the blanking)."""
-    return redact_line(text) or ""
+    """A log line fit for a channel (blanked again: a queued event may predate the blanking), mrkdwn-escaped."""
+    return mrkdwn(redact_line(text) or "")
 
 
 def alert_messages(events: Sequence[Any]) -> list[tuple[str, list[dict[str, Any]]]]:
@@ -47,17 +49,18 @@ def alert_messages(events: Sequence[Any]) -> list[tuple[str, list[dict[str, Any]
             hits.setdefault(ev.path, []).append(ev)
             continue
         title = f"{_ICON[ev.severity]} *[{ev.severity.upper()}] watch: {ev.kind}*"
-        lines = [_event_detail(ev)]
+        lines = [mrkdwn(_event_detail(ev))]  # the templates use no & < >: only outside text is affected
         text = f"[{ev.severity}] {ev.summary()}"
         out.append((text, [{"type": "section", "text": {"type": "mrkdwn", "text": title + "\n" + "\n".join(lines)}}]))
     for path, hs in hits.items():
         advs = sorted({a for h in hs for a in h.advisories})
         text = f"[critical] {len(hs)} network indicator hit(s) ({', '.join(advs)}) in {path}"
-        body = "\n".join(f"line {h.line}: `{h.indicator}` ({h.indicator_kind}) {h.timestamp.isoformat() if h.timestamp else ''}\n"
-                         f">{_safe_line(h.text)}" for h in hs[:MAX_HITS_PER_MESSAGE])
+        body = "\n".join(f"line {h.line}: `{mrkdwn(h.indicator)}` ({h.indicator_kind}) "
+                         f"{h.timestamp.isoformat() if h.timestamp else ''}\n>{_safe_line(h.text)}"
+                         for h in hs[:MAX_HITS_PER_MESSAGE])
         more = f"\n…and {len(hs) - MAX_HITS_PER_MESSAGE} more" if len(hs) > MAX_HITS_PER_MESSAGE else ""
-        out.append((text, [{"type": "section", "text": {"type": "mrkdwn", "text":
-                    f"{_ICON['critical']} *[CRITICAL] watch: network-hit* in `{path}` ({', '.join(advs)})\n{body}{more}"[:2900]}}]))
+        head = f"{_ICON['critical']} *[CRITICAL] watch: network-hit* in `{mrkdwn(path)}` ({mrkdwn(', '.join(advs))})"
+        out.append((text, [{"type": "section", "text": {"type": "mrkdwn", "text": f"{head}\n{body}{more}"[:2900]}}]))
     return out
 
 
@@ -88,8 +91,6 @@ def slack_alerter(inventory: Inventory, **client_options: Any) -> tuple[Alert | 
     cannot be resolved (the watch still runs and keeps the alerts queued in its state)."""
     if inventory.slack is None:
         return None, "no slack section in the inventory"
-    from integrations.slack import SlackClient
-
     cfg = inventory.slack
     try:
         client = SlackClient(resolve(cfg.token, "inventory slack.token") or "", base_url=cfg.api_url, **client_options)

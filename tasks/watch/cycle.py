@@ -32,27 +32,29 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from digestguard.errors import DigestguardError, InputError, NotFound, RateLimited, Unavailable
-from digestguard.inventory import Inventory
-from tasks.watch.alerts import Alert, alert_messages, slack_alerter
+from digestguard.inventory import Inventory, NetworkLogSource
+from digestguard.timeutil import now
+from integrations.cosign import RegistrySignatureSource, SignatureCheck, verify_signature
+from integrations.registry import Resolution, resolve_many
+from tasks.watch.alerts import Alert
 from tasks.watch.events import (
     AllowedChange,
     CycleReport,
     DriftEvent,
     MaliciousEvent,
-    NetworkHitEvent,
     SignatureEvent,
     SourceDownEvent,
     SourceRecoveredEvent,
-    WatchEvent,
-    utc_now,
 )
 from tasks.watch.sources import (
-    DockerHubPushInfo,
+    Indicators,
     Pack,
     PushInfo,
     PushInfoSource,
@@ -64,21 +66,82 @@ from tasks.watch.sources import (
     inventory_targets,
     load_packs,
     log_files,
-    registry_entry_for,
     repository_targets,
 )
-from tasks.watch.state import DEFAULT_STATE, LogPosition, Outage, WatchState
+from tasks.watch.state import WatchState
 
-__all__ = [
-    "DEFAULT_STATE", "Alert", "AllowedChange", "CycleReport", "DockerHubPushInfo", "DriftEvent", "LogPosition",
-    "MaliciousEvent", "NetworkHitEvent", "Outage", "Pack", "PushInfo", "PushInfoSource", "RegistryPool",
-    "SignatureEvent", "SourceDownEvent", "SourceRecoveredEvent", "StartIncident", "Target", "WatchEvent",
-    "WatchState", "alert_messages", "dockerhub_push_info", "follow_log", "inventory_targets", "load_packs",
-    "registry_entry_for", "repository_targets", "run_watch", "slack_alerter", "watch_cycle",
-]
+# ================================================================= what a step finds
 
 
-# ================================================================= the cycle
+@dataclass
+class Found:
+    """What one step of a cycle found: additions to the report, and which sources answered or failed.
+
+    Every step returns one and :func:`watch_cycle` merges them (no step writes into the report).
+    ``counts`` are :class:`CycleReport` counters (``resolved``, ``unchanged``, ``log_bytes`` ...).
+    """
+
+    events: list[Any] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    allowed: list[AllowedChange] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # source -> error, this cycle
+    ok: set[str] = field(default_factory=set)
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def merge(self, other: Found) -> Found:
+        self.events += other.events
+        self.notes += other.notes
+        self.allowed += other.allowed
+        self.failed.update(other.failed)
+        self.ok |= other.ok
+        self.counts.update(other.counts)
+        return self
+
+
+@dataclass(frozen=True)
+class _Cycle:
+    """What every step of one cycle reads."""
+
+    inventory: Inventory
+    state: WatchState
+    packs: Sequence[Pack]
+    pool: RegistryPool
+    push_info: PushInfoSource | None
+    concurrency: int
+    check_children: bool
+
+
+class _Seen(NamedTuple):
+    """A watched tag whose digest needs a look this cycle: new, moved, or not yet verified."""
+
+    target: Target
+    digest: str
+    before: str | None
+
+
+@dataclass
+class _Detail:
+    """What was learnt about one :class:`_Seen` (malicious match, push facts, signature verdict)."""
+
+    malicious: tuple[Pack, str] | None = None
+    children_error: str | None = None
+    push: PushInfo | None = None
+    push_answered: bool = False
+    push_error: str | None = None
+    signature: SignatureCheck | None = None
+    signature_error: str | None = None
+
+
+@dataclass
+class _Lookups:
+    """Read-only tables for examining the new digests of one cycle (the signature cache fills as it goes)."""
+
+    clients: dict[str, Any]
+    malicious: dict[str, tuple[Pack, str]]
+    child_hit: dict[str, tuple[Pack, str] | None]
+    child_err: dict[str, str]
+    push_info: PushInfoSource | None
+    sig_cache: dict[tuple[str, str, str], SignatureCheck] = field(default_factory=dict)
 
 
 def _registry_source(host: str) -> str:
@@ -87,6 +150,9 @@ def _registry_source(host: str) -> str:
 
 def _error_text(e: BaseException) -> str:
     return str(e)[:300]
+
+
+# ================================================================= the cycle
 
 
 def watch_cycle(
@@ -107,85 +173,162 @@ def watch_cycle(
     the malicious digests and network indicators. ``registries`` is reused
     across cycles by :func:`run_watch`; one is made (and closed) here when
     omitted. ``push_info`` answers who/when for moved tags (default: the
-    Docker Hub API for ``docker.io`` references, when available).
+    Docker Hub API for ``docker.io`` references).
 
     The state is updated before returning: a digest is remembered once its
     events are in the report, so the same change is never alerted twice.
     Raises :class:`InputError` for a bad inventory ``images`` entry; every
     other failure becomes a source-down event (once per outage) or a note.
     """
-    report = CycleReport(started_at=utc_now())
+    started = now()
     if packs is None:
         packs = load_packs(advisories_dir)
     own_pool = registries is None
     pool = registries or RegistryPool(inventory, concurrency=concurrency)
-    failed: dict[str, str] = {}  # source -> error, this cycle
-    ok: set[str] = set()
     own_push = None
+    found = Found()
     if push_info is None:
-        try:
-            push_info = own_push = dockerhub_push_info(inventory)
-        except DigestguardError as e:
-            failed["push info docker hub"] = _error_text(e)
+        own_push, found = _default_push_info(inventory)
+        push_info = own_push
     try:
-        targets, notes = inventory_targets(inventory)
-        report.notes += notes
-        if include_repositories:
-            known = {t.key for t in targets}
-            found, failures = repository_targets(inventory)
-            failed.update(failures)
-            ok.update(f"repository {r.name}" for r in inventory.repositories if f"repository {r.name}" not in failures)
-            targets += [t for t in found if t.key not in known]
-        report.references = len(targets)
-        _check_images(inventory, state, targets, packs, pool, push_info, report, failed, ok, concurrency, check_children)
-        _follow_logs(inventory, state, packs, report, failed, ok)
-        _outage_events(state, report, failed, ok)
+        targets, found_targets = _targets(inventory, include_repositories)
+        cycle = _Cycle(inventory, state, packs, pool, push_info, concurrency, check_children)
+        found.merge(found_targets).merge(_check_images(cycle, targets)).merge(_follow_logs(cycle))
+        found.events += _outage_events(state, found)
     finally:
         if own_pool:
             pool.close()
         if own_push is not None:
             own_push.close()
-    report.finished_at = utc_now()
-    return report
+    return CycleReport(started_at=started, finished_at=now(), references=len(targets), events=found.events,
+                       notes=found.notes, allowed=found.allowed, **found.counts)
 
 
-def _check_images(inventory: Inventory, state: WatchState, targets: list[Target], packs: Sequence[Pack],
-                  pool: RegistryPool, push_info: PushInfoSource | None, report: CycleReport,
-                  failed: dict[str, str], ok: set[str], concurrency: int, check_children: bool) -> None:
-    from integrations.registry import resolve_many
+def _default_push_info(inventory: Inventory) -> tuple[PushInfoSource | None, Found]:
+    """The Docker Hub push-info source, or none and its failure (a bad credential reference is a source down)."""
+    try:
+        return dockerhub_push_info(inventory), Found()
+    except DigestguardError as e:
+        return None, Found(failed={"push info docker hub": _error_text(e)})
 
+
+def _targets(inventory: Inventory, include_repositories: bool) -> tuple[list[Target], Found]:
+    """The inventory's watched tags, plus (optionally) those found in its repositories."""
+    targets, notes = inventory_targets(inventory)
+    found = Found(notes=notes)
+    if include_repositories:
+        known = {t.key for t in targets}
+        more, failures = repository_targets(inventory)
+        found.failed.update(failures)
+        found.ok.update(f"repository {r.name}" for r in inventory.repositories if f"repository {r.name}" not in failures)
+        targets += [t for t in more if t.key not in known]
+    return targets, found
+
+
+# ----------------------------------------------------------------- images
+
+
+def _check_images(cycle: _Cycle, targets: list[Target]) -> Found:
+    """Resolve every target, then judge what is new or moved: malicious, drift, allowed, signature verdicts.
+
+    Remembers the new digests and verdicts in the state once they are judged.
+    """
     if not targets:
-        return
-    hosts = sorted({t.ref.registry for t in targets})
+        return Found()
+    clients, found = _clients(cycle.pool, sorted({t.ref.registry for t in targets}))
+    live = [t for t in targets if t.ref.registry in clients]
+    results = resolve_many([t.ref for t in live], concurrency=cycle.concurrency, clients=clients)
+    resolved, found_resolved = _by_host(live, results)
+    found.merge(found_resolved).counts["resolved"] += len(resolved)
+
+    sigs = cycle.state.signatures()
+    new, changed, found_compared = _compare(resolved, cycle.state.digests(), sigs)
+    found.merge(found_compared)
+    malicious, children_matter = _malicious_digests(cycle.packs)
+    child_hit, child_err = {}, {}
+    if cycle.check_children and children_matter:
+        child_hit, child_err = _child_matches(clients, new, malicious)
+    look = _Lookups(clients, malicious, child_hit, child_err, cycle.push_info)
+    details = _examine_all(look, new)
+
+    verdicts: list[tuple[str, str, str, str]] = []
+    for seen, detail in zip(new, details, strict=True):
+        judged, verdict = _judge(seen, detail, sigs)
+        found.merge(judged)
+        if verdict:
+            verdicts.append(verdict)
+    found.merge(_push_health(cycle.push_info, details))
+    if changed:
+        cycle.state.record_digests(changed)
+    if verdicts:
+        cycle.state.record_signatures(verdicts)
+    return found
+
+
+def _clients(pool: RegistryPool, hosts: list[str]) -> tuple[dict[str, Any], Found]:
+    """A registry client per host; a host whose client cannot be made (credentials) is down."""
     clients: dict[str, Any] = {}
+    found = Found()
     for h in hosts:
         try:
             clients[h] = pool.client(h)
         except DigestguardError as e:
-            failed[_registry_source(h)] = _error_text(e)
-    live = [t for t in targets if t.ref.registry in clients]
-    results = resolve_many([t.ref for t in live], concurrency=concurrency, clients=clients)
+            found.failed[_registry_source(h)] = _error_text(e)
+    return clients, found
 
-    # A host where nothing resolved and something was unreachable is down as a whole (one alert, not one per tag).
-    per_host: dict[str, list[tuple[Target, Any]]] = {}
-    for t, r in zip(live, results):
+
+def _by_host(live: list[Target], results: list[Resolution]) -> tuple[list[tuple[Target, str]], Found]:
+    """``[(target, digest)]`` that resolved, and each host's and image's health.
+
+    A host where nothing resolved and something was unreachable is down as a whole (one alert, not one per tag).
+    """
+    per_host: dict[str, list[tuple[Target, Resolution]]] = {}
+    for t, r in zip(live, results, strict=True):
         per_host.setdefault(t.ref.registry, []).append((t, r))
     resolved: list[tuple[Target, str]] = []
+    found = Found()
     for host, rows in per_host.items():
-        if not any(r.ok for _, r in rows) and any(isinstance(r.error, (Unavailable, RateLimited)) for _, r in rows):
-            first = next(r.error for _, r in rows if isinstance(r.error, (Unavailable, RateLimited)))
-            failed[_registry_source(host)] = _error_text(first)
+        unreachable = [r.error for _, r in rows if isinstance(r.error, (Unavailable, RateLimited))]
+        if unreachable and not any(r.ok for _, r in rows):
+            found.failed[_registry_source(host)] = _error_text(unreachable[0])
             continue
-        ok.add(_registry_source(host))
+        found.ok.add(_registry_source(host))
         for t, r in rows:
             src = f"image {t.key}"
             if r.ok:
-                ok.add(src)
+                found.ok.add(src)
                 resolved.append((t, r.digest))
+            elif isinstance(r.error, NotFound):
+                found.failed[src] = f"tag not found: {_error_text(r.error)}"
             else:
-                failed[src] = _error_text(r.error) if not isinstance(r.error, NotFound) else f"tag not found: {_error_text(r.error)}"
-    report.resolved = len(resolved)
+                found.failed[src] = _error_text(r.error)
+    return resolved, found
 
+
+def _compare(resolved: list[tuple[Target, str]], seen: dict[str, str],
+             sigs: dict[str, tuple[str, str]]) -> tuple[list[_Seen], dict[str, str], Found]:
+    """``(to examine, {reference: new digest}, counts)``: moved and first-seen tags, and unchanged ones whose
+    signature has not verified yet (re-checked until it does; alerts only when the verdict changes)."""
+    new: list[_Seen] = []
+    changed: dict[str, str] = {}
+    found = Found()
+    for t, digest in resolved:
+        before = seen.get(t.key)
+        if before == digest:
+            found.counts["unchanged"] += 1
+            sig = sigs.get(t.key)
+            if t.public_keys and (sig is None or sig[0] != digest or sig[1] != "signed-valid"):
+                new.append(_Seen(t, digest, before))
+            continue
+        changed[t.key] = digest
+        new.append(_Seen(t, digest, before))
+        if before is None:
+            found.counts["first_seen"] += 1
+    return new, changed, found
+
+
+def _malicious_digests(packs: Sequence[Pack]) -> tuple[dict[str, tuple[Pack, str]], bool]:
+    """``({digest: (pack, digest)}, any listed digest is a platform manifest)`` over every pack."""
     malicious: dict[str, tuple[Pack, str]] = {}
     children_matter = False
     for p in packs:
@@ -193,123 +336,112 @@ def _check_images(inventory: Inventory, state: WatchState, targets: list[Target]
             for m in img.malicious:
                 malicious.setdefault(m.digest, (p, m.digest))
                 children_matter = children_matter or m.kind == "manifest"
+    return malicious, children_matter
 
-    seen = state.digests()
-    sigs = state.signatures()
-    changed: dict[str, str] = {}
-    new: list[tuple[Target, str, str | None]] = []  # target, digest, before
-    for t, digest in resolved:
-        before = seen.get(t.key)
-        if before == digest:
-            report.unchanged += 1
-            sig = sigs.get(t.key)
-            if t.public_keys and (sig is None or sig[0] != digest or sig[1] != "signed-valid"):
-                new.append((t, digest, before))  # re-check until it verifies; alerts only when the verdict changes
-            continue
-        changed[t.key] = digest
-        new.append((t, digest, before))
-        if before is None:
-            report.first_seen += 1
 
-    # Children of an index are the same wherever its digest is tagged: read each new digest's index once.
-    child_hit: dict[str, tuple[Pack, str] | None] = {}
-    child_err: dict[str, str] = {}
-    if check_children and children_matter:
-        todo = {digest: t for t, digest, before in new if before != digest and digest not in malicious}
+def _child_matches(clients: dict[str, Any], new: list[_Seen], malicious: dict[str, tuple[Pack, str]]
+                   ) -> tuple[dict[str, tuple[Pack, str] | None], dict[str, str]]:
+    """``({index digest: match among its children}, {index digest: read error})``.
 
-        def children(item: tuple[str, Target]) -> tuple[str, tuple[Pack, str] | None, str | None]:
-            digest, t = item
+    Children of an index are the same wherever its digest is tagged: each new digest's index is read once.
+    """
+    todo = {s.digest: s.target for s in new if s.before != s.digest and s.digest not in malicious}
+
+    def children(item: tuple[str, Target]) -> tuple[str, tuple[Pack, str] | None, str | None]:
+        digest, t = item
+        try:
+            for child in clients[t.ref.registry].get_index_children(t.ref.repository, digest):
+                if child.digest in malicious:
+                    return digest, malicious[child.digest], None
+        except DigestguardError as e:
+            return digest, None, _error_text(e)
+        return digest, None, None
+
+    hits: dict[str, tuple[Pack, str] | None] = {}
+    errors: dict[str, str] = {}
+    for digest, hit, err in _parallel(children, list(todo.items())):
+        hits[digest] = hit
+        if err:
+            errors[digest] = err
+    return hits, errors
+
+
+def _examine_all(look: _Lookups, new: list[_Seen]) -> list[_Detail]:
+    """A :class:`_Detail` per item, in order; those needing a request (push facts, signatures) in parallel."""
+    heavy = [i for i, s in enumerate(new) if s.target.public_keys or (s.before is not None and look.push_info is not None)]
+    details: dict[int, _Detail] = dict(zip(heavy, _parallel(lambda i: _examine(look, new[i]), heavy), strict=True))
+    return [details[i] if i in details else _examine(look, s) for i, s in enumerate(new)]
+
+
+def _examine(look: _Lookups, seen: _Seen) -> _Detail:
+    """Malicious match and push facts for a moved tag; the signature verdict when the image pins a key."""
+    t, digest, before = seen
+    d = _Detail()
+    if before != digest:
+        d.malicious = look.malicious.get(digest) or look.child_hit.get(digest)
+        d.children_error = look.child_err.get(digest)
+        if before is not None and (d.malicious or digest not in t.allow) and look.push_info is not None:
             try:
-                for child in clients[t.ref.registry].get_index_children(t.ref.repository, digest):
-                    if child.digest in malicious:
-                        return digest, malicious[child.digest], None
+                d.push = look.push_info.push_info(t.ref, digest)
+                d.push_answered = True
             except DigestguardError as e:
-                return digest, None, _error_text(e)
-            return digest, None, None
+                d.push_error = _error_text(e)
+    if t.public_keys:
+        key = (t.ref.registry, t.ref.repository, digest)
+        try:
+            if key not in look.sig_cache:
+                source = RegistrySignatureSource(look.clients[t.ref.registry])
+                look.sig_cache[key] = verify_signature(source, t.ref.repository, digest, list(t.public_keys))
+            d.signature = look.sig_cache[key]
+        except DigestguardError as e:
+            d.signature_error = _error_text(e)
+    return d
 
-        for digest, hit, err in _parallel(children, list(todo.items())):
-            child_hit[digest] = hit
-            if err:
-                child_err[digest] = err
 
-    sig_cache: dict[tuple[str, str, str], Any] = {}
+def _judge(seen: _Seen, d: _Detail, sigs: dict[str, tuple[str, str]]
+           ) -> tuple[Found, tuple[str, str, str, str] | None]:
+    """The events for one examined tag, and its signature verdict row for the state (``None``: no verdict)."""
+    t, digest, before = seen
+    found = Found()
+    if d.children_error:
+        found.notes.append(f"{t.key}: could not read the index to check its children: {d.children_error}")
+    push = d.push
+    if before != digest and d.malicious is not None:
+        pack, matched = d.malicious
+        found.events.append(MaliciousEvent(
+            reference=t.key, digest=digest, matched=matched, before=before, advisory=pack.advisory.id,
+            advisory_title=pack.advisory.title, advisory_source=pack.source,
+            pushed_at=push.pushed_at if push else None, pushed_by=push.pushed_by if push else None))
+    elif before != digest and before is not None and digest in t.allow:
+        found.allowed.append(AllowedChange(reference=t.key, before=before, after=digest))
+    elif before != digest and before is not None:
+        found.events.append(DriftEvent(
+            reference=t.key, before=before, after=digest, pushed_at=push.pushed_at if push else None,
+            pushed_by=push.pushed_by if push else None, push_info_error=d.push_error))
+    if not t.public_keys:
+        return found, None
+    sig_src = f"signature {t.key}"
+    check = d.signature
+    if check is None:
+        found.failed[sig_src] = d.signature_error or "signature not checked"
+        return found, None
+    found.counts["signatures_checked"] += 1
+    found.ok.add(sig_src)
+    status = check.status.value
+    if status != "signed-valid" and sigs.get(t.key) != (digest, status):
+        found.events.append(SignatureEvent(reference=t.key, digest=digest, status=status, reason=check.reason))
+    return found, (t.key, digest, status, check.reason)
 
-    def examine(item: tuple[Target, str, str | None]) -> dict[str, Any]:
-        t, digest, before = item
-        out: dict[str, Any] = {}
-        client = clients[t.ref.registry]
-        if before != digest:
-            hit = malicious.get(digest) or child_hit.get(digest)
-            if digest in child_err:
-                out["children_error"] = child_err[digest]
-            out["malicious"] = hit
-            if before is not None and (hit or digest not in t.allow) and push_info is not None:
-                try:
-                    out["push"] = push_info.push_info(t.ref, digest)
-                except DigestguardError as e:
-                    out["push_error"] = _error_text(e)
-        if t.public_keys:
-            from integrations.cosign import RegistrySignatureSource, verify_signature
 
-            key = (t.ref.registry, t.ref.repository, digest)
-            try:
-                if key not in sig_cache:
-                    sig_cache[key] = verify_signature(RegistrySignatureSource(client), t.ref.repository, digest,
-                                                      list(t.public_keys))
-                out["signature"] = sig_cache[key]
-            except DigestguardError as e:
-                out["signature_error"] = _error_text(e)
-        return out
-
-    needs_work = [x for x in new if x[0].public_keys or (x[2] is not None and push_info is not None)]
-    done = dict(zip((id(x) for x in needs_work), _parallel(examine, needs_work)))
-    details = [done[id(x)] if id(x) in done else examine(x) for x in new]
-
-    verdicts: list[tuple[str, str, str, str]] = []
-    push_failed: str | None = None
-    for (t, digest, before), d in zip(new, details):
-        push: PushInfo | None = d.get("push")
-        if d.get("push_error"):
-            push_failed = d["push_error"]
-        if d.get("children_error"):
-            report.notes.append(f"{t.key}: could not read the index to check its children: {d['children_error']}")
-        hit = d.get("malicious")
-        if before != digest:
-            if hit is not None:
-                pack, matched = hit
-                report.events.append(MaliciousEvent(
-                    reference=t.key, digest=digest, matched=matched, before=before, advisory=pack.advisory.id,
-                    advisory_title=pack.advisory.title, advisory_source=pack.source,
-                    pushed_at=push.pushed_at if push else None, pushed_by=push.pushed_by if push else None))
-            elif before is not None and digest in t.allow:
-                report.allowed.append(AllowedChange(reference=t.key, before=before, after=digest))
-            elif before is not None:
-                report.events.append(DriftEvent(
-                    reference=t.key, before=before, after=digest, pushed_at=push.pushed_at if push else None,
-                    pushed_by=push.pushed_by if push else None, push_info_error=d.get("push_error")))
-        if t.public_keys:
-            sig_src = f"signature {t.key}"
-            if "signature" in d:
-                check = d["signature"]
-                report.signatures_checked += 1
-                ok.add(sig_src)
-                status = check.status.value
-                prev = sigs.get(t.key)
-                if status != "signed-valid" and prev != (digest, status):
-                    report.events.append(SignatureEvent(reference=t.key, digest=digest, status=status, reason=check.reason))
-                verdicts.append((t.key, digest, status, check.reason))
-            else:
-                failed[sig_src] = d.get("signature_error", "signature not checked")
-    if push_info is not None:
-        src = f"push info {push_info.name}"
-        if push_failed:
-            failed[src] = push_failed
-        elif any("push" in d for d in details):
-            ok.add(src)
-    if changed:
-        state.record_digests(changed)
-    if verdicts:
-        state.record_signatures(verdicts)
+def _push_health(push_info: PushInfoSource | None, details: list[_Detail]) -> Found:
+    """The push-info source is down when any question failed (the last error is kept), up when one was answered."""
+    if push_info is None:
+        return Found()
+    src = f"push info {push_info.name}"
+    errors = [d.push_error for d in details if d.push_error]
+    if errors:
+        return Found(failed={src: errors[-1]})
+    return Found(ok={src}) if any(d.push_answered for d in details) else Found()
 
 
 def _parallel(fn: Callable[[Any], Any], items: list[Any], workers: int = 16) -> list[Any]:
@@ -320,48 +452,63 @@ def _parallel(fn: Callable[[Any], Any], items: list[Any], workers: int = 16) -> 
         return list(ex.map(fn, items))
 
 
-def _follow_logs(inventory: Inventory, state: WatchState, packs: Sequence[Pack], report: CycleReport,
-                 failed: dict[str, str], ok: set[str]) -> None:
-    files = [s for s in inventory.network_logs if s.kind == "file"]
-    skipped = [s for s in inventory.network_logs if s.kind != "file"]
-    for s in skipped:
-        report.notes.append(f"network log {s.name}: kind {s.kind} is not followed by the watch (use `digestguard sweep`)")
+# ----------------------------------------------------------------- network logs and outages
+
+
+def _follow_logs(cycle: _Cycle) -> Found:
+    """New lines of every file-kind network log, swept for every pack's indicators."""
+    logs = cycle.inventory.network_logs
+    found = Found(notes=[f"network log {s.name}: kind {s.kind} is not followed by the watch (use `digestguard sweep`)"
+                         for s in logs if s.kind != "file"])
+    files = [s for s in logs if s.kind == "file"]
     if not files:
-        return
-    ind = compile_indicators(packs)
-    if ind is None:
-        report.notes.append("no advisory has network indicators: network logs not followed")
-        return
+        return found
+    indicators = compile_indicators(cycle.packs)
+    if indicators is None:
+        found.notes.append("no advisory has network indicators: network logs not followed")
+        return found
     for src in files:
-        name = f"network log {src.name}"
-        try:
-            paths = log_files(inventory, src)
-            for p in paths:
-                key = str(p)
-                hits, pos, nbytes, restarted = follow_log(p, state.log_position(key), ind, src.format, src.name or key)
-                report.events.extend(hits)
-                report.log_files += 1
-                report.log_bytes += nbytes
-                if restarted:
-                    report.notes.append(f"{key}: truncated or rotated; read again from the start")
-                state.record_log_position(key, pos)
-        except (OSError, DigestguardError) as e:
-            failed[name] = _error_text(e) if isinstance(e, DigestguardError) else f"{getattr(e, 'filename', '')}: {e.strerror or e}"
-            continue
-        ok.add(name)
+        found.merge(_follow_source(cycle, src, indicators))
+    return found
 
 
-def _outage_events(state: WatchState, report: CycleReport, failed: Mapping[str, str], ok: set[str]) -> None:
+def _follow_source(cycle: _Cycle, src: NetworkLogSource, indicators: Indicators) -> Found:
+    """One source's files from where the last cycle stopped; a read failure is the source down (hits so far kept)."""
+    name = f"network log {src.name}"
+    found = Found()
+    try:
+        for p in log_files(cycle.inventory, src):
+            key = str(p)
+            hits, pos, nbytes, restarted = follow_log(p, cycle.state.log_position(key), indicators, src.format,
+                                                      src.name or key)
+            found.events.extend(hits)
+            found.counts.update(log_files=1, log_bytes=nbytes)
+            if restarted:
+                found.notes.append(f"{key}: truncated or rotated; read again from the start")
+            cycle.state.record_log_position(key, pos)
+    except DigestguardError as e:
+        found.failed[name] = _error_text(e)
+        return found
+    except OSError as e:
+        found.failed[name] = f"{getattr(e, 'filename', '')}: {e.strerror or e}"
+        return found
+    found.ok.add(name)
+    return found
+
+
+def _outage_events(state: WatchState, found: Found) -> list[Any]:
     """Down once per outage, recovered once: the outage flag per source lives in the state."""
     known = state.outages()
-    for source, err in sorted(failed.items()):
+    events: list[Any] = []
+    for source, err in sorted(found.failed.items()):
         if source not in known:
-            report.events.append(SourceDownEvent(source=source, error=err))
+            events.append(SourceDownEvent(source=source, error=err))
             state.mark_down(source, err)
-    for source in sorted(ok):
-        if source in known and source not in failed:
-            report.events.append(SourceRecoveredEvent(source=source, down_since=known[source].since))
+    for source in sorted(found.ok):
+        if source in known and source not in found.failed:
+            events.append(SourceRecoveredEvent(source=source, down_since=known[source].since))
             state.mark_up(source)
+    return events
 
 
 # ================================================================= the loop and alerts
@@ -369,6 +516,8 @@ def _outage_events(state: WatchState, report: CycleReport, failed: Mapping[str, 
 
 StartIncident = Callable[[MaliciousEvent], str]
 """Start a dry-run incident for a malicious match; return its incident id."""
+
+_POOL_OPTIONS = ("max_retries", "backoff", "max_backoff", "timeout")
 
 
 def run_watch(
@@ -404,8 +553,8 @@ def run_watch(
         raise InputError("interval", "must not be negative")
     run = cycle or watch_cycle
     own_pool = registries is None
-    pool = registries or RegistryPool(inventory, **{k: cycle_options.pop(k) for k in list(cycle_options)
-                                                    if k in ("max_retries", "backoff", "max_backoff", "timeout")})
+    pool_options = {k: cycle_options.pop(k) for k in list(cycle_options) if k in _POOL_OPTIONS}
+    pool = registries or RegistryPool(inventory, **pool_options)
     reports: list[CycleReport] = []
     try:
         n = 0
@@ -414,8 +563,7 @@ def run_watch(
                 sleep(interval)
             n += 1
             rep = run(inventory, state, registries=pool, **cycle_options)
-            _start_incidents(rep, start_incident)
-            _deliver(rep, state, alert)
+            rep = _deliver(_start_incidents(rep, start_incident), state, alert)
             reports.append(rep)
             if on_report:
                 on_report(rep)
@@ -425,38 +573,47 @@ def run_watch(
     return reports
 
 
-def _start_incidents(rep: CycleReport, start_incident: StartIncident | None) -> None:
+def _start_incidents(rep: CycleReport, start_incident: StartIncident | None) -> CycleReport:
+    """The report with one dry-run incident started per advisory matched (its id or error on each match)."""
     started: dict[str, tuple[str | None, str | None]] = {}
     for ev in rep.by_kind("malicious"):
         if ev.advisory not in started:
-            if start_incident is None:
-                started[ev.advisory] = (None, "no incident starter configured")
-            else:
-                try:
-                    started[ev.advisory] = (start_incident(ev), None)
-                except Exception as e:  # the alert must still go out, naming what failed
-                    started[ev.advisory] = (None, f"{type(e).__name__}: {str(e)[:300]}")
+            started[ev.advisory] = _start_one(ev, start_incident)
+    for ev in rep.by_kind("malicious"):
         ev.incident, ev.incident_error = started[ev.advisory]
-    rep.incidents = [i for i, _ in started.values() if i]
+    return rep.model_copy(update={"incidents": [i for i, _ in started.values() if i]})
 
 
-def _deliver(rep: CycleReport, state: WatchState, alert: Alert | None) -> None:
+def _start_one(ev: MaliciousEvent, start_incident: StartIncident | None) -> tuple[str | None, str | None]:
+    """``(incident id, None)`` or ``(None, why not)``."""
+    if start_incident is None:
+        return None, "no incident starter configured"
+    try:
+        return start_incident(ev), None
+    except Exception as e:  # the alert must still go out, naming what failed
+        return None, f"{type(e).__name__}: {str(e)[:300]}"
+
+
+def _deliver(rep: CycleReport, state: WatchState, alert: Alert | None) -> CycleReport:
+    """The report after its alerts (and those still queued) went out; what could not go is queued in the state."""
     if alert is None:  # no channel configured: the events are in the report (printed, logged), nothing to queue for
-        rep.alerts_pending = state.count_pending()
-        return
+        return rep.model_copy(update={"alerts_pending": state.count_pending()})
+    sent = 0
+    notes: list[str] = []
     pending = state.pending_alerts()
     if pending:
         try:
             alert([e for _, e in pending])
             state.drop_alerts([i for i, _ in pending])
-            rep.alerts_sent += len(pending)
+            sent += len(pending)
         except DigestguardError as e:
-            rep.notes.append(f"alerts still undelivered: {_error_text(e)}")
+            notes.append(f"alerts still undelivered: {_error_text(e)}")
     if rep.events:
         try:
             alert(rep.events)
-            rep.alerts_sent += len(rep.events)
+            sent += len(rep.events)
         except DigestguardError as e:
             state.queue_alerts(rep.events)
-            rep.notes.append(f"alert delivery failed, {len(rep.events)} event(s) queued for the next cycle: {_error_text(e)}")
-    rep.alerts_pending = state.count_pending()
+            notes.append(f"alert delivery failed, {len(rep.events)} event(s) queued for the next cycle: {_error_text(e)}")
+    return rep.model_copy(update={"alerts_sent": rep.alerts_sent + sent, "notes": rep.notes + notes,
+                                  "alerts_pending": state.count_pending()})

@@ -8,10 +8,13 @@ read back exactly (``WATCH_EVENT.validate_json``).
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import Field, TypeAdapter
+
+from digestguard._model import Model
+from digestguard.timeutil import now
 
 Severity = Literal["info", "warning", "high", "critical"]
 
@@ -26,21 +29,11 @@ def redact_line(text: str | None, limit: int = 240) -> str | None:
     return _QUERY_VALUE.sub(r"\1…", text)[:limit]
 
 
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def iso_or_none(d: datetime | None) -> str | None:
-    return d.isoformat() if d else None
-
-
 # ================================================================= events
 
 
-class _Event(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    at: datetime = Field(default_factory=utc_now)
+class _Event(Model):
+    at: datetime = Field(default_factory=now)
 
     def summary(self) -> str:  # pragma: no cover - every event overrides it
         raise NotImplementedError
@@ -153,7 +146,7 @@ WatchEvent = Annotated[
 WATCH_EVENT: TypeAdapter[Any] = TypeAdapter(WatchEvent)
 
 
-class AllowedChange(BaseModel):
+class AllowedChange(Model):
     """A tag moved to a digest the inventory lists as expected: recorded, not alerted."""
 
     reference: str
@@ -161,10 +154,8 @@ class AllowedChange(BaseModel):
     after: str
 
 
-class CycleReport(BaseModel):
+class CycleReport(Model):
     """What one cycle saw and concluded. ``events`` are what deserve a person's attention."""
-
-    model_config = ConfigDict(extra="forbid")
 
     started_at: datetime
     finished_at: datetime | None = None

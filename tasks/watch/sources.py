@@ -11,19 +11,26 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel
-
+from digestguard import netlog
+from digestguard._model import Model
 from digestguard.advisory import PACKS_DIR, Advisory, load_advisory_file
 from digestguard.credentials import resolve
-from digestguard.errors import DigestguardError, InputError, NotFound
+from digestguard.errors import AuthError, DigestguardError, InputError, NotFound
 from digestguard.inventory import Inventory, NetworkLogSource, Registry
 from digestguard.reference import DOCKER_HUB, DOCKER_HUB_ALIASES, ImageReference, parse_digest, parse_reference
+from digestguard.timeutil import parse_time, utc
+from integrations.cosign import load_public_keys
+from integrations.dockerhub import API_URL, DockerHub
+from integrations.registry import RegistryClient
+from tasks.scan.references import scan_tree
+from tasks.sweep.engine import RawHit, compile_matcher, scan_chunk
 from tasks.watch.events import NetworkHitEvent, redact_line
 from tasks.watch.state import LogPosition
 
@@ -100,8 +107,6 @@ def inventory_targets(inventory: Inventory, include_repositories: bool = False) 
                 keys = (kp.read_bytes(),)
             except OSError as e:
                 raise InputError(where, f"cannot read cosign public key {kp}: {e.strerror}", "cosign_public_key") from None
-            from integrations.cosign import load_public_keys
-
             load_public_keys(keys, f"{where} cosign_public_key")  # fail now, not at the first new digest
         allow = frozenset(parse_digest(d, f"{where} allow") for d in img.allow)
         t = _canonical_tag_ref(ref)
@@ -115,8 +120,6 @@ def repository_targets(inventory: Inventory) -> tuple[list[Target], dict[str, st
     Returns ``(targets, failures)`` where failures maps ``repository NAME`` to
     the reason its checkout could not be scanned.
     """
-    from tasks.scan.references import scan_tree
-
     out: dict[str, Target] = {}
     failures: dict[str, str] = {}
     for repo in inventory.repositories:
@@ -162,7 +165,7 @@ def registry_entry_for(inventory: Inventory, host: str) -> Registry | None:
     return None
 
 
-class RegistryPool:
+class RegistryPool(AbstractContextManager["RegistryPool"]):
     """One :class:`RegistryClient` per registry host, kept across cycles (keep-alive, cached tokens).
 
     Credentials come from the host's inventory entry (``env:``/``prefect-secret:``
@@ -180,8 +183,6 @@ class RegistryPool:
 
     def client(self, host: str) -> Any:
         """The client for ``host``; raises :class:`InputError` when its credentials cannot be resolved."""
-        from integrations.registry import RegistryClient
-
         with self._lock:
             c = self._clients.get(host)
             if c is None:
@@ -202,9 +203,6 @@ class RegistryPool:
         for c in clients.values():
             c.close()
 
-    def __enter__(self) -> "RegistryPool":
-        return self
-
     def __exit__(self, *exc: object) -> None:
         self.close()
 
@@ -212,7 +210,7 @@ class RegistryPool:
 # ================================================================= push info (Docker Hub)
 
 
-class PushInfo(BaseModel):
+class PushInfo(Model):
     """When a tag was last pushed and by whom, as far as the registry says."""
 
     pushed_at: datetime | None = None
@@ -243,8 +241,6 @@ class DockerHubPushInfo:
         self.name = f"docker hub api {hub.api_url}"
 
     def push_info(self, ref: ImageReference, digest: str) -> PushInfo | None:
-        from digestguard.errors import AuthError
-
         if ref.registry != DOCKER_HUB:
             return None
         name = ref.repository
@@ -261,7 +257,7 @@ class DockerHubPushInfo:
                 return info
             mine = [e for e in events if e.data.get("tag") in (None, ref.effective_tag)]
             exact = [e for e in mine if e.data.get("digest") == digest]
-            best = max(exact or mine, key=lambda e: e.timestamp or datetime.min.replace(tzinfo=timezone.utc), default=None)
+            best = max(exact or mine, key=lambda e: e.timestamp or utc(datetime.min), default=None)
             if best is not None:
                 info.pushed_by = best.actor or None
                 info.pushed_at = info.pushed_at or best.timestamp
@@ -271,18 +267,14 @@ class DockerHubPushInfo:
         self.hub.close()
 
 
-def dockerhub_push_info(inventory: Inventory) -> DockerHubPushInfo | None:
-    """The Docker Hub push-info source for this inventory (None when ``integrations.dockerhub`` is absent).
+def dockerhub_push_info(inventory: Inventory) -> DockerHubPushInfo:
+    """The Docker Hub push-info source for this inventory.
 
     The API base is the ``api_url`` of an inventory registry of kind ``dockerhub``
     (default ``https://hub.docker.com``); its ``token`` (organisation access
     token) or ``username``/``password`` (personal access token) unlock the
     audit log. Raises :class:`InputError` when a credential reference cannot be resolved.
     """
-    try:
-        from integrations.dockerhub import API_URL, DockerHub
-    except ImportError:
-        return None
     entry = next((r for r in inventory.registries if r.kind == "dockerhub"), None)
     if entry is None:
         return DockerHubPushInfo(DockerHub(api_url=API_URL, max_retries=2), audit=False)
@@ -308,8 +300,6 @@ class Indicators:
 
 def compile_indicators(packs: Sequence[Pack]) -> Indicators | None:
     """The sweep engine's matcher over all packs' indicators (None when no pack has any)."""
-    from tasks.sweep.engine import compile_matcher
-
     pairs: dict[tuple[str, str], list[str]] = {}
     for p in packs:
         for ind in p.advisory.network:
@@ -344,55 +334,61 @@ def follow_log(path: Path, pos: LogPosition | None, indicators: Indicators, log_
     of the file. Gzip files cannot be followed by offset: they are re-read when
     their size changes and only lines past the last count are reported.
     """
-    from digestguard import netlog
-    from tasks.sweep.engine import scan_chunk
-
     st = path.stat()
     head = netlog.read_head(path)
     fmt = netlog.format_by_name(log_format, head) if log_format else netlog.detect_format(head)
     restarted = pos is not None and (st.st_size < pos.offset or (pos.inode is not None and pos.inode != st.st_ino))
-    start = 0 if (pos is None or restarted) else pos.offset
-    lines_before = 0 if (pos is None or restarted) else pos.lines
-    raw: list[tuple] = []
+    since = None if restarted else pos
     if netlog.is_gzip(path):
-        if pos is not None and not restarted and st.st_size == pos.offset:
-            return [], pos, 0, False
-        total = 0
-        for chunk, _trunc in netlog.iter_chunks(path):
-            if chunk:
-                n, _ = scan_chunk(indicators.matcher, fmt, chunk, total, raw)
-                total += n
-        raw = [h for h in raw if h[0] > lines_before]
-        new_pos = LogPosition(st.st_size, total, st.st_ino)
+        if since is not None and st.st_size == since.offset:
+            return [], since, 0, False
+        raw, new_pos = _reread_gzip(path, st, since, indicators, fmt)
         nbytes = st.st_size
     else:
-        lines = lines_before
-        offset = start
-        nbytes = 0
-        with open(path, "rb") as f:
-            f.seek(start)
-            carry = b""
-            remaining = st.st_size - start
-            while remaining > 0:
-                block = f.read(min(CHUNK, remaining))
-                if not block:
-                    break
-                remaining -= len(block)
-                data = carry + block
-                cut = data.rfind(b"\n")
-                if cut < 0:
-                    carry = data
-                    continue
-                chunk, carry = data[: cut + 1], data[cut + 1:]
-                n, _ = scan_chunk(indicators.matcher, fmt, chunk, lines, raw)
-                lines += n
-                offset += len(chunk)
-                nbytes += len(chunk)
-        new_pos = LogPosition(offset, lines, st.st_ino)
-    hits = []
-    for line, ind, kind, ts_iso, _field, text in raw:
-        hits.append(NetworkHitEvent(
-            source=source, path=str(path), line=line, indicator=ind, indicator_kind=kind,
-            advisories=indicators.advisories.get(ind, []), timestamp=datetime.fromisoformat(ts_iso) if ts_iso else None,
-            text=redact_line(text)))
+        raw, new_pos, nbytes = _read_appended(path, st, since, indicators, fmt)
+    hits = [NetworkHitEvent(source=source, path=str(path), line=line, indicator=ind, indicator_kind=kind,
+                            advisories=indicators.advisories.get(ind, []), timestamp=parse_time(ts_iso),
+                            text=redact_line(text))
+            for line, ind, kind, ts_iso, _field, text in raw]
     return hits, new_pos, nbytes, restarted
+
+
+def _reread_gzip(path: Path, st: os.stat_result, since: LogPosition | None, indicators: Indicators,
+                 fmt: netlog.LogFormat) -> tuple[list[RawHit], LogPosition]:
+    """A gzip log read whole; only hits on lines past ``since.lines`` are kept."""
+    raw: list[RawHit] = []
+    total = 0
+    for chunk, _trunc in netlog.iter_chunks(path):
+        if chunk:
+            n, _ = scan_chunk(indicators.matcher, fmt, chunk, total, raw)
+            total += n
+    lines_before = since.lines if since else 0
+    return [h for h in raw if h[0] > lines_before], LogPosition(st.st_size, total, st.st_ino)
+
+
+def _read_appended(path: Path, st: os.stat_result, since: LogPosition | None, indicators: Indicators,
+                   fmt: netlog.LogFormat) -> tuple[list[RawHit], LogPosition, int]:
+    """The complete lines of a plain log after ``since`` (a cut last line waits): hits, new position, bytes read."""
+    raw: list[RawHit] = []
+    start = since.offset if since else 0
+    lines = since.lines if since else 0
+    offset = start
+    with open(path, "rb") as f:
+        f.seek(start)
+        carry = b""
+        remaining = st.st_size - start
+        while remaining > 0:
+            block = f.read(min(CHUNK, remaining))
+            if not block:
+                break
+            remaining -= len(block)
+            data = carry + block
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                carry = data
+                continue
+            chunk, carry = data[: cut + 1], data[cut + 1:]
+            n, _ = scan_chunk(indicators.matcher, fmt, chunk, lines, raw)
+            lines += n
+            offset += len(chunk)
+    return raw, LogPosition(offset, lines, st.st_ino), offset - start

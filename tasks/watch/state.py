@@ -6,6 +6,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -13,16 +14,23 @@ from typing import Any
 
 from digestguard.errors import InputError
 from digestguard.inventory import Inventory
-from tasks.watch.events import WATCH_EVENT, iso_or_none, utc_now
+from digestguard.timeutil import now, parse_time
+from tasks.watch.events import WATCH_EVENT
 
 DEFAULT_STATE = ".digestguard/watch.sqlite"
 
 
+def _stamp(when: datetime | None = None) -> str:
+    """A time as the state stores it (ISO 8601 with offset); now when omitted."""
+    return (when or now()).isoformat()
+
 
 @dataclass(frozen=True)
 class Outage:
+    """A source marked down, since when (``None`` if the stored time is unreadable), with its first error."""
+
     source: str
-    since: datetime
+    since: datetime | None
     error: str
 
 
@@ -37,14 +45,17 @@ class LogPosition:
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS digests(reference TEXT PRIMARY KEY, digest TEXT NOT NULL, first_seen TEXT, changed_at TEXT);
-CREATE TABLE IF NOT EXISTS signatures(reference TEXT PRIMARY KEY, digest TEXT NOT NULL, status TEXT NOT NULL, reason TEXT, checked_at TEXT);
-CREATE TABLE IF NOT EXISTS log_positions(path TEXT PRIMARY KEY, offset INTEGER NOT NULL, lines INTEGER NOT NULL, inode INTEGER, updated_at TEXT);
+CREATE TABLE IF NOT EXISTS signatures(reference TEXT PRIMARY KEY, digest TEXT NOT NULL, status TEXT NOT NULL,
+    reason TEXT, checked_at TEXT);
+CREATE TABLE IF NOT EXISTS log_positions(path TEXT PRIMARY KEY, offset INTEGER NOT NULL, lines INTEGER NOT NULL,
+    inode INTEGER, updated_at TEXT);
 CREATE TABLE IF NOT EXISTS outages(source TEXT PRIMARY KEY, since TEXT NOT NULL, error TEXT);
-CREATE TABLE IF NOT EXISTS pending_alerts(id INTEGER PRIMARY KEY AUTOINCREMENT, event TEXT NOT NULL, queued_at TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS pending_alerts(id INTEGER PRIMARY KEY AUTOINCREMENT, event TEXT NOT NULL, queued_at TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0);
 """
 
 
-class WatchState:
+class WatchState(AbstractContextManager["WatchState"]):
     """The watch's memory (SQLite): last digest per tag, signature verdicts, log offsets, outages, undelivered alerts.
 
     Why SQLite: it survives restarts and crashes mid-cycle (each batch is one
@@ -71,9 +82,6 @@ class WatchState:
     def close(self) -> None:
         self._db.close()
 
-    def __enter__(self) -> "WatchState":
-        return self
-
     def __exit__(self, *exc: object) -> None:
         self.close()
 
@@ -93,7 +101,7 @@ class WatchState:
 
     def record_digests(self, changes: Mapping[str, str], when: datetime | None = None) -> None:
         """Remember ``{reference: digest}`` (one transaction)."""
-        at = iso_or_none(when or utc_now())
+        at = _stamp(when)
         self._write(
             "INSERT INTO digests(reference, digest, first_seen, changed_at) VALUES(?, ?, ?, ?) "
             "ON CONFLICT(reference) DO UPDATE SET digest=excluded.digest, changed_at=excluded.changed_at",
@@ -107,7 +115,7 @@ class WatchState:
 
     def record_signatures(self, verdicts: Iterable[tuple[str, str, str, str]]) -> None:
         """Rows of ``(reference, digest, status, reason)``."""
-        at = iso_or_none(utc_now())
+        at = _stamp()
         self._write(
             "INSERT INTO signatures(reference, digest, status, reason, checked_at) VALUES(?, ?, ?, ?, ?) "
             "ON CONFLICT(reference) DO UPDATE SET digest=excluded.digest, status=excluded.status, reason=excluded.reason, "
@@ -125,23 +133,23 @@ class WatchState:
             "INSERT INTO log_positions(path, offset, lines, inode, updated_at) VALUES(?, ?, ?, ?, ?) "
             "ON CONFLICT(path) DO UPDATE SET offset=excluded.offset, lines=excluded.lines, inode=excluded.inode, "
             "updated_at=excluded.updated_at",
-            [(path, pos.offset, pos.lines, pos.inode, iso_or_none(utc_now()))],
+            [(path, pos.offset, pos.lines, pos.inode, _stamp())],
         )
 
     # -- outages
     def outages(self) -> dict[str, Outage]:
-        return {s: Outage(s, datetime.fromisoformat(since), err or "")
+        return {s: Outage(s, parse_time(since), err or "")
                 for s, since, err in self._db.execute("SELECT source, since, error FROM outages")}
 
     def mark_down(self, source: str, error: str) -> None:
-        self._write("INSERT OR IGNORE INTO outages(source, since, error) VALUES(?, ?, ?)", [(source, iso_or_none(utc_now()), error[:500])])
+        self._write("INSERT OR IGNORE INTO outages(source, since, error) VALUES(?, ?, ?)", [(source, _stamp(), error[:500])])
 
     def mark_up(self, source: str) -> None:
         self._write("DELETE FROM outages WHERE source=?", [(source,)])
 
     # -- undelivered alerts
     def queue_alerts(self, events: Sequence[Any]) -> None:
-        at = iso_or_none(utc_now())
+        at = _stamp()
         self._write("INSERT INTO pending_alerts(event, queued_at) VALUES(?, ?)",
                     [(e.model_dump_json(), at) for e in events])
 

@@ -17,17 +17,17 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
+from digestguard.errors import InputError
 from digestguard.inventory import load_inventory
-from tasks.watch.cycle import (
-    MaliciousEvent,
-    RegistryPool,
-    WatchState,
-    load_packs,
-    run_watch,
-    slack_alerter,
-    watch_cycle,
-)
+from digestguard.journal import Journal
 from flows.drill.servers.slack import SlackServer
+from flows.watch import run, watch
+from tasks.watch.alerts import slack_alerter
+from tasks.watch.cycle import run_watch, watch_cycle
+from tasks.watch.events import MaliciousEvent
+from tasks.watch.sources import RegistryPool, load_packs
+from tasks.watch.state import WatchState
+from tests.fakes.dockerhub import start_dockerhub
 from tests.support.cosign import new_key, public_pem, sign_image
 from tests.support.registry import push_image, push_index, put_manifest
 
@@ -278,8 +278,6 @@ def test_signatures_valid_unsigned_and_wrong_key(registry, tmp_path: Path):
 
 
 def test_missing_public_key_is_an_input_error(registry, tmp_path: Path):
-    from digestguard.errors import InputError
-
     inv = load_inventory(write_inventory(tmp_path, images=[
         {"reference": registry.ref("watch/x", "v1"), "cosign_public_key": "missing.pub"}]))
     with WatchState.for_inventory(inv) as state, pytest.raises(InputError, match="cosign_public_key"):
@@ -425,8 +423,6 @@ def test_include_repositories_watches_tagged_references_in_checkouts(registry, t
 
 def test_flow_starts_dry_run_incident_response(prefect_harness, registry, tmp_path: Path, slack: SlackServer):
     """Slack: the local SlackServer receives the watch's critical alert and the dry-run incident's own messages."""
-    from flows.watch import run, watch
-
     repo = "watch/flow"
     push_index(registry.base_url, repo, "latest")
     evil = push_index(registry.base_url, repo, "evil-staging")
@@ -446,10 +442,7 @@ def test_flow_starts_dry_run_incident_response(prefect_harness, registry, tmp_pa
     assert any("MALICIOUS" in t and incident in t for t in texts)
     assert any(incident in t and "MALICIOUS" not in t for t in texts)  # the incident flow's own notice
 
-    from digestguard.journal import Journal
-    from digestguard.inventory import load_inventory as _load
-
-    started = [e for e in Journal(_load(inv_path).journal_path()).events(incident) if (e["stage"], e["kind"]) == ("flow", "started")]
+    started = [e for e in Journal(load_inventory(inv_path).journal_path()).events(incident) if (e["stage"], e["kind"]) == ("flow", "started")]
     assert started and started[0]["detail"]["mode"] == "dry-run"
     assert started[0]["detail"]["triggered_by"] == f"watch: {registry.ref(repo, 'latest')} -> {evil.digest}"
 
@@ -461,8 +454,6 @@ def test_drift_on_docker_hub_names_push_time_and_pusher(registry, tmp_path: Path
                                                         monkeypatch: pytest.MonkeyPatch):
     """Docker Hub APIs through tests.fakes.dockerhub (tag_last_pushed, audit logs); the real registry stands in
     for registry-1.docker.io as an inventory mirror (``mirror_of: docker.io``); Slack through the local SlackServer."""
-    from tests.fakes.dockerhub import start_dockerhub
-
     hub = start_dockerhub()
     hub.tokens.add("org-access-token-for-tests")
     monkeypatch.setenv("DG_HUB_TOKEN", "org-access-token-for-tests")
