@@ -415,7 +415,8 @@ def report_cmd(
         typer.echo(f"wrote {out} (from the run's report)")
         return
     from digestguard.journal import Journal
-    from tasks.report.model import report_from_journal, write_report
+    from tasks.report.from_journal import report_from_journal
+    from tasks.report.html import write_report
 
     rep = report_from_journal(Journal(path), incident)
     write_report(rep, out)

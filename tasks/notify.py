@@ -34,17 +34,23 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
+
+from prefect.runtime import flow_run
+from prefect.settings import get_current_settings
 
 from digestguard.credentials import resolve
 from digestguard.errors import DigestguardError, NotFound, RateLimited, Unavailable
 from digestguard.findings import ActionOutcome
 from digestguard.inventory import ApprovalPolicy, Inventory
 from digestguard.journal import Journal
+from digestguard.markdown import mrkdwn
 from digestguard.plan import Approval, Plan
+from digestguard.timeutil import now, utc
 from integrations.slack import SlackClient, SlackMessage, channel_name_for
+from tasks.report.model import IncidentReport
 
 __all__ = [
     "MASK",
@@ -101,7 +107,7 @@ def redact(text: str, secrets: Iterable[str], *, mask: str = MASK) -> str:
         if len(s) < 4:
             short.add(s)
             continue
-        variants.update({s, json.dumps(s)[1:-1], quote(s, safe=""), s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")})
+        variants.update({s, json.dumps(s)[1:-1], quote(s, safe=""), mrkdwn(s)})
     for v in sorted(variants, key=len, reverse=True):
         text = text.replace(v, mask)
     for v in short:
@@ -118,8 +124,6 @@ def prefect_ui_url() -> str | None:
     if env:
         return env.rstrip("/")
     try:
-        from prefect.settings import get_current_settings
-
         url = get_current_settings().ui_url
     except Exception:  # noqa: BLE001 - a link is a convenience, never a failure
         return None
@@ -130,8 +134,6 @@ def flow_run_url(flow_run_id: Any | None = None) -> str | None:
     """``<ui>/runs/flow-run/<id>`` for ``flow_run_id`` (default: the current flow run), or None."""
     if flow_run_id is None:
         try:
-            from prefect.runtime import flow_run
-
             flow_run_id = flow_run.id
         except Exception:  # noqa: BLE001
             flow_run_id = None
@@ -144,24 +146,15 @@ def flow_run_url(flow_run_id: Any | None = None) -> str | None:
 # --------------------------------------------------------------------------- Slack text helpers
 
 
-def _esc(text: Any) -> str:
-    """Slack mrkdwn escaping: only ``&``, ``<`` and ``>`` are control characters."""
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def _link(url: str | None, label: str) -> str:
     if not url or not re.match(r"^https?://", url) or any(c in url for c in "|<> "):
-        return _esc(label) + (f" ({_esc(url)})" if url else "")
-    return f"<{url}|{_esc(label)}>"
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
+        return mrkdwn(label) + (f" ({mrkdwn(url)})" if url else "")
+    return f"<{url}|{mrkdwn(label)}>"
 
 
 def _hhmm(d: datetime) -> str:
-    d = d if d.tzinfo else d.replace(tzinfo=timezone.utc)
-    return d.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    """``2026-04-22 12:35 UTC``: to the minute, which is what a person reading a channel needs."""
+    return utc(d).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _cap(text: str, limit: int = _BLOCK_TEXT_MAX) -> str:
@@ -198,7 +191,7 @@ def markdown_to_mrkdwn(md: str, limit: int = _DETAILS_MAX) -> str:
             table.clear()
 
     for raw in md.splitlines():
-        line = _esc(raw)
+        line = mrkdwn(raw)
         if line.lstrip().startswith("|"):
             if not re.fullmatch(r"\s*\|(\s*:?-{3,}:?\s*\|)+\s*", line):
                 table.append(line.replace("\\|", "/").replace("`", ""))
@@ -225,10 +218,11 @@ def who_must_approve(policy: ApprovalPolicy | None, *, approvers: Iterable[str] 
     parts = ["two distinct approvers" if policy.two_approvers else "one approver"]
     names = [a for a in approvers if a]
     if names:
-        parts.append("from " + ", ".join(_esc(n) for n in names))
+        parts.append("from " + ", ".join(mrkdwn(n) for n in names))
     if policy.distinct_from_trigger:
-        parts.append(f"not {_esc(triggered_by)} (who started the run)" if triggered_by else "not the person who started the run")
-    deadline = _now() + timedelta(seconds=policy.timeout_seconds)
+        parts.append(f"not {mrkdwn(triggered_by)} (who started the run)" if triggered_by
+                     else "not the person who started the run")
+    deadline = now() + timedelta(seconds=policy.timeout_seconds)
     parts.append(f"before {_hhmm(deadline)} (the run stops without a decision)")
     return ", ".join(parts)
 
@@ -306,7 +300,8 @@ class Notifier:
         known = [s for s in secrets if s]
         common: dict[str, Any] = dict(advisory_id=advisory_id, title=title, run_url=run_url, cooldown=cooldown)
         if inventory.slack is None:
-            return cls(journal, incident, client=None, channel=None, disabled_reason="no slack section in the inventory", **common)
+            return cls(journal, incident, client=None, channel=None, disabled_reason="no slack section in the inventory",
+                       **common)
         cfg = inventory.slack
         try:
             token = resolve(cfg.token, "inventory slack.token") or ""
@@ -321,7 +316,8 @@ class Notifier:
         return self.client is not None
 
     # ------------------------------------------------------------------ plumbing
-    def _outcome(self, action: str, outcome: str, *, detail: dict[str, Any] | None = None, error: str | None = None) -> ActionOutcome:
+    def _outcome(self, action: str, outcome: str, *, detail: dict[str, Any] | None = None,
+                 error: str | None = None) -> ActionOutcome:
         o = ActionOutcome(stage="notify", target="slack", action=action, outcome=outcome, detail=detail or {}, error=error)  # type: ignore[arg-type]
         self.outcomes.append(o)
         return o
@@ -394,12 +390,12 @@ class Notifier:
             st = self.stages[s]
             icon = _ICONS.get(st.get("status", ""), ":small_blue_diamond:")
             summary = st.get("summary") or ""
-            lines.append(f"{icon} *{_esc(s)}*: {_esc(st.get('status', ''))}" + (f" · {_esc(summary)}" if summary else ""))
+            lines.append(f"{icon} *{mrkdwn(s)}*: {mrkdwn(st.get('status', ''))}" + (f" · {mrkdwn(summary)}" if summary else ""))
         board = "\n".join(lines) or "_Response starting…_"
-        ctx = " · ".join(x for x in [f"advisory `{_esc(self.advisory_id)}`" if self.advisory_id else "",
+        ctx = " · ".join(x for x in [f"advisory `{mrkdwn(self.advisory_id)}`" if self.advisory_id else "",
                                      _link(self.run_url, "Prefect flow run") if self.run_url else "",
-                                     f"updated {_hhmm(_now())}"] if x)
-        text = f":rotating_light: *{_esc(head)}*\n{board}\n{ctx}"
+                                     f"updated {_hhmm(now())}"] if x)
+        text = f":rotating_light: *{mrkdwn(head)}*\n{board}\n{ctx}"
         blocks = [{"type": "header", "text": {"type": "plain_text", "text": f"🚨 {head}"[:150], "emoji": True}},
                   _section(board), _context(ctx)]
         return text, blocks
@@ -440,7 +436,7 @@ class Notifier:
         """Set ``stage``'s line on the board (``status``: started, done, failed, skipped, planned, partial ...)
         and, with ``details`` (Markdown built from ids and counts, e.g. ``plan.markdown()``), post them in
         the thread, converted to Slack mrkdwn."""
-        self.stages[stage] = {"status": status, "summary": summary[:300], "at": _now().isoformat(timespec="seconds")}
+        self.stages[stage] = {"status": status, "summary": summary[:300], "at": now().isoformat(timespec="seconds")}
         self._save_board()
 
         def run() -> dict[str, Any]:
@@ -449,32 +445,35 @@ class Notifier:
             self._refresh()
             detail: dict[str, Any] = {"status": status}
             if details:
-                reply = self.client.reply(self.message, f"*{_esc(stage)}* · {_esc(status)}\n{markdown_to_mrkdwn(details)}")
+                reply = self.client.reply(self.message, f"*{mrkdwn(stage)}* · {mrkdwn(status)}\n{markdown_to_mrkdwn(details)}")
                 detail["reply_ts"] = reply.ts
             return detail
 
         return self._attempt(f"stage:{stage}", run)
 
     # ------------------------------------------------------------------ approvals
-    def _approval_text(self, plan: Plan, *, who: str, link: str | None, top: int, decision: str | None = None) -> tuple[str, list[dict[str, Any]]]:
+    def _approval_text(self, plan: Plan, *, who: str, link: str | None, top: int,
+                       decision: str | None = None) -> tuple[str, list[dict[str, Any]]]:
         verbs = {"rotate": "rotated", "purge": "purged", "pin": "pinned"}
         counts = Counter(i.action for i in plan.items)
-        count_text = ", ".join(f"{n} {_esc(a)}" for a, n in counts.most_common()) or "nothing"
-        lines = [f"*{len(plan.items)} item(s) will be {verbs.get(plan.stage, 'changed')}* ({count_text}). Plan `{plan.short_hash}`."]
+        count_text = ", ".join(f"{n} {mrkdwn(a)}" for a, n in counts.most_common()) or "nothing"
+        verb = verbs.get(plan.stage, "changed")
+        lines = [f"*{len(plan.items)} item(s) will be {verb}* ({count_text}). Plan `{plan.short_hash}`."]
         for it in plan.items[:top]:
-            reason = f" · {_esc(it.reason[:120])}" if it.reason else ""
-            lines.append(f"• {_esc(it.action)} `{_esc(it.target)}`{reason}")
+            reason = f" · {mrkdwn(it.reason[:120])}" if it.reason else ""
+            lines.append(f"• {mrkdwn(it.action)} `{mrkdwn(it.target)}`{reason}")
         if len(plan.items) > top:
             lines.append(f"• … and {len(plan.items) - top} more (all listed in the run's approval form)")
         body = "\n".join(lines)
         title = f"{plan.stage.capitalize()} plan for incident {self.incident}"
         if decision:
-            first = f"{decision}\n*{_esc(title)}*"
+            first = f"{decision}\n*{mrkdwn(title)}*"
             ask = _link(link, "Prefect flow run") if link else ""
         else:
-            first = f":raised_hand: *Approval needed: {_esc(title)}*"
-            ask = f"*Who must approve:* {who}\n" + (f"{_link(link, 'Open the paused run in Prefect')} to approve or reject."
-                                                      if link else "Approve or reject in the Prefect UI (flow run link unavailable).")
+            first = f":raised_hand: *Approval needed: {mrkdwn(title)}*"
+            how = (f"{_link(link, 'Open the paused run in Prefect')} to approve or reject." if link
+                   else "Approve or reject in the Prefect UI (flow run link unavailable).")
+            ask = f"*Who must approve:* {who}\n" + how
         text = "\n".join(x for x in (first, body, ask) if x)
         blocks = [_section(first), _section(body)] + ([_section(ask)] if ask else [])
         return text, blocks
@@ -521,18 +520,19 @@ class Notifier:
         """Edit the approval request with the decision, approvers and time (``approval=None``: no decision came)."""
         action = f"approval-request:{plan.stage}"
         if approval is None:
-            decision, status, who, at = ":alarm_clock: *No decision* (timed out)", "no-decision", "", _now()
+            decision, status, who, at = ":alarm_clock: *No decision* (timed out)", "no-decision", "", now()
         else:
             who = ", ".join(approval.approvers)
             at = approval.at
             if approval.approved:
-                decision, status = f":white_check_mark: *Approved* by {_esc(who)} at {_hhmm(at)}", "approved"
+                decision, status = f":white_check_mark: *Approved* by {mrkdwn(who)} at {_hhmm(at)}", "approved"
             else:
-                decision, status = f":no_entry: *Rejected* by {_esc(who)} at {_hhmm(at)}", "rejected"
+                decision, status = f":no_entry: *Rejected* by {mrkdwn(who)} at {_hhmm(at)}", "rejected"
             if approval.reason:
-                decision += f": {_esc(approval.reason[:300])}"
+                decision += f": {mrkdwn(approval.reason[:300])}"
             if approval.plan_hash != plan.hash:
-                decision += f"\n:warning: the decision was for plan `{approval.plan_hash[7:19]}`, not `{plan.short_hash}`: it does not apply"
+                decision += (f"\n:warning: the decision was for plan `{approval.plan_hash[7:19]}`, not `{plan.short_hash}`: "
+                             "it does not apply")
         self.stages[plan.stage] = {"status": status, "summary": (f"by {who} at {_hhmm(at)}" if who else _hhmm(at))}
         self._save_board()
         link = None
@@ -559,26 +559,28 @@ class Notifier:
         return self._attempt(action, run)
 
     # ------------------------------------------------------------------ the end
-    def final_summary(self, report: Any, *, html: str | None = None, filename: str | None = None) -> list[ActionOutcome]:
+    def final_summary(self, report: IncidentReport, *, html: str | None = None,
+                      filename: str | None = None) -> list[ActionOutcome]:
         """Post (or on a re-run edit) the summary in the thread, mark the board finished, upload the HTML report.
 
-        ``report`` is a :class:`tasks.report.model.IncidentReport`. Returns one outcome per Slack action.
+        Returns one outcome per Slack action.
         """
         counts = report.counts()
         people = report.all_needs_person()
         status = "done" if not people else "partial"
-        self.stages["report"] = {"status": status, "summary": (f"{len(people)} item(s) need a person" if people else "nothing left for a person")}
+        left = f"{len(people)} item(s) need a person" if people else "nothing left for a person"
+        self.stages["report"] = {"status": status, "summary": left}
         self._save_board()
         text, blocks = self._summary_text(report, people)
-        outs: list[ActionOutcome] = []
         self._forcing = True  # the summary is the record people read: always try, even right after an outage
         try:
-            return self._final(report, html, filename, text, blocks, people, counts, outs)
+            return self._final(html, filename, text, blocks, people, counts)
         finally:
             self._forcing = False
 
-    def _final(self, report: Any, html: str | None, filename: str | None, text: str, blocks: list[dict[str, Any]],
-               people: list[str], counts: dict[str, Any], outs: list[ActionOutcome]) -> list[ActionOutcome]:
+    def _final(self, html: str | None, filename: str | None, text: str, blocks: list[dict[str, Any]],
+               people: list[str], counts: dict[str, Any]) -> list[ActionOutcome]:
+        """Post or edit the summary, then upload the HTML report unless the same one is already in the thread."""
         def run() -> dict[str, Any]:
             assert self.client is not None
             self._ensure_open()
@@ -595,7 +597,7 @@ class Notifier:
             return {"channel": msg.channel, "ts": msg.ts, "needs_person_count": len(people),
                     "compromised_count": counts["compromised"], "reused": False}
 
-        outs.append(self._attempt("final-summary", run))
+        outs = [self._attempt("final-summary", run)]
         if outs[-1].outcome == "failed":
             self._forcing = False  # Slack just failed again: do not wait through the upload's retries too
         if html is not None:
@@ -616,16 +618,16 @@ class Notifier:
             outs.append(self._attempt("report-file", upload))
         return outs
 
-    def _summary_text(self, report: Any, people: list[str]) -> tuple[str, list[dict[str, Any]]]:
-        lines = [f"• {_esc(x)}" for x in report.summary_lines()]
-        prs = [_link(p.url, f"{p.repository}#{p.number}" if p.number is not None else p.repository) for p in report.pull_requests]
+    def _summary_text(self, report: IncidentReport, people: list[str]) -> tuple[str, list[dict[str, Any]]]:
+        lines = [f"• {mrkdwn(x)}" for x in report.summary_lines()]
+        prs = [_link(p.url, p.label()) for p in report.pull_requests]
         if prs:
             lines.append("• Pull requests: " + ", ".join(prs))
-        head = f":clipboard: *Incident {_esc(self.incident)}: response summary*"
+        head = f":clipboard: *Incident {mrkdwn(self.incident)}: response summary*"
         body = "\n".join(lines)
         if people:
             shown = people[:15]
-            todo = "*Still needs a person:*\n" + "\n".join(f"• {_esc(p)}" for p in shown)
+            todo = "*Still needs a person:*\n" + "\n".join(f"• {mrkdwn(p)}" for p in shown)
             if len(people) > len(shown):
                 todo += f"\n• … and {len(people) - len(shown)} more (see the report)"
         else:
@@ -639,50 +641,3 @@ class Notifier:
     def failures(self) -> list[ActionOutcome]:
         """Every Slack action of this notifier that did not reach Slack."""
         return [o for o in self.outcomes if o.outcome == "failed"]
-
-
-# --------------------------------------------------------------------------- Prefect tasks
-
-
-def _tasks() -> dict[str, Any]:
-    """Prefect tasks around the notifier. ``NO_CACHE``: a notification must happen each time it is asked for,
-    and its parameters (a client holding a token) must never be hashed or persisted."""
-    from prefect import task
-    from prefect.cache_policies import NO_CACHE
-
-    opts = dict(cache_policy=NO_CACHE, persist_result=False, retries=0)
-
-    @task(name="notify-open-incident", **opts)
-    def notify_open_task(notifier: Notifier) -> ActionOutcome:
-        return notifier.open_incident()
-
-    @task(name="notify-stage", **opts)
-    def notify_stage_task(notifier: Notifier, stage: str, status: str, summary: str = "", details: str | None = None) -> ActionOutcome:
-        return notifier.stage_update(stage, status, summary, details)
-
-    @task(name="notify-approval-request", **opts)
-    def notify_approval_task(notifier: Notifier, plan: Plan, flow_run_id: Any | None = None,
-                             policy: ApprovalPolicy | None = None, approvers: list[str] | None = None,
-                             triggered_by: str | None = None) -> ActionOutcome:
-        return notifier.request_approval(plan, flow_run_id=flow_run_id, policy=policy, approvers=approvers or (),
-                                         triggered_by=triggered_by)
-
-    @task(name="notify-decision", **opts)
-    def notify_decision_task(notifier: Notifier, plan: Plan, approval: Approval | None) -> ActionOutcome:
-        return notifier.record_decision(plan, approval)
-
-    @task(name="notify-summary", **opts)
-    def notify_summary_task(notifier: Notifier, report: Any, html: str | None = None) -> list[ActionOutcome]:
-        return notifier.final_summary(report, html=html)
-
-    return {f.__name__: f for f in (notify_open_task, notify_stage_task, notify_approval_task, notify_decision_task, notify_summary_task)}
-
-
-_TASK_NAMES = ("notify_open_task", "notify_stage_task", "notify_approval_task", "notify_decision_task", "notify_summary_task")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _TASK_NAMES:
-        globals().update(_tasks())
-        return globals()[name]
-    raise AttributeError(name)

@@ -9,7 +9,16 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from digestguard.advisory import Window
-from digestguard.findings import ActionOutcome, DetectResult, ExposedJob, ExposedSecret, ExposureReport, Finding, NetworkHit, StageResult
+from digestguard.findings import (
+    ActionOutcome,
+    DetectResult,
+    ExposedJob,
+    ExposedSecret,
+    ExposureReport,
+    Finding,
+    NetworkHit,
+    StageResult,
+)
 from tasks.report.model import ApprovalRecord, IncidentReport, PullRequestLink
 
 START = datetime(2026, 4, 22, 12, 35, tzinfo=timezone.utc)
@@ -20,20 +29,25 @@ CLEAN = "sha256:" + "1" * 64
 
 
 def sample_report(*, incident: str = "INC-2026-0422 kics", open_window: bool = False) -> IncidentReport:
+    """The kics-2026-04 incident as one report literal (over 60 lines because it is data: kept whole so a
+    reader sees every finding, job, hit, action and approval the renderer tests count)."""
     t = START
     detect = DetectResult(advisory="kics-2026-04", findings=[
-        Finding(source="mirror", kind="registry", location="registry.local/checkmarx/kics:v2.1.20", reference="checkmarx/kics:v2.1.20",
-                digest=MAL, matched=MAL, match_kind="index", verdict="compromised"),
+        Finding(source="mirror", kind="registry", location="registry.local/checkmarx/kics:v2.1.20",
+                reference="checkmarx/kics:v2.1.20", digest=MAL, matched=MAL, match_kind="index", verdict="compromised"),
         Finding(source="build-host", kind="engine-image", location="build-host/checkmarx/kics:latest", digest=MAL2, matched=MAL2,
                 verdict="compromised"),
-        Finding(source="mirror", kind="registry", location="registry.local/checkmarx/kics:v2.1.19", digest=CLEAN, verdict="clean"),
+        Finding(source="mirror", kind="registry", location="registry.local/checkmarx/kics:v2.1.19", digest=CLEAN,
+                verdict="clean"),
         Finding(source="gar-eu", kind="gar", location="europe-docker.pkg.dev/p/r/kics:latest", verdict="unknown",
                 error="Unavailable: 503 from artifactregistry"),
-        Finding(source="repo-api", kind="config", location="ci/scan.yml:12", reference="checkmarx/kics:alpine", verdict="suspect"),
+        Finding(source="repo-api", kind="config", location="ci/scan.yml:12", reference="checkmarx/kics:alpine",
+                verdict="suspect"),
     ])
     jobs = [
-        ExposedJob(source="gha", job="acme/api run 7 job 71", started_at=t + timedelta(minutes=40), digest=MAL, verdict="confirmed",
-                   reason="pulled a malicious digest", evidence=["Digest: " + MAL], url="https://github.example/acme/api/actions/runs/7"),
+        ExposedJob(source="gha", job="acme/api run 7 job 71", started_at=t + timedelta(minutes=40), digest=MAL,
+                   verdict="confirmed", reason="pulled a malicious digest", evidence=["Digest: " + MAL],
+                   url="https://github.example/acme/api/actions/runs/7"),
         ExposedJob(source="gha", job="acme/web run 9 job 90", started_at=t + timedelta(minutes=95), verdict="probable",
                    reason="used checkmarx/kics:latest inside the window, digest not logged"),
         ExposedJob(source="logs", job="ci/<script>alert(1)</script>.log", started_at=t - timedelta(hours=2), verdict="clear",
@@ -62,7 +76,8 @@ def sample_report(*, incident: str = "INC-2026-0422 kics", open_window: bool = F
         ActionOutcome(stage="purge", target=f"registry.local/checkmarx/kics@{MAL}", action="delete-manifest", outcome="done",
                       detail={"digest": MAL}),
         ActionOutcome(stage="purge", target="build-host/checkmarx/kics:latest", action="remove-image", outcome="already-done"),
-    ], verification=[ActionOutcome(stage="purge", target=f"registry.local/checkmarx/kics@{MAL}", action="verify-gone", outcome="done")])
+    ], verification=[ActionOutcome(stage="purge", target=f"registry.local/checkmarx/kics@{MAL}", action="verify-gone",
+                                   outcome="done")])
     pin = StageResult(stage="pin", actions=[
         ActionOutcome(stage="pin", target="acme/api:ci/scan.yml:12", action="pin-reference", outcome="done",
                       detail={"digest": CLEAN, "branch": "digestguard/pin-kics"}),
@@ -73,9 +88,10 @@ def sample_report(*, incident: str = "INC-2026-0422 kics", open_window: bool = F
         detect=detect, exposure=exposure, rotate=rotate, purge=purge, pin=pin,
         pull_requests=[PullRequestLink(repository="acme/api", url="https://github.example/acme/api/pull/12", number=12,
                                        title="Pin checkmarx/kics to digests", state="open", changes=1)],
-        approvals=[ApprovalRecord(stage="rotate", decision="approve", approvers=["alice"], at=approved_at, plan_hash=rotate.plan_hash or ""),
-                   ApprovalRecord(stage="purge", decision="approve", approvers=["alice", "bob"], at=approved_at + timedelta(minutes=20),
-                                  plan_hash=purge.plan_hash or "")],
+        approvals=[ApprovalRecord(stage="rotate", decision="approve", approvers=["alice"], at=approved_at,
+                                  plan_hash=rotate.plan_hash or ""),
+                   ApprovalRecord(stage="purge", decision="approve", approvers=["alice", "bob"],
+                                  at=approved_at + timedelta(minutes=20), plan_hash=purge.plan_hash or "")],
         started_at=t + timedelta(hours=4, minutes=30), finished_at=t + timedelta(hours=6),
         needs_person=["Tell the vendor's security contact"],
         flow_run_url="http://127.0.0.1:4200/runs/flow-run/00000000-0000-0000-0000-000000000001",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.report.model import VERDICT_COLOURS, write_report
+from tasks.report.html import VERDICT_COLOURS, write_report
 from tests.report_fixtures import sample_report
 
 pytestmark = pytest.mark.browser

@@ -9,45 +9,38 @@ from __future__ import annotations
 
 import json
 
-from tasks.report.model import StageProgress, artifact_key
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.runtime import flow_run
+
+from tasks.report.artifacts import artifact_key, publish_artifacts, publish_report
+from tasks.report.model import IncidentReport
 from tests.report_fixtures import sample_report
 
 INCIDENT = "INC-2026-0422 artifacts"
 
 
 def _read(client, key: str):
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
     return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
 
 
 def test_report_artifacts_are_published_and_versioned(prefect_harness, tmp_path):
-    from prefect import flow
-    from prefect.client.orchestration import get_client
-
-    from tasks.report.model import publish_report_task
-
     report = sample_report(incident=INCIDENT)
     report.rotate.actions[0].detail["plaintext"] = "never-in-an-artifact"
 
     @flow(name="report-artifacts-test")
     def publish(html_path: str) -> tuple[dict, str]:
-        from prefect.runtime import flow_run
-
-        result = publish_report_task(report, html_path)
-        progress = StageProgress(INCIDENT, "purge", total=4, min_interval=0)
-        for _ in range(4):
-            progress.advance()
-        progress.finish()
-        return result, str(flow_run.id)
+        return publish_report(report, html_path), str(flow_run.id)
 
     first, run_id = publish(str(tmp_path / "report.html"))
     publish(str(tmp_path / "report.html"))  # a re-run: new versions under the same keys
 
     key = artifact_key(INCIDENT)
     assert key == "incident-inc-2026-0422-artifacts"
-    assert set(first["artifacts"]) == {key, *(f"{key}-{n}" for n in ("findings", "exposed-jobs", "exposed-secrets", "network-hits",
-                                                                   "rotations", "purges", "pins", "pull-requests", "approvals")), f"{key}-pr-acme-api-12"}
+    tables = ("findings", "exposed-jobs", "exposed-secrets", "network-hits", "rotations", "purges", "pins", "pull-requests",
+              "approvals")
+    assert set(first["artifacts"]) == {key, *(f"{key}-{n}" for n in tables), f"{key}-pr-acme-api-12"}
     assert (tmp_path / "report.html").read_text().startswith("<!DOCTYPE html>")
 
     with get_client(sync_client=True) as client:
@@ -69,17 +62,8 @@ def test_report_artifacts_are_published_and_versioned(prefect_harness, tmp_path)
         assert link.type == "markdown"  # Prefect stores a link artifact as a Markdown link
         assert link.data == "[acme/api#12](https://github.example/acme/api/pull/12)"
 
-        progress = _read(client, f"{key}-purge-progress")
-        assert progress and all(p.type == "progress" for p in progress)
-        assert {float(p.data) for p in progress} == {100.0}
-
 
 def test_empty_tables_still_publish(prefect_harness):
-    from prefect import flow
-    from prefect.client.orchestration import get_client
-
-    from tasks.report.model import IncidentReport, publish_artifacts
-
     r = IncidentReport(incident="inc-empty", advisory_id="kics-2026-04", window=sample_report().window,
                        started_at=sample_report().started_at)
 

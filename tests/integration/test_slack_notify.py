@@ -5,7 +5,7 @@ chat.update, conversations.create, the files_upload_v2 steps, auth.test): the SD
 talks to it unchanged over HTTP, and it records every call so the tests assert on
 exactly what reached "Slack". Faults it injects (429 with Retry-After, dropped
 connections, 500s, stopped server) prove the retries and that Slack being down
-never stops the response. The Prefect-task test also uses the shared
+never stops the response. The flow-run link test also uses the shared
 ``prefect_harness`` server.
 """
 
@@ -15,17 +15,18 @@ import time
 from pathlib import Path
 
 import pytest
+from prefect import flow
 from slack_sdk.http_retry import FixedValueRetryIntervalCalculator
 
 from digestguard.errors import AuthError, InputError, NotFound, RateLimited, Unavailable
 from digestguard.inventory import ApprovalPolicy, parse_inventory
 from digestguard.journal import Journal
 from digestguard.plan import Approval, Plan, PlanItem
+from flows.drill.servers.slack import SlackServer
 from integrations.slack import SlackClient, channel_name_for
 from tasks.notify import MASK, Notifier, flow_run_url, markdown_to_mrkdwn, redact
-from tasks.report.model import render_report_html
+from tasks.report.html import render_report_html
 from tests.report_fixtures import sample_report
-from flows.drill.servers.slack import SlackServer
 
 SECRET = "dckr_pat_Sup3rSecretValue-0001"
 FAST = FixedValueRetryIntervalCalculator(0.01)
@@ -58,8 +59,9 @@ def _notifier(inv, journal, incident="inc-2026-04-22", **kw) -> Notifier:
 
 def _plan(stage="purge", n=8) -> Plan:
     return Plan(stage=stage, incident="inc-2026-04-22", advisory="kics-2026-04",
-                items=[PlanItem(target=f"registry.local/checkmarx/kics@sha256:{i:064x}", action="delete-manifest" if i % 3 else "remove-image",
-                                kind="registry", reason="malicious index") for i in range(n)])
+                items=[PlanItem(target=f"registry.local/checkmarx/kics@sha256:{i:064x}",
+                                action="delete-manifest" if i % 3 else "remove-image", kind="registry", reason="malicious index")
+                       for i in range(n)])
 
 
 # --------------------------------------------------------------------------- the client
@@ -185,14 +187,16 @@ def test_incident_message_stages_approval_and_summary(slack, journal, monkeypatc
     msg = n.message
     assert len(slack.channel_messages("sec-incident")) == 1
 
-    out = n.stage_update("detect", "done", "2 compromised, 1 suspect", details=f"• `registry.local/checkmarx/kics:v2.1.20` token={SECRET}")
+    out = n.stage_update("detect", "done", "2 compromised, 1 suspect",
+                         details=f"• `registry.local/checkmarx/kics:v2.1.20` token={SECRET}")
     assert out.outcome == "done"
     board = slack.messages[(msg.channel, msg.ts)]
     assert "detect" in board.text and "2 compromised" in board.text and board.edits >= 1
     assert any("registry.local/checkmarx/kics:v2.1.20" in m.text for m in slack.thread(msg.channel, msg.ts))
 
     plan = _plan()
-    req = n.request_approval(plan, flow_run_id="4f9c0d6e-run", policy=ApprovalPolicy(two_approvers=True, distinct_from_trigger=True),
+    req = n.request_approval(plan, flow_run_id="4f9c0d6e-run",
+                             policy=ApprovalPolicy(two_approvers=True, distinct_from_trigger=True),
                              approvers=["@secops"], triggered_by="carol")
     assert req.outcome == "done"
     ask = slack.messages[(msg.channel, req.detail["ts"])]
@@ -313,11 +317,7 @@ def test_without_slack_or_token_everything_is_skipped(journal, monkeypatch, tmp_
     assert [e["kind"] for e in journal.events("inc-x")] == ["slack-disabled"]
 
 
-def test_prefect_tasks_and_run_link(prefect_harness, slack, journal, monkeypatch):
-    from prefect import flow
-
-    from tasks.notify import notify_approval_task, notify_decision_task, notify_open_task, notify_stage_task, notify_summary_task
-
+def test_inside_a_flow_run_the_request_links_to_it(prefect_harness, slack, journal, monkeypatch):
     monkeypatch.setenv("PREFECT_UI_URL", "http://ui.example")
     inv = _inventory(slack, monkeypatch)
     plan = _plan(n=3)
@@ -325,9 +325,10 @@ def test_prefect_tasks_and_run_link(prefect_harness, slack, journal, monkeypatch
     @flow(name="notify-test")
     def run() -> tuple[list, str | None]:
         n = _notifier(inv, journal)
-        outs = [notify_open_task(n), notify_stage_task(n, "detect", "done", "2 compromised", "details"),
-                notify_approval_task(n, plan), notify_decision_task(n, plan, Approval(decision="reject", approvers=["dave"], plan_hash=plan.hash))]
-        outs += notify_summary_task(n, sample_report(incident="inc-2026-04-22"))
+        outs = [n.open_incident(), n.stage_update("detect", "done", "2 compromised", "details"),
+                n.request_approval(plan),
+                n.record_decision(plan, Approval(decision="reject", approvers=["dave"], plan_hash=plan.hash))]
+        outs += n.final_summary(sample_report(incident="inc-2026-04-22"))
         return outs, flow_run_url()
 
     outs, link = run()

@@ -7,11 +7,15 @@ parser so the assertions are about elements and attributes, not substrings.
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from html.parser import HTMLParser
 
 from digestguard.findings import ActionOutcome, DetectResult, Finding, StageResult
 from digestguard.journal import Journal
-from tasks.report.model import IncidentReport, artifact_key, render_report_html, safe_detail, write_report
+from tasks.report.artifacts import artifact_key
+from tasks.report.from_journal import report_from_journal
+from tasks.report.html import render_report_html, write_report
+from tasks.report.model import IncidentReport, safe_detail
 from tests.report_fixtures import START, sample_report
 
 
@@ -145,8 +149,9 @@ def test_minimal_report_renders(tmp_path):
 
 
 def test_rows_carry_ids_and_versions_only():
-    assert safe_detail({"old_version": 3, "new_version": 4, "value": "hunter2", "secret_access_key": "abc", "note": "free text",
-                        "access_key_id": "AKIAEXAMPLE", "password_version": 2}) == "access_key_id=AKIAEXAMPLE; new_version=4; old_version=3"
+    detail = {"old_version": 3, "new_version": 4, "value": "hunter2", "secret_access_key": "abc", "note": "free text",
+              "access_key_id": "AKIAEXAMPLE", "password_version": 2}
+    assert safe_detail(detail) == "access_key_id=AKIAEXAMPLE; new_version=4; old_version=3"
     r = sample_report()
     r.rotate.actions[0].detail["plaintext"] = "should-never-show"
     tables = r.tables()
@@ -156,7 +161,8 @@ def test_rows_carry_ids_and_versions_only():
 
 def test_dry_run_and_rejection_need_a_person():
     r = sample_report()
-    r.purge = StageResult(stage="purge", dry_run=True, actions=[ActionOutcome(stage="purge", target="t", action="delete-manifest", outcome="planned")])
+    planned = ActionOutcome(stage="purge", target="t", action="delete-manifest", outcome="planned")
+    r.purge = StageResult(stage="purge", dry_run=True, actions=[planned])
     r.approvals[0].decision = "reject"
     r.approvals[0].reason = "wrong window"
     people = r.all_needs_person()
@@ -182,8 +188,6 @@ def test_artifact_key():
 
 
 def test_report_from_journal_rebuilds_actions_approvals_and_prs(tmp_path):
-    from tasks.report.model import report_from_journal
-
     inc = "kics-2026-04-20261127-1930-3f2a"
     j = Journal(tmp_path / "j.sqlite")
     j.event(inc, "flow", "started", {"mode": "execute"})
@@ -191,7 +195,8 @@ def test_report_from_journal_rebuilds_actions_approvals_and_prs(tmp_path):
                                                                         "reason": "confirmed"}, approver="alice,bob")
     j.record(inc, "purge", "registry.local/checkmarx/kics@sha256:x", "delete-manifest", "done", approver="alice,bob")
     j.record(inc, "purge", "build-host/checkmarx/kics:latest", "remove-image", "started", approver="alice,bob")
-    j.record(inc, "pin", "acme/api", "pull-request", "done", detail={"url": "https://github.example/acme/api/pull/3", "number": 3})
+    j.record(inc, "pin", "acme/api", "pull-request", "done",
+             detail={"url": "https://github.example/acme/api/pull/3", "number": 3})
     j.record(inc, "notify", "slack", "incident-message", "done", detail={"channel": "C1", "ts": "1.2"})
     j.event(inc, "flow", "finished", {})
 
@@ -209,8 +214,6 @@ def test_report_from_journal_rebuilds_actions_approvals_and_prs(tmp_path):
 
 
 def test_the_window_drawn_is_the_one_jobs_were_judged_against():
-    from datetime import timedelta
-
     r = sample_report()
     r.exposure.window_start = START - timedelta(hours=1)  # an operator's --window-start override, used by assess
     r.exposure.window_source = "operator override"
