@@ -1,9 +1,9 @@
 """Assess window: sweep network and CI logs for an advisory's network indicators.
 
 ``sweep_paths(paths, indicators, window)`` is the whole stage as a pure
-function (files in, :class:`SweepResult` out; no printing, no Prefect);
-``sweep_task`` is its Prefect wrapper (``@task``, ``cache_policy=NO_CACHE``). The CLI
-(``digestguard sweep``) prints ``SweepResult.to_json_dict()``.
+function (files in, :class:`SweepResult` out; no printing, no Prefect): assess runs it inside
+its own Prefect task, and the CLI (``digestguard sweep``) prints ``SweepResult.to_json_dict()``.
+It does not import Prefect, so a sweep from the command line starts in well under a second.
 
 Inputs: plain or gzip files and directories (every file below them, each
 format detected from its content), and ``cloudwatch://LOG-GROUP[?stream=P]``
@@ -25,8 +25,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import Field, ValidationError
 
 from digestguard import netlog
@@ -284,15 +282,3 @@ def _sweep_cloudwatch(uri: str, matcher: engine.Matcher, endpoint: str | None) -
         return engine.scan_events(matcher, ((e.stream, e.timestamp, e.message) for e in events))
     except IntegrationError as e:
         return engine.UnitResult(hits=[], errors=[str(e)])
-
-
-@task(name="sweep-network-logs", cache_policy=NO_CACHE, persist_result=False)
-def sweep_task(
-    paths: list[str],
-    indicators: list[Indicator],
-    window: Window | None,
-    log_format: str | None = None,
-    workers: int | None = None,
-) -> SweepResult:
-    """Prefect wrapper of :func:`sweep_paths` (logs may hold anything: never cached or persisted)."""
-    return sweep_paths(paths, indicators, window, log_format=log_format, workers=workers)

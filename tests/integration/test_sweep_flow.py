@@ -1,4 +1,4 @@
-"""``sweep_task`` inside a real Prefect flow run, with worker processes forked under Prefect's threads.
+"""The sweep inside a real Prefect task run (as assess runs it), with worker processes forked under Prefect's threads.
 
 Uses the shared ``prefect_harness`` session server (tests/support/prefect.py).
 The parallel threshold is lowered so a small file is split into byte ranges and
@@ -10,11 +10,11 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, task
 
 from digestguard.advisory import Indicator, Window
 from tasks.sweep import run as sweep_mod
-from tasks.sweep.run import SweepResult, sweep_task
+from tasks.sweep.run import SweepResult, sweep_paths
 
 WINDOW = Window(start=datetime(2026, 4, 22, 12, 35, tzinfo=timezone.utc), source="seed")
 INDICATORS = [Indicator(kind="domain", value="audit.checkmarx[.]cx", source="seed")]
@@ -28,9 +28,13 @@ def test_sweep_task_in_a_flow_with_worker_processes(prefect_harness, tmp_path: P
     log.write_text("\n".join(lines) + "\n")
     assert log.stat().st_size > 2 * 64 * 1024
 
+    @task
+    def sweep_in_a_task() -> SweepResult:
+        return sweep_paths([str(log)], INDICATORS, WINDOW, workers=2)
+
     @flow
     def sweep_flow() -> SweepResult:
-        return sweep_task([str(log)], INDICATORS, WINDOW, workers=2)
+        return sweep_in_a_task()
 
     res = sweep_flow()
     assert [(h.line, h.indicator, h.in_window) for h in res.hits] == [(15001, "audit.checkmarx.cx", True)]
