@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -26,6 +27,10 @@ from digestguard.errors import DigestguardError, NotFound
 from digestguard.findings import DetectResult, Finding
 from digestguard.inventory import CISource, DockerEngine, Inventory, KubernetesCluster, Registry, Repository
 from digestguard.reference import DOCKER_HUB, try_parse_reference
+from integrations import ecr, kubernetes
+from tasks.ci_logs import read_ci_source
+from tasks.connect import Connections, cluster_config, gar_package, host_of
+from tasks.scan.references import scan_tree
 
 MAX_SOURCES_IN_PARALLEL = 8
 TAG_WORKERS = 16
@@ -84,27 +89,13 @@ def registry_repositories(entry: Registry, advisory: Advisory) -> list[tuple[str
                 if any(r == p or r.endswith("/" + p) for p in paths):
                     out.append((r, img))
         else:
-            host = _host_of(entry.url) if entry.url else None
+            host = host_of(entry.url) if entry.url else None
             for name in img.names:
                 reg, _, path = name.partition("/")
                 if reg == DOCKER_HUB or reg == host or entry.mirror_of in (reg, None):
                     out.append((path, img))
     seen: set[str] = set()
     return [(r, img) for r, img in out if not (r in seen or seen.add(r))]
-
-
-def _host_of(url: str) -> str:
-    return url.split("://", 1)[-1].split("/", 1)[0].lower()
-
-
-def registry_client_for(entry: Registry):
-    """A RegistryClient for an inventory entry, credentials resolved now (never stored on the entry)."""
-    from digestguard.credentials import resolve
-    from integrations.registry import RegistryClient
-
-    host = _host_of(entry.url) if entry.url else ("docker.io" if entry.kind == "dockerhub" else entry.name)
-    return RegistryClient(host, base_url=entry.url, username=resolve(entry.username, f"registry {entry.name}"),
-                          password=resolve(entry.password, f"registry {entry.name}"))
 
 
 def detect_registry(entry: Registry, advisory: Advisory, client) -> list[Finding]:
@@ -176,11 +167,8 @@ def _child_match(client, repo: str, digest: str, advisory: Advisory) -> Finding 
 
 
 # ---------------------------------------------------------------------------------- ECR
-def detect_ecr(entry: Registry, advisory: Advisory, client=None) -> list[Finding]:
+def detect_ecr(entry: Registry, advisory: Advisory, c: Any) -> list[Finding]:
     """ECR: every image of each mirrored repository, by digest, with its tags (malicious digests and affected tags)."""
-    from integrations import ecr
-
-    c = client or ecr.ecr_client(region_name=entry.region, endpoint_url=entry.url)
     findings: list[Finding] = []
     for repo, img in registry_repositories(entry, advisory):
         where = f"{entry.name}/{repo}"
@@ -201,14 +189,11 @@ def detect_ecr(entry: Registry, advisory: Advisory, client=None) -> list[Finding
 
 
 # ---------------------------------------------------------------------------------- engines
-def detect_engine(entry: DockerEngine, advisory: Advisory, mirrors: Iterable[str] = ()) -> list[Finding]:
+def detect_engine(entry: DockerEngine, advisory: Advisory, mirrors: Iterable[str], engine: Any) -> list[Finding]:
     """The seed's ``docker inspect`` check: every image's RepoDigests and id, every container's image."""
-    from integrations.docker_engine import DockerEngine as Engine
-
     findings: list[Finding] = []
-    with Engine(entry.url) as engine:
-        images = engine.list_images()
-        containers = engine.list_containers()
+    images = engine.list_images()
+    containers = engine.list_containers()
     bad_ids: dict[str, Finding] = {}
     for im in images:
         names = [*im.repo_digests, *im.repo_tags]
@@ -248,18 +233,13 @@ def _affected_name(advisory: Advisory, text: str, mirror_hosts: Iterable[str] = 
 
 def mirror_hosts(inventory: Inventory) -> set[str]:
     """Registry hosts of the inventory's registries (images pulled through them carry their host)."""
-    return {_host_of(r.url) for r in inventory.registries if r.url}
+    return {host_of(r.url) for r in inventory.registries if r.url}
 
 
 # ---------------------------------------------------------------------------------- kubernetes
 def detect_kubernetes(entry: KubernetesCluster, advisory: Advisory, inventory: Inventory) -> list[Finding]:
     """Pods whose container statuses' imageID carries a malicious digest (or that run an affected image)."""
-    from integrations import kubernetes as k8s
-
-    cfg = k8s.cluster_config_from_inventory(entry)
-    if cfg.kubeconfig:
-        cfg = k8s.ClusterConfig(**{**cfg.__dict__, "kubeconfig": inventory.resolve_path(str(cfg.kubeconfig))})
-    listing = k8s.list_running_containers(cfg)
+    listing = kubernetes.list_running_containers(cluster_config(entry, inventory))
     out: list[Finding] = []
     for c in listing.containers:
         mirrors = mirror_hosts(inventory)
@@ -276,8 +256,6 @@ def detect_kubernetes(entry: KubernetesCluster, advisory: Advisory, inventory: I
 # ---------------------------------------------------------------------------------- CI logs
 def detect_ci_logs(entry: CISource, advisory: Advisory, inventory: Inventory) -> list[Finding]:
     """Pull lines in CI job logs that name an affected image, with the digest they printed."""
-    from tasks.assess import read_ci_source
-
     out: list[Finding] = []
     logs, errors = read_ci_source(entry, inventory, advisory)
     for err in errors:
@@ -300,8 +278,6 @@ def detect_ci_logs(entry: CISource, advisory: Advisory, inventory: Inventory) ->
 # ---------------------------------------------------------------------------------- configuration
 def detect_config(entry: Repository, advisory: Advisory, inventory: Inventory) -> list[Finding]:
     """Every file in a checkout that references an affected repository, with the tag it uses."""
-    from tasks.scan.references import scan_tree
-
     root = inventory.resolve_path(entry.path)
     needles = [s for img in advisory.images for s in img.spellings()]
     res = scan_tree(root, needles)
@@ -322,25 +298,25 @@ def detect_config(entry: Repository, advisory: Advisory, inventory: Inventory) -
 
 
 # ---------------------------------------------------------------------------------- all together
-def detect(advisory: Advisory, inventory: Inventory, *, registry_clients: dict[str, object] | None = None) -> DetectResult:
-    """Run every source of the inventory; return every finding (sources that fail become ``unknown`` findings)."""
+def detect(advisory: Advisory, inventory: Inventory, connections: Connections | None = None) -> DetectResult:
+    """Run every source of the inventory; return every finding (sources that fail become ``unknown`` findings).
+
+    ``connections``: the run's clients; without it the call opens its own and closes them at the end.
+    """
+    if connections is None:
+        with Connections(inventory) as own:
+            return detect(advisory, inventory, own)
     jobs: list[tuple[str, str, Callable[[], list[Finding]]]] = []
     for reg in inventory.registries:
         if reg.kind == "ecr":
-            jobs.append((reg.name, "ecr", lambda reg=reg: detect_ecr(reg, advisory)))
+            jobs.append((reg.name, "ecr", lambda reg=reg: detect_ecr(reg, advisory, connections.ecr(reg.name))))
         elif reg.kind == "gar":
-            jobs.append((reg.name, "gar", lambda reg=reg: detect_gar(reg, advisory)))
+            jobs.append((reg.name, "gar", lambda reg=reg: detect_gar(reg, advisory, connections.gar(reg.name))))
         else:
-            def run(reg=reg) -> list[Finding]:
-                client = (registry_clients or {}).get(reg.name) or registry_client_for(reg)
-                try:
-                    return detect_registry(reg, advisory, client)
-                finally:
-                    if not registry_clients or reg.name not in registry_clients:
-                        client.close()
-            jobs.append((reg.name, "registry", run))
+            jobs.append((reg.name, "registry", lambda reg=reg: detect_registry(reg, advisory, connections.registry(reg.name))))
     for eng in inventory.docker_engines:
-        jobs.append((eng.name, "engine-image", lambda eng=eng: detect_engine(eng, advisory, mirror_hosts(inventory))))
+        jobs.append((eng.name, "engine-image",
+                     lambda eng=eng: detect_engine(eng, advisory, mirror_hosts(inventory), connections.engine(eng.name))))
     for cl in inventory.kubernetes:
         jobs.append((cl.name, "pod", lambda cl=cl: detect_kubernetes(cl, advisory, inventory)))
     for ci in inventory.ci_logs:
@@ -362,36 +338,31 @@ def detect(advisory: Advisory, inventory: Inventory, *, registry_clients: dict[s
     return DetectResult(advisory=advisory.id, findings=findings)
 
 
-def detect_gar(entry: Registry, advisory: Advisory) -> list[Finding]:
+def detect_gar(entry: Registry, advisory: Advisory, client: Any) -> list[Finding]:
     """Artifact Registry: every version of each mirrored package, by digest, with its tags."""
-    from digestguard.credentials import resolve
-    from integrations.gar import API_URL, ArtifactRegistry, GarPackage
-
     findings: list[Finding] = []
     if not (entry.project and entry.location):
         return [Finding(source=entry.name, kind="gar", location=entry.name, verdict="unknown",
                         error="an Artifact Registry entry needs project and location")]
-    with ArtifactRegistry(resolve(entry.token, f"registry {entry.name}") or "", api_url=entry.url or API_URL) as gar:
-        for repo, img in registry_repositories(entry, advisory):
-            where = f"{entry.name}/{repo}"
-            pkg = GarPackage(entry.project, entry.location, entry.name, repo)
-            try:
-                versions = gar.list_versions(pkg)
-            except NotFound:
-                continue
-            except DigestguardError as e:
-                findings.append(_unknown(entry.name, "gar", where, e))
-                continue
-            affected = set(img.affected_tags)
-            for v in versions:
-                f = _finding(entry.name, "gar", f"{where}@{v.digest}", f"{repo}@{v.digest}", v.digest, advisory,
-                             detail={"tags": list(v.tags)})
-                if f.verdict == "compromised" or affected & set(v.tags):
-                    findings.append(f)
+    for repo, img in registry_repositories(entry, advisory):
+        where = f"{entry.name}/{repo}"
+        try:
+            versions = client.list_versions(gar_package(entry, repo))
+        except NotFound:
+            continue
+        except DigestguardError as e:
+            findings.append(_unknown(entry.name, "gar", where, e))
+            continue
+        affected = set(img.affected_tags)
+        for v in versions:
+            f = _finding(entry.name, "gar", f"{where}@{v.digest}", f"{repo}@{v.digest}", v.digest, advisory,
+                         detail={"tags": list(v.tags)})
+            if f.verdict == "compromised" or affected & set(v.tags):
+                findings.append(f)
     return findings
 
 
 @task(name="detect", cache_policy=NO_CACHE)
-def detect_task(advisory: Advisory, inventory: Inventory) -> DetectResult:
+def detect_task(advisory: Advisory, inventory: Inventory, connections: Connections) -> DetectResult:
     """Prefect task: the detect stage (one coarse task; sources fan out in threads inside)."""
-    return detect(advisory, inventory)
+    return detect(advisory, inventory, connections)

@@ -17,7 +17,7 @@ lists it, and a named known-good digest resolves with all its blobs present.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -28,6 +28,8 @@ from digestguard.findings import ActionOutcome, DetectResult, StageResult
 from digestguard.inventory import Inventory
 from digestguard.journal import Journal
 from digestguard.plan import Approval, Plan, PlanItem, require_approved
+from integrations import ecr
+from tasks.connect import Connections, gar_package
 
 STAGE = "purge"
 
@@ -91,6 +93,19 @@ def plan_purge(incident: str, advisory: Advisory, detected: DetectResult, invent
     return Plan(stage="purge", incident=incident, advisory=advisory.id, items=ordered, evidence=evidence, notes=notes)
 
 
+def known_good_targets(detected: DetectResult, known_good: Mapping[str, str]) -> dict[str, str]:
+    """Purge verification targets ``{registry/repo: digest}`` for every registry repository where something was
+    compromised; ``known_good`` is ``{tag or '*': digest}`` (a tag's own digest first, then ``*``, then ``latest``)."""
+    out: dict[str, str] = {}
+    for f in detected.findings:
+        if f.kind == "registry" and f.verdict == "compromised":
+            tag = f.detail.get("tag")
+            digest = (known_good.get(tag) if tag else None) or known_good.get("*") or known_good.get("latest")
+            if digest:
+                out.setdefault(f"{f.source}/{_repo_of(f.location, f.source)}", digest)
+    return out
+
+
 def _repo_of(location: str, source: str) -> str:
     """``mirror/checkmarx/kics:latest`` or ``mirror/checkmarx/kics@sha256:..`` -> ``checkmarx/kics``."""
     rest = location[len(source) + 1:] if location.startswith(source + "/") else location
@@ -100,61 +115,22 @@ def _repo_of(location: str, source: str) -> str:
     return rest
 
 
-class PurgeTargets:
-    """Clients for the plan's targets, made on first use and closed at the end."""
-
-    def __init__(self, inventory: Inventory, registry_clients: dict[str, object] | None = None) -> None:
-        self.inventory = inventory
-        self._given = dict(registry_clients or {})
-        self._own: dict[str, object] = {}
-
-    def registry(self, name: str):
-        if name in self._given:
-            return self._given[name]
-        if name not in self._own:
-            from tasks.detect import registry_client_for
-
-            entry = next(r for r in self.inventory.registries if r.name == name)
-            self._own[name] = registry_client_for(entry)
-        return self._own[name]
-
-    def engine(self, name: str):
-        key = f"engine:{name}"
-        if key not in self._own:
-            from integrations.docker_engine import DockerEngine
-
-            entry = next(e for e in self.inventory.docker_engines if e.name == name)
-            self._own[key] = DockerEngine(entry.url)
-        return self._own[key]
-
-    def close(self) -> None:
-        for c in self._own.values():
-            c.close()
-
-
-def _apply_item(item: PlanItem, targets: PurgeTargets) -> dict:
+def _apply_item(item: PlanItem, targets: Connections) -> dict:
     p = item.params
     if item.action == "delete-manifest":
         targets.registry(p["registry"]).delete_manifest(p["repository"], p["digest"])
         return {"digest": p["digest"]}
     if item.action == "delete-image":
-        entry = next(r for r in targets.inventory.registries if r.name == p["registry"])
+        entry = targets.registry_entry(p["registry"])
         if item.kind == "ecr":
-            from integrations import ecr
-
-            res = ecr.batch_delete_images(ecr.ecr_client(region_name=entry.region, endpoint_url=entry.url),
-                                          p["repository"], [p["digest"]], registry_id=entry.account_id)
+            res = ecr.batch_delete_images(targets.ecr(entry.name), p["repository"], [p["digest"]], registry_id=entry.account_id)
             if p["digest"] not in res.deleted_digests:
                 failure = next(iter(res.failures), None)
                 if failure is not None and "notfound" in str(getattr(failure, "code", "")).lower():
                     raise NotFound(item.target, "already gone")
                 raise Refused(item.target, f"ECR did not delete it: {failure}")
             return {"digest": p["digest"]}
-        from digestguard.credentials import resolve
-        from integrations.gar import API_URL, ArtifactRegistry, GarPackage
-
-        with ArtifactRegistry(resolve(entry.token, f"registry {entry.name}") or "", api_url=entry.url or API_URL) as gar:
-            done = gar.delete_version(GarPackage(entry.project, entry.location, entry.name, p["repository"]), p["digest"])
+        done = targets.gar(entry.name).delete_version(gar_package(entry, p["repository"]), p["digest"])
         return {"digest": p["digest"], "tags_deleted": list(done.tags_deleted)}
     if item.action == "remove-image":
         removed = targets.engine(p["engine"]).remove_image(p["image_id"], force=bool(p.get("remove_containers")),
@@ -168,52 +144,48 @@ def _apply_item(item: PlanItem, targets: PurgeTargets) -> dict:
 
 
 def apply_purge(plan: Plan, approval: Approval | None, inventory: Inventory, journal: Journal, *,
-                known_good: dict[str, str] | None = None, registry_clients: dict[str, object] | None = None,
-                progress: Callable[[int, int], None] | None = None) -> StageResult:
-    """Execute an approved purge plan, journaled and idempotent; then verify. ``known_good``: {registry/repo: digest}."""
+                known_good: dict[str, str] | None = None, connections: Connections | None = None) -> StageResult:
+    """Execute an approved purge plan, journaled and idempotent; then verify. ``known_good``: {registry/repo: digest}.
+
+    ``connections``: the run's clients; without it the call opens its own and closes them at the end.
+    """
+    if connections is None:
+        with Connections(inventory) as own:
+            return apply_purge(plan, approval, inventory, journal, known_good=known_good, connections=own)
+    targets = connections
     approval = require_approved(plan, approval)
     result = StageResult(stage=STAGE, plan_hash=plan.hash, approved_by=approval.approvers)
-    targets = PurgeTargets(inventory, registry_clients)
     approver = ",".join(approval.approvers)
-    try:
-        for n, item in enumerate(plan.items, 1):
-            if progress:
-                progress(n, len(plan.items))
-            if item.action == "report-pod":
-                result.actions.append(ActionOutcome(stage=STAGE, target=item.target, action=item.action, outcome="needs-person",
-                                                    detail={"reason": item.reason}))
-                journal.record(plan.incident, STAGE, item.target, item.action, "skipped", detail={"needs": "person"}, approver=approver)
-                continue
-            if journal.is_done(plan.incident, STAGE, item.target, item.action):
-                result.actions.append(ActionOutcome(stage=STAGE, target=item.target, action=item.action, outcome="already-done"))
-                continue
-            try:
-                with journal.step(plan.incident, STAGE, item.target, item.action, approver=approver) as rec:
-                    try:
-                        rec.note(**_apply_item(item, targets))
-                        outcome = "done"
-                    except NotFound:
-                        rec.skipped(already_gone=True)
-                        outcome = "already-done"
-            except Refused as e:
-                msg = str(e)
-                result.actions.append(ActionOutcome(stage=STAGE, target=item.target, action=item.action, outcome="failed", error=msg))
-                continue
-            except DigestguardError as e:
-                result.actions.append(ActionOutcome(stage=STAGE, target=item.target, action=item.action, outcome="failed", error=str(e)))
-                continue
-            result.actions.append(ActionOutcome(stage=STAGE, target=item.target, action=item.action, outcome=outcome,
-                                                detail=journal.get(plan.incident, STAGE, item.target, item.action).detail))
-        result.verification = verify_purge(plan, targets, known_good or {})
-        for v in result.verification:
-            journal.record(plan.incident, STAGE, v.target, v.action, "done" if v.outcome == "done" else "failed",
-                           detail=v.detail, error=v.error)
-    finally:
-        targets.close()
+    for item in plan.items:
+        if item.action == "report-pod":
+            result.actions.append(ActionOutcome(stage=STAGE, target=item.target, action=item.action, outcome="needs-person",
+                                                detail={"reason": item.reason}))
+            journal.record(plan.incident, STAGE, item.target, item.action, "skipped", detail={"needs": "person"}, approver=approver)
+            continue
+        if journal.is_done(plan.incident, STAGE, item.target, item.action):
+            result.actions.append(ActionOutcome(stage=STAGE, target=item.target, action=item.action, outcome="already-done"))
+            continue
+        try:
+            with journal.step(plan.incident, STAGE, item.target, item.action, approver=approver) as rec:
+                try:
+                    rec.note(**_apply_item(item, targets))
+                    outcome = "done"
+                except NotFound:
+                    rec.skipped(already_gone=True)
+                    outcome = "already-done"
+        except DigestguardError as e:  # refused, unreachable, auth: this item failed, the others go on
+            result.actions.append(ActionOutcome(stage=STAGE, target=item.target, action=item.action, outcome="failed", error=str(e)))
+            continue
+        result.actions.append(ActionOutcome(stage=STAGE, target=item.target, action=item.action, outcome=outcome,
+                                            detail=journal.get(plan.incident, STAGE, item.target, item.action).detail))
+    result.verification = verify_purge(plan, targets, known_good or {})
+    for v in result.verification:
+        journal.record(plan.incident, STAGE, v.target, v.action, "done" if v.outcome == "done" else "failed",
+                       detail=v.detail, error=v.error)
     return result
 
 
-def verify_purge(plan: Plan, targets: PurgeTargets, known_good: dict[str, str]) -> list[ActionOutcome]:
+def verify_purge(plan: Plan, targets: Connections, known_good: dict[str, str]) -> list[ActionOutcome]:
     """Every deleted digest now 404s, no engine lists a removed digest, each known-good digest pulls (HEAD + blobs)."""
     out: list[ActionOutcome] = []
     for item in plan.items:
@@ -245,24 +217,18 @@ def verify_purge(plan: Plan, targets: PurgeTargets, known_good: dict[str, str]) 
     return out
 
 
-def _cloud_image_present(item: PlanItem, targets: PurgeTargets) -> bool:
+def _cloud_image_present(item: PlanItem, targets: Connections) -> bool:
     """Whether ECR / Artifact Registry still lists the digest."""
     p = item.params
-    entry = next(r for r in targets.inventory.registries if r.name == p["registry"])
+    entry = targets.registry_entry(p["registry"])
     if item.kind == "ecr":
-        from integrations import ecr
-
-        found, _missing = ecr.describe_by_digest(ecr.ecr_client(region_name=entry.region, endpoint_url=entry.url),
-                                                 p["repository"], [p["digest"]], registry_id=entry.account_id)
+        found, _missing = ecr.describe_by_digest(targets.ecr(entry.name), p["repository"], [p["digest"]],
+                                                 registry_id=entry.account_id)
         return bool(found)
-    from digestguard.credentials import resolve
-    from integrations.gar import API_URL, ArtifactRegistry, GarPackage
-
-    with ArtifactRegistry(resolve(entry.token, f"registry {entry.name}") or "", api_url=entry.url or API_URL) as gar:
-        try:
-            gar.get_version(GarPackage(entry.project, entry.location, entry.name, p["repository"]), p["digest"])
-        except NotFound:
-            return False
+    try:
+        targets.gar(entry.name).get_version(gar_package(entry, p["repository"]), p["digest"])
+    except NotFound:
+        return False
     return True
 
 
@@ -282,22 +248,15 @@ def _verdict(target: str, action: str, ok: bool, problem: str, detail: dict | No
                          error=None if ok else problem, detail=detail or {})
 
 
-class PurgeVerificationFailed(RuntimeError):
-    """A malicious digest is still present after the purge: the stage fails loudly."""
-
-
 def dry_run_result(plan: Plan) -> StageResult:
     """What a dry run reports: every action planned, nothing done."""
     return StageResult(stage=STAGE, dry_run=True, plan_hash=plan.hash,
                        actions=[ActionOutcome(stage=STAGE, target=i.target, action=i.action, outcome="planned") for i in plan.items])
 
 
-@task(name="purge", cache_policy=NO_CACHE)
-def purge_task(plan: Plan, approval: Approval | None, inventory: Inventory, journal_path: str,
+@task(name="purge", cache_policy=NO_CACHE, persist_result=False)
+def purge_task(plan: Plan, approval: Approval, inventory: Inventory, journal: Journal, connections: Connections, *,
                known_good: dict[str, str] | None = None) -> StageResult:
-    """Prefect task: apply the approved purge plan, verify, and fail loudly if anything malicious remains."""
-    result = apply_purge(plan, approval, inventory, Journal(journal_path), known_good=known_good)
-    bad = [v for v in result.verification if v.outcome == "failed"]
-    if bad:
-        raise PurgeVerificationFailed("purge verification failed: " + "; ".join(f"{v.target}: {v.error}" for v in bad))
-    return result
+    """Prefect task: apply the approved purge plan and verify it; failures are outcomes in the result (the flow
+    ends Failed when any remain), never an exception that would hide the other items' record."""
+    return apply_purge(plan, approval, inventory, journal, known_good=known_good, connections=connections)

@@ -28,11 +28,11 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from digestguard.credentials import resolve
 from digestguard.errors import InputError, NotFound, Refused, Unavailable
 from digestguard.inventory import Backends
 from integrations import aws_iam, aws_secrets, azure_keyvault, gcp_secrets, vault
 from integrations._secret_values import new_password, same_secret
+from tasks.connect import Connections
 
 Material = dict[str, SecretStr]
 """The parts of one credential, masked."""
@@ -52,84 +52,6 @@ def stable_token(*parts: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, "\x1f".join(parts)))
 
 
-# --------------------------------------------------------------------------- clients
-
-
-class Clients:
-    """The clients a rotation needs, injected (tests) or built from ``Backends`` on first use, closed at the end.
-
-    Keys: ``vault`` (hvac.Client), ``iam`` and ``secretsmanager`` (boto3), ``azure``
-    (azure SecretClient), ``gcp`` (SecretManagerServiceClient), ``github``
-    (GitHubClient), ``gitlab`` (GitLabClient).
-    """
-
-    def __init__(self, backends: Backends, given: Mapping[str, Any] | None = None) -> None:
-        self.backends = backends
-        self._given = dict(given or {})
-        self._own: dict[str, Any] = {}
-
-    def get(self, name: str) -> Any:
-        if name in self._given:
-            return self._given[name]
-        if name not in self._own:
-            self._own[name] = self._build(name)
-        return self._own[name]
-
-    def close(self) -> None:
-        for c in self._own.values():
-            close = getattr(c, "close", None)
-            if callable(close):
-                try:
-                    close()
-                except Exception:  # noqa: BLE001 - closing must not hide the stage's outcome
-                    pass
-        self._own.clear()
-
-    def _need(self, value: Any, field: str) -> Any:
-        if value in (None, ""):
-            raise InputError("inventory", "needed by this rotation but not set", field=f"backends.{field}")
-        return value
-
-    def _build(self, name: str) -> Any:
-        b = self.backends
-        if name == "vault":
-            url = self._need(b.vault_url, "vault_url")
-            token = resolve(self._need(b.vault_token, "vault_token"), "backends.vault_token")
-            return vault.connect(url, SecretStr(token or ""))
-        if name in ("iam", "secretsmanager"):
-            kwargs: dict[str, Any] = {"endpoint_url": b.aws_endpoint_url}
-            if b.aws_region:
-                kwargs["region_name"] = b.aws_region
-            return (aws_iam.iam_client if name == "iam" else aws_secrets.secrets_client)(**kwargs)
-        if name == "azure":
-            from azure.identity import ClientSecretCredential
-
-            secret = resolve(self._need(b.azure_client_secret, "azure_client_secret"), "backends.azure_client_secret")
-            extra: dict[str, Any] = {}
-            if b.azure_authority:
-                extra["authority"] = b.azure_authority
-            if isinstance(b.azure_verify, str):
-                extra["connection_verify"] = b.azure_verify
-            cred = ClientSecretCredential(self._need(b.azure_tenant_id, "azure_tenant_id"),
-                                          self._need(b.azure_client_id, "azure_client_id"), secret or "", **extra)
-            kv_kwargs: dict[str, Any] = {}
-            if b.azure_verify is not None:
-                kv_kwargs["connection_verify"] = b.azure_verify
-            return azure_keyvault.keyvault_client(self._need(b.azure_vault_url, "azure_vault_url"), cred, **kv_kwargs)
-        if name == "gcp":
-            if b.gcp_endpoint and b.gcp_endpoint.startswith("http://"):
-                from google.auth.credentials import AnonymousCredentials
-
-                # a plain-http endpoint is a local stand-in: no Google credentials travel to it
-                return gcp_secrets.secret_manager_client(credentials=AnonymousCredentials(), api_endpoint=b.gcp_endpoint,
-                                                         transport="rest")
-            return gcp_secrets.secret_manager_client(api_endpoint=b.gcp_endpoint)
-        if name in ("github", "gitlab"):
-            from tasks.forges import forge_client
-
-            return forge_client(name, self.backends, source=f"backends.{name}")
-        raise InputError("rotate", f"no client named {name!r}")
-
 
 # --------------------------------------------------------------------------- backends
 
@@ -141,7 +63,7 @@ class Backend:
     revoke_before_create = False  # IAM revoke-first: the old key goes before the new one exists
     needs_stash = False  # IAM: the new value cannot be read back from the backend itself
 
-    def __init__(self, name: str, ref: Mapping[str, Any], clients: Clients, token_seed: tuple[str, ...]) -> None:
+    def __init__(self, name: str, ref: Mapping[str, Any], clients: Connections, token_seed: tuple[str, ...]) -> None:
         self.name = name
         self.ref = dict(ref)
         self.clients = clients
@@ -612,7 +534,7 @@ def _as_text(value: SecretStr | Material) -> SecretStr:
     return SecretStr(json.dumps({k: v.get_secret_value() for k, v in sorted(value.items())}, sort_keys=True))
 
 
-def write_consumer(spec: ConsumerSpec, secret_name: str, value: SecretStr | Material, clients: Clients,
+def write_consumer(spec: ConsumerSpec, secret_name: str, value: SecretStr | Material, clients: Connections,
                    token_seed: tuple[str, ...]) -> dict[str, Any]:
     """Put the new value where ``spec`` points; return ids only. Copies are read back and compared afterwards.
 
@@ -696,7 +618,7 @@ def write_consumer(spec: ConsumerSpec, secret_name: str, value: SecretStr | Mate
     raise InputError(where, f"no writer for consumer kind {kind!r}")
 
 
-def read_stash(spec: ConsumerSpec, clients: Clients) -> Material:
+def read_stash(spec: ConsumerSpec, clients: Connections) -> Material:
     """Read a whole credential back from a copy written by :func:`write_consumer` (the IAM stash)."""
     if spec.kind == "vault-kv":
         mount = spec.get("mount") or clients.backends.vault_kv_mount

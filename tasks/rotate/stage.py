@@ -60,11 +60,11 @@ from digestguard.findings import ActionOutcome, ExposureReport, StageResult
 from digestguard.inventory import Inventory
 from digestguard.journal import Journal
 from digestguard.plan import Approval, Plan, PlanItem, require_approved
+from tasks.connect import Connections
 from tasks.rotate.backends import (
     BACKENDS,
     AwsIamKey,
     Backend,
-    Clients,
     ConsumerSpec,
     Lost,
     consumer_id,
@@ -150,7 +150,7 @@ def dry_run_result(plan: Plan) -> StageResult:
 class _Rotation:
     """The journaled steps of one secret's rotation. Re-running ``run`` is the same as resuming it."""
 
-    def __init__(self, plan: Plan, item: PlanItem, journal: Journal, clients: Clients, approver: str,
+    def __init__(self, plan: Plan, item: PlanItem, journal: Journal, clients: Connections, approver: str,
                  confirm_manual: ConfirmManual | None, log: logging.Logger | logging.LoggerAdapter) -> None:
         self.plan, self.item, self.journal, self.clients = plan, item, journal, clients
         self.approver, self.confirm_manual, self.log = approver, confirm_manual, log
@@ -368,13 +368,13 @@ def _ids(detail: Mapping[str, Any]) -> str:
 
 
 def apply_rotation(plan: Plan, approval: Approval | None, inventory: Inventory, journal: Journal, *,
-                   clients: Mapping[str, Any] | None = None, confirm_manual: ConfirmManual | None = None,
+                   clients: Connections | Mapping[str, Any] | None = None, confirm_manual: ConfirmManual | None = None,
                    max_workers: int = 4, attempts: int = 3, backoff: float = 1.0) -> StageResult:
     """Rotate every secret of an approved plan, journaled and resumable; one secret's failure does not stop the others.
 
-    ``clients`` injects ready clients by name (``vault``, ``iam``, ``secretsmanager``,
-    ``azure``, ``gcp``, ``github``, ``gitlab``); the rest are built from
-    ``inventory.backends``. ``confirm_manual(item) -> bool`` answers manual items
+    ``clients``: the run's :class:`~tasks.connect.Connections` (left open), or ready clients by name
+    (``vault``, ``iam``, ``secretsmanager``, ``azure``, ``gcp``, ``github``, ``gitlab``; tests) with the
+    rest built from ``inventory.backends`` and closed at the end. ``confirm_manual(item) -> bool`` answers manual items
     (a person, or the drill's auto-confirm); without it they come back ``needs-person``.
     Retryable errors (429/5xx) re-run the secret's rotation up to ``attempts`` times,
     which is safe because every step resumes from the journal.
@@ -384,7 +384,8 @@ def apply_rotation(plan: Plan, approval: Approval | None, inventory: Inventory, 
     log = _logger()
     result = StageResult(stage=STAGE, plan_hash=plan.hash, approved_by=list(approval.approvers), notes=list(plan.notes))
     journal.event(plan.incident, STAGE, "rotate-started", {"plan_hash": plan.hash, "items": len(plan.items)})
-    pool_clients = Clients(inventory.backends, clients)
+    own = not isinstance(clients, Connections)
+    pool_clients = Connections(inventory, clients) if own else clients
     lock = threading.Lock()
 
     def one(item: PlanItem) -> tuple[ActionOutcome, list[ActionOutcome], list[str]]:
@@ -416,7 +417,8 @@ def apply_rotation(plan: Plan, approval: Approval | None, inventory: Inventory, 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rotate") as pool:
             outcomes = list(pool.map(one, plan.items))
     finally:
-        pool_clients.close()
+        if own:
+            pool_clients.close()
     for outcome, manual, notes in outcomes:
         result.actions.append(outcome)
         result.actions.extend(manual)
@@ -441,16 +443,11 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
 
 
 @task(name="rotate", persist_result=False, cache_policy=NO_CACHE)
-def rotate_task(plan: Plan, approval: Approval | None, inventory: Inventory, journal_path: str,
-                auto_confirm_manual: bool = False) -> StageResult:
+def rotate_task(plan: Plan, approval: Approval | None, inventory: Inventory, journal: Journal,
+                connections: Connections | None = None, confirm_manual: ConfirmManual | None = None) -> StageResult:
     """Prefect task: apply the approved rotation plan; returns ids and versions only (never persisted, never cached).
 
-    ``auto_confirm_manual`` is for the drill; in an incident manual items come back
-    ``needs-person`` and the flow asks a person.
+    ``confirm_manual`` answers manual items (the drill confirms them all); without it they come
+    back ``needs-person`` and the flow asks a person.
     """
-    journal = Journal(journal_path)
-    try:
-        return apply_rotation(plan, approval, inventory, journal,
-                              confirm_manual=(lambda item: True) if auto_confirm_manual else None)
-    finally:
-        journal.close()
+    return apply_rotation(plan, approval, inventory, journal, clients=connections, confirm_manual=confirm_manual)

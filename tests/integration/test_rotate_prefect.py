@@ -22,6 +22,7 @@ from prefect import flow
 from digestguard.advisory import load_advisory
 from digestguard.findings import ExposedSecret, ExposureReport
 from digestguard.inventory import parse_inventory
+from digestguard.journal import Journal
 from digestguard.plan import Approval
 from integrations import aws_iam, aws_secrets, gcp_secrets, vault
 from tasks.rotate.stage import plan_rotation, rotate_task
@@ -37,7 +38,7 @@ AWS = {"region_name": "us-east-1", "aws_access_key_id": "testing", "aws_secret_a
 
 @flow(name="rotate-leak-check")
 def rotate_flow(plan, approval, inventory, journal_path: str):
-    return rotate_task(plan, approval, inventory, journal_path)
+    return rotate_task(plan, approval, inventory, Journal(journal_path))
 
 
 def _files(root: Path) -> list[Path]:

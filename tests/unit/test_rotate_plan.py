@@ -98,20 +98,21 @@ def test_clients_are_built_from_backends_with_references_resolved_at_use(monkeyp
     from azure.keyvault.secrets import SecretClient
 
     from digestguard.errors import InputError
-    from digestguard.inventory import Backends
-    from tasks.rotate.backends import Clients
+    from digestguard.inventory import Backends, Inventory
+    from tasks.connect import Connections
 
     monkeypatch.setenv("DG_TEST_AZ_SECRET", "client-secret-value")
     backends = Backends(azure_vault_url="https://example.vault.azure.net", azure_tenant_id="t", azure_client_id="c",
                         azure_client_secret="env:DG_TEST_AZ_SECRET", azure_authority="login.microsoftonline.com")
-    clients = Clients(backends)
+    inv = Inventory(backends=backends)
+    clients = Connections(inv)
     assert isinstance(clients.get("azure"), SecretClient)
     assert clients.get("azure") is clients.get("azure")  # built once
     with pytest.raises(InputError, match="backends.vault_url"):
         clients.get("vault")
     monkeypatch.delenv("DG_TEST_AZ_SECRET")
     with pytest.raises(InputError, match="DG_TEST_AZ_SECRET") as e:
-        Clients(backends).get("azure")
+        Connections(inv).get("azure")
     assert "client-secret-value" not in str(e.value)
     given = object()
-    assert Clients(backends, {"github": given}).get("github") is given
+    assert Connections(inv, {"github": given}).get("github") is given
