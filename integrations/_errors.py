@@ -6,10 +6,13 @@ every integration:
 
 * :func:`error_for_status` maps an HTTP status (and the vendor's own words) to
   a typed error: 429 rate limited, 401/403 auth, 404/410 not found, 5xx
-  unavailable, 400/405/409/412/422 refused, anything else unexpected;
+  unavailable, 400/405/409/412/422 refused, anything else unexpected. The httpx
+  clients (:class:`integrations._rest.RestClient`, the registry client, and the
+  Kubernetes lister for its ``ApiException``) use it after their retry loop has
+  had its say: a loop must see a transport error before it becomes typed;
 * one context manager per SDK, all of the same shape ``with aws_errors(source):``
   (also :func:`azure_errors`, :func:`gcp_errors`, :func:`hvac_errors`,
-  :func:`httpx_errors`): the block's vendor exceptions leave it as typed errors
+  :func:`docker_errors`): the block's vendor exceptions leave it as typed errors
   naming ``source``.
 
 Vendor messages name resources, never secret values, so they are kept
@@ -17,7 +20,8 @@ Vendor messages name resources, never secret values, so they are kept
 
 Each SDK is imported inside its own context manager, not at the top: importing
 one integration (say the registry client) must not load botocore, azure-core,
-google-api-core and hvac, each a heavy import of its own.
+google-api-core and hvac, each a heavy import of its own. Errors already typed (a ``DigestguardError``
+raised inside the block) pass through unchanged.
 """
 
 from __future__ import annotations
@@ -26,11 +30,9 @@ import email.utils
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 
-import httpx
-
-from digestguard.errors import AuthError, IntegrationError, NotFound, RateLimited, Refused, Unavailable
+from digestguard.errors import AuthError, DigestguardError, IntegrationError, NotFound, RateLimited, Refused, Unavailable
+from digestguard.timeutil import now, utc
 
 MESSAGE_LIMIT = 300
 AUTH_REFUSED = "credential refused or lacks permission"
@@ -49,9 +51,7 @@ def parse_retry_after(value: str | None) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    return max(0.0, (utc(when) - now()).total_seconds())
 
 
 def error_for_status(
@@ -76,23 +76,6 @@ def error_for_status(
     if status == 0:
         return Unavailable(source, f"no answer: {message}")
     return IntegrationError(source, f"unexpected answer: {message}", status=status)
-
-
-# --------------------------------------------------------------------------- httpx
-
-
-@contextmanager
-def httpx_errors(source: str) -> Iterator[None]:
-    """httpx failures in the block as typed errors: transport errors are ``Unavailable``, a raised status is mapped."""
-    try:
-        yield
-    except httpx.HTTPStatusError as e:
-        r = e.response
-        raise error_for_status(source, r.status_code, (r.text or r.reason_phrase or "").strip()[:MESSAGE_LIMIT],
-                               retry_after=parse_retry_after(r.headers.get("retry-after"))
-                               if r.status_code == 429 else None) from None
-    except httpx.TransportError as e:
-        raise Unavailable(source, f"no answer: {type(e).__name__}") from None
 
 
 # --------------------------------------------------------------------------- AWS (botocore)
@@ -276,3 +259,46 @@ def hvac_errors(source: str) -> Iterator[None]:
         raise IntegrationError(source, _hvac_reason(e, "unexpected answer")) from None
     except (requests.ConnectionError, requests.Timeout) as e:
         raise Unavailable(source, f"no answer: {type(e).__name__}") from None
+
+
+# --------------------------------------------------------------------------- Docker Engine / podman (docker SDK)
+
+
+def _docker_message(e: Exception) -> str:
+    return str(getattr(e, "explanation", None) or e)[:MESSAGE_LIMIT]
+
+
+@contextmanager
+def docker_errors(source: str) -> Iterator[None]:
+    """docker SDK and ``requests`` failures from the block as typed errors naming ``source``.
+
+    podman answers 500 for a failed pull of a missing tag: that 500 says "not found"
+    or "manifest unknown" and is ``NotFound``, not ``Unavailable``.
+    """
+    import docker.errors as dx  # heavy optional import: see the module docstring
+    import requests
+
+    try:
+        yield
+    except DigestguardError:
+        raise
+    except dx.NotFound as e:
+        raise NotFound(source, _docker_message(e), 404) from None
+    except dx.APIError as e:
+        raise _docker_api_error(source, e.status_code, _docker_message(e)) from None
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
+        raise Unavailable(source, f"engine unreachable ({type(e).__name__})") from None
+    except dx.DockerException as e:
+        raise IntegrationError(source, _docker_message(e)) from None
+
+
+def _docker_api_error(source: str, status: int | None, msg: str) -> IntegrationError:
+    if status in (401, 403):
+        return AuthError(source, msg, status)
+    if status in (400, 409):
+        return Refused(source, msg, status)
+    if status is not None and status >= 500:
+        if "manifest unknown" in msg.lower() or "not found" in msg.lower():
+            return NotFound(source, msg, status)
+        return Unavailable(source, msg, status)
+    return IntegrationError(source, msg, status)

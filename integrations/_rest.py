@@ -36,17 +36,19 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Self, TypedDict
 
 import httpx
+from pydantic import SecretStr
 
 from digestguard.errors import InputError, IntegrationError, RateLimited, Unavailable
 from digestguard.timeutil import iso_z
 from integrations._errors import error_for_status, parse_retry_after
+from integrations._secret_values import SecretLike, reveal
 
 __all__ = [
     "AWS_SDK_POLICY", "GCP_ACCESS_POLICY", "RETRY_STATUSES", "VAULT_READ_POLICY",
-    "RestBackedClient", "RestClient", "Retrier", "RetryPolicy",
+    "Closing", "RestBackedClient", "RestClient", "RestOptions", "Retrier", "RetryPolicy",
     "azure_retry_kwargs", "botocore_config", "google_retry", "iso_utc", "next_link",
     "parse_retry_after", "raise_for", "rate_limit_wait", "redact_url", "urllib3_retry",
 ]
@@ -422,10 +424,48 @@ class RestClient:
                 raise IntegrationError(self.source("GET", path), f"more than {max_pages} pages; narrow the query")
 
 
-class RestBackedClient:
-    """Lifecycle shared by the forge clients: ``self.rest`` is their :class:`RestClient`."""
+class RestOptions(TypedDict, total=False):
+    """The knobs a :class:`RestBackedClient` passes on to its :class:`RestClient`."""
+
+    timeout: float
+    max_retries: int
+    max_wait: float
+    backoff: float
+
+
+class Closing:
+    """``with client:`` closes it at the end; the one lifecycle every integration client with a ``close()`` shares."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RestBackedClient(Closing):
+    """Set-up and lifecycle shared by the clients built on one :class:`RestClient`, ``self.rest``."""
 
     rest: RestClient
+
+    def _open(
+        self,
+        vendor: str,
+        token: SecretLike,
+        api_url: str,
+        auth_headers: Callable[[str], Mapping[str, str]],
+        default_headers: Mapping[str, str],
+        options: RestOptions,
+    ) -> None:
+        """Check and reveal ``token`` (only into the auth header), then make ``self.rest`` for ``api_url``."""
+        if not token or (isinstance(token, SecretStr) and not token.get_secret_value()):
+            raise InputError(f"{vendor} token", "no token given (a token reference resolved to nothing?)")
+        tok = reveal(token, source=f"{vendor} token")
+        self.rest = RestClient(vendor=vendor, api_url=api_url, auth_headers=auth_headers(tok),
+                               default_headers=default_headers, **options)
 
     @property
     def api_url(self) -> str:
@@ -433,9 +473,3 @@ class RestBackedClient:
 
     def close(self) -> None:
         self.rest.close()
-
-    def __enter__(self):  # noqa: ANN204 - returns the subclass
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -25,10 +25,11 @@ from typing import Any
 
 import docker
 import docker.errors
-import requests
 
-from digestguard.errors import AuthError, DigestguardError, InputError, IntegrationError, NotFound, Refused, Unavailable
+from digestguard.errors import AuthError, InputError, IntegrationError, NotFound, Unavailable
 from digestguard.reference import parse_digest
+from integrations._errors import docker_errors
+from integrations._rest import Closing
 
 DEFAULT_API_VERSION = "1.41"
 
@@ -95,7 +96,7 @@ def _image(attrs: dict[str, Any]) -> EngineImage:
     )
 
 
-class DockerEngine:
+class DockerEngine(Closing):
     """One engine endpoint. ``url`` is ``unix:///path.sock``, ``tcp://host:2376`` or ``ssh://user@host``.
 
     ``tls`` is passed to the SDK as is (``docker.tls.TLSConfig``) for tcp with TLS;
@@ -117,11 +118,6 @@ class DockerEngine:
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> "DockerEngine":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     @property
     def sdk(self) -> docker.DockerClient:
@@ -226,34 +222,8 @@ class DockerEngine:
 
     def _call(self, fn: Any, *args: Any, what: str | None = None, **kwargs: Any) -> Any:
         source = f"{self.source} ({what})" if what else self.source
-        try:
+        with docker_errors(source):
             return fn(*args, **kwargs)
-        except DigestguardError:
-            raise
-        except docker.errors.NotFound as e:
-            raise NotFound(source, _explain(e), 404) from None
-        except docker.errors.APIError as e:
-            status = e.status_code
-            msg = _explain(e)
-            if status in (401, 403):
-                raise AuthError(source, msg, status) from None
-            if status in (400, 409):
-                raise Refused(source, msg, status) from None
-            if status is not None and status >= 500:
-                # podman answers 500 for a failed pull of a missing tag; say what it said
-                if "manifest unknown" in msg.lower() or "not found" in msg.lower():
-                    raise NotFound(source, msg, status) from None
-                raise Unavailable(source, msg, status) from None
-            raise IntegrationError(source, msg, status) from None
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
-            raise Unavailable(source, f"engine unreachable ({type(e).__name__})") from None
-        except docker.errors.DockerException as e:
-            raise IntegrationError(source, _explain(e)) from None
-
-
-def _explain(e: Exception) -> str:
-    expl = getattr(e, "explanation", None)
-    return str(expl or e)[:300]
 
 
 def _split_pull_ref(reference: str) -> tuple[str, str | None]:

@@ -25,7 +25,7 @@ from urllib.parse import quote
 from digestguard.errors import AuthError, InputError, IntegrationError
 from digestguard.reference import DOCKER_HUB, parse_reference
 from digestguard.timeutil import parse_time, utc
-from integrations._rest import RestClient
+from integrations._rest import Closing, RestClient
 
 API_URL = "https://hub.docker.com"
 _MAX_PAGES = 1000
@@ -100,7 +100,7 @@ def _iso(dt: datetime) -> str:
     return utc(dt).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class DockerHub:
+class DockerHub(Closing):
     """Client for hub.docker.com's API (tags, audit logs)."""
 
     def __init__(self, *, token: str | None = None, identifier: str | None = None, secret: str | None = None,
@@ -119,11 +119,6 @@ class DockerHub:
         if self._rest is not None:
             self._rest.close()
 
-    def __enter__(self) -> "DockerHub":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _client(self) -> RestClient:
         """The REST client, logging in first when only identifier/secret were given."""

@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 from digestguard.errors import InputError, IntegrationError, NotFound, Unavailable
 from digestguard.reference import parse_digest, parse_reference
-from integrations._rest import RestClient
+from integrations._rest import RestBackedClient, RestClient
 
 API_URL = "https://artifactregistry.googleapis.com"
 _GAR_HOST = re.compile(r"^([a-z0-9-]+)-docker\.pkg\.dev$")
@@ -96,41 +96,32 @@ def _tag_of(name: str) -> str:
     return name.rsplit("/tags/", 1)[-1]
 
 
-class ArtifactRegistry:
+class ArtifactRegistry(RestBackedClient):
     """Client for the Artifact Registry REST API (v1) with a bearer access token."""
 
     def __init__(self, token: str, *, api_url: str = API_URL, timeout: float = 30.0, max_retries: int = 4,
                  operation_timeout: float = 120.0, sleep: Callable[[float], None] = time.sleep) -> None:
         if not token:
             raise InputError("artifact registry token", "an access token is required")
-        self._rest = RestClient(vendor="artifact-registry", api_url=api_url,
-                                auth_headers={"Authorization": f"Bearer {token}"},
-                                default_headers={"Accept": "application/json"},
-                                timeout=timeout, max_retries=max_retries, sleep=sleep)
+        self.rest = RestClient(vendor="artifact-registry", api_url=api_url,
+                               auth_headers={"Authorization": f"Bearer {token}"},
+                               default_headers={"Accept": "application/json"},
+                               timeout=timeout, max_retries=max_retries, sleep=sleep)
         self.operation_timeout = operation_timeout
         self._sleep = sleep
-
-    def close(self) -> None:
-        self._rest.close()
-
-    def __enter__(self) -> "ArtifactRegistry":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- pagination
 
     def _pages(self, path: str, key: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         params = dict(params)
         for _ in range(_MAX_PAGES):
-            body = self._rest.get_json(path, params=params)
+            body = self.rest.get_json(path, params=params)
             yield from body.get(key) or []
             token = body.get("nextPageToken")
             if not token:
                 return
             params["pageToken"] = token
-        raise IntegrationError(self._rest.source("GET", path), f"more than {_MAX_PAGES} pages")
+        raise IntegrationError(self.rest.source("GET", path), f"more than {_MAX_PAGES} pages")
 
     # -- versions
 
@@ -145,7 +136,7 @@ class ArtifactRegistry:
     def get_version(self, pkg: GarPackage, digest: str) -> GarVersion:
         """One version by digest, with its tags; NotFound when absent."""
         digest = parse_digest(digest, "artifact registry digest")
-        v = self._rest.get_json(f"/v1/{pkg.name}/versions/{digest}", params={"view": "FULL"})
+        v = self.rest.get_json(f"/v1/{pkg.name}/versions/{digest}", params={"view": "FULL"})
         return GarVersion(_digest_of(v["name"]), tuple(_tag_of(t["name"]) for t in v.get("relatedTags") or []),
                           v.get("createTime"), v.get("updateTime"))
 
@@ -161,11 +152,11 @@ class ArtifactRegistry:
 
     def get_tag(self, pkg: GarPackage, tag: str) -> GarTag:
         """Where ``tag`` points now; NotFound when absent."""
-        t = self._rest.get_json(f"/v1/{pkg.name}/tags/{quote(tag, safe='')}")
+        t = self.rest.get_json(f"/v1/{pkg.name}/tags/{quote(tag, safe='')}")
         return GarTag(_tag_of(t["name"]), _digest_of(t["version"]))
 
     def delete_tag(self, pkg: GarPackage, tag: str) -> None:
-        self._rest.request("DELETE", f"/v1/{pkg.name}/tags/{quote(tag, safe='')}", ok=(200, 204))
+        self.rest.request("DELETE", f"/v1/{pkg.name}/tags/{quote(tag, safe='')}", ok=(200, 204))
 
     # -- delete
 
@@ -185,7 +176,7 @@ class ArtifactRegistry:
                 except NotFound:
                     pass
                 removed.append(t.tag)
-        r = self._rest.request("DELETE", f"/v1/{pkg.name}/versions/{digest}", ok=(200, 204))
+        r = self.rest.request("DELETE", f"/v1/{pkg.name}/versions/{digest}", ok=(200, 204))
         op = r.json() if r.content else {}
         self._wait(op, f"artifact-registry {pkg.image}@{digest}")
         return GarDeletion(digest, tuple(removed), True)
@@ -202,7 +193,7 @@ class ArtifactRegistry:
                 raise Unavailable(source, f"operation {name} not done after {self.operation_timeout:.0f}s")
             self._sleep(delay)
             delay = min(delay * 2, 5.0)
-            op = self._rest.get_json(f"/v1/{name}")
+            op = self.rest.get_json(f"/v1/{name}")
         err = (op or {}).get("error")
         if err:
             raise IntegrationError(source, f"operation failed: {err.get('status') or err.get('code')}: {str(err.get('message'))[:300]}")

@@ -33,17 +33,16 @@ from __future__ import annotations
 import base64
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Literal
+from datetime import datetime, timedelta
+from typing import Any, Literal, Unpack
 from urllib.parse import quote
 
 from nacl import encoding, public
 from nacl.exceptions import CryptoError
-from pydantic import SecretStr
 
 from digestguard.errors import InputError, IntegrationError, NotFound, Refused
-from digestguard.timeutil import parse_time
-from integrations._rest import RestBackedClient, RestClient, iso_utc, next_link
+from digestguard.timeutil import parse_time, utc
+from integrations._rest import RestBackedClient, RestOptions, iso_utc, next_link
 from integrations._secret_values import SecretLike, reveal
 
 __all__ = [
@@ -262,33 +261,12 @@ class GitHubClient(RestBackedClient):
     ``backoff`` is the first wait after a 5xx (doubling each time) when the server named none.
     """
 
-    def __init__(
-        self,
-        token: SecretLike,
-        api_url: str = DEFAULT_API_URL,
-        *,
-        timeout: float = 30.0,
-        max_retries: int = 4,
-        max_wait: float = 60.0,
-        backoff: float = 0.5,
-    ) -> None:
-        if not token or (isinstance(token, SecretStr) and not token.get_secret_value()):
-            raise InputError("github token", "no token given (a token reference resolved to nothing?)")
-        tok = reveal(token, source="github token")
-        self.rest = RestClient(
-            vendor="github",
-            api_url=api_url,
-            auth_headers={"Authorization": f"Bearer {tok}"},
-            default_headers={
-                "Accept": "application/vnd.github+json",
-                "X-GitHub-Api-Version": API_VERSION,
-                "User-Agent": "digestguard",
-            },
-            timeout=timeout,
-            max_retries=max_retries,
-            max_wait=max_wait,
-            backoff=backoff,
-        )
+    def __init__(self, token: SecretLike, api_url: str = DEFAULT_API_URL, **options: Unpack[RestOptions]) -> None:
+        self._open("github", token, api_url, lambda tok: {"Authorization": f"Bearer {tok}"}, {
+            "Accept": "application/vnd.github+json",
+            "X-GitHub-Api-Version": API_VERSION,
+            "User-Agent": "digestguard",
+        }, options)
 
     # ---------------------------------------------------------------- repository
 
@@ -333,10 +311,10 @@ class GitHubClient(RestBackedClient):
             extra["branch"] = branch
         seen: dict[int, WorkflowRun] = {}
         # GitHub filters by whole seconds: round the end up so a run in its last fraction is kept.
-        end_s = end.astimezone(timezone.utc)
+        end_s = utc(end)
         if end_s.microsecond:
             end_s = end_s.replace(microsecond=0) + timedelta(seconds=1)
-        for run in self._runs_between(owner, repo, start.astimezone(timezone.utc).replace(microsecond=0), end_s, extra):
+        for run in self._runs_between(owner, repo, utc(start).replace(microsecond=0), end_s, extra):
             seen[run.id] = run
         return sorted(seen.values(), key=lambda r: (r.created_at or start, r.id))
 

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import quote
 
-from pydantic import SecretStr
 
 from digestguard.errors import InputError, IntegrationError, NotFound, Refused
 from digestguard.timeutil import parse_time
-from integrations._rest import RestBackedClient, RestClient, iso_utc
+from integrations._rest import RestBackedClient, RestOptions, iso_utc
 from integrations._secret_values import SecretLike, reveal
 
 __all__ = [
@@ -160,32 +159,13 @@ class MergeRequest:
 class GitLabClient(RestBackedClient):
     """A GitLab REST v4 client for one instance and one token (``PRIVATE-TOKEN``)."""
 
-    def __init__(
-        self,
-        token: SecretLike,
-        api_url: str = DEFAULT_API_URL,
-        *,
-        timeout: float = 30.0,
-        max_retries: int = 4,
-        max_wait: float = 60.0,
-        backoff: float = 0.5,
-    ) -> None:
-        if not token or (isinstance(token, SecretStr) and not token.get_secret_value()):
-            raise InputError("gitlab token", "no token given (a token reference resolved to nothing?)")
-        tok = reveal(token, source="gitlab token")
+    def __init__(self, token: SecretLike, api_url: str = DEFAULT_API_URL, **options: Unpack[RestOptions]) -> None:
+        """``options``: ``timeout``, ``max_retries``, ``max_wait``, ``backoff`` (see :class:`RestClient`)."""
         url = api_url.rstrip("/")
         if not url.endswith("/api/v4"):
             url += "/api/v4"
-        self.rest = RestClient(
-            vendor="gitlab",
-            api_url=url,
-            auth_headers={"PRIVATE-TOKEN": tok},
-            default_headers={"Accept": "application/json", "User-Agent": "digestguard"},
-            timeout=timeout,
-            max_retries=max_retries,
-            max_wait=max_wait,
-            backoff=backoff,
-        )
+        self._open("gitlab", token, url, lambda tok: {"PRIVATE-TOKEN": tok},
+                   {"Accept": "application/json", "User-Agent": "digestguard"}, options)
 
     # ---------------------------------------------------------------- project
 

@@ -67,7 +67,7 @@ from digestguard.errors import (
 )
 from digestguard.reference import DOCKER_HUB_ALIASES, ImageReference, parse_digest, parse_reference
 from integrations._errors import error_for_status, parse_retry_after
-from integrations._rest import Retrier, RetryPolicy, next_link
+from integrations._rest import Closing, Retrier, RetryPolicy, next_link
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -249,7 +249,7 @@ class _Token:
         self.expires = expires
 
 
-class RegistryClient:
+class RegistryClient(Closing):
     """A client for one registry host (``docker.io``, ``ghcr.io``, ``127.0.0.1:5000``).
 
     Credentials are plain parameters: the caller resolves ``env:``/``prefect-secret:``
@@ -334,11 +334,6 @@ class RegistryClient:
         for c in conns:
             c.close()
 
-    def __enter__(self) -> "RegistryClient":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- public API
 

@@ -45,6 +45,7 @@ from slack_sdk.http_retry import (
 )
 
 from digestguard.errors import AuthError, InputError, IntegrationError, NotFound, RateLimited, Refused, Unavailable
+from integrations._errors import parse_retry_after
 
 __all__ = ["DEFAULT_BASE_URL", "BoundedRateLimitHandler", "SlackClient", "SlackMessage", "channel_name_for"]
 
@@ -96,6 +97,15 @@ def _scrub_obj(obj: Any, scrub: Scrub) -> Any:
     return obj
 
 
+def _retry_after_header(headers: Any) -> str | None:
+    """The ``Retry-After`` value of SDK response headers (any case; the SDK sometimes keeps a list per name)."""
+    for k, v in (headers or {}).items():
+        if k.lower() == "retry-after":
+            value = (v[0] if v else None) if isinstance(v, list) else v
+            return None if value is None else str(value)
+    return None
+
+
 class BoundedRateLimitHandler(RateLimitErrorRetryHandler):
     """The SDK's 429 handler (sleeps for ``Retry-After``), except that it gives up at once when Slack asks
     for a longer wait than ``max_wait`` seconds: the caller gets ``RateLimited`` with ``retry_after``
@@ -108,14 +118,8 @@ class BoundedRateLimitHandler(RateLimitErrorRetryHandler):
     def _can_retry(self, *, state: Any, request: Any, response: Any = None, error: Any = None) -> bool:
         if not super()._can_retry(state=state, request=request, response=response, error=error):
             return False
-        for k, v in (response.headers or {}).items():
-            if k.lower() == "retry-after":
-                value = v[0] if isinstance(v, list) else v
-                try:
-                    return float(value) <= self.max_wait
-                except (TypeError, ValueError):
-                    return True
-        return True
+        wait = parse_retry_after(_retry_after_header(response.headers))
+        return wait is None or wait <= self.max_wait
 
 
 class SlackClient:
@@ -186,13 +190,7 @@ class SlackClient:
         headers = getattr(e.response, "headers", {}) or {}
         shown = status if status and status != 200 else None  # Slack says "no" with HTTP 200: the code is the news
         if status == 429 or code == "ratelimited":
-            ra = headers.get("Retry-After") or headers.get("retry-after")
-            if isinstance(ra, list):
-                ra = ra[0] if ra else None
-            try:
-                retry_after = float(ra) if ra is not None else None
-            except ValueError:
-                retry_after = None
+            retry_after = parse_retry_after(_retry_after_header(headers))
             return RateLimited(where, "rate limited after retries", status=429, retry_after=retry_after)
         if status is not None and status >= 500 or code in _UNAVAILABLE_ERRORS:
             return Unavailable(where, f"Slack error {code}", status=shown)

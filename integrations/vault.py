@@ -23,10 +23,11 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import hvac
 import requests
@@ -294,9 +295,7 @@ def db_static_role_status(client: hvac.Client, role: str, *, mount: str = "datab
 
     Reads ``<mount>/static-roles/<role>``; ``NotFound`` when the role does not exist.
     """
-    _check_role(role)
-    with _translate(client, f"{mount}/static-roles/{role}"):
-        data = client.secrets.database.read_static_role(name=role, mount_point=mount)["data"]
+    data = _role_data(client, role, mount, "static-roles", client.secrets.database.read_static_role)
     return StaticRoleStatus(
         role=role,
         username=str(data.get("username", "")),
@@ -321,15 +320,20 @@ def db_rotate_static_role(client: hvac.Client, role: str, *, mount: str = "datab
 
 def db_static_credentials(client: hvac.Client, role: str, *, mount: str = "database") -> StaticCredentials:
     """The role's current username and password (masked), for a consumer that must be given it."""
-    _check_role(role)
-    with _translate(client, f"{mount}/static-creds/{role}"):
-        data = client.secrets.database.get_static_credentials(name=role, mount_point=mount)["data"]
+    data = _role_data(client, role, mount, "static-creds", client.secrets.database.get_static_credentials)
     return StaticCredentials(
         role=role,
         username=str(data.get("username", "")),
         password=SecretStr(str(data.get("password", ""))),
         last_vault_rotation=parse_time(data.get("last_vault_rotation")),
     )
+
+
+def _role_data(client: hvac.Client, role: str, mount: str, what: str, read: Callable[..., Any]) -> dict[str, Any]:
+    """The ``data`` of one ``<mount>/<what>/<role>`` read, errors naming that path."""
+    _check_role(role)
+    with _translate(client, f"{mount}/{what}/{role}"):
+        return read(name=role, mount_point=mount)["data"]
 
 
 def _check_role(role: str) -> None:
