@@ -32,22 +32,27 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from digestguard.findings import ActionOutcome, StageResult
+from digestguard.inventory import Inventory
+from digestguard.journal import Journal
+from digestguard._model import Model
 from digestguard.advisory import ActionRefs, Advisory, AffectedImage, SafeCommit
 from digestguard.errors import DigestguardError, InputError, PlanNotApproved
 from digestguard.reference import ImageReference, parse_digest, try_parse_reference
 from tasks.scan.references import ActionUse, Found, HelmImage, ScanResult, scan_tree
+from tasks.connect import Connections
+from tasks.pull_requests import open_pin_pull_request
 
 Resolver = Callable[[ImageReference], str]
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PinChange(_Model):
+class PinChange(Model):
     """One planned edit: the file's ``old`` text at ``[start, end)`` becomes ``new``.
 
     ``before``/``after`` are the reference as a reader sees it; ``old``/``new`` the exact edit
@@ -72,7 +77,7 @@ class PinChange(_Model):
     file_sha256: str
 
 
-class PinSkip(_Model):
+class PinSkip(Model):
     """A file or reference the stage did not touch, and why."""
 
     path: str
@@ -80,7 +85,7 @@ class PinSkip(_Model):
     reason: str
 
 
-class PinDecision(_Model):
+class PinDecision(Model):
     """A reference that needs a person: no safe digest known, a variable, a Helm chart without ``digest:``."""
 
     path: str
@@ -90,7 +95,7 @@ class PinDecision(_Model):
     suggestion: str | None = None
 
 
-class PinPlan(_Model):
+class PinPlan(Model):
     """What :func:`apply_pins` will do. ``plan_hash()`` binds an approval to exactly this content."""
 
     stage: Literal["pin"] = "pin"
@@ -509,23 +514,45 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-# --------------------------------------------------------------------------------------------
-# Prefect tasks (imported lazily so `digestguard lint` and plain planning stay fast)
+# --------------------------------------------------------------------------- the stage's Prefect task
 
 
-def _tasks():
-    from prefect import task
-    from prefect.cache_policies import NO_CACHE
+def _tag_resolver(inventory: Inventory, connections: Connections) -> Callable[[ImageReference], str] | None:
+    """Tag -> digest for unaffected tags, through the inventory's first registry that mirrors images (or none)."""
+    regs = [r for r in inventory.registries if r.kind in ("distribution", "dockerhub")]
+    if not regs:
+        return None
+    client = connections.registry(regs[0].name)
+    return lambda ref: client.resolve(ref.repository, ref.effective_tag)
 
-    plan_t = task(name="pin-plan", cache_policy=NO_CACHE)(plan_pins)
-    apply_t = task(name="pin-apply", cache_policy=NO_CACHE)(apply_pins)
-    return plan_t, apply_t
 
-
-def __getattr__(name: str):
-    """``plan_pins_task`` / ``apply_pins_task``: Prefect tasks over the functions above."""
-    if name in ("plan_pins_task", "apply_pins_task"):
-        plan_t, apply_t = _tasks()
-        globals()["plan_pins_task"], globals()["apply_pins_task"] = plan_t, apply_t
-        return globals()[name]
-    raise AttributeError(name)
+@task(name="pin", cache_policy=NO_CACHE, persist_result=False)
+def pin_task(advisory: Advisory, inventory: Inventory, incident: str, journal: Journal, connections: Connections, *,
+             dry_run: bool, to: list[str] | None = None, open_pull_requests: bool = True) -> tuple[StageResult, list[dict]]:
+    """The pin stage: plan pins in every inventory repository; in execute mode push a branch and open (or update) a
+    pull request per repository. Returns the stage result and the pull requests opened."""
+    result = StageResult(stage="pin", dry_run=dry_run)
+    prs: list[dict] = []
+    resolve = _tag_resolver(inventory, connections)
+    for repo in inventory.repositories:
+        try:
+            plan = plan_pins(inventory.resolve_path(repo.path), advisory, to=to or None, resolve=resolve)
+        except InputError as e:
+            result.actions.append(ActionOutcome(stage="pin", target=repo.name, action="plan", outcome="failed", error=str(e)))
+            continue
+        for c in plan.changes:
+            result.actions.append(ActionOutcome(stage="pin", target=f"{repo.name}:{c.path}:{c.line}", action="pin",
+                                                outcome="planned" if dry_run else "done",
+                                                detail={"before": c.before, "after": c.after}))
+        for d in plan.needs_decision:
+            result.actions.append(ActionOutcome(stage="pin", target=f"{repo.name}:{d.path}:{d.line or '-'}", action="decide",
+                                                outcome="needs-person", detail={"reference": d.reference, "reason": d.reason}))
+        if dry_run or not plan.changes or not open_pull_requests:
+            continue
+        out = open_pin_pull_request(repo, plan, advisory, incident, inventory, journal, rendered=render_pins(plan))
+        result.actions.append(out)
+        if out.outcome == "done":
+            prs.append({"repository": repo.name, "url": out.detail.get("url") or out.detail.get("branch"),
+                        "number": out.detail.get("number"), "changes": len(plan.changes),
+                        "title": f"Pin {advisory.id} references", "state": "open"})
+    return result, prs
