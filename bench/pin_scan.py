@@ -51,7 +51,8 @@ def _config(rng: random.Random, kind: int) -> tuple[str, str]:
     if kind == 2:
         return "docker-compose.yml", f"services:\n  app:\n    image: {img}\n    ports: ['8080:8080']\n"
     if kind == 3:
-        return "deploy.yaml", f"apiVersion: apps/v1\nkind: Deployment\nspec:\n  template:\n    spec:\n      containers:\n        - name: a\n          image: {img}\n"
+        return "deploy.yaml", ("apiVersion: apps/v1\nkind: Deployment\nspec:\n  template:\n    spec:\n      containers:\n"
+                               f"        - name: a\n          image: {img}\n")
     if kind == 4:
         return "values.yaml", "image:\n  repository: checkmarx/kics\n  tag: latest\n  digest: \"\"\n"
     return "Makefile", f"IMAGE ?= {img}\nrun:\n\tdocker run --rm $(IMAGE)\n"

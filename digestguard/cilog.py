@@ -42,8 +42,9 @@ import shlex
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from digestguard._model import Model
 from digestguard.reference import ImageReference, parse_digest, try_parse_reference
 
 PullKind = Literal["pull", "run", "executor", "build", "output"]
@@ -52,11 +53,7 @@ MAX_LINE_TEXT = 300
 MAX_UNPARSABLE_LINES = 20
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PullEvent(_Model):
+class PullEvent(Model):
     """One use of an image in a job: the reference as written, the tag, and the digest the log shows.
 
     ``line_no``/``line`` are the first line of the event (the command or the first pull
@@ -87,7 +84,7 @@ class PullEvent(_Model):
         return None if self.digest_source == "reference" else "latest"
 
 
-class DigestMention(_Model):
+class DigestMention(Model):
     """The first line a digest appears on (any context)."""
 
     digest: str
@@ -96,7 +93,7 @@ class DigestMention(_Model):
     at: datetime | None = None
 
 
-class JobLog(_Model):
+class JobLog(Model):
     """One parsed job log. ``source``/``workflow``/``url``/``repository`` are set by the caller (metadata)."""
 
     job: str
@@ -234,7 +231,8 @@ _CMD_RUN = re.compile(_CLI + r"(?:container\s+)?(?:run|create)\s+(.+)$")
 _ANNOUNCE = [
     (re.compile(r"^Pull down action image '([^']+)'"), "pull"),
     (re.compile(r"^Pulling docker image (\S+)"), "executor"),
-    (re.compile(r"^Using (?:Docker|docker|Kubernetes|kubernetes|Podman|podman|Docker Machine|docker\+machine|Custom|custom) executor with image (\S+)"), "executor"),
+    (re.compile(r"^Using (?:Docker|docker|Kubernetes|kubernetes|Podman|podman|Docker Machine|docker\+machine|Custom|custom)"
+                r" executor with image (\S+)"), "executor"),
     (re.compile(r"^Trying to pull (\S+?)\.\.\.$"), "pull"),
     (re.compile(r"^Unable to find image '([^']+)' locally"), "pull"),
 ]
@@ -257,7 +255,8 @@ class _Parser:
         if len(self.log.unparsable_lines) < MAX_UNPARSABLE_LINES:
             self.log.unparsable_lines.append(line_no)
 
-    def new_event(self, ref: ImageReference | None, written: str | None, kind: PullKind, line_no: int, text: str, at: datetime | None) -> PullEvent:
+    def new_event(self, ref: ImageReference | None, written: str | None, kind: PullKind, line_no: int, text: str,
+                  at: datetime | None) -> PullEvent:
         ev = PullEvent(
             reference=written, name=ref.name if ref else None, tag=ref.tag if ref else None,
             digest=ref.digest if ref else None, digest_source="reference" if ref and ref.digest else None,
@@ -290,123 +289,167 @@ class _Parser:
 
     # -- one logical line
     def line(self, line_no: int, text: str, at: datetime | None) -> None:
+        """Record the digests the line mentions, then let the first line form that matches it handle it."""
         for m in _DIGEST_ANY.finditer(text):
             d = "sha256:" + m.group(1).lower()
             if d not in self._seen_digests:
                 self._seen_digests.add(d)
                 self.log.digests.append(DigestMention(digest=d, line_no=line_no, line=_trim(text), at=at))
+        for handle in (self._digest_line, self._pulling_from, self._status, self._gitlab_using, self._announce,
+                       self._buildkit_from, self._cmd_pull, self._cmd_run):
+            if handle(line_no, text, at):
+                return
 
+    # Each handler below returns True when the line has its form (it is then handled, even when unparsable).
+
+    def _digest_line(self, line_no: int, text: str, at: datetime | None) -> bool:
+        """``Digest: sha256:...``: the digest of the pull in progress (or a pull of its own)."""
         m = _DIGEST_LINE.match(text)
-        if m:
-            try:
-                digest = parse_digest(m.group(1))
-            except ValueError:
-                self.unparsable(line_no)
-                return
-            if self.pending is not None:
-                self.set_digest(self.pending, digest, line_no, text)
-            else:
-                ev = self.new_event(None, None, "output", line_no, text, at)
-                ev.digest, ev.digest_source = digest, "log"
-            return
+        if not m:
+            return False
+        try:
+            digest = parse_digest(m.group(1))
+        except ValueError:
+            self.unparsable(line_no)
+            return True
+        if self.pending is not None:
+            self.set_digest(self.pending, digest, line_no, text)
+        else:
+            ev = self.new_event(None, None, "output", line_no, text, at)
+            ev.digest, ev.digest_source = digest, "log"
+        return True
 
+    def _pulling_from(self, line_no: int, text: str, at: datetime | None) -> bool:
+        """``latest: Pulling from checkmarx/kics``: a pull starts (or continues)."""
         m = _PULLING_FROM.match(text)
-        if m:
-            tag_or_digest, repo = m.group(1), m.group(2)
-            written = f"{repo}@{tag_or_digest}" if tag_or_digest.startswith("sha256:") else f"{repo}:{tag_or_digest}"
-            ref = _ref(written)
-            if ref is None:
-                self.unparsable(line_no)
-                return
-            if self._same(self.pending, ref):
-                assert self.pending is not None
-                self.add(self.pending, line_no, text)
-            else:
-                self.pending = self.new_event(ref, written, "output", line_no, text, at)
-            return
+        if not m:
+            return False
+        tag_or_digest, repo = m.group(1), m.group(2)
+        written = f"{repo}@{tag_or_digest}" if tag_or_digest.startswith("sha256:") else f"{repo}:{tag_or_digest}"
+        ref = _ref(written)
+        if ref is None:
+            self.unparsable(line_no)
+        elif self.pending is not None and self._same(self.pending, ref):
+            self.add(self.pending, line_no, text)
+        else:
+            self.pending = self.new_event(ref, written, "output", line_no, text, at)
+        return True
 
+    def _status(self, line_no: int, text: str, at: datetime | None) -> bool:
+        """``Status: Downloaded newer image for X``: the pull in progress ends."""
         m = _STATUS.match(text)
-        if m:
-            ref = _ref(m.group(1))
-            if ref is None:
-                self.unparsable(line_no)
-                return
-            if self._same(self.pending, ref):
-                assert self.pending is not None
-                self.add(self.pending, line_no, text)
-                if self.pending.tag is None and ref.tag:
-                    self.pending.tag = ref.tag
-            else:
-                self.new_event(ref, m.group(1), "output", line_no, text, at)
-            self.pending = None
-            return
+        if not m:
+            return False
+        ref = _ref(m.group(1))
+        if ref is None:
+            self.unparsable(line_no)
+            return True
+        if self.pending is not None and self._same(self.pending, ref):
+            self.add(self.pending, line_no, text)
+            if self.pending.tag is None and ref.tag:
+                self.pending.tag = ref.tag
+        else:
+            self.new_event(ref, m.group(1), "output", line_no, text, at)
+        self.pending = None
+        return True
 
+    def _gitlab_using(self, line_no: int, text: str, at: datetime | None) -> bool:
+        """GitLab's ``Using docker image X for Y with digest Z``."""
         m = _GITLAB_USING.match(text)
-        if m:
-            ref = _ref(m.group(2))
-            with_digest = _ref(m.group(3))
-            if ref is None or with_digest is None or with_digest.digest is None:
-                self.unparsable(line_no)
-                return
-            if self._same(self.pending, ref):
-                assert self.pending is not None
-                self.set_digest(self.pending, with_digest.digest, line_no, text)
-            else:
-                ev = self.new_event(ref, m.group(2), "executor", line_no, text, at)
-                if ev.digest is None:
-                    ev.digest, ev.digest_source = with_digest.digest, "log"
-            self.pending = None
-            return
+        if not m:
+            return False
+        ref = _ref(m.group(2))
+        with_digest = _ref(m.group(3))
+        if ref is None or with_digest is None or with_digest.digest is None:
+            self.unparsable(line_no)
+            return True
+        if self.pending is not None and self._same(self.pending, ref):
+            self.set_digest(self.pending, with_digest.digest, line_no, text)
+        else:
+            ev = self.new_event(ref, m.group(2), "executor", line_no, text, at)
+            if ev.digest is None:
+                ev.digest, ev.digest_source = with_digest.digest, "log"
+        self.pending = None
+        return True
 
+    def _announce(self, line_no: int, text: str, at: datetime | None) -> bool:
+        """A runner announcing the image it is about to pull (``Pulling docker image X``, ...)."""
         for pattern, kind in _ANNOUNCE:
             m = pattern.match(text)
-            if m:
-                ref = _ref(m.group(1))
-                if ref is None:
-                    self.unparsable(line_no)
-                    return
-                if self._same(self.pending, ref) and self.pending is not None and self.pending.digest is None:
-                    self.add(self.pending, line_no, text)
-                else:
-                    self.pending = self.new_event(ref, m.group(1).strip(_QUOTES), kind, line_no, text, at)
-                return
-
-        m = _BUILDKIT_FROM.match(text)
-        if m:
+            if not m:
+                continue
             ref = _ref(m.group(1))
-            if ref is not None:
-                self.new_event(ref, m.group(1), "build", line_no, text, at)
-            return
-
-        m = _CMD_PULL.search(text)
-        if m:
-            arg = _image_arg(m.group(1))
-            ref = _ref(arg) if arg else None
             if ref is None:
-                if arg and not arg.startswith("$"):
-                    self.unparsable(line_no)
-                return
-            if self._same(self.pending, ref) and self.pending is not None and self.pending.digest is None and self.pending.kind == "pull":
-                self.add(self.pending, line_no, text)  # "Run docker pull X" group title, then the command itself
+                self.unparsable(line_no)
+            elif self._same(self.pending, ref) and self.pending is not None and self.pending.digest is None:
+                self.add(self.pending, line_no, text)
             else:
-                self.pending = self.new_event(ref, arg.strip(_QUOTES) if arg else None, "pull", line_no, text, at)
-            return
+                self.pending = self.new_event(ref, m.group(1).strip(_QUOTES), kind, line_no, text, at)
+            return True
+        return False
 
+    def _buildkit_from(self, line_no: int, text: str, at: datetime | None) -> bool:
+        """BuildKit's ``#3 [internal] FROM X`` / ``resolve X``."""
+        m = _BUILDKIT_FROM.match(text)
+        if not m:
+            return False
+        ref = _ref(m.group(1))
+        if ref is not None:
+            self.new_event(ref, m.group(1), "build", line_no, text, at)
+        return True
+
+    def _cmd_pull(self, line_no: int, text: str, at: datetime | None) -> bool:
+        """A ``docker pull X`` command line."""
+        m = _CMD_PULL.search(text)
+        if not m:
+            return False
+        arg = _image_arg(m.group(1))
+        ref = _ref(arg) if arg else None
+        if ref is None:
+            if arg and not arg.startswith("$"):
+                self.unparsable(line_no)
+        elif (self._same(self.pending, ref) and self.pending is not None and self.pending.digest is None
+              and self.pending.kind == "pull"):
+            self.add(self.pending, line_no, text)  # "Run docker pull X" group title, then the command itself
+        else:
+            self.pending = self.new_event(ref, arg.strip(_QUOTES) if arg else None, "pull", line_no, text, at)
+        return True
+
+    def _cmd_run(self, line_no: int, text: str, at: datetime | None) -> bool:
+        """A ``docker run X`` command line (a run of a local build or a variable is not judged)."""
         m = _CMD_RUN.search(text)
-        if m:
-            arg = _image_arg(m.group(1))
-            ref = _ref(arg) if arg else None
-            if ref is None:
-                return  # a run of a local build or a variable: not an image we can judge
-            last = self.log.pulls[-1] if self.log.pulls else None
-            if last is not None and last.kind == "run" and last.name == ref.name and last.tag == ref.tag and last.digest is None:
-                self.add(last, line_no, text)  # group title "Run docker run ..." followed by the command
-                self.pending = last
-                return
-            ev = self.new_event(ref, arg.strip(_QUOTES) if arg else None, "run", line_no, text, at)
-            self.inherit(ev)
-            self.pending = ev if ev.digest is None or ev.digest_source == "inherited" else None
-            return
+        if not m:
+            return False
+        arg = _image_arg(m.group(1))
+        ref = _ref(arg) if arg else None
+        if ref is None:
+            return True
+        last = self.log.pulls[-1] if self.log.pulls else None
+        if last is not None and last.kind == "run" and last.name == ref.name and last.tag == ref.tag and last.digest is None:
+            self.add(last, line_no, text)  # group title "Run docker run ..." followed by the command
+            self.pending = last
+            return True
+        ev = self.new_event(ref, arg.strip(_QUOTES) if arg else None, "run", line_no, text, at)
+        self.inherit(ev)
+        self.pending = ev if ev.digest is None or ev.digest_source == "inherited" else None
+        return True
+
+def _decode_lines(data: str | bytes) -> list[tuple[str, bool]]:
+    """(line, not valid UTF-8) per line, without the final empty line and a leading byte-order mark."""
+    if isinstance(data, bytes):
+        decoded: list[tuple[str, bool]] = []
+        for b in data.split(b"\n"):
+            try:
+                decoded.append((b.decode("utf-8"), False))
+            except UnicodeDecodeError:
+                decoded.append((b.decode("utf-8", errors="replace"), True))
+    else:
+        decoded = [(s, False) for s in data.split("\n")]
+    if decoded and decoded[-1][0] == "":
+        decoded.pop()
+    if decoded and decoded[0][0].startswith("\ufeff"):
+        decoded[0] = (decoded[0][0][1:], decoded[0][1])
+    return decoded
 
 
 def parse_job_log(
@@ -429,21 +472,7 @@ def parse_job_log(
     'sha256:aaaaa'
     """
     parser = _Parser(job)
-    if isinstance(data, bytes):
-        raw_lines = data.split(b"\n")
-        decoded: list[tuple[str, bool]] = []
-        for b in raw_lines:
-            try:
-                decoded.append((b.decode("utf-8"), False))
-            except UnicodeDecodeError:
-                decoded.append((b.decode("utf-8", errors="replace"), True))
-    else:
-        decoded = [(s, False) for s in data.split("\n")]
-    if decoded and decoded[-1][0] == "":
-        decoded.pop()
-    if decoded and decoded[0][0].startswith("\ufeff"):
-        decoded[0] = (decoded[0][0][1:], decoded[0][1])
-
+    decoded = _decode_lines(data)
     first_ts: datetime | None = None
     logical: tuple[int, str, datetime | None] | None = None
 

@@ -22,20 +22,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
-
+from digestguard._model import Model
 from digestguard.advisory import Advisory
 from digestguard.errors import InputError
 from digestguard.reference import ImageReference
-from tasks.scan.references import FileScan, classify, scan_text, scan_tree
+from tasks.scan.ci_files import classify
+from tasks.scan.references import FileScan, scan_text, scan_tree
 
 _SHA1 = re.compile(r"^[0-9a-fA-F]{40}$")
 
 
-class Offender(BaseModel):
+class Offender(Model):
     """One reference the gate refuses, with the pinned form when it is known."""
-
-    model_config = ConfigDict(extra="forbid")
 
     path: str
     line: int

@@ -32,21 +32,20 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
-
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from pydantic import Field
 
-from digestguard.findings import ActionOutcome, StageResult
-from digestguard.inventory import Inventory
-from digestguard.journal import Journal
 from digestguard._model import Model
 from digestguard.advisory import ActionRefs, Advisory, AffectedImage, SafeCommit
 from digestguard.errors import DigestguardError, InputError, PlanNotApproved
+from digestguard.findings import ActionOutcome, StageResult
+from digestguard.inventory import Inventory
+from digestguard.journal import Journal
 from digestguard.reference import ImageReference, parse_digest, try_parse_reference
-from tasks.scan.references import ActionUse, Found, HelmImage, ScanResult, scan_tree
 from tasks.connect import Connections
 from tasks.pull_requests import open_pin_pull_request
+from tasks.scan.references import ActionUse, Found, HelmImage, ScanResult, scan_tree
 
 Resolver = Callable[[ImageReference], str]
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")

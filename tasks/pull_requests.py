@@ -14,6 +14,9 @@ from digestguard.errors import DigestguardError
 from digestguard.findings import ActionOutcome
 from digestguard.inventory import Inventory, Repository
 from digestguard.journal import Journal
+from integrations import git
+from integrations.github import open_or_update_pull_request
+from integrations.gitlab import open_or_update_merge_request
 from tasks.forges import forge_client
 
 STAGE = "pin"
@@ -52,11 +55,10 @@ def pull_request_body(plan, advisory: Advisory, incident: str) -> str:
 def open_pin_pull_request(repo: Repository, plan, advisory: Advisory, incident: str, inventory: Inventory,
                           journal: Journal, *, rendered: dict[str, bytes]) -> ActionOutcome:
     """Push the rendered files on the incident's branch and open or update its pull request (journaled)."""
-    from integrations import git
-
     target = repo.name
     if not rendered:
-        return ActionOutcome(stage=STAGE, target=target, action="pull-request", outcome="skipped", detail={"reason": "nothing to change"})
+        return ActionOutcome(stage=STAGE, target=target, action="pull-request", outcome="skipped",
+                             detail={"reason": "nothing to change"})
     checkout = inventory.resolve_path(repo.path)
     branch = branch_name(incident)
     title = f"Pin {', '.join(i.repository.split('/', 1)[1] for i in advisory.images)} to digests ({advisory.id})"
@@ -97,13 +99,9 @@ def _open(repo: Repository, inventory: Inventory, branch: str, base: str | None,
     """Open or update the pull (merge) request; ``base`` None means the forge's default branch."""
     with _client(repo, inventory) as forge:
         if repo.kind == "github":
-            from integrations.github import open_or_update_pull_request
-
             owner, name = repo.name.split("/", 1)
             pr = open_or_update_pull_request(forge, owner, name, head=branch, base=base, title=title, body=body)
         else:
-            from integrations.gitlab import open_or_update_merge_request
-
             pr = open_or_update_merge_request(forge, repo.name, head=branch, base=base, title=title, body=body)
     return {"url": pr.html_url, "number": pr.number}
 

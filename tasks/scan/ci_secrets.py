@@ -44,12 +44,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from detect_secrets import SecretsCollection
+from detect_secrets.settings import default_settings
 
 from digestguard.findings import ExposedJob, ExposedSecret, JobVerdict
 from digestguard.inventory import Inventory, Repository
+from tasks.scan.ci_files import definition_kind
+from tasks.scan.files import DEPENDENCY_DIRS, tree_order, walk_files
 
 MAX_SCAN_BYTES = 1024 * 1024
-SKIP_DIRS = {".git", "node_modules", ".venv", "venv", "__pycache__", ".tox", ".mypy_cache", ".pytest_cache"}
 _SECRETISH = re.compile(r"TOKEN|PASS|SECRET|KEY|CRED|AUTH|PRIVATE|CERT|DSN|WEBHOOK|SESSION|API_?KEY", re.IGNORECASE)
 _GITLAB_PREDEFINED = re.compile(r"^(CI|GITLAB|FF|RUNNER|DOCKER_(HOST|TLS_CERTDIR|DRIVER))(_|$)")
 _SHELL_COMMON = {"HOME", "PATH", "PWD", "USER", "SHELL", "TMPDIR", "LANG", "HOSTNAME", "OLDPWD", "IFS", "PS1"}
@@ -90,38 +93,13 @@ def job_key(source: str, job: str) -> str:
 # --------------------------------------------------------------------------- definition files
 
 
-def definition_kind(path: str) -> str | None:
-    """``github``, ``gitlab``, ``jenkins`` or None, from a repository-relative path."""
-    p = path.replace("\\", "/")
-    while p.startswith("./"):
-        p = p[2:]
-    name = p.rsplit("/", 1)[-1]
-    if (p.startswith(".github/workflows/") and name.endswith((".yml", ".yaml"))) or (
-        p.startswith(".github/actions/") and name in ("action.yml", "action.yaml")
-    ):
-        return "github"
-    if name == ".gitlab-ci.yml" or name.endswith(".gitlab-ci.yml") or (p.startswith(".gitlab/") and name.endswith((".yml", ".yaml"))):
-        return "gitlab"
-    if name == "Jenkinsfile" or name.startswith("Jenkinsfile.") or name.endswith(".jenkinsfile") or name.endswith(".Jenkinsfile"):
-        return "jenkins"
-    return None
-
-
-def _walk(root: Path) -> Iterable[Path]:
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
-        for f in sorted(filenames):
-            yield Path(dirpath) / f
-
-
 def definition_files(root: Path) -> list[str]:
-    """Repository-relative paths of every CI definition file in a checkout."""
-    out = []
-    for p in _walk(root):
-        rel = p.relative_to(root).as_posix()
-        if definition_kind(rel):
-            out.append(rel)
-    return out
+    """Repository-relative paths of every CI definition file in a checkout, in top-down order.
+
+    Dependency and tool folders (``node_modules``, ``.venv``, ...) are not entered.
+    """
+    found = [rel for rel, entry in walk_files(root, DEPENDENCY_DIRS) if not entry.is_dir() and definition_kind(rel)]
+    return sorted(found, key=tree_order)
 
 
 def _line_of(text: str, index: int) -> int:
@@ -165,7 +143,8 @@ def github_refs(path: str, text: str) -> tuple[list[SecretRef], list[str]]:
                 how += " (the automatic job token: it expires when the job ends)"
             refs.append(SecretRef(name=name, how=how, also=also))
     for m in _INHERIT.finditer(text):
-        notes.append(f"{path}:{_line_of(text, m.start())} passes 'secrets: inherit': the called workflow sees every secret of the repository")
+        notes.append(f"{path}:{_line_of(text, m.start())} passes 'secrets: inherit':"
+                     " the called workflow sees every secret of the repository")
     named = {a for r in refs for a in (r.name, *r.also)}
     for key in dict.fromkeys(k for k, _ in _env_entries(_load_yaml(text))):
         if key not in named:
@@ -274,25 +253,23 @@ _INDIRECT = re.compile(r"credentialsId|[vV]ariable\s*:|\$\{\{|credentials\s*\(|:
 _KEY_ON_LINE = re.compile(r"""^\s*(?:export\s+|set\s+|-\s+)?["']?([A-Za-z_][A-Za-z0-9_.-]*)["']?\s*(?::=|=|:)""")
 
 
+def _scannable(entry: os.DirEntry[str]) -> bool:
+    """A regular file (not a symlink) of at most ``MAX_SCAN_BYTES``."""
+    try:
+        return entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_size <= MAX_SCAN_BYTES
+    except OSError:
+        return False
+
+
 def scan_repository_contents(root: Path, label: str) -> tuple[list[SecretRef], list[str]]:
     """Credentials in a checkout, found by detect-secrets. Returns names/locations only, never values.
 
     Files over 1 MiB, ``.git`` and dependency folders are skipped. The name of a finding is
     the key on its line when the line is an assignment, else ``<type> at <file>:<line>``.
     """
-    from detect_secrets import SecretsCollection
-    from detect_secrets.settings import default_settings
-
     refs: list[SecretRef] = []
     notes: list[str] = []
-    files: list[str] = []
-    for p in _walk(root):
-        try:
-            if p.is_symlink() or not p.is_file() or p.stat().st_size > MAX_SCAN_BYTES:
-                continue
-        except OSError:
-            continue
-        files.append(p.relative_to(root).as_posix())
+    files = sorted((rel for rel, entry in walk_files(root, DEPENDENCY_DIRS) if _scannable(entry)), key=tree_order)
     found: list[tuple[str, int, str]] = []
     with _DS_LOCK, default_settings():
         collection = SecretsCollection(root=str(root))
@@ -335,6 +312,73 @@ def _repository(inventory: Inventory, name: str | None, repos: Sequence[Reposito
     return None
 
 
+class _Merged:
+    """The secrets found so far, one per inventory secret (or unmapped name), each with every job and way it was seen."""
+
+    def __init__(self, inventory: Inventory) -> None:
+        self.inventory = inventory
+        self.by_key: dict[str, ExposedSecret] = {}
+
+    def add(self, ref: SecretRef, job_id: str, verdict: JobVerdict) -> None:
+        inv = self.inventory.secret(ref.name) or next((s for a in ref.also if (s := self.inventory.secret(a))), None)
+        if inv is None and not ref.always and not _SECRETISH.search(ref.name):
+            return
+        key = inv.name if inv else ref.name
+        cur = self.by_key.get(key)
+        if cur is None:
+            cur = ExposedSecret(name=ref.name if inv is None else inv.name, inventory_name=inv.name if inv else None,
+                                mapped=inv is not None, exposure=verdict)
+            self.by_key[key] = cur
+        if job_id not in cur.exposed_by:
+            cur.exposed_by.append(job_id)
+        if ref.how not in cur.how:
+            cur.how.append(ref.how)
+        if _ORDER[verdict] > _ORDER[cur.exposure]:
+            cur.exposure = verdict
+
+    def secrets(self) -> list[ExposedSecret]:
+        return sorted(self.by_key.values(), key=lambda s: (s.mapped, -_ORDER[s.exposure], s.name))
+
+
+def _checkout(jid: str, inventory: Inventory, repo: Repository | None) -> tuple[Path | None, list[str]]:
+    """The job's repository checkout folder (None when unknown or missing) and the error saying it is missing."""
+    if repo is None:
+        return None, []
+    root = inventory.resolve_path(repo.path)
+    if root.is_dir():
+        return root, []
+    return None, [f"{jid}: repository {repo.name} checkout {root} is missing: its CI definitions and contents were not read"]
+
+
+def _definition_texts(
+    jid: str, origin: JobOrigin, root: Path | None, repo_name: str,
+) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """``(cache key, path, text)`` of the job's definitions (fetched ones, else its workflow or every CI file of the checkout)."""
+    texts = [(f"fetched:{jid}:{path}", path, text) for path, text in origin.definitions]
+    errors: list[str] = []
+    if root is None or origin.definitions:
+        return texts, errors
+    has_workflow = bool(origin.workflow) and (root / str(origin.workflow)).is_file()
+    wanted = [str(origin.workflow)] if has_workflow else definition_files(root)
+    if origin.workflow and not has_workflow:
+        errors.append(f"{jid}: workflow {origin.workflow} not in checkout {repo_name}; read every CI definition instead")
+    for rel in wanted:
+        try:
+            texts.append((f"{root}:{rel}", rel, (root / rel).read_text(encoding="utf-8", errors="replace")))
+        except OSError as exc:
+            errors.append(f"{jid}: cannot read {rel}: {exc.strerror}")
+    return texts, errors
+
+
+def _add_once(errors: list[str], lines: Iterable[str]) -> list[str]:
+    """``errors`` followed by the ``lines`` it does not hold yet."""
+    out = list(errors)
+    for line in lines:
+        if line not in out:
+            out.append(line)
+    return out
+
+
 def exposed_secrets(
     jobs: Sequence[ExposedJob],
     inventory: Inventory,
@@ -350,74 +394,35 @@ def exposed_secrets(
     produces an error line (its secrets cannot be listed) instead of silence.
     """
     errors: list[str] = []
-    merged: dict[str, ExposedSecret] = {}
+    merged = _Merged(inventory)
     origins = repos or {}
-    def_cache: dict[tuple[str, str], tuple[list[SecretRef], list[str]]] = {}
+    def_cache: dict[str, tuple[list[SecretRef], list[str]]] = {}
     content_cache: dict[str, tuple[list[SecretRef], list[str]]] = {}
-
-    def record(ref: SecretRef, job_id: str, verdict: JobVerdict) -> None:
-        inv = inventory.secret(ref.name) or next((s for a in ref.also if (s := inventory.secret(a))), None)
-        if inv is None and not ref.always and not _SECRETISH.search(ref.name):
-            return
-        key = inv.name if inv else ref.name
-        cur = merged.get(key)
-        if cur is None:
-            cur = ExposedSecret(name=ref.name if inv is None else inv.name, inventory_name=inv.name if inv else None,
-                                mapped=inv is not None, exposure=verdict)
-            merged[key] = cur
-        if job_id not in cur.exposed_by:
-            cur.exposed_by.append(job_id)
-        if ref.how not in cur.how:
-            cur.how.append(ref.how)
-        if _ORDER[verdict] > _ORDER[cur.exposure]:
-            cur.exposure = verdict
-
     for job in jobs:
         if job.verdict == "clear":
             continue
         jid = job_key(job.source, job.job)
         origin = origins.get(jid) or JobOrigin(workflow=job.workflow)
         repo = _repository(inventory, origin.repository, repositories)
-        texts: list[tuple[str, str, str]] = []  # (cache key, path, text)
-        for path, text in origin.definitions:
-            texts.append((f"fetched:{jid}:{path}", path, text))
-        root: Path | None = None
-        if repo is not None:
-            root = inventory.resolve_path(repo.path)
-            if not root.is_dir():
-                errors.append(f"{jid}: repository {repo.name} checkout {root} is missing: its CI definitions and contents were not read")
-                root = None
-        if root is not None and not origin.definitions:
-            wanted = [origin.workflow] if origin.workflow and (root / origin.workflow).is_file() else definition_files(root)
-            if origin.workflow and not (root / origin.workflow).is_file():
-                errors.append(f"{jid}: workflow {origin.workflow} not in checkout {repo.name if repo else root}; read every CI definition instead")
-            for rel in wanted:
-                try:
-                    texts.append((f"{root}:{rel}", rel, (root / rel).read_text(encoding="utf-8", errors="replace")))
-                except OSError as exc:
-                    errors.append(f"{jid}: cannot read {rel}: {exc.strerror}")
+        root, missing = _checkout(jid, inventory, repo)
+        texts, read_errors = _definition_texts(jid, origin, root, repo.name if repo else "")
+        errors += missing + read_errors
         if not texts and root is None:
-            errors.append(f"{jid}: no repository or workflow definition known for this job: the secrets it could see are not listed")
+            errors.append(f"{jid}: no repository or workflow definition known for this job:"
+                          " the secrets it could see are not listed")
             continue
         for cache_key, path, text in texts:
             if cache_key not in def_cache:
                 def_cache[cache_key] = definition_refs(path, text)
             refs, notes = def_cache[cache_key]
-            for note in notes:
-                line = f"note: {jid}: {note}"
-                if line not in errors:
-                    errors.append(line)
+            errors = _add_once(errors, (f"note: {jid}: {note}" for note in notes))
             for ref in refs:
-                record(ref, jid, job.verdict)
+                merged.add(ref, jid, job.verdict)
         if root is not None and scan_contents and repo is not None:
             if repo.name not in content_cache:
                 content_cache[repo.name] = scan_repository_contents(root, repo.name)
             refs, notes = content_cache[repo.name]
-            for note in notes:
-                if note not in errors:
-                    errors.append(note)
+            errors = _add_once(errors, notes)
             for ref in refs:
-                record(ref, jid, job.verdict)
-
-    out = sorted(merged.values(), key=lambda s: (s.mapped, -_ORDER[s.exposure], s.name))
-    return out, errors
+                merged.add(ref, jid, job.verdict)
+    return merged.secrets(), errors

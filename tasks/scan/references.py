@@ -18,7 +18,7 @@ Two kinds of hits:
 A bare word in a comment or in prose is never a hit: comment lines are skipped
 and prose does not parse as a reference.
 
-The walk (``scan_tree``) is built to be cheap: ``os.scandir``, one ``read`` per
+The walk (``scan_tree``) is built to be cheap: ``tasks.scan.files.walk_files``, one ``read`` per
 file, a bytes substring prefilter for the names the caller cares about, and
 parsing only for recognised formats that pass the prefilter.
 """
@@ -32,7 +32,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from digestguard.errors import InputError
 from digestguard.reference import ImageReference, try_parse_reference
+from tasks.scan.ci_files import PROSE_SUFFIXES, YAML_KINDS, classify
+from tasks.scan.files import walk_files
 
 MAX_FILE_BYTES = 2 * 1024 * 1024
 
@@ -135,58 +138,6 @@ class ScanResult:
 
 
 # --------------------------------------------------------------------------------------------
-# Classification
-
-YAML_KINDS = frozenset({"github-workflow", "github-action", "gitlab-ci", "bitbucket", "circleci", "azure",
-                        "drone", "tekton", "compose", "helm-values", "yaml"})
-PROSE_SUFFIXES = (".md", ".markdown", ".rst", ".txt", ".adoc", ".html", ".htm")
-
-
-def classify(relpath: str) -> str | None:
-    """The format of a file from its repository-relative path, or None when no rule applies.
-
-    >>> classify(".github/workflows/ci.yml"), classify("build/Dockerfile.alpine"), classify("src/app.py")
-    ('github-workflow', 'dockerfile', None)
-    """
-    p = relpath.replace("\\", "/")
-    name = p.rsplit("/", 1)[-1]
-    low = name.lower()
-    is_yaml = low.endswith((".yml", ".yaml"))
-    if is_yaml:
-        if p.startswith(".github/workflows/") or "/.github/workflows/" in p:
-            return "github-workflow"
-        if low in ("action.yml", "action.yaml"):
-            return "github-action"
-        if low.endswith(".gitlab-ci.yml") or low == ".gitlab-ci.yaml" or p.startswith(".gitlab/") or "/.gitlab-ci/" in p:
-            return "gitlab-ci"
-        if low in ("bitbucket-pipelines.yml", "bitbucket-pipelines.yaml"):
-            return "bitbucket"
-        if p.endswith(".circleci/config.yml") or p.endswith(".circleci/config.yaml"):
-            return "circleci"
-        if low.startswith("azure-pipelines") or p.startswith((".azure-pipelines/", ".azuredevops/")):
-            return "azure"
-        if low in (".drone.yml", ".drone.yaml"):
-            return "drone"
-        if p.startswith(".tekton/") or "/.tekton/" in p or "tekton" in low:
-            return "tekton"
-        if low.startswith(("docker-compose", "compose.", "compose-")) or ".compose." in low or low.endswith(("-compose.yml", "-compose.yaml")):
-            return "compose"
-        if low.startswith("values") or "/values" in low:
-            return "helm-values"
-        return "yaml"
-    if low == "jenkinsfile" or low.startswith("jenkinsfile.") or low.endswith((".jenkinsfile", ".jenkins")):
-        return "jenkinsfile"
-    if low in ("dockerfile", "containerfile") or low.startswith(("dockerfile.", "containerfile.", "dockerfile-")) \
-            or low.endswith((".dockerfile", ".containerfile")):
-        return "dockerfile"
-    if low in ("makefile", "gnumakefile") or low.endswith(".mk"):
-        return "makefile"
-    if low.endswith((".sh", ".bash")):
-        return "shell"
-    return None
-
-
-# --------------------------------------------------------------------------------------------
 # Text helpers
 
 
@@ -217,6 +168,12 @@ class _Text:
             if line.endswith("\r"):
                 line = line[:-1]
             yield i + 1, s, line
+
+    def in_comment(self, pos: int, markers: tuple[str, ...]) -> bool:
+        """True when offset ``pos`` sits inside a comment of its line."""
+        ls = self.starts[self.line_of(pos) - 1]
+        le = self.text.find("\n", ls)
+        return _is_comment_before(self.text[ls:le if le != -1 else len(self.text)], pos - ls, markers)
 
     def emit(self, start: int, end: int, context: str, certain: bool, need_tag: bool = False) -> None:
         """Record ``text[start:end]`` as a reference when it is one (variables only when certain)."""
@@ -369,19 +326,13 @@ _ASSIGN = re.compile(
 def _scan_commands(t: _Text, comment_markers: tuple[str, ...] = ("#",)) -> None:
     text = t.text
     for m in _DOCKER_CMD.finditer(text):
-        line = t.line_of(m.start())
-        ls = t.starts[line - 1]
-        le = text.find("\n", ls)
-        if _is_comment_before(text[ls:le if le != -1 else len(text)], m.start() - ls, comment_markers):
+        if t.in_comment(m.start(), comment_markers):
             continue
         span = _command_image(text, m.end())
         if span:
             t.emit(span[0], span[1], f"{m.group(0).split()[0]}-{m.group(1)}", True)
     for m in _DOCKER_URL.finditer(text):
-        line = t.line_of(m.start())
-        ls = t.starts[line - 1]
-        le = text.find("\n", ls)
-        if _is_comment_before(text[ls:le if le != -1 else len(text)], m.start() - ls, comment_markers):
+        if t.in_comment(m.start(), comment_markers):
             continue
         t.emit(m.start(1), m.end(1), "docker-url", True)
 
@@ -414,7 +365,8 @@ def _assignment(t: _Text, line_start: int, line: str, context: str) -> None:
 # --------------------------------------------------------------------------------------------
 # YAML (line based, no re-rendering)
 
-_YAML_HEAD = re.compile(r"^(?P<ws>[ \t]*)(?P<dash>(?:-[ \t]+)*)(?:(?P<key>[A-Za-z_][\w.-]*|\"[^\"\n]*\"|'[^'\n]*')[ \t]*:(?=[ \t]|$))?")
+_YAML_HEAD = re.compile(r"^(?P<ws>[ \t]*)(?P<dash>(?:-[ \t]+)*)"
+                        r"(?:(?P<key>[A-Za-z_][\w.-]*|\"[^\"\n]*\"|'[^'\n]*')[ \t]*:(?=[ \t]|$))?")
 _BLOCK_SCALAR = re.compile(r"^[|>][-+0-9]*[ \t]*(?:#.*)?$")
 _USES = re.compile(r"^(?P<repo>[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)(?P<sub>/[^@\s]*)?@(?P<ref>[^\s@]+)$")
 _HELM_KEYS = ("repository", "tag", "digest", "registry")
@@ -453,27 +405,107 @@ class _Frame:
     line: int = 0
 
 
+class _Mappings:
+    """The YAML mappings open at the current line (innermost last), and the Helm pairs of those already closed."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.stack: list[_Frame] = [_Frame(-1, None)]
+        self.helm: list[HelmImage] = []
+
+    def _close(self, frame: _Frame) -> None:
+        pair = _helm_pair(self.path, frame)
+        if pair is not None:
+            self.helm.append(pair)
+
+    def enter(self, ws: int, dash: str, key: str | None) -> None:
+        """A line at indent ``ws`` (``dash``: a list item) closes the deeper mappings; ``- key:`` opens an item."""
+        if dash:
+            while len(self.stack) > 1 and self.stack[-1].indent > ws:
+                self._close(self.stack.pop())
+            if key:
+                self.stack.append(_Frame(ws + 0.5, "-"))
+        else:
+            while len(self.stack) > 1 and self.stack[-1].indent >= ws:
+                self._close(self.stack.pop())
+
+    def parents(self) -> list[str]:
+        """The keys of the open mappings, innermost first (``-`` for a list item)."""
+        return [f.key for f in reversed(self.stack) if f.key is not None]
+
+    def finish(self) -> list[HelmImage]:
+        while len(self.stack) > 1:
+            self._close(self.stack.pop())
+        self._close(self.stack[0])
+        return self.helm
+
+
+def _helm_pair(path: str, frame: _Frame) -> HelmImage | None:
+    """The Helm-style ``repository:``/``tag:`` mapping a closed YAML mapping holds, if it is one."""
+    ch = frame.children
+    repo = ch.get("repository")
+    if repo is None or "tag" not in ch or not repo.text:
+        return None
+    reg = ch.get("registry")
+    name = f"{reg.text}/{repo.text}" if reg and reg.text else repo.text
+    ref = try_parse_reference(name) if "$" not in name and "{" not in name else None
+    if ref is not None and (ref.tag or ref.digest):
+        return None  # repository already carries a tag/digest: not the Helm pair shape
+    return HelmImage(path, repo.line, repo, ch.get("tag"), ch.get("digest"), reg, ref)
+
+
+def _action_use(path: str, lineno: int, line: str, line_start: int, scalar: tuple[int, int, str]) -> ActionUse | None:
+    """The ``owner/repo@ref`` of a ``uses:`` value at ``scalar`` (start, end, quote) of ``line``, if it is one."""
+    s, e, quote = scalar
+    value = line[s:e]
+    um = _USES.match(value)
+    if not um:
+        return None
+    abs_s, abs_e = line_start + s, line_start + e
+    return ActionUse(path, lineno, s, abs_s, abs_s + um.start("ref"), abs_s + um.end("ref"), abs_e + (1 if quote else 0),
+                     value, um.group("repo").lower(), um.group("ref"), "#" in line[e + (1 if quote else 0):])
+
+
+_NOT_IMAGE_KEYS = ("repo", "path", "working-directory", "url", "context", "file")
+
+
+def _yaml_rule(kind: str, key: str | None, parents: list[str], dash: bool, value: str, azure_aliases: set[str],
+               only_image_keys: bool) -> tuple[str, bool] | None:
+    """(context, certain) when a YAML scalar at ``key`` (under ``parents``, innermost first) is an image reference."""
+    parent = parents[0] if parents else None
+    lkey = key.lower() if key else None
+    if lkey == "image":
+        return "yaml:image", True
+    if lkey == "name" and parent == "image":
+        return "yaml:image.name", True
+    if kind == "gitlab-ci" and parent == "services" and lkey is None:
+        return "gitlab:services", True
+    if kind == "gitlab-ci" and lkey == "name" and parents[:2] == ["-", "services"]:
+        return "gitlab:services.name", True
+    if lkey == "container" and kind in ("github-workflow", "azure"):
+        if kind == "azure" and (dash or value in azure_aliases):  # `- container: alias` defines a name
+            return None
+        return "yaml:container", True
+    if only_image_keys or lkey in _HELM_KEYS:
+        return None
+    if key and is_image_name(key):
+        return f"yaml:{key}", True
+    if "/" in value and lkey not in _NOT_IMAGE_KEYS:
+        return f"yaml:{key or '-'}", False
+    return None
+
+
 def _scan_yaml(t: _Text, kind: str, only_image_keys: bool = False) -> list[HelmImage]:
-    """Image references in YAML text; also collects Helm-style image mappings and action uses."""
-    helm: list[HelmImage] = []
+    """Image references in YAML text; also collects Helm-style image mappings and action uses.
+
+    One pass over the lines with a stack of open mappings (indent, key, children) and the
+    block-scalar state; which scalar is an image is :func:`_yaml_rule`'s call.
+    """
     azure_aliases: set[str] = set()
     if kind == "azure":
         azure_aliases = {m.group(1) for m in re.finditer(r"^[ \t]*-[ \t]+container:[ \t]*['\"]?([\w.-]+)", t.text, re.M)}
-    stack: list[_Frame] = [_Frame(-1, None)]
+    maps = _Mappings(t.path)
     block_indent: int | None = None
-
-    def close(frame: _Frame) -> None:
-        ch = frame.children
-        repo = ch.get("repository")
-        if repo is None or "tag" not in ch or not repo.text:
-            return
-        reg = ch.get("registry")
-        name = f"{reg.text}/{repo.text}" if reg and reg.text else repo.text
-        ref = try_parse_reference(name) if "$" not in name and "{" not in name else None
-        if ref is not None and (ref.tag or ref.digest):
-            return  # repository already carries a tag/digest: not the Helm pair shape
-        helm.append(HelmImage(t.path, repo.line, repo, ch.get("tag"), ch.get("digest"), reg, ref))
-
     for lineno, ls, line in t.lines():
         stripped = line.strip()
         if block_indent is not None:
@@ -490,18 +522,9 @@ def _scan_yaml(t: _Text, kind: str, only_image_keys: bool = False) -> list[HelmI
         if key and key[0] in "\"'":
             key = key[1:-1]
         key_indent = ws + len(dash)
-        if dash:
-            while len(stack) > 1 and stack[-1].indent > ws:
-                close(stack.pop())
-            if key:
-                stack.append(_Frame(ws + 0.5, "-"))
-        else:
-            while len(stack) > 1 and stack[-1].indent >= key_indent:
-                close(stack.pop())
+        maps.enter(ws, dash, key)
         if not key and not dash:
             continue
-        parents = [f.key for f in reversed(stack) if f.key is not None]
-        parent = parents[0] if parents else None
         sc = _yaml_scalar(line, m.end())
         if sc is None:
             rest = line[m.end():].lstrip()
@@ -510,51 +533,24 @@ def _scan_yaml(t: _Text, kind: str, only_image_keys: bool = False) -> list[HelmI
             continue
         s, e, quote = sc
         value = line[s:e]
-        if key and not value and not quote:  # a parent mapping/sequence (or a bare ``key:``)
-            stack[-1].children.setdefault(key, Span(ls + s, ls + e, value, lineno, s, quote))
-            stack.append(_Frame(key_indent, key, line=lineno))
-            continue
         if key:
-            stack[-1].children.setdefault(key, Span(ls + s, ls + e, value, lineno, s, quote))
+            maps.stack[-1].children.setdefault(key, Span(ls + s, ls + e, value, lineno, s, quote))
+            if not value and not quote:  # a parent mapping/sequence (or a bare ``key:``)
+                maps.stack.append(_Frame(key_indent, key, line=lineno))
+                continue
         if not value:
             continue
-        abs_s, abs_e = ls + s, ls + e
         if value.startswith("docker://"):
             continue  # the docker:// scanner owns these spans
         if key == "uses" and kind in ("github-workflow", "github-action"):
-            um = _USES.match(value)
-            if um:
-                rest = line[e + (1 if quote else 0):]
-                t.actions.append(ActionUse(
-                    t.path, lineno, s, abs_s, abs_s + um.start("ref"), abs_s + um.end("ref"),
-                    abs_e + (1 if quote else 0), value, um.group("repo").lower(), um.group("ref"),
-                    "#" in rest))
+            use = _action_use(t.path, lineno, line, ls, (s, e, quote))
+            if use is not None:
+                t.actions.append(use)
             continue
-        lkey = key.lower() if key else None
-        if lkey == "image":
-            t.emit(abs_s, abs_e, "yaml:image", True)
-        elif lkey == "name" and parent == "image":
-            t.emit(abs_s, abs_e, "yaml:image.name", True)
-        elif kind == "gitlab-ci" and parent == "services" and lkey is None:
-            t.emit(abs_s, abs_e, "gitlab:services", True)
-        elif kind == "gitlab-ci" and lkey == "name" and parents[:2] == ["-", "services"]:
-            t.emit(abs_s, abs_e, "gitlab:services.name", True)
-        elif lkey == "container" and kind in ("github-workflow", "azure"):
-            if kind == "azure" and (dash or value in azure_aliases):  # `- container: alias` defines a name
-                continue
-            t.emit(abs_s, abs_e, "yaml:container", True)
-        elif only_image_keys:
-            continue
-        elif lkey in _HELM_KEYS:
-            continue
-        elif key and is_image_name(key):
-            t.emit(abs_s, abs_e, f"yaml:{key}", True)
-        elif ("/" in value) and not lkey in ("repo", "path", "working-directory", "url", "context", "file"):
-            t.emit(abs_s, abs_e, f"yaml:{key or '-'}", False, need_tag=True)
-    while len(stack) > 1:
-        close(stack.pop())
-    close(stack[0])
-    return helm
+        rule = _yaml_rule(kind, key, maps.parents(), bool(dash), value, azure_aliases, only_image_keys)
+        if rule is not None:
+            t.emit(ls + s, ls + e, rule[0], rule[1], need_tag=not rule[1])
+    return maps.finish()
 
 
 # --------------------------------------------------------------------------------------------
@@ -599,10 +595,7 @@ def _scan_jenkinsfile(t: _Text) -> list[HelmImage]:
     text = t.text
     for rx, ctx in ((_GROOVY_IMAGE, "jenkins:image"), (_GROOVY_AGENT, "jenkins:docker")):
         for m in rx.finditer(text):
-            line = t.line_of(m.start())
-            ls = t.starts[line - 1]
-            le = text.find("\n", ls)
-            if _is_comment_before(text[ls:le if le != -1 else len(text)], m.start() - ls, ("//", "#")):
+            if t.in_comment(m.start(), ("//", "#")):
                 continue
             t.emit(m.start("v"), m.end("v"), ctx, True)
     for _, ls, line in t.lines():
@@ -617,7 +610,7 @@ def _scan_jenkinsfile(t: _Text) -> list[HelmImage]:
 
 
 def scan_text(path: str, text: str, kind: str) -> FileScan:
-    """Every reference in one file's text, by format ``kind`` (see :func:`classify`)."""
+    """Every reference in one file's text, by format ``kind`` (see :func:`tasks.scan.ci_files.classify`)."""
     t = _Text(path, text)
     fs = FileScan(path, kind, text)
     if kind in YAML_KINDS:
@@ -637,25 +630,6 @@ def scan_text(path: str, text: str, kind: str) -> FileScan:
     return fs
 
 
-def _walk(root: str) -> Iterator[tuple[str, os.DirEntry]]:
-    """(relative posix path, entry) for every file under ``root``; never enters ``.git`` or follows dir symlinks."""
-    stack = [""]
-    while stack:
-        rel = stack.pop()
-        try:
-            it = os.scandir(os.path.join(root, rel) if rel else root)
-        except OSError:
-            continue
-        with it:
-            for e in it:
-                r = f"{rel}/{e.name}" if rel else e.name
-                if e.is_dir(follow_symlinks=False):
-                    if e.name != ".git":
-                        stack.append(r)
-                elif e.is_symlink() or e.is_file(follow_symlinks=False):
-                    yield r, e
-
-
 def scan_tree(
     root: str | os.PathLike[str],
     needles: Sequence[str] | None = None,
@@ -672,74 +646,88 @@ def scan_tree(
     """
     root_s = os.path.abspath(os.fspath(root))
     if not os.path.isdir(root_s):
-        from digestguard.errors import InputError
-
         raise InputError(str(root), "not a directory")
     root_real = os.path.realpath(root_s)
     bneedles = _minimal([n.encode() for n in needles]) if needles is not None else None
     always_s = frozenset(always)
     res = ScanResult(root_s)
-    for rel, entry in _walk(root_s):
+    for rel, entry in walk_files(root_s):
         if entry.is_symlink():
-            kind = classify(rel)
-            target = os.path.realpath(entry.path)
-            inside = target == root_real or target.startswith(root_real + os.sep)
-            if kind is not None:
-                why = "symlink to a file inside the repository (scanned at its own path)" if inside \
-                    else "symlink pointing outside the repository (not followed)"
-                res.skipped.append(ScanSkip(rel, None, why))
+            skip = _symlink_skip(rel, entry.path, root_real)
+            if skip is not None:
+                res.skipped.append(skip)
             continue
+        kind = _UNSET
         if bneedles is None:
             kind = classify(rel)
             if kind is None:
                 continue
-        else:
-            kind = _UNSET
-        data = _read_capped(entry.path)
         res.scanned += 1
-        if isinstance(data, str):
-            kind = classify(rel) if kind is _UNSET else kind
-            if kind is not None or bneedles is not None:
-                res.skipped.append(ScanSkip(rel, None, data))
-            continue
-        if data is None:  # oversized
-            kind = classify(rel) if kind is _UNSET else kind
-            if kind is not None or (bneedles and _big_file_mentions(entry.path, bneedles)):
-                res.skipped.append(ScanSkip(rel, None, f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MB"))
-            continue
-        if bneedles is not None:
-            hit = False
-            for n in bneedles:
-                if n in data:
-                    hit = True
-                    break
-            if not hit and not ("/.github/" in rel or rel.startswith(".github/") or rel.endswith(("action.yml", "action.yaml"))):
-                continue
-            kind = classify(rel)
-            if not hit:
-                if kind not in always_s:
-                    continue
-                lowered = data.lower()
-                if not any(n in lowered for n in bneedles):
-                    continue
-        if b"\0" in data:
-            if kind is not None or bneedles is not None:
-                res.skipped.append(ScanSkip(rel, None, "binary file"))
-            continue
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            res.skipped.append(ScanSkip(rel, None, f"not UTF-8 (byte {e.start})"))
-            continue
-        if kind is None:
-            if report_mentions and not rel.lower().endswith(PROSE_SUFFIXES):
-                res.mentions.append(rel)
-            continue
-        res.files.append(scan_text(rel, text, kind))
+        out = _scan_one(rel, entry.path, kind, bneedles, always_s, report_mentions)
+        if isinstance(out, FileScan):
+            res.files.append(out)
+        elif isinstance(out, ScanSkip):
+            res.skipped.append(out)
+        elif out is not None:
+            res.mentions.append(out)
     res.files.sort(key=lambda f: f.path)
     res.skipped.sort(key=lambda s: (s.path, s.line or 0))
     res.mentions.sort()
     return res
+
+
+def _symlink_skip(rel: str, path: str, root_real: str) -> ScanSkip | None:
+    """Why a symlinked file of a recognised format is not scanned (symlinks are never followed); None for others."""
+    if classify(rel) is None:
+        return None
+    target = os.path.realpath(path)
+    if target == root_real or target.startswith(root_real + os.sep):
+        return ScanSkip(rel, None, "symlink to a file inside the repository (scanned at its own path)")
+    return ScanSkip(rel, None, "symlink pointing outside the repository (not followed)")
+
+
+def _scan_one(
+    rel: str, path: str, kind: str | None | object, bneedles: list[bytes] | None, always: frozenset[str], report_mentions: bool,
+) -> FileScan | ScanSkip | str | None:
+    """One regular file of the walk: its scan, a skip, a mention (the path of an unrecognised file naming a needle), or None.
+
+    ``kind`` is the file's format when the caller classified it already, else ``_UNSET``
+    (with needles, classification waits until the bytes pass the prefilter).
+    """
+    data = _read_capped(path)
+    if isinstance(data, str):
+        kind = classify(rel) if kind is _UNSET else kind
+        return ScanSkip(rel, None, data) if kind is not None or bneedles is not None else None
+    if data is None:  # oversized
+        kind = classify(rel) if kind is _UNSET else kind
+        if kind is not None or (bneedles and _big_file_mentions(path, bneedles)):
+            return ScanSkip(rel, None, f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MB")
+        return None
+    if bneedles is not None:
+        hit = False
+        for n in bneedles:
+            if n in data:
+                hit = True
+                break
+        if not hit and not ("/.github/" in rel or rel.startswith(".github/") or rel.endswith(("action.yml", "action.yaml"))):
+            return None
+        kind = classify(rel)
+        if not hit:
+            if kind not in always:
+                return None
+            lowered = data.lower()
+            if not any(n in lowered for n in bneedles):
+                return None
+    if b"\0" in data:
+        return ScanSkip(rel, None, "binary file") if kind is not None or bneedles is not None else None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return ScanSkip(rel, None, f"not UTF-8 (byte {e.start})")
+    if kind is None:
+        return rel if report_mentions and not rel.lower().endswith(PROSE_SUFFIXES) else None
+    assert isinstance(kind, str)
+    return scan_text(rel, text, kind)
 
 
 _UNSET: object = object()

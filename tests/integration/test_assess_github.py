@@ -3,7 +3,7 @@
 The API is ``flows.drill.servers.github.GitHubServer``, a local server speaking the GitHub
 REST API (paths, JSON shapes, Link pagination, the 302 log redirect to a separate
 blob-storage origin); ``integrations.github.GitHubClient`` talks to it unchanged,
-and assess drives that client through ``read_ci_sources`` / ``assess``.
+and assess drives that client through ``tasks.ci_logs.read_ci_sources`` / ``assess``.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import yaml
 
 from digestguard.advisory import load_advisory
 from digestguard.inventory import load_inventory
-from integrations.github import GitHubClient
-from tasks.assess import assess, exposure_window, read_ci_sources
 from flows.drill.servers.github import DEFAULT_TOKEN, GitHubServer, github_job_log
+from integrations.github import GitHubClient
+from tasks.assess import assess, exposure_window
+from tasks.ci_logs import read_ci_sources
 
 UTC = timezone.utc
 LATEST = "sha256:a0d9366f6f0166dcbf92fcdc98e1a03d2e6210e8d7e8573f74d50849130651a0"

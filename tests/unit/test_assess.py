@@ -23,12 +23,11 @@ from tasks.assess import (
     assess,
     build_exposure_report,
     classify_jobs,
-    exposed_secrets,
     exposure_markdown,
     exposure_window,
-    read_ci_sources,
 )
-from tasks.scan.ci_secrets import JobOrigin, job_key
+from tasks.ci_logs import read_ci_sources
+from tasks.scan.ci_secrets import JobOrigin, definition_files, exposed_secrets, job_key
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "cilogs"
 UTC = timezone.utc
@@ -381,3 +380,21 @@ def test_network_sweep_hits_join_the_report(kics, tmp_path):
     assert hit.indicator == "audit.checkmarx.cx" and hit.in_window is True and hit.line == 1
     assert any(e.startswith("network logs gone: not swept") for e in report.errors)
     assert "audit.checkmarx.cx" in exposure_markdown(report)
+
+
+def test_definition_files_walk_skips_dependency_folders_in_top_down_order(tmp_path):
+    for rel in ("Jenkinsfile", "z.gitlab-ci.yml", ".github/workflows/b.yml", ".github/workflows/a.yaml",
+                "node_modules/pkg/.gitlab-ci.yml", ".venv/x/Jenkinsfile", ".git/hooks/Jenkinsfile", "src/app.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x\n")
+    assert definition_files(tmp_path) == ["Jenkinsfile", "z.gitlab-ci.yml", ".github/workflows/a.yaml", ".github/workflows/b.yml"]
+
+
+def test_ci_log_folder_leaves_out_dot_folders_dot_files_and_sidecars(tmp_path, kics):
+    logs = tmp_path / "logs"
+    for rel in ("api/b.log", "api/a.log", "api/a.log.meta.json", ".cache/x.log", "api/.hidden.log"):
+        (logs / rel).parent.mkdir(parents=True, exist_ok=True)
+        (logs / rel).write_text("{}" if rel.endswith(".json") else "hello\n")
+    (tmp_path / "inventory.yaml").write_text(yaml.safe_dump({"ci_logs": [{"name": "f", "kind": "folder", "path": "./logs"}]}))
+    read = read_ci_sources(load_inventory(tmp_path / "inventory.yaml"), kics)
+    assert read.errors == [] and [j.job for j in read.jobs] == ["api/a.log", "api/b.log"]

@@ -11,7 +11,8 @@ from digestguard.advisory import load_advisory, parse_advisory
 from digestguard.errors import InputError, PlanNotApproved
 from digestguard.plan import Approval
 from tasks.pin import apply_pins, parse_to, plan_pins
-from tasks.scan.references import MAX_FILE_BYTES, classify, scan_text, scan_tree
+from tasks.scan.ci_files import classify, definition_kind
+from tasks.scan.references import MAX_FILE_BYTES, scan_text, scan_tree
 
 KICS = load_advisory("kics-2026-04")
 GOOD = "sha256:" + "ab" * 32
@@ -154,6 +155,35 @@ def test_classification():
     assert classify("Makefile") == "makefile"
     assert classify("bin/run.sh") == "shell"
     assert classify("main.go") is None
+
+
+@pytest.mark.parametrize(("path", "kind", "definition"), [
+    # the reference scan and the secret listing used to disagree on each of these
+    (".github/workflows/CI.YML", "github-workflow", "github"),  # the extension in any case
+    ("sub/.github/workflows/ci.yml", "github-workflow", "github"),  # a workflows folder below the root
+    ("./.github/workflows/ci.yml", "github-workflow", "github"),  # a leading ./ is dropped
+    (".github\\workflows\\ci.yaml", "github-workflow", "github"),  # Windows separators
+    ("action.yml", "github-action", "github"),  # an action at the repository root
+    ("tools/lint/action.yaml", "github-action", "github"),  # ... or in any folder
+    (".github/actions/build/action.yml", "github-action", "github"),
+    (".gitlab-ci.yaml", "gitlab-ci", "gitlab"),
+    ("ci/.gitlab-ci/build.yml", "gitlab-ci", "gitlab"),  # include: files
+    ("jenkinsfile", "jenkinsfile", "jenkins"),  # any case
+    ("JENKINSFILE", "jenkinsfile", "jenkins"),
+    ("ci/deploy.jenkins", "jenkinsfile", "jenkins"),
+    # where they agreed
+    (".github/workflows/notes.md", None, None),  # under workflows/ but not YAML: not a workflow
+    (".github/workflows/helper.sh", "shell", None),
+    ("sub/.gitlab-ci.yml", "gitlab-ci", "gitlab"),  # .gitlab-ci.yml anywhere
+    ("deploy.gitlab-ci.yml", "gitlab-ci", "gitlab"),
+    (".gitlab/ci/test.yml", "gitlab-ci", "gitlab"),
+    ("Jenkinsfile.release", "jenkinsfile", "jenkins"),
+    ("docker-compose.yml", "compose", None),
+    ("Dockerfile", "dockerfile", None),
+])
+def test_one_classifier_for_formats_and_ci_definitions(path: str, kind: str | None, definition: str | None):
+    assert classify(path) == kind
+    assert definition_kind(path) == definition
 
 
 def test_scan_tree_rejects_a_missing_directory(tmp_path: Path):
