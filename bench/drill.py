@@ -18,7 +18,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--scales", type=int, nargs="+", default=[1, 2, 4, 8])
     args = ap.parse_args()
-    from flows.drill.flow import quiet_prefect_server
+    from flows.drill.services import quiet_prefect_server
 
     quiet_prefect_server()
     from flows.drill.flow import run_drill

@@ -18,15 +18,22 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 from typing import Callable, Literal
+from uuid import UUID
 
-from prefect import get_run_logger, pause_flow_run
+from prefect import get_client, get_run_logger, pause_flow_run
 from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import resume_flow_run
 from prefect.input import RunInput
+from prefect.input.actions import read_flow_run_input
+from prefect.input.run_input import keyset_from_paused_state
+from prefect.runtime import flow_run
 from pydantic import Field
 
+from digestguard.errors import InputError
 from digestguard.inventory import ApprovalPolicy
 from digestguard.journal import Journal
 from digestguard.plan import Approval, Plan
+from tasks.notify import flow_run_url
 
 APPROVAL_STAGE = "approval"
 MAX_ASKS = 5
@@ -68,7 +75,6 @@ def request_approval(plan: Plan, journal: Journal, policy: ApprovalPolicy, *, tr
     ``auto_approver`` (the drill's ``--auto-approve``) records that name without pausing.
     ``on_asked`` is called once before pausing (the Slack approval request).
     """
-    from prefect.runtime import flow_run
 
     log = get_run_logger()
     done = approval_from_journal(journal, plan)
@@ -89,7 +95,6 @@ def request_approval(plan: Plan, journal: Journal, policy: ApprovalPolicy, *, tr
     if on_asked:
         on_asked(plan, run_id)
     description = plan.markdown() + _rules_text(policy, triggered_by, needed)
-    from tasks.notify import flow_run_url
 
     log.warning("APPROVAL NEEDED for the %s stage\n%s\n\nApprove in the Prefect UI: %s\nor: digestguard approve %s --approver NAME "
                 "[--reject --reason TEXT]", plan.stage, description, flow_run_url(run_id) or "(no UI URL)", run_id)
@@ -166,7 +171,6 @@ class ManualRotationForm(RunInput):
 
 def confirm_manual_rotation(item) -> bool:
     """Pause until a person confirms a manual rotation item; False on timeout or 'not rotated'."""
-    from prefect.runtime import flow_run
 
     key = f"manual-{flow_run.run_count or 1}-{re.sub(r'[^a-z0-9-]', '-', item.target.lower())[:60]}"
     try:
@@ -186,14 +190,8 @@ def answer_paused_run(flow_run_id: str, *, approver: str, reject: bool = False, 
     The answer carries the hash of the plan the gate is showing right now, read from the pause's own
     description, so the approver approves exactly what the UI would show.
     """
-    from uuid import UUID
 
-    from prefect import get_client
-    from prefect.flow_runs import resume_flow_run
-    from prefect.input.actions import read_flow_run_input
-    from prefect.input.run_input import keyset_from_paused_state
 
-    from digestguard.errors import InputError
 
     run_uuid = UUID(flow_run_id)
     with get_client(sync_client=True) as client:

@@ -441,9 +441,10 @@ def drill_cmd(
     as_json: bool = typer.Option(False, "--json", help="the scorecard as one JSON object"),
 ) -> None:
     """Tabletop exercise: build a sandbox, run the whole playbook against it, print a scorecard (exit 0 only if all passed)."""
-    from flows.drill.flow import quiet_prefect_server, render_scorecard, run_drill
+    from flows.drill.services import quiet_prefect_server
 
-    quiet_prefect_server()
+    quiet_prefect_server()  # before Prefect loads: its settings are read at import
+    from flows.drill.flow import render_scorecard, run_drill
     card = run_drill(advisory, auto_approve=auto_approve, scale=scale, keep=keep)
     if as_json:
         _echo_json(card)

@@ -12,6 +12,11 @@ import sys
 import time
 
 import httpx
+from prefect import serve
+
+from flows.drill.flow import drill_flow
+from flows.incident_response import incident_response
+from flows.watch import watch
 
 
 def start_server(port: int, timeout: float = 120.0) -> subprocess.Popen:
@@ -40,11 +45,7 @@ def serve_all(port: int = 4200) -> None:
     os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
     os.environ.setdefault("PREFECT_UI_URL", f"http://127.0.0.1:{port}")
     try:
-        from prefect import serve
 
-        from flows.drill.flow import drill_flow
-        from flows.incident_response import incident_response
-        from flows.watch import watch
 
         print(f"Prefect UI: http://127.0.0.1:{port}  (Ctrl-C stops the server)")
         serve(

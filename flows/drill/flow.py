@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -27,9 +28,24 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import boto3
+import hvac
 import yaml
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import secretmanager
+from prefect import flow
 
 from digestguard.advisory import Advisory, load_advisory
+from flows.drill import registry as sreg
+from flows.drill.podman import start_podman, stop_podman
+from flows.drill.servers.gcp_secrets import start_secret_manager_server
+from flows.drill.servers.github import GitHubServer, github_job_log
+from flows.drill.servers.slack import SlackServer
+from flows.drill.services import DUMMY_AWS_ENV, start_moto, start_openbao
+from flows.incident_response import incident_response
+from integrations.docker_engine import DockerEngine
+from integrations.registry import RegistryClient
 
 REPO = "checkmarx/kics"
 DRILL_TOKENS = {"DRILL_SLACK_TOKEN": "xoxb-drill-0000-digestguard", "DRILL_GITHUB_TOKEN": "ghs_drilltoken0000000000000000"}
@@ -77,11 +93,7 @@ def _affected_groups(base: Advisory) -> list[list[str]]:
 
 def build_sandbox(base: Advisory, root: Path, stack: contextlib.ExitStack, *, scale: int = 1) -> Sandbox:
     """Start the services and plant the incident (see the module docstring)."""
-    from flows.drill import registry as sreg
-    from flows.drill.podman import start_podman, stop_podman
-    from flows.drill.services import DUMMY_AWS_ENV, start_moto, start_openbao
 
-    import logging
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
     t = time.monotonic()
@@ -131,7 +143,6 @@ def build_sandbox(base: Advisory, root: Path, stack: contextlib.ExitStack, *, sc
     t = time.monotonic()
     sb.podman = start_podman(root / "podman", [sb.registry.host])
     stack.callback(stop_podman, sb.podman)
-    from integrations.docker_engine import DockerEngine
 
     with DockerEngine(sb.podman.url) as eng:
         bad_img = eng.pull(sb.registry.ref(REPO, "latest"))
@@ -148,9 +159,6 @@ def build_sandbox(base: Advisory, root: Path, stack: contextlib.ExitStack, *, sc
     os.environ["DRILL_VAULT_TOKEN"] = sb.openbao.token
     sb.moto = start_moto()
     stack.callback(sb.moto.stop)
-    from flows.drill.servers.gcp_secrets import start_secret_manager_server
-    from flows.drill.servers.github import GitHubServer, github_job_log
-    from flows.drill.servers.slack import SlackServer
 
     sb.gcp = start_secret_manager_server()
     stack.callback(sb.gcp.stop)
@@ -240,10 +248,7 @@ def _zeek_dns(rows: list[tuple[datetime, str]]) -> str:
 
 def _plant_secrets(sb: Sandbox, scale: int) -> list[dict[str, Any]]:
     """Secrets the exposed workflow can see, each in a different backend, copies held by GitHub Actions."""
-    import boto3
-    import hvac
 
-    from flows.drill.services import DUMMY_AWS_ENV  # noqa: F401  (credentials already in the environment)
 
     out: list[dict[str, Any]] = []
     client = hvac.Client(url=sb.openbao.addr, token=sb.openbao.token)
@@ -268,9 +273,6 @@ def _plant_secrets(sb: Sandbox, scale: int) -> list[dict[str, Any]]:
     sm.create_secret(Name="ci/registry-password", SecretString="drill-old-" + os.urandom(6).hex())
     out.append({"name": "REGISTRY_PASSWORD", "backend": "aws-secretsmanager", "ref": {"secret_id": "ci/registry-password"},
                 "consumers": [{"kind": "github-actions-secret", "repo": "acme/infra", "name": "REGISTRY_PASSWORD"}]})
-    from google.api_core.client_options import ClientOptions
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import secretmanager
 
     gsm = secretmanager.SecretManagerServiceClient(credentials=AnonymousCredentials(), transport="rest",
                                                    client_options=ClientOptions(api_endpoint=sb.gcp.url))
@@ -337,8 +339,6 @@ def _plant_repository(sb: Sandbox, name: str, secret_names: list[str]) -> dict[s
 # ------------------------------------------------------------------------------------------- scorecard
 def score(sb: Sandbox, summary: dict[str, Any] | None, error: str | None) -> list[StageScore]:
     """Compare what was planted with what happened, checking the backends themselves."""
-    from integrations.docker_engine import DockerEngine
-    from integrations.registry import RegistryClient
 
     s = summary or {}
     out: list[StageScore] = []
@@ -397,8 +397,6 @@ def score(sb: Sandbox, summary: dict[str, Any] | None, error: str | None) -> lis
 
 def _score_rotation(sb: Sandbox, s: dict[str, Any]) -> StageScore:
     """Every planted secret has a new value in its backend, and GitHub holds the same new value."""
-    import boto3
-    import hvac
 
     results: dict[str, bool] = {}
     gh = sb.github
@@ -431,9 +429,6 @@ def _gh_value(gh, name: str) -> str | None:
 
 
 def _gcp_rotated(sb: Sandbox) -> bool:
-    from google.api_core.client_options import ClientOptions
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import secretmanager
 
     gsm = secretmanager.SecretManagerServiceClient(credentials=AnonymousCredentials(), transport="rest",
                                                    client_options=ClientOptions(api_endpoint=sb.gcp.url))
@@ -444,23 +439,9 @@ def _gcp_rotated(sb: Sandbox) -> bool:
 
 
 # ------------------------------------------------------------------------------------------- running it
-def quiet_prefect_server() -> None:
-    """Settings for the embedded server that make a drill start fast and stay quiet (set before Prefect loads)."""
-    for k, v in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                 "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-                 "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED": "false",
-                 "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED": "false",
-                 "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
-                 "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
-                 "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",
-                 "PREFECT_SERVER_SERVICES_FOREMAN_ENABLED": "false"}.items():
-        os.environ.setdefault(k, v)
-
-
 def run_drill(advisory: str = "kics-2026-04", *, auto_approve: bool = False, scale: int = 1, keep: bool = False,
               on_ready=None) -> dict[str, Any]:
     """Build the sandbox, run ``incident_response`` in execute mode, score it, clean up. Returns the scorecard."""
-    from flows.incident_response import incident_response
 
     base = load_advisory(advisory)
     root = Path(tempfile.mkdtemp(prefix="digestguard-drill-"))
@@ -509,9 +490,6 @@ def render_scorecard(card: dict[str, Any]) -> str:
     lines += ["", f"  set-up {t['setup_s']} s, playbook {t['playbook_s']} s, total {t['total_s']} s",
               f"  {'ALL STAGES MET THEIR EXPECTATIONS' if card['ok'] else 'SOME STAGES FAILED'}"]
     return "\n".join(lines)
-
-
-from prefect import flow  # noqa: E402
 
 
 @flow(name="drill")

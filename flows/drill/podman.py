@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import docker
+
 
 @dataclass
 class PodmanService:
@@ -113,7 +115,6 @@ def start_podman(root: Path, insecure_registries: list[str], timeout: float = 30
     cmd = ["podman", "--log-level=error", "system", "service", "--time=0", f"unix://{sock}"]
     proc = subprocess.Popen(_isolated(cmd, root), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
     deadline = time.monotonic() + timeout
-    import docker
 
     while time.monotonic() < deadline:
         if proc.poll() is not None:

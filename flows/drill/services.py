@@ -119,3 +119,16 @@ def start_moto() -> MotoServer:
     # moto keeps its state per process, not per server: start every sandbox from an empty account
     urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=10).close()
     return MotoServer(endpoint_url=url, server=server)
+
+
+def quiet_prefect_server() -> None:
+    """Settings for the embedded server that make a drill start fast and stay quiet (set before Prefect loads)."""
+    for k, v in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                 "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+                 "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED": "false",
+                 "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED": "false",
+                 "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
+                 "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
+                 "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",
+                 "PREFECT_SERVER_SERVICES_FOREMAN_ENABLED": "false"}.items():
+        os.environ.setdefault(k, v)

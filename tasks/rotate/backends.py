@@ -32,6 +32,7 @@ from digestguard.errors import InputError, NotFound, Refused, Unavailable
 from digestguard.inventory import Backends
 from integrations import aws_iam, aws_secrets, azure_keyvault, gcp_secrets, vault
 from integrations._secret_values import new_password, same_secret
+from integrations.github import write_actions_secret
 from tasks.connect import Connections
 
 Material = dict[str, SecretStr]
@@ -534,88 +535,116 @@ def _as_text(value: SecretStr | Material) -> SecretStr:
     return SecretStr(json.dumps({k: v.get_secret_value() for k, v in sorted(value.items())}, sort_keys=True))
 
 
+def _write_github_actions_secret(spec: ConsumerSpec, secret_name: str, value: SecretStr | Material, clients: Connections,
+                                 token_seed: tuple[str, ...], where: str) -> dict[str, Any]:
+    name = spec.get("name") or secret_name
+    w = write_actions_secret(clients.get("github"), name, _as_text(value), repo=spec.get("repo"),
+                             environment=spec.get("environment"), org=spec.get("org"), visibility=spec.get("visibility"))
+    return {"scope": w.scope, "created": w.created, "key_id": w.key_id}
+
+
+def _write_gitlab_variable(spec: ConsumerSpec, secret_name: str, value: SecretStr | Material, clients: Connections,
+                           token_seed: tuple[str, ...], where: str) -> dict[str, Any]:
+    project = spec.get("project") or spec.get("repo")
+    if not project:
+        raise InputError(where, "a gitlab-variable consumer needs 'project'", field="project")
+    key = spec.get("key") or spec.get("name") or secret_name
+    w = clients.get("gitlab").set_project_variable(project, key, _as_text(value), environment_scope=spec.get("environment"))
+    return {"scope": w.scope, "created": w.created, "masked": w.masked}
+
+
+def _write_vault_kv(spec: ConsumerSpec, secret_name: str, value: SecretStr | Material, clients: Connections,
+                    token_seed: tuple[str, ...], where: str) -> dict[str, Any]:
+    client = clients.get("vault")
+    path = spec.get("path") or spec.get("name")
+    if not path:
+        raise InputError(where, "a vault-kv consumer needs 'path'", field="path")
+    mount = spec.get("mount") or clients.backends.vault_kv_mount
+    parts: dict[str, SecretStr] = dict(value) if isinstance(value, dict) else {spec.get("key") or spec.get("field") or "value": value}
+    try:
+        current = vault.kv_read(client, path, mount=mount)
+        data = {**current.data, **parts}
+        if set(current.data) == set(data) and all(same_secret(current.data[k], data[k]) for k in data):
+            return {"version": current.version, "unchanged": True}
+        cas = current.version
+    except NotFound:
+        data, cas = parts, None
+    version = vault.kv_write(client, path, data, mount=mount, cas=cas)
+    if not vault.kv_version_matches(client, path, version, data, mount=mount):
+        raise Refused(where, f"version {version} does not hold what was written")
+    return {"version": version}
+
+
+def _write_aws_secretsmanager(spec: ConsumerSpec, secret_name: str, value: SecretStr | Material, clients: Connections,
+                              token_seed: tuple[str, ...], where: str) -> dict[str, Any]:
+    sm = clients.get("secretsmanager")
+    sid = spec.get("name") or spec.get("path")
+    if not sid:
+        raise InputError(where, "an aws-secretsmanager consumer needs 'name' (the secret id)", field="name")
+    text = _as_text(value)
+    if aws_secrets.current_value_matches(sm, sid, text):
+        return {"unchanged": True}
+    version = aws_secrets.put_new_version(sm, sid, text, client_request_token=stable_token(*token_seed, spec.kind, spec.id))
+    if not aws_secrets.current_value_matches(sm, sid, text):
+        raise Refused(where, f"AWSCURRENT does not hold the value written as {version}")
+    return {"version": version}
+
+
+def _write_azure_keyvault(spec: ConsumerSpec, secret_name: str, value: SecretStr | Material, clients: Connections,
+                          token_seed: tuple[str, ...], where: str) -> dict[str, Any]:
+    kv = clients.get("azure")
+    name = spec.get("name")
+    if not name:
+        raise InputError(where, "an azure-keyvault consumer needs 'name'", field="name")
+    text = _as_text(value)
+    try:
+        if azure_keyvault.current_value_matches(kv, name, text):
+            return {"unchanged": True}
+    except NotFound:
+        pass
+    version = azure_keyvault.set_secret_version(kv, name, text, content_type="text/plain")
+    if not azure_keyvault.current_value_matches(kv, name, text, version=version):
+        raise Refused(where, f"version {version} does not hold what was written")
+    return {"version": version}
+
+
+def _write_gcp_secretmanager(spec: ConsumerSpec, secret_name: str, value: SecretStr | Material, clients: Connections,
+                             token_seed: tuple[str, ...], where: str) -> dict[str, Any]:
+    gcp = clients.get("gcp")
+    full = gcp_name(spec.get("name") or spec.get("path"), spec.get("project"), clients.backends, where)
+    text = _as_text(value)
+    try:
+        if gcp_secrets.latest_matches(gcp, full, text):
+            return {"unchanged": True}
+    except NotFound:
+        pass
+    version = gcp_secrets.add_version(gcp, full, text)
+    if not gcp_secrets.latest_matches(gcp, full, text, version=version):
+        raise Refused(where, f"version {version} does not hold what was written")
+    return {"version": version}
+
+
+_WRITERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "github-actions-secret": _write_github_actions_secret,
+    "gitlab-variable": _write_gitlab_variable,
+    "vault-kv": _write_vault_kv,
+    "aws-secretsmanager": _write_aws_secretsmanager,
+    "azure-keyvault": _write_azure_keyvault,
+    "gcp-secretmanager": _write_gcp_secretmanager,
+}
+
+
 def write_consumer(spec: ConsumerSpec, secret_name: str, value: SecretStr | Material, clients: Connections,
                    token_seed: tuple[str, ...]) -> dict[str, Any]:
     """Put the new value where ``spec`` points; return ids only. Copies are read back and compared afterwards.
 
     A copy already holding the value is left as it is (a resumed run adds no second version).
     """
-    kind = spec.kind
-    where = f"consumer {kind} {spec.id}"
-    if kind == "github-actions-secret":
-        from integrations.github import write_actions_secret
-
-        name = spec.get("name") or secret_name
-        w = write_actions_secret(clients.get("github"), name, _as_text(value), repo=spec.get("repo"),
-                                 environment=spec.get("environment"), org=spec.get("org"), visibility=spec.get("visibility"))
-        return {"scope": w.scope, "created": w.created, "key_id": w.key_id}
-    if kind == "gitlab-variable":
-        project = spec.get("project") or spec.get("repo")
-        if not project:
-            raise InputError(where, "a gitlab-variable consumer needs 'project'", field="project")
-        key = spec.get("key") or spec.get("name") or secret_name
-        w = clients.get("gitlab").set_project_variable(project, key, _as_text(value), environment_scope=spec.get("environment"))
-        return {"scope": w.scope, "created": w.created, "masked": w.masked}
-    if kind == "vault-kv":
-        client = clients.get("vault")
-        path = spec.get("path") or spec.get("name")
-        if not path:
-            raise InputError(where, "a vault-kv consumer needs 'path'", field="path")
-        mount = spec.get("mount") or clients.backends.vault_kv_mount
-        parts: dict[str, SecretStr] = dict(value) if isinstance(value, dict) else {spec.get("key") or spec.get("field") or "value": value}
-        try:
-            current = vault.kv_read(client, path, mount=mount)
-            data = {**current.data, **parts}
-            if set(current.data) == set(data) and all(same_secret(current.data[k], data[k]) for k in data):
-                return {"version": current.version, "unchanged": True}
-            cas = current.version
-        except NotFound:
-            data, cas = parts, None
-        version = vault.kv_write(client, path, data, mount=mount, cas=cas)
-        if not vault.kv_version_matches(client, path, version, data, mount=mount):
-            raise Refused(where, f"version {version} does not hold what was written")
-        return {"version": version}
-    if kind == "aws-secretsmanager":
-        sm = clients.get("secretsmanager")
-        sid = spec.get("name") or spec.get("path")
-        if not sid:
-            raise InputError(where, "an aws-secretsmanager consumer needs 'name' (the secret id)", field="name")
-        text = _as_text(value)
-        if aws_secrets.current_value_matches(sm, sid, text):
-            return {"unchanged": True}
-        version = aws_secrets.put_new_version(sm, sid, text, client_request_token=stable_token(*token_seed, kind, spec.id))
-        if not aws_secrets.current_value_matches(sm, sid, text):
-            raise Refused(where, f"AWSCURRENT does not hold the value written as {version}")
-        return {"version": version}
-    if kind == "azure-keyvault":
-        kv = clients.get("azure")
-        name = spec.get("name")
-        if not name:
-            raise InputError(where, "an azure-keyvault consumer needs 'name'", field="name")
-        text = _as_text(value)
-        try:
-            if azure_keyvault.current_value_matches(kv, name, text):
-                return {"unchanged": True}
-        except NotFound:
-            pass
-        version = azure_keyvault.set_secret_version(kv, name, text, content_type="text/plain")
-        if not azure_keyvault.current_value_matches(kv, name, text, version=version):
-            raise Refused(where, f"version {version} does not hold what was written")
-        return {"version": version}
-    if kind == "gcp-secretmanager":
-        gcp = clients.get("gcp")
-        full = gcp_name(spec.get("name") or spec.get("path"), spec.get("project"), clients.backends, where)
-        text = _as_text(value)
-        try:
-            if gcp_secrets.latest_matches(gcp, full, text):
-                return {"unchanged": True}
-        except NotFound:
-            pass
-        version = gcp_secrets.add_version(gcp, full, text)
-        if not gcp_secrets.latest_matches(gcp, full, text, version=version):
-            raise Refused(where, f"version {version} does not hold what was written")
-        return {"version": version}
-    raise InputError(where, f"no writer for consumer kind {kind!r}")
+    where = f"consumer {spec.kind} {spec.id}"
+    writer = _WRITERS.get(spec.kind)
+    if writer is None:
+        raise InputError(where, f"no writer for consumer kind {spec.kind!r}")
+    return writer(spec, secret_name, value, clients, token_seed, where)
 
 
 def read_stash(spec: ConsumerSpec, clients: Connections) -> Material:

@@ -53,6 +53,7 @@ from typing import Any, Mapping
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
 
 from digestguard.advisory import Advisory
 from digestguard.errors import DigestguardError, IntegrationError, Refused
@@ -209,16 +210,9 @@ class _Rotation:
 
         if iam:
             assert isinstance(backend, AwsIamKey)
-            backend.old = list(self.step("old-keys", lambda: {"old": backend.old_keys()})["old"])
-            if stash is not None:
-                backend.stash_reader = lambda: read_stash(stash, self.clients)
-            if revoke_first:
-                detail["revoked"] = self.step("revoke-old", lambda: backend.revoke_keys(backend.old))
-            else:
-                room = self.step("make-room", lambda: {"deleted_keys": backend.make_room(backend.old)})
-                if room.get("deleted_keys"):
-                    self.notes.append(f"{self.name}: IAM's 2-key limit forced deleting exposed key(s) {room['deleted_keys']} "
-                                      "before the new one existed")
+            revoked = self._prepare_iam(backend, stash, revoke_first)
+            if revoked is not None:
+                detail["revoked"] = revoked
 
         version = self._new_version(backend, stash)
         if revoke_first and not iam:
@@ -256,6 +250,20 @@ class _Rotation:
         self.step("rotate", lambda: {"consumers": len(updated)}, version)
         return ActionOutcome(stage=STAGE, target=self.item.target, action="rotate",
                              outcome="done" if acted else "already-done", detail=detail)
+
+    def _prepare_iam(self, backend: AwsIamKey, stash: ConsumerSpec | None, revoke_first: bool) -> dict[str, Any] | None:
+        """Journal the exposed keys, wire the stash reader, and make room under IAM's 2-key limit (or revoke first);
+        returns what was revoked, if anything."""
+        backend.old = list(self.step("old-keys", lambda: {"old": backend.old_keys()})["old"])
+        if stash is not None:
+            backend.stash_reader = lambda: read_stash(stash, self.clients)
+        if revoke_first:
+            return self.step("revoke-old", lambda: backend.revoke_keys(backend.old))
+        room = self.step("make-room", lambda: {"deleted_keys": backend.make_room(backend.old)})
+        if room.get("deleted_keys"):
+            self.notes.append(f"{self.name}: IAM's 2-key limit forced deleting exposed key(s) {room['deleted_keys']} "
+                              "before the new one existed")
+        return None
 
     def _new_version(self, backend: Backend, stash: ConsumerSpec | None) -> str:
         """Write the new version once; recover it from the backend if an earlier attempt was interrupted."""
@@ -419,23 +427,28 @@ def apply_rotation(plan: Plan, approval: Approval | None, inventory: Inventory, 
     finally:
         if own:
             pool_clients.close()
-    for outcome, manual, notes in outcomes:
-        result.actions.append(outcome)
-        result.actions.extend(manual)
-        result.notes.extend(notes)
-        if outcome.outcome in ("done", "already-done") and outcome.detail.get("version") is not None:
-            result.verification.append(ActionOutcome(stage=STAGE, target=outcome.target, action="verify", outcome="done",
-                                                     detail={"version": outcome.detail["version"]}))
+    result = _with_outcomes(result, outcomes)
     journal.event(plan.incident, STAGE, "rotate-finished",
                   {"done": result.count("done") + result.count("already-done"), "failed": result.count("failed"),
                    "needs_person": result.count("needs-person")})
     return result
 
 
+def _with_outcomes(result: StageResult, outcomes: list[tuple[ActionOutcome, list[ActionOutcome], list[str]]]) -> StageResult:
+    """The stage result with every secret's outcome, its manual items and notes, and a verification per new version."""
+    actions, notes, verification = list(result.actions), list(result.notes), list(result.verification)
+    for outcome, manual, more in outcomes:
+        actions += [outcome, *manual]
+        notes += more
+        if outcome.outcome in ("done", "already-done") and outcome.detail.get("version") is not None:
+            verification.append(ActionOutcome(stage=STAGE, target=outcome.target, action="verify", outcome="done",
+                                              detail={"version": outcome.detail["version"]}))
+    return result.model_copy(update={"actions": actions, "notes": notes, "verification": verification})
+
+
 def _logger() -> logging.Logger | logging.LoggerAdapter:
     """The Prefect run logger inside a flow/task run (lines reach the UI), else this module's logger."""
     try:
-        from prefect.logging import get_run_logger
 
         return get_run_logger()
     except Exception:  # noqa: BLE001 - no run context: plain logging
