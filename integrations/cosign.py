@@ -57,8 +57,9 @@ from typing import Any, Protocol, Union
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
+from digestguard._model import Model
 from digestguard.errors import InputError, IntegrationError, NotFound
 from digestguard.reference import parse_digest
 
@@ -110,7 +111,7 @@ class SignatureStatus(str, Enum):
     INVALID = "invalid"
 
 
-class SignatureCheck(BaseModel):
+class SignatureCheck(Model):
     """The verdict for one digest. ``reason`` says why in words a person can act on.
 
     ``key_fingerprint`` (sha256 of the key's DER SubjectPublicKeyInfo) names the

@@ -46,8 +46,9 @@ import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import ConfigDict, SecretStr
 
+from digestguard._model import Model
 from digestguard.errors import InputError, IntegrationError, NotFound, Unavailable
 from digestguard.reference import is_digest, parse_digest
 from digestguard.timeutil import parse_time
@@ -109,8 +110,10 @@ class ClusterConfig:
                 raise InputError(src, f"{ns!r} is not a namespace name", field="namespaces")
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class _Model(Model):
+    """The shared strict base, frozen: these are answers read from a cluster, not inputs to edit."""
+
+    model_config = ConfigDict(frozen=True)
 
 
 class RunningContainer(_Model):

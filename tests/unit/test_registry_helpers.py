@@ -1,4 +1,4 @@
-"""Pure helpers of integrations.registry: challenge and header parsing, index walking, digest checks."""
+"""Pure helpers of integrations.registry (challenge and header parsing, index walking, digest checks) and the one retry policy."""
 
 from __future__ import annotations
 
@@ -56,3 +56,33 @@ def test_verify_digest_catches_other_bytes():
     verify_digest(b"abc", sha256_of(b"abc"), "src")
     with pytest.raises(IntegrationError, match="does not match"):
         verify_digest(b"abd", sha256_of(b"abc"), "src")
+
+
+# ---------------------------------------------------------------- the one retry policy (integrations._rest)
+
+
+def test_retry_policy_decides_the_same_for_every_client():
+    from integrations._rest import RETRY_STATUSES, Retrier, RetryPolicy
+
+    assert RETRY_STATUSES == {429, 500, 502, 503, 504}
+    policy = RetryPolicy(max_retries=2, backoff=0.5, max_backoff=0.75, max_wait=10.0)
+    assert policy.retryable(None) and policy.retryable(503) and not policy.retryable(404)
+    assert not policy.retryable(503, safe=False)  # a POST is not repeated after a 5xx
+    slept: list[float] = []
+    retrier = Retrier(policy, slept.append)
+    assert retrier.again(503) and retrier.again(429, retry_after=3.0)
+    assert not retrier.again(503)  # two retries spent
+    assert slept == [0.5, 3.0] and retrier.attempts == 3
+    assert policy.wait(0, retry_after=11.0) is None  # longer than max_wait: the caller decides
+    assert RetryPolicy(deadline=1.0).wait(0, elapsed=0.9) is None
+    with pytest.raises(ValueError):
+        RetryPolicy(max_retries=-1)
+
+
+def test_sdk_retries_come_from_the_named_policies():
+    from integrations._rest import AWS_SDK_POLICY, VAULT_READ_POLICY, botocore_config, urllib3_retry
+
+    assert botocore_config().retries == {"mode": "standard", "max_attempts": AWS_SDK_POLICY.max_retries}
+    retry = urllib3_retry()
+    assert (retry.total, retry.connect, retry.read) == (VAULT_READ_POLICY.max_retries, 2, 0)
+    assert set(retry.status_forcelist) == {429, 502, 503, 504}
