@@ -42,6 +42,7 @@ from digestguard.errors import DigestguardError, InputError, PlanNotApproved
 from digestguard.findings import ActionOutcome, StageResult
 from digestguard.inventory import Inventory
 from digestguard.journal import Journal
+from digestguard.markdown import md_table
 from digestguard.reference import ImageReference, parse_digest, try_parse_reference
 from tasks.connect import Connections
 from tasks.pull_requests import open_pin_pull_request
@@ -126,14 +127,9 @@ class PinPlan(Model):
                f"{len(self.changes)} change(s) in {len(self.changed_paths)} file(s), "
                f"{len(self.needs_decision)} need a decision, {len(self.skipped)} skipped. "
                f"Plan hash `{self.plan_hash()}`.", ""]
-        if self.changes:
-            out += ["| file | line | before | after | why |", "|---|---|---|---|---|"]
-            for c in self.changes[:limit]:
-                out.append(f"| `{c.path}` | {c.line} | `{c.before}` | `{c.after}` | {c.reason.replace('|', '/')} |")
-            if len(self.changes) > limit:
-                out.append(f"| ... | | | | {len(self.changes) - limit} more |")
-        else:
-            out.append("_No reference to rewrite._")
+        rows = [{"file": f"`{c.path}`", "line": c.line, "before": f"`{c.before}`", "after": f"`{c.after}`", "why": c.reason}
+                for c in self.changes]
+        out += md_table(rows, limit, more="more change(s)") or ["_No reference to rewrite._"]
         if self.needs_decision:
             out += ["", "**Needs a decision**"]
             for d in self.needs_decision[:limit]:
@@ -155,7 +151,9 @@ def _at(line: int | None) -> str:
 # --to
 
 
-def parse_to(to: str | Sequence[str] | Mapping[str, str] | None, advisory: Advisory | None = None) -> tuple[str | None, dict[str, str]]:
+def parse_to(
+    to: str | Sequence[str] | Mapping[str, str] | None, advisory: Advisory | None = None,
+) -> tuple[str | None, dict[str, str]]:
     """``--to`` values -> (one digest for every affected reference, {tag: digest}).
 
     Accepts ``"sha256:..."``, ``["latest=sha256:...", "v2.1.20=sha256:..."]`` or a mapping.
@@ -228,7 +226,8 @@ class _Planner:
         if key in self.resolved:
             return self.resolved[key]
         if self.resolve is None:
-            out: tuple[str | None, str] = (None, f"tag {tag} is not affected; needs resolving to its current digest (no resolver given)")
+            out: tuple[str | None, str] = (
+                None, f"tag {tag} is not affected; needs resolving to its current digest (no resolver given)")
         else:
             try:
                 dig = parse_digest(self.resolve(ImageReference(ref.registry, ref.repository, tag, None)), "resolver")
@@ -354,14 +353,16 @@ def _choose_safe(ar: ActionRefs, ref: str) -> tuple[SafeCommit | None, str]:
         return safe[0], f"{ar.repository}@{ref} was force-pushed; pinned to the only safe release {safe[0].ref}"
     if not safe:
         return None, f"{ar.repository}@{ref} was force-pushed and no safe commit is known; pin by hand to a reviewed commit"
-    return None, f"{ar.repository}@{ref} was force-pushed; several safe commits known ({', '.join(s.ref for s in safe)}): choose one"
+    known = ", ".join(s.ref for s in safe)
+    return None, f"{ar.repository}@{ref} was force-pushed; several safe commits known ({known}): choose one"
 
 
 def _plan_action(plan: PinPlan, a: ActionUse, ar: ActionRefs, text: str, fhash: str) -> None:
     ref = a.ref
     if _SHA1.match(ref.lower()):
         if ref.lower() not in ar.malicious_commits:
-            plan.unchanged.append(PinSkip(path=a.path, line=a.line, reason=f"{a.text}: pinned to a commit not listed as malicious"))
+            plan.unchanged.append(PinSkip(path=a.path, line=a.line,
+                                          reason=f"{a.text}: pinned to a commit not listed as malicious"))
             return
         tag_hint = ref
     else:

@@ -14,6 +14,7 @@ from digestguard.errors import DigestguardError
 from digestguard.findings import ActionOutcome
 from digestguard.inventory import Inventory, Repository
 from digestguard.journal import Journal
+from digestguard.markdown import md_table
 from integrations import git
 from integrations.github import open_or_update_pull_request
 from integrations.gitlab import open_or_update_merge_request
@@ -38,11 +39,9 @@ def pull_request_body(plan, advisory: Advisory, incident: str) -> str:
         "Tags are mutable and were overwritten in this attack; a digest names exactly one image. "
         "This change keeps the tag for readers and adds the digest that decides what is pulled.",
         "",
-        "| file | line | before | after |",
-        "|---|---|---|---|",
     ]
-    for c in plan.changes:
-        lines.append(f"| `{c.path}` | {c.line} | `{c.before}` | `{c.after}` |")
+    rows = [{"file": f"`{c.path}`", "line": c.line, "before": f"`{c.before}`", "after": f"`{c.after}`"} for c in plan.changes]
+    lines += md_table(rows, len(rows))
     if plan.needs_decision:
         lines += ["", "### Needs a decision (not changed)"]
         lines += [f"- `{d.path}`:{d.line or '-'} `{d.reference}`: {d.reason}" for d in plan.needs_decision]

@@ -52,8 +52,10 @@ def server() -> Iterator[GitHubServer]:
         run = srv.add_run("acme", "api", created_at=inside, name="kics", path=".github/workflows/kics.yml", head_sha=SHA)
         srv.add_job(run, name="kics", log=github_job_log("checkmarx/kics:latest", LATEST, inside + timedelta(seconds=20)))
         srv.add_job(run, name="lint", log=github_job_log("library/alpine:3.20", "sha256:" + "1" * 64, inside, style="run"))
-        clean = srv.add_run("acme", "api", created_at=inside + timedelta(minutes=5), name="nightly", path=".github/workflows/nightly.yml")
-        srv.add_job(clean, name="scan", log=github_job_log("checkmarx/kics:v2.1.20", CLEAN, inside + timedelta(minutes=5), style="container"))
+        clean = srv.add_run("acme", "api", created_at=inside + timedelta(minutes=5), name="nightly",
+                            path=".github/workflows/nightly.yml")
+        srv.add_job(clean, name="scan",
+                    log=github_job_log("checkmarx/kics:v2.1.20", CLEAN, inside + timedelta(minutes=5), style="container"))
         long_before = srv.add_run("acme", "api", created_at=START - timedelta(days=3), path=".github/workflows/kics.yml")
         srv.add_job(long_before, name="kics", log=github_job_log("checkmarx/kics:latest", LATEST, START - timedelta(days=3)))
         yield srv
@@ -103,7 +105,8 @@ def test_an_unreachable_github_is_an_error_entry(tmp_path: Path, monkeypatch: py
     with GitHubServer() as srv:
         url = srv.url
     (tmp_path / "inventory.yaml").write_text(yaml.safe_dump({
-        "ci_logs": [{"name": "gh-down", "kind": "github", "repo": "acme/api", "api_url": url, "token": "env:DG_TEST_GITHUB_TOKEN"}],
+        "ci_logs": [{"name": "gh-down", "kind": "github", "repo": "acme/api", "api_url": url,
+                     "token": "env:DG_TEST_GITHUB_TOKEN"}],
     }))
     inv = load_inventory(tmp_path / "inventory.yaml")
     kics = load_advisory("kics-2026-04")

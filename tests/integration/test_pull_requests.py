@@ -20,7 +20,8 @@ def _checkout(tmp_path, name):
     subprocess.run([*GIT, "init", "-q", "--bare", str(remote)], check=True)
     subprocess.run([*GIT, "init", "-q", str(work)], check=True)
     (work / ".gitlab-ci.yml").write_text("scan:\n  image: checkmarx/kics:latest\n  script: [kics scan -p .]\n")
-    for cmd in (["add", "-A"], ["commit", "-q", "-m", "init"], ["remote", "add", "origin", str(remote)], ["push", "-q", "origin", "main"]):
+    for cmd in (["add", "-A"], ["commit", "-q", "-m", "init"], ["remote", "add", "origin", str(remote)],
+                ["push", "-q", "origin", "main"]):
         subprocess.run([*GIT, "-C", str(work), *cmd], check=True)
     return remote, work
 

@@ -210,7 +210,8 @@ def estate(tmp_path: Path):
     api = tmp_path / "checkouts" / "api"
     (api / ".github" / "workflows").mkdir(parents=True)
     (api / ".github" / "workflows" / "scan.yml").write_text(WORKFLOW)
-    (api / ".github" / "workflows" / "release.yml").write_text("jobs:\n  r:\n    steps:\n      - run: echo ${{ secrets.RELEASE_ONLY }}\n")
+    (api / ".github" / "workflows" / "release.yml").write_text(
+        "jobs:\n  r:\n    steps:\n      - run: echo ${{ secrets.RELEASE_ONLY }}\n")
     (api / "config").mkdir()
     (api / "config" / "settings.env").write_text(f"REGION=eu-west-1\nAWS_ACCESS_KEY_ID={_fake_aws_key()}\n")
     infra = tmp_path / "checkouts" / "infra"
@@ -252,8 +253,10 @@ def estate(tmp_path: Path):
 def test_folder_source_maps_jobs_to_repositories(estate, kics):
     w = exposure_window(kics, detected_at=DETECTED)
     read = read_ci_sources(estate, kics, w)
-    assert sorted(j.job for j in read.jobs) == ["api/old.log", "api/scan-101.log", "infra/kics-7.log", "legacy/build-3.log", "unknown/x.log"]
-    assert read.origins[job_key("exported", "api/scan-101.log")] == JobOrigin(repository="api", workflow=".github/workflows/scan.yml")
+    assert sorted(j.job for j in read.jobs) == ["api/old.log", "api/scan-101.log", "infra/kics-7.log", "legacy/build-3.log",
+                                                "unknown/x.log"]
+    assert read.origins[job_key("exported", "api/scan-101.log")] == JobOrigin(repository="api",
+                                                                              workflow=".github/workflows/scan.yml")
     assert read.origins[job_key("exported", "infra/kics-7.log")].repository == "infra"
     assert read.origins[job_key("exported", "unknown/x.log")].repository is None
     jobs = {j.job: j for j in classify_jobs(read.jobs, kics, w)}
@@ -315,9 +318,11 @@ def test_content_secret_without_a_key_name_is_reported_by_location(tmp_path, kic
 
 
 def test_fetched_definitions_are_used_without_a_checkout(kics, tmp_path):
-    (tmp_path / "inventory.yaml").write_text(yaml.safe_dump({"secrets": [{"name": "dockerhub-token", "backend": "manual", "aliases": ["DOCKERHUB_TOKEN"]}]}))
+    (tmp_path / "inventory.yaml").write_text(yaml.safe_dump(
+        {"secrets": [{"name": "dockerhub-token", "backend": "manual", "aliases": ["DOCKERHUB_TOKEN"]}]}))
     inv = load_inventory(tmp_path / "inventory.yaml")
-    job = ExposedJob(source="gh", job="acme/api run 1 job 2", verdict="confirmed", reason="t", workflow=".github/workflows/scan.yml")
+    job = ExposedJob(source="gh", job="acme/api run 1 job 2", verdict="confirmed", reason="t",
+                     workflow=".github/workflows/scan.yml")
     origin = JobOrigin(workflow=".github/workflows/scan.yml", definitions=((".github/workflows/scan.yml", WORKFLOW),))
     secrets, errors = exposed_secrets([job], inv, {job_key("gh", job.job): origin})
     assert {s.name for s in secrets} == {"dockerhub-token", "AWS_KEY_ID", "SONAR_TOKEN"}

@@ -24,7 +24,8 @@ def test_github_container_action_pull_and_run():
     assert log.started_at == datetime(2026, 4, 22, 14, 20, 1, tzinfo=timezone.utc)
     assert log.unparsable == 0 and log.lines_read == 38
     pull, run = log.pulls
-    assert (pull.kind, pull.name, pull.tag, pull.digest, pull.digest_source) == ("pull", "docker.io/checkmarx/kics", "latest", LATEST, "log")
+    assert (pull.kind, pull.name, pull.tag, pull.digest, pull.digest_source) == (
+        "pull", "docker.io/checkmarx/kics", "latest", LATEST, "log")
     assert pull.line == "Pull down action image 'checkmarx/kics:latest'" and pull.line_no == 17
     lines = dict(pull.evidence)
     assert lines[26] == f"Digest: {LATEST}"

@@ -54,7 +54,8 @@ def test_every_ci_format_is_linted(tmp_path: Path):
         ".gitlab-ci.yml": "image: python:3.12\nservices:\n  - postgres:16\n",
         "bitbucket-pipelines.yml": "image: atlassian/default-image:4\n",
         ".circleci/config.yml": "jobs:\n  a:\n    docker:\n      - image: cimg/base:2024.01\n",
-        "azure-pipelines.yml": "resources:\n  containers:\n    - container: py\n      image: python:3.12\njobs:\n  - job: a\n    container: py\n",
+        "azure-pipelines.yml": ("resources:\n  containers:\n    - container: py\n      image: python:3.12\n"
+                                "jobs:\n  - job: a\n    container: py\n"),
         ".drone.yml": "steps:\n  - name: a\n    image: golang:1.22\n",
         "Jenkinsfile": "pipeline { agent { docker { image 'maven:3.9' } } }\n",
         "compose.yaml": f"services:\n  a:\n    image: redis:7@{OTHER}\n  b:\n    image: nginx\n",
@@ -99,7 +100,8 @@ def test_suggestion_uses_known_good(tmp_path: Path):
     data = KICS.model_dump(mode="json")
     data["images"][0]["known_good"] = [{"tag": "latest", "digest": GOOD, "source": "test"}]
     adv = parse_advisory(data, "test")
-    _write(tmp_path, "docker-compose.yml", "services:\n  a:\n    image: checkmarx/kics\n  b:\n    image: checkmarx/kics@sha256:a0d9366f6f0166dcbf92fcdc98e1a03d2e6210e8d7e8573f74d50849130651a0\n")
+    _write(tmp_path, "docker-compose.yml", "services:\n  a:\n    image: checkmarx/kics\n  b:\n"
+           "    image: checkmarx/kics@sha256:a0d9366f6f0166dcbf92fcdc98e1a03d2e6210e8d7e8573f74d50849130651a0\n")
     off = _by_line(lint_tree(tmp_path, [adv]), "docker-compose.yml")
     assert off[3].suggestion == f"checkmarx/kics:latest@{GOOD}"
     assert off[5].suggestion == f"checkmarx/kics@{GOOD}"
