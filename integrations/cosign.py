@@ -62,6 +62,7 @@ from pydantic import ConfigDict
 from digestguard._model import Model
 from digestguard.errors import InputError, IntegrationError, NotFound
 from digestguard.reference import parse_digest
+from integrations.registry import registry_repository
 
 __all__ = [
     "COSIGN_TYPE",
@@ -327,7 +328,6 @@ class RegistrySignatureSource:
         if callable(get_blob):
             data = get_blob(repo, digest)
             return data if isinstance(data, bytes) else bytes(data)
-        from integrations.registry import registry_repository  # sibling client: imported only when used
 
         path_repo = registry_repository(self.client.registry, repo)
         source = f"{self.client.registry}/{path_repo}@{digest}"

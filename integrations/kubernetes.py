@@ -43,12 +43,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import urllib3
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
+from kubernetes import client as k8s, config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from pydantic import ConfigDict, SecretStr
 
 from digestguard._model import Model
+from digestguard.credentials import resolve
 from digestguard.errors import InputError, IntegrationError, NotFound, Unavailable
 from digestguard.reference import is_digest, parse_digest
 from digestguard.timeutil import parse_time
@@ -473,7 +473,6 @@ def cluster_config_from_inventory(entry: Any) -> ClusterConfig:
 
     Relative kubeconfig paths are the caller's to resolve (``Inventory.resolve_path``).
     """
-    from digestguard.credentials import resolve  # the only place a reference becomes a value
 
     token = resolve(entry.token, f"kubernetes.{entry.name}.token") if entry.token else None
     return ClusterConfig(

@@ -32,7 +32,7 @@ from digestguard.cilog import JobLog, parse_job_log
 from digestguard.errors import DigestguardError
 from digestguard.inventory import CISource, Inventory
 from digestguard.timeutil import now, parse_time
-from tasks.forges import forge_client
+from tasks.connect import forge_client
 from tasks.scan.ci_secrets import JobOrigin, job_key
 from tasks.scan.files import walk_files
 

@@ -18,7 +18,7 @@ from digestguard.markdown import md_table
 from integrations import git
 from integrations.github import open_or_update_pull_request
 from integrations.gitlab import open_or_update_merge_request
-from tasks.forges import forge_client
+from tasks.connect import forge_client
 
 STAGE = "pin"
 
