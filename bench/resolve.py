@@ -39,8 +39,8 @@ from pathlib import Path
 
 import httpx
 
-from integrations.registry import MANIFEST_ACCEPT, resolve_many
 from flows.drill.registry import push_image, put_manifest, running_registry
+from integrations.registry import MANIFEST_ACCEPT, resolve_many
 
 GOAL = 0.8
 REPOS = 10
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n{'N':>6} {'curl 1 run':>10} {'curl batched':>12} {'ours':>7} {'ratio':>6} | "
           f"{'median curl':>11} {'median ours':>11} {'ratio':>6}   (req/s; ratio = ours / best curl)")
-    for n, c1, cb, bc, bo, br, mc, mo, mr in rows:
+    for n, c1, cb, _bc, bo, br, mc, mo, mr in rows:
         print(f"{n:>6} {c1:>10.0f} {cb:>12.0f} {bo:>7.0f} {br:>6.2f} | {mc:>11.0f} {mo:>11.0f} {mr:>6.2f}")
     worst = min(r[5] for r in rows)
     print(f"\ngoal: ratio >= {GOAL} (best runs); worst ratio {worst:.2f} -> {'MET' if worst >= GOAL else 'NOT MET'}")

@@ -172,11 +172,11 @@ def assess_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Stage 2: exposed CI jobs, the secrets they held, and network hits in the window."""
+    from datetime import datetime, timezone
+
     from digestguard.advisory import load_advisory
     from digestguard.inventory import load_inventory
     from tasks.assess import assess, exposure_markdown
-
-    from datetime import datetime, timezone
 
     rep = assess(load_advisory(advisory), load_inventory(inventory), detected_at=datetime.now(timezone.utc),
                  start_override=_when(window_start, "--window-start"),
@@ -488,7 +488,7 @@ def watch_cmd(
     except InputError as e:
         _fail(e)
     except KeyboardInterrupt:
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     if as_json:
         _echo_json(summarize(reports))
     raise typer.Exit(1 if any(r.events for r in reports) else 0)

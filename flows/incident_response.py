@@ -40,13 +40,11 @@ from tasks.connect import Connections
 from tasks.detect import detect_task
 from tasks.notify import Notifier, flow_run_url
 from tasks.pin import parse_to, pin_task
-from tasks.purge import dry_run_result as purge_dry_run
-from tasks.purge import known_good_targets, plan_purge, purge_task
+from tasks.purge import dry_run_result as purge_dry_run, known_good_targets, plan_purge, purge_task
 from tasks.report.artifacts import publish_report
 from tasks.report.html import render_report_html
 from tasks.report.model import ApprovalRecord, IncidentReport, PullRequestLink
-from tasks.rotate.stage import dry_run_result as rotate_dry_run
-from tasks.rotate.stage import plan_rotation, rotate_task
+from tasks.rotate.stage import dry_run_result as rotate_dry_run, plan_rotation, rotate_task
 
 Mode = Literal["dry-run", "execute"]
 Apply = Callable[[Plan, Approval], StageResult]

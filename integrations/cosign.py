@@ -287,7 +287,7 @@ def verify_signature(
         return invalid(f"{tag} is not a JSON manifest")
     if not isinstance(manifest, dict) or not isinstance(manifest.get("layers"), list):
         return invalid(f"{tag} is not an image manifest with layers (media type {media_type or 'unknown'})")
-    layers = [l for l in manifest["layers"] if isinstance(l, dict) and l.get("mediaType") == SIMPLE_SIGNING_MEDIA_TYPE]
+    layers = [x for x in manifest["layers"] if isinstance(x, dict) and x.get("mediaType") == SIMPLE_SIGNING_MEDIA_TYPE]
     if not layers:
         return invalid(f"{tag} has no {SIMPLE_SIGNING_MEDIA_TYPE} layers")
     if len(layers) > MAX_SIGNATURE_LAYERS:

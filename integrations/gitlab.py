@@ -26,7 +26,6 @@ from datetime import datetime, timedelta
 from typing import Any, Unpack
 from urllib.parse import quote
 
-
 from digestguard.errors import InputError, IntegrationError, NotFound, Refused
 from digestguard.timeutil import parse_time
 from integrations._rest import RestBackedClient, RestOptions, iso_utc

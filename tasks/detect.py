@@ -103,53 +103,61 @@ def detect_registry(entry: Registry, advisory: Advisory, client) -> list[Finding
     malicious digests themselves (an untagged copy is still pullable by digest)."""
     findings: list[Finding] = []
     for repo, img in registry_repositories(entry, advisory):
-        where = f"{entry.name}/{repo}"
-        try:
-            listed = client.list_tags(repo)
-        except NotFound:
-            listed = []
-        except DigestguardError as e:
-            findings.append(_unknown(entry.name, "registry", where, e))
-            continue
-        affected = set(img.affected_tags)
-        tags = list(dict.fromkeys([*img.affected_tags, *listed]))
-
-        def one(tag: str) -> Finding | None:
-            ref = f"{repo}:{tag}"
-            try:
-                digest = client.resolve(repo, tag)
-            except NotFound:
-                return None  # the tag is not in this registry: nothing to find
-            except DigestguardError as e:
-                if tag in affected:
-                    return Finding(source=entry.name, kind="registry", location=f"{where}:{tag}", reference=ref,
-                                   verdict="suspect", error=str(e))
-                return _unknown(entry.name, "registry", f"{where}:{tag}", e)
-            f = _finding(entry.name, "registry", f"{where}:{tag}", ref, digest, advisory, detail={"tag": tag})
-            if f.verdict == "clean":
-                child = _child_match(client, repo, digest, advisory)
-                if child:
-                    f = child.model_copy(update={"location": f"{where}:{tag}", "reference": ref,
-                                                 "detail": {"tag": tag, "index": digest}})
-                elif tag not in affected:
-                    return None  # an unaffected tag at a clean digest is not news
-            return f
-
-        with ThreadPoolExecutor(TAG_WORKERS) as pool:
-            findings.extend(f for f in pool.map(one, tags) if f is not None)
-        tagged = {f.digest for f in findings if f.verdict == "compromised"}
-        for m in img.malicious:
-            if m.digest in tagged:
-                continue
-            try:
-                present = client.exists(repo, m.digest)
-            except DigestguardError as e:
-                findings.append(_unknown(entry.name, "registry", f"{where}@{m.digest}", e))
-                continue
-            if present:
-                findings.append(_finding(entry.name, "registry", f"{where}@{m.digest}", f"{repo}@{m.digest}", m.digest,
-                                         advisory, detail={"tag": None, "untagged": True}))
+        findings += _detect_repository(entry, advisory, client, repo, img)
     return findings
+
+
+def _detect_repository(entry: Registry, advisory: Advisory, client, repo: str, img: AffectedImage) -> list[Finding]:
+    """One repository of one registry: its tags (in parallel), then the malicious digests no tag points at."""
+    where = f"{entry.name}/{repo}"
+    try:
+        listed = client.list_tags(repo)
+    except NotFound:
+        listed = []
+    except DigestguardError as e:
+        return [_unknown(entry.name, "registry", where, e)]
+    affected = set(img.affected_tags)
+    tags = list(dict.fromkeys([*img.affected_tags, *listed]))
+
+    def one(tag: str) -> Finding | None:
+        return _detect_tag(entry, advisory, client, repo, tag, tag in affected)
+
+    with ThreadPoolExecutor(TAG_WORKERS) as pool:
+        findings = [f for f in pool.map(one, tags) if f is not None]
+    tagged = {f.digest for f in findings if f.verdict == "compromised"}
+    for m in img.malicious:
+        if m.digest in tagged:
+            continue
+        try:
+            present = client.exists(repo, m.digest)
+        except DigestguardError as e:
+            findings.append(_unknown(entry.name, "registry", f"{where}@{m.digest}", e))
+            continue
+        if present:
+            findings.append(_finding(entry.name, "registry", f"{where}@{m.digest}", f"{repo}@{m.digest}", m.digest,
+                                     advisory, detail={"tag": None, "untagged": True}))
+    return findings
+
+
+def _detect_tag(entry: Registry, advisory: Advisory, client, repo: str, tag: str, affected: bool) -> Finding | None:
+    """One tag: its digest (or the child of its index) against the advisory; None when there is nothing to tell."""
+    where, ref = f"{entry.name}/{repo}:{tag}", f"{repo}:{tag}"
+    try:
+        digest = client.resolve(repo, tag)
+    except NotFound:
+        return None  # the tag is not in this registry: nothing to find
+    except DigestguardError as e:
+        if affected:
+            return Finding(source=entry.name, kind="registry", location=where, reference=ref, verdict="suspect", error=str(e))
+        return _unknown(entry.name, "registry", where, e)
+    f = _finding(entry.name, "registry", where, ref, digest, advisory, detail={"tag": tag})
+    if f.verdict == "clean":
+        child = _child_match(client, repo, digest, advisory)
+        if child:
+            f = child.model_copy(update={"location": where, "reference": ref, "detail": {"tag": tag, "index": digest}})
+        elif not affected:
+            return None  # an unaffected tag at a clean digest is not news
+    return f
 
 
 def _child_match(client, repo: str, digest: str, advisory: Advisory) -> Finding | None:

@@ -10,14 +10,14 @@ rotation, then rejects the purge, and sees the flow go on and finish with exactl
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
+import shutil
 import subprocess
 import sys
-from pathlib import Path
-import contextvars
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 

@@ -20,12 +20,12 @@ import boto3
 import hvac
 import pytest
 
+from digestguard.advisory import load_advisory
 from digestguard.journal import Journal
 from flows.approval import answer_paused_run
 from flows.drill.flow import REPO, build_sandbox, run_drill
 from integrations.docker_engine import DockerEngine
 from integrations.registry import RegistryClient
-from digestguard.advisory import load_advisory
 
 
 @pytest.fixture

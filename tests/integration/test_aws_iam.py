@@ -14,7 +14,6 @@ import pytest
 from digestguard.errors import InputError, NotFound, Refused
 from integrations import aws_iam
 
-
 CREDS = {"region_name": "us-east-1", "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 

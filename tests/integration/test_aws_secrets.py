@@ -25,7 +25,6 @@ from pydantic import SecretStr
 from digestguard.errors import InputError, NotFound, Refused, Unavailable
 from integrations import aws_secrets as sm_mod
 
-
 CREDS = {"region_name": "us-east-1", "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 

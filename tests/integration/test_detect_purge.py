@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 
 from digestguard.advisory import Advisory
+from digestguard.errors import PlanNotApproved
 from digestguard.inventory import DockerEngine, Inventory, Registry
 from digestguard.journal import Journal
 from digestguard.plan import Approval
-from digestguard.errors import PlanNotApproved
 from tasks.detect import detect
 from tasks.purge import apply_purge, plan_purge
 from tests.support.registry import push_index

@@ -9,8 +9,8 @@ from datetime import datetime, timedelta, timezone
 from digestguard.advisory import Advisory
 from digestguard.inventory import CISource, Inventory, KubernetesCluster
 from flows.drill.servers.github import GitHubServer, github_job_log
-from tests.fakes.kubernetes import KubeServer, make_pod
 from tasks.detect import detect
+from tests.fakes.kubernetes import KubeServer, make_pod
 
 BAD = "sha256:" + "b" * 64
 CHILD = "sha256:" + "c" * 64

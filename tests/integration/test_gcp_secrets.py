@@ -14,10 +14,9 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 
 from digestguard.errors import InputError, NotFound, Refused, Unavailable
+from flows.drill.servers.gcp_secrets import crc32c as server_crc32c, start_secret_manager_server
 from integrations import gcp_secrets as gsm
 from integrations._secret_values import new_password
-from flows.drill.servers.gcp_secrets import crc32c as server_crc32c
-from flows.drill.servers.gcp_secrets import start_secret_manager_server
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ import pytest
 from pydantic import SecretStr
 
 from digestguard.errors import AuthError, InputError, NotFound, RateLimited, Refused, Unavailable
-from integrations.github import GitHubClient, open_or_update_pull_request, split_repo, write_actions_secret
 from flows.drill.servers.github import DEFAULT_TOKEN, GitHubServer, github_job_log
+from integrations.github import GitHubClient, open_or_update_pull_request, split_repo, write_actions_secret
 
 KICS_LATEST = "sha256:a0d9366f6f0166dcbf92fcdc98e1a03d2e6210e8d7e8573f74d50849130651a0"
 ATTACK_START = datetime(2026, 4, 22, 12, 35, tzinfo=timezone.utc)

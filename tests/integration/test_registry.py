@@ -16,9 +16,9 @@ import pytest
 from digestguard.errors import AuthError, InputError, NotFound, RateLimited, Refused, Unavailable
 from integrations.registry import (
     DELETE_SETTING,
+    DOCKER_MANIFEST_LIST,
     MANIFEST_ACCEPT,
     OCI_INDEX,
-    DOCKER_MANIFEST_LIST,
     RegistryClient,
     registry_base_url,
     registry_repository,

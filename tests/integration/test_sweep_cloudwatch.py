@@ -16,7 +16,6 @@ import pytest
 
 from digestguard.advisory import Indicator, Window
 from digestguard.errors import NotFound
-from digestguard import netlog
 from integrations import cloudwatch
 from tasks.sweep.run import sweep_paths
 

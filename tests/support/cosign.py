@@ -116,7 +116,7 @@ def sign_image(
         })
         config = json.dumps({
             "architecture": "", "created": "0001-01-01T00:00:00Z", "history": [{"created": "0001-01-01T00:00:00Z"}],
-            "os": "", "rootfs": {"type": "layers", "diff_ids": [l["digest"] for l in layers]}, "config": {},
+            "os": "", "rootfs": {"type": "layers", "diff_ids": [x["digest"] for x in layers]}, "config": {},
         }, separators=(",", ":")).encode()
         config_digest = push_blob(base, repo, config, c)
         manifest = json.dumps({

@@ -13,9 +13,25 @@ from pathlib import Path
 import pytest
 
 from flows.drill.registry import (  # noqa: F401  (re-exported for tests and benches)
-    DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, PushedImage, PushedIndex, RunningRegistry, free_port,
-    make_layer_tar, overwrite_tag, push_blob, push_image, push_index, push_many_tags, put_manifest, running_registry,
-    sha256_digest, start_registry, stop_registry_process,
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    PushedImage,
+    PushedIndex,
+    RunningRegistry,
+    free_port,
+    make_layer_tar,
+    overwrite_tag,
+    push_blob,
+    push_image,
+    push_index,
+    push_many_tags,
+    put_manifest,
+    running_registry,
+    sha256_digest,
+    start_registry,
+    stop_registry_process,
 )
 
 
