@@ -175,25 +175,48 @@ def _child_match(client, repo: str, digest: str, advisory: Advisory) -> Finding 
 
 
 # ---------------------------------------------------------------------------------- ECR
-def detect_ecr(entry: Registry, advisory: Advisory, c: Any) -> list[Finding]:
-    """ECR: every image of each mirrored repository, by digest, with its tags (malicious digests and affected tags)."""
+def _detect_listed(entry: Registry, advisory: Advisory, kind: str,
+                   listing: Callable[[str], Iterable[tuple[str, list[str], dict[str, Any]]]]) -> list[Finding]:
+    """A registry whose API lists every image of a repository with its digest and tags (ECR, Artifact Registry):
+    each image that is malicious or carries an affected tag is a finding; a repository that cannot be read is one too."""
     findings: list[Finding] = []
     for repo, img in registry_repositories(entry, advisory):
         where = f"{entry.name}/{repo}"
         try:
-            images = ecr.list_images(c, repo, registry_id=entry.account_id)
+            images = list(listing(repo))
         except NotFound:
             continue
         except DigestguardError as e:
-            findings.append(_unknown(entry.name, "ecr", where, e))
+            findings.append(_unknown(entry.name, kind, where, e))
             continue
         affected = set(img.affected_tags)
-        for im in images:
-            f = _finding(entry.name, "ecr", f"{where}@{im.digest}", f"{repo}@{im.digest}", im.digest, advisory,
-                         detail={"tags": list(im.tags), "pushed_at": im.pushed_at.isoformat() if im.pushed_at else None})
-            if f.verdict == "compromised" or affected & set(im.tags):
+        for digest, tags, extra in images:
+            f = _finding(entry.name, kind, f"{where}@{digest}", f"{repo}@{digest}", digest, advisory,
+                         detail={"tags": list(tags), **extra})
+            if f.verdict == "compromised" or affected & set(tags):
                 findings.append(f)
     return findings
+
+
+def detect_ecr(entry: Registry, advisory: Advisory, c: Any) -> list[Finding]:
+    """ECR: every image of each mirrored repository, by digest, with its tags (malicious digests and affected tags)."""
+    def listing(repo: str) -> Iterable[tuple[str, list[str], dict[str, Any]]]:
+        return [(im.digest, list(im.tags), {"pushed_at": im.pushed_at.isoformat() if im.pushed_at else None})
+                for im in ecr.list_images(c, repo, registry_id=entry.account_id)]
+
+    return _detect_listed(entry, advisory, "ecr", listing)
+
+
+def detect_gar(entry: Registry, advisory: Advisory, client: Any) -> list[Finding]:
+    """Artifact Registry: every version of each mirrored package, by digest, with its tags."""
+    if not (entry.project and entry.location):
+        return [Finding(source=entry.name, kind="gar", location=entry.name, verdict="unknown",
+                        error="an Artifact Registry entry needs project and location")]
+
+    def listing(repo: str) -> Iterable[tuple[str, list[str], dict[str, Any]]]:
+        return [(v.digest, list(v.tags), {}) for v in client.list_versions(gar_package(entry, repo))]
+
+    return _detect_listed(entry, advisory, "gar", listing)
 
 
 # ---------------------------------------------------------------------------------- engines
@@ -344,30 +367,6 @@ def detect(advisory: Advisory, inventory: Inventory, connections: Connections | 
         for fs in pool.map(guarded, jobs):
             findings.extend(fs)
     return DetectResult(advisory=advisory.id, findings=findings)
-
-
-def detect_gar(entry: Registry, advisory: Advisory, client: Any) -> list[Finding]:
-    """Artifact Registry: every version of each mirrored package, by digest, with its tags."""
-    findings: list[Finding] = []
-    if not (entry.project and entry.location):
-        return [Finding(source=entry.name, kind="gar", location=entry.name, verdict="unknown",
-                        error="an Artifact Registry entry needs project and location")]
-    for repo, img in registry_repositories(entry, advisory):
-        where = f"{entry.name}/{repo}"
-        try:
-            versions = client.list_versions(gar_package(entry, repo))
-        except NotFound:
-            continue
-        except DigestguardError as e:
-            findings.append(_unknown(entry.name, "gar", where, e))
-            continue
-        affected = set(img.affected_tags)
-        for v in versions:
-            f = _finding(entry.name, "gar", f"{where}@{v.digest}", f"{repo}@{v.digest}", v.digest, advisory,
-                         detail={"tags": list(v.tags)})
-            if f.verdict == "compromised" or affected & set(v.tags):
-                findings.append(f)
-    return findings
 
 
 @task(name="detect", cache_policy=NO_CACHE)
