@@ -2,8 +2,11 @@
 
 Thin on purpose: it parses arguments, calls the same functions the flows call
 (``digestguard detect`` and the flow's detect stage are the same code), and
-prints. Heavy imports (Prefect, vendor SDKs) happen inside the commands so
-``--help`` answers at once.
+prints. Each command imports its stage inside the command, on purpose (the one
+place in the product that does): ``--help`` and ``digestguard lint`` (the
+pre-commit hook) answer without loading Prefect and the vendor SDKs, and
+``check_own_packages`` runs before any of our generic top-level packages
+(``flows``, ``tasks``, ``integrations``) is imported.
 """
 
 from __future__ import annotations
