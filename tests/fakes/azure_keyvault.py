@@ -94,6 +94,20 @@ class _Version:
     nbf: int | None = None
     exp: int | None = None
 
+    def apply_patch(self, body: dict) -> None:
+        """Apply a ``PATCH`` body (attributes enabled/nbf/exp, tags, contentType) to this version."""
+        attrs = body.get("attributes") or {}
+        if "enabled" in attrs:
+            self.enabled = bool(attrs["enabled"])
+        for key in ("nbf", "exp"):
+            if key in attrs:
+                setattr(self, key, attrs[key])
+        if "tags" in body:
+            self.tags = body["tags"] or {}
+        if "contentType" in body:
+            self.content_type = body["contentType"]
+        self.updated = int(time.time())
+
 
 class KeyVaultServer:
     """State + HTTPS server; use :func:`start_keyvault_server` to run one."""
@@ -140,127 +154,157 @@ class KeyVaultServer:
         return out
 
 
+_CHALLENGE = {"WWW-Authenticate": f'Bearer authorization="https://login.microsoftonline.com/{TENANT}", '
+                                  f'resource="{RESOURCE}"'}
+
+
+def _json_or_none(raw: bytes) -> object:
+    """The request body parsed as JSON; None when empty or not JSON (Key Vault then answers per route)."""
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _redacted(body: object) -> dict | None:
+    """A copy of a JSON request body for ``server.calls``, with ``value`` replaced."""
+    redacted = dict(body) if isinstance(body, dict) else None
+    if redacted and "value" in redacted:
+        redacted["value"] = "<redacted>"
+    return redacted
+
+
+def _new_version(body: dict) -> _Version:
+    """The version a ``PUT /secrets/<name>`` body describes, created now with a fresh version id."""
+    now = int(time.time())
+    attrs = body.get("attributes") or {}
+    return _Version(
+        version=uuid.uuid4().hex, value=body["value"], enabled=attrs.get("enabled", True),
+        created=now, updated=now, content_type=body.get("contentType"), tags=body.get("tags") or {},
+        nbf=attrs.get("nbf"), exp=attrs.get("exp"),
+    )
+
+
+class _KeyVaultHandler(BaseHTTPRequestHandler):
+    """One request against ``state`` (set per server by :func:`_handler`).
+
+    ``_handle`` reads and records the request, then refuses it (challenge, bad token,
+    no api-version, injected fault, unknown path) or hands ``/secrets/<name>[/<rest>]``
+    to ``_route``.
+    """
+
+    protocol_version = "HTTP/1.1"
+    state: KeyVaultServer
+
+    def log_message(self, *args: object) -> None:  # quiet
+        pass
+
+    # -- replies -----------------------------------------------------------
+
+    def _send(self, status: int, body: dict | None = None, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode() if body is not None else b""
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("x-ms-keyvault-service-version", "1.9.0.0")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        self._send(status, {"error": {"code": code, "message": message}}, headers)
+
+    def _not_found(self, what: str) -> None:
+        self._error(404, "SecretNotFound", f"A secret with (name/id) {what} was not found in this key vault.")
+
+    # -- dispatch ----------------------------------------------------------
+
+    def _handle(self, method: str) -> None:
+        state = self.state
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        parts = urlsplit(self.path)
+        query = parse_qs(parts.query)
+        auth = self.headers.get("Authorization", "")
+        authorized = auth == f"Bearer {state.token}"
+        body = _json_or_none(raw)
+        with state.lock:
+            state.calls.append(Call(method, parts.path, query, authorized, _redacted(body)))
+        if self._refused(auth, authorized, query):
+            return None
+        segs = [unquote(s) for s in parts.path.strip("/").split("/") if s]
+        if not segs or segs[0] != "secrets" or len(segs) < 2 or len(segs) > 3:
+            return self._error(404, "NotFound", f"no route {parts.path}")
+        rest = segs[2] if len(segs) == 3 else None
+        with state.lock:
+            return self._route(method, segs[1], rest, body)
+
+    def _refused(self, auth: str, authorized: bool, query: dict) -> bool:
+        """Answer and return True when the request does not get past auth, api-version or an injected fault."""
+        if not auth:
+            self._error(401, "Unauthorized", "AKV10000: Request is missing a Bearer or PoP token.", _CHALLENGE)
+            return True
+        if not authorized:
+            self._error(401, "Unauthorized", "AKV10032: Invalid issuer or token.", _CHALLENGE)
+            return True
+        if "api-version" not in query:
+            self._error(400, "BadParameter", "The 'api-version' query parameter is missing.")
+            return True
+        with self.state.lock:
+            fault = self.state.faults.pop(0) if self.state.faults else None
+        if fault:
+            self._error(fault[0], "Throttled" if fault[0] == 429 else "ServiceUnavailable", "injected fault", fault[1])
+            return True
+        return False
+
+    def _route(self, method: str, name: str, rest: str | None, body: object) -> None:
+        """``rest`` is None (the secret), ``versions`` or a version id."""
+        if method == "PUT" and rest is None:
+            return self._set(name, body)
+        versions = self.state.secrets.get(name)
+        if versions is None:
+            return self._not_found(name)
+        if method == "GET" and rest == "versions":
+            items = [self.state.bundle(name, v, with_value=False) for v in versions]
+            return self._send(200, {"value": items, "nextLink": None})
+        target = versions[-1] if rest in (None, "") else next((v for v in versions if v.version == rest), None)
+        if target is None:
+            return self._not_found(f"{name}/{rest}")
+        if method == "GET":
+            if not target.enabled:
+                return self._error(403, "Forbidden", "Operation get is not allowed on a disabled secret.")
+            return self._send(200, self.state.bundle(name, target, with_value=True))
+        if method == "PATCH" and rest:
+            target.apply_patch(body or {})
+            return self._send(200, self.state.bundle(name, target, with_value=False))
+        return self._error(405, "MethodNotAllowed", f"{method} not allowed here")
+
+    def _set(self, name: str, body: object) -> None:
+        if not isinstance(body, dict) or not isinstance(body.get("value"), str):
+            return self._error(400, "BadParameter", "Property 'value' is required.")
+        v = _new_version(body)
+        self.state.secrets.setdefault(name, []).append(v)
+        return self._send(200, self.state.bundle(name, v, with_value=True))
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    def do_PATCH(self) -> None:
+        self._handle("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+
 def _handler(state: KeyVaultServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: object) -> None:  # quiet
-            pass
-
-        def _send(self, status: int, body: dict | None = None, headers: dict[str, str] | None = None) -> None:
-            data = json.dumps(body).encode() if body is not None else b""
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("x-ms-keyvault-service-version", "1.9.0.0")
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _error(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-            self._send(status, {"error": {"code": code, "message": message}}, headers)
-
-        def _handle(self, method: str) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            parts = urlsplit(self.path)
-            query = parse_qs(parts.query)
-            auth = self.headers.get("Authorization", "")
-            authorized = auth == f"Bearer {state.token}"
-            body = None
-            if raw:
-                try:
-                    body = json.loads(raw)
-                except ValueError:
-                    body = None
-            redacted = dict(body) if isinstance(body, dict) else None
-            if redacted and "value" in redacted:
-                redacted["value"] = "<redacted>"
-            with state.lock:
-                state.calls.append(Call(method, parts.path, query, authorized, redacted))
-            if not auth:
-                return self._error(
-                    401, "Unauthorized", "AKV10000: Request is missing a Bearer or PoP token.",
-                    {"WWW-Authenticate": f'Bearer authorization="https://login.microsoftonline.com/{TENANT}", '
-                                        f'resource="{RESOURCE}"'},
-                )
-            if not authorized:
-                return self._error(401, "Unauthorized", "AKV10032: Invalid issuer or token.",
-                                   {"WWW-Authenticate": f'Bearer authorization="https://login.microsoftonline.com/{TENANT}", '
-                                                        f'resource="{RESOURCE}"'})
-            if "api-version" not in query:
-                return self._error(400, "BadParameter", "The 'api-version' query parameter is missing.")
-            with state.lock:
-                fault = state.faults.pop(0) if state.faults else None
-            if fault:
-                return self._error(fault[0], "Throttled" if fault[0] == 429 else "ServiceUnavailable",
-                                   "injected fault", fault[1])
-            segs = [unquote(s) for s in parts.path.strip("/").split("/") if s]
-            if not segs or segs[0] != "secrets" or len(segs) < 2 or len(segs) > 3:
-                return self._error(404, "NotFound", f"no route {parts.path}")
-            name = segs[1]
-            rest = segs[2] if len(segs) == 3 else None
-            with state.lock:
-                return self._route(method, name, rest, body)
-
-        def _route(self, method: str, name: str, rest: str | None, body: dict | None) -> None:
-            versions = state.secrets.get(name)
-            if method == "PUT" and rest is None:
-                if not isinstance(body, dict) or not isinstance(body.get("value"), str):
-                    return self._error(400, "BadParameter", "Property 'value' is required.")
-                now = int(time.time())
-                attrs = body.get("attributes") or {}
-                v = _Version(
-                    version=uuid.uuid4().hex, value=body["value"], enabled=attrs.get("enabled", True),
-                    created=now, updated=now, content_type=body.get("contentType"), tags=body.get("tags") or {},
-                    nbf=attrs.get("nbf"), exp=attrs.get("exp"),
-                )
-                state.secrets.setdefault(name, []).append(v)
-                return self._send(200, state.bundle(name, v, with_value=True))
-            if versions is None:
-                return self._error(404, "SecretNotFound",
-                                   f"A secret with (name/id) {name} was not found in this key vault.")
-            if method == "GET" and rest == "versions":
-                items = [state.bundle(name, v, with_value=False) for v in versions]
-                return self._send(200, {"value": items, "nextLink": None})
-            target = versions[-1] if rest in (None, "") else next((v for v in versions if v.version == rest), None)
-            if target is None:
-                return self._error(404, "SecretNotFound",
-                                   f"A secret with (name/id) {name}/{rest} was not found in this key vault.")
-            if method == "GET":
-                if not target.enabled:
-                    return self._error(403, "Forbidden", "Operation get is not allowed on a disabled secret.")
-                return self._send(200, state.bundle(name, target, with_value=True))
-            if method == "PATCH" and rest:
-                body = body or {}
-                attrs = body.get("attributes") or {}
-                if "enabled" in attrs:
-                    target.enabled = bool(attrs["enabled"])
-                for key in ("nbf", "exp"):
-                    if key in attrs:
-                        setattr(target, key, attrs[key])
-                if "tags" in body:
-                    target.tags = body["tags"] or {}
-                if "contentType" in body:
-                    target.content_type = body["contentType"]
-                target.updated = int(time.time())
-                return self._send(200, state.bundle(name, target, with_value=False))
-            return self._error(405, "MethodNotAllowed", f"{method} not allowed here")
-
-        def do_GET(self) -> None:
-            self._handle("GET")
-
-        def do_PUT(self) -> None:
-            self._handle("PUT")
-
-        def do_PATCH(self) -> None:
-            self._handle("PATCH")
-
-        def do_DELETE(self) -> None:
-            self._handle("DELETE")
-
-    return Handler
+    """A handler class bound to ``state`` (``ThreadingHTTPServer`` wants a class, not an instance)."""
+    return type("Handler", (_KeyVaultHandler,), {"state": state})
 
 
 def start_keyvault_server(directory: str, token: str = "kv-test-token") -> KeyVaultServer:

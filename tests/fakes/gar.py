@@ -21,7 +21,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 
-
 @dataclass
 class GarServer:
     token: str
@@ -65,124 +64,168 @@ def _split(path: str) -> tuple[str, str | None, str | None]:
     return key, kind or None, (unquote(item) if item else None)
 
 
+def _encoded(key: str) -> str:
+    """The package resource name as the API spells it: the package part percent-encoded (``/`` too)."""
+    head, package = key.rsplit("/packages/", 1)
+    return head + "/packages/" + quote(package, safe="")
+
+
+def _tag_body(enc: str, tag: str, digest: str) -> dict:
+    return {"name": f"{enc}/tags/{tag}", "version": f"{enc}/versions/{digest}"}
+
+
+def _version_body(pkg: dict, enc: str, digest: str, full: bool) -> dict:
+    """A Version resource; ``full`` (``view=FULL``) adds ``relatedTags``."""
+    meta = pkg["versions"][digest]
+    body = {"name": f"{enc}/versions/{digest}", **meta}
+    if full:
+        body["relatedTags"] = [_tag_body(enc, t, d) for t, d in sorted(pkg["tags"].items()) if d == digest]
+    return body
+
+
+def _tag_filter(flt: str) -> str | None:
+    """The version name of a ``version="<name>"`` filter; None when the filter has another shape."""
+    if not flt.startswith('version="') or not flt.endswith('"'):
+        return None
+    return flt[len('version="'):-1]
+
+
+class _GarHandler(BaseHTTPRequestHandler):
+    """One request against ``gs`` (set per server by :func:`_handler`).
+
+    ``_handle`` checks the token, answers operation polls, finds the package and
+    hands ``versions``/``tags`` (collection or one item) to ``_versions``/``_tags``.
+    """
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as separate writes: avoid 40 ms delayed-ACK stalls
+    gs: GarServer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    # -- replies -----------------------------------------------------------
+
+    def _json(self, status: int, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _err(self, status: int, grpc: str, msg: str) -> None:
+        self._json(status, {"error": {"code": status, "message": msg, "status": grpc}})
+
+    def _page(self, items: list, key: str, q: dict) -> None:
+        size = min(int(q.get("pageSize", 50)), self.gs.page_size_cap)
+        start = int(q.get("pageToken", 0))
+        body: dict = {key: items[start:start + size]}
+        if start + size < len(items):
+            body["nextPageToken"] = str(start + size)
+        self._json(200, body)
+
+    # -- dispatch ----------------------------------------------------------
+
+    def _handle(self) -> None:
+        gs = self.gs
+        url = urlsplit(self.path)
+        with gs.lock:
+            gs.calls.append((self.command, url.path))
+        if self.headers.get("Authorization") != f"Bearer {gs.token}":
+            self._err(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.")
+            return
+        q = {k: v[0] for k, v in parse_qs(url.query).items()}
+        if "/operations/" in url.path:
+            self._operation(url.path[len("/v1/"):])
+            return
+        key, kind, item = _split(url.path)
+        with gs.lock:
+            pkg = gs.packages.get(key)
+            if pkg is None:
+                self._err(404, "NOT_FOUND", f"Requested entity was not found: {key}")
+            elif kind == "versions":
+                self._versions(pkg, _encoded(key), item, q)
+            elif kind == "tags":
+                self._tags(pkg, _encoded(key), item, q)
+            else:
+                self._err(404, "NOT_FOUND", "unknown collection")
+
+    do_GET = do_DELETE = _handle
+
+    def _operation(self, name: str) -> None:
+        """Poll a long-running operation: done on the poll that finds one (or no) poll left."""
+        with self.gs.lock:
+            left = self.gs.operations.get(name)
+            if left is None:
+                self._err(404, "NOT_FOUND", f"operation {name} not found")
+                return
+            self.gs.operations[name] = max(0, left - 1)
+        self._json(200, {"name": name, "done": left <= 1})
+
+    # -- versions ----------------------------------------------------------
+
+    def _versions(self, pkg: dict, enc: str, item: str | None, q: dict) -> None:
+        full = q.get("view") == "FULL"
+        if item is None and self.command == "GET":
+            self._page([_version_body(pkg, enc, d, full) for d in sorted(pkg["versions"])], "versions", q)
+            return
+        if item not in pkg["versions"]:
+            self._err(404, "NOT_FOUND", f"Requested entity was not found: version {item}")
+            return
+        if self.command == "GET":
+            self._json(200, _version_body(pkg, enc, item, full))
+        elif self.command == "DELETE":
+            self._delete_version(pkg, enc, item, force=q.get("force") == "true")
+        else:
+            self._err(405, "UNIMPLEMENTED", "method not allowed")
+
+    def _delete_version(self, pkg: dict, enc: str, item: str, *, force: bool) -> None:
+        """Refuse while tagged (unless ``force``: the tags go too); answer a not-yet-done Operation."""
+        tagged = [t for t, d in pkg["tags"].items() if d == item]
+        if tagged and not force:
+            self._err(400, "FAILED_PRECONDITION",
+                      f"Cannot delete version {item}: it has tags {sorted(tagged)}; delete the tags first or use force")
+            return
+        for t in tagged:
+            del pkg["tags"][t]
+        del pkg["versions"][item]
+        op = enc.split("/repositories/")[0] + f"/operations/{uuid.uuid4()}"
+        self.gs.operations[op] = 2
+        self._json(200, {"name": op, "done": False})
+
+    # -- tags --------------------------------------------------------------
+
+    def _tags(self, pkg: dict, enc: str, item: str | None, q: dict) -> None:
+        if item is None and self.command == "GET":
+            self._list_tags(pkg, enc, q)
+            return
+        if item not in pkg["tags"]:
+            self._err(404, "NOT_FOUND", f"Requested entity was not found: tag {item}")
+            return
+        if self.command == "GET":
+            self._json(200, _tag_body(enc, item, pkg["tags"][item]))
+        elif self.command == "DELETE":
+            del pkg["tags"][item]
+            self._json(200, {})
+        else:
+            self._err(405, "UNIMPLEMENTED", "method not allowed")
+
+    def _list_tags(self, pkg: dict, enc: str, q: dict) -> None:
+        tags = [_tag_body(enc, t, d) for t, d in sorted(pkg["tags"].items())]
+        flt = q.get("filter")
+        if flt:
+            want = _tag_filter(flt)
+            if want is None:
+                self._err(400, "INVALID_ARGUMENT", f"invalid filter {flt}")
+                return
+            tags = [t for t in tags if t["version"] == want]
+        self._page(tags, "tags", q)
+
+
 def _handler(gs: GarServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True  # headers and body go out as separate writes: avoid 40 ms delayed-ACK stalls
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def _json(self, status: int, body: object) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _err(self, status: int, grpc: str, msg: str) -> None:
-            self._json(status, {"error": {"code": status, "message": msg, "status": grpc}})
-
-        def _page(self, items: list, key: str, q: dict) -> None:
-            size = min(int(q.get("pageSize", 50)), gs.page_size_cap)
-            start = int(q.get("pageToken", 0))
-            body: dict = {key: items[start:start + size]}
-            if start + size < len(items):
-                body["nextPageToken"] = str(start + size)
-            self._json(200, body)
-
-        def _handle(self) -> None:
-            url = urlsplit(self.path)
-            with gs.lock:
-                gs.calls.append((self.command, url.path))
-            if self.headers.get("Authorization") != f"Bearer {gs.token}":
-                self._err(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.")
-                return
-            q = {k: v[0] for k, v in parse_qs(url.query).items()}
-            if "/operations/" in url.path:
-                name = url.path[len("/v1/"):]
-                with gs.lock:
-                    left = gs.operations.get(name)
-                    if left is None:
-                        self._err(404, "NOT_FOUND", f"operation {name} not found")
-                        return
-                    gs.operations[name] = max(0, left - 1)
-                self._json(200, {"name": name, "done": left <= 1})
-                return
-            key, kind, item = _split(url.path)
-            with gs.lock:
-                pkg = gs.packages.get(key)
-                if pkg is None:
-                    self._err(404, "NOT_FOUND", f"Requested entity was not found: {key}")
-                    return
-                enc = key.rsplit("/packages/", 1)[0] + "/packages/" + quote(key.rsplit("/packages/", 1)[1], safe="")
-                if kind == "versions":
-                    self._versions(pkg, enc, item, q)
-                elif kind == "tags":
-                    self._tags(pkg, enc, item, q)
-                else:
-                    self._err(404, "NOT_FOUND", "unknown collection")
-
-        def _version_body(self, pkg: dict, enc: str, digest: str, full: bool) -> dict:
-            meta = pkg["versions"][digest]
-            body = {"name": f"{enc}/versions/{digest}", **meta}
-            if full:
-                body["relatedTags"] = [{"name": f"{enc}/tags/{t}", "version": f"{enc}/versions/{d}"}
-                                       for t, d in sorted(pkg["tags"].items()) if d == digest]
-            return body
-
-        def _versions(self, pkg: dict, enc: str, item: str | None, q: dict) -> None:
-            full = q.get("view") == "FULL"
-            if item is None and self.command == "GET":
-                self._page([self._version_body(pkg, enc, d, full) for d in sorted(pkg["versions"])], "versions", q)
-                return
-            if item not in pkg["versions"]:
-                self._err(404, "NOT_FOUND", f"Requested entity was not found: version {item}")
-                return
-            if self.command == "GET":
-                self._json(200, self._version_body(pkg, enc, item, full))
-            elif self.command == "DELETE":
-                tagged = [t for t, d in pkg["tags"].items() if d == item]
-                if tagged and q.get("force") != "true":
-                    self._err(400, "FAILED_PRECONDITION",
-                              f"Cannot delete version {item}: it has tags {sorted(tagged)}; delete the tags first or use force")
-                    return
-                for t in tagged:
-                    del pkg["tags"][t]
-                del pkg["versions"][item]
-                op = enc.split("/repositories/")[0] + f"/operations/{uuid.uuid4()}"
-                gs.operations[op] = 2
-                self._json(200, {"name": op, "done": False})
-            else:
-                self._err(405, "UNIMPLEMENTED", "method not allowed")
-
-        def _tags(self, pkg: dict, enc: str, item: str | None, q: dict) -> None:
-            if item is None and self.command == "GET":
-                tags = [{"name": f"{enc}/tags/{t}", "version": f"{enc}/versions/{d}"} for t, d in sorted(pkg["tags"].items())]
-                flt = q.get("filter")
-                if flt:
-                    if not flt.startswith('version="') or not flt.endswith('"'):
-                        self._err(400, "INVALID_ARGUMENT", f"invalid filter {flt}")
-                        return
-                    want = flt[len('version="'):-1]
-                    tags = [t for t in tags if t["version"] == want]
-                self._page(tags, "tags", q)
-                return
-            if item not in pkg["tags"]:
-                self._err(404, "NOT_FOUND", f"Requested entity was not found: tag {item}")
-                return
-            if self.command == "GET":
-                self._json(200, {"name": f"{enc}/tags/{item}", "version": f"{enc}/versions/{pkg['tags'][item]}"})
-            elif self.command == "DELETE":
-                del pkg["tags"][item]
-                self._json(200, {})
-            else:
-                self._err(405, "UNIMPLEMENTED", "method not allowed")
-
-        do_GET = do_DELETE = _handle
-
-    return Handler
+    """A handler class bound to ``gs`` (``ThreadingHTTPServer`` wants a class, not an instance)."""
+    return type("Handler", (_GarHandler,), {"gs": gs})
 
 
 def start_gar(token: str = "gar-test-token") -> GarServer:

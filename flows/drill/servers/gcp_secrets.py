@@ -102,146 +102,186 @@ class SecretManagerServer:
         return out
 
 
+def _redacted(body: object) -> dict | None:
+    """A deep copy of a JSON request body for ``server.calls``, with ``payload.data`` replaced."""
+    redacted = json.loads(json.dumps(body)) if isinstance(body, dict) else None
+    if redacted and isinstance(redacted.get("payload"), dict) and "data" in redacted["payload"]:
+        redacted["payload"]["data"] = "<redacted>"
+    return redacted
+
+
+class _SecretManagerHandler(BaseHTTPRequestHandler):
+    """One request against ``state`` (set per server by :func:`_handler`).
+
+    ``_handle`` reads, records and applies an injected fault; ``_route`` picks the
+    resource handler from the path segments after ``/v1/`` and the ``:verb``.
+    """
+
+    protocol_version = "HTTP/1.1"
+    state: SecretManagerServer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    # -- replies -----------------------------------------------------------
+
+    def _send(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        self._send(status, {"error": {"code": status, "message": message, "status": _STATUS.get(status, "UNKNOWN")}},
+                   headers)
+
+    def _no_route(self, what: str) -> None:
+        self._error(404, f"no route {what}")
+
+    # -- dispatch ----------------------------------------------------------
+
+    def _handle(self, method: str) -> None:
+        state = self.state
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        parts = urlsplit(self.path)
+        query = parse_qs(parts.query)
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            return self._error(400, "Invalid JSON payload received.")
+        with state.lock:
+            state.calls.append(Call(method, unquote(parts.path), query, _redacted(body)))
+            fault = state.faults.pop(0) if state.faults else None
+        if fault:
+            return self._error(fault[0], "injected fault", fault[1])
+        path = unquote(parts.path)
+        if not path.startswith("/v1/projects/"):
+            return self._no_route(path)
+        resource, _, verb = path[len("/v1/"):].partition(":")
+        with state.lock:
+            return self._route(method, resource.split("/"), verb, query, body or {})
+
+    def _route(self, method: str, segs: list[str], verb: str, query: dict, body: dict) -> None:
+        """``segs`` is ``projects/<p>/secrets[/<s>[/versions[/<n>]]]`` split on ``/``."""
+        if method == "POST" and len(segs) == 3 and segs[2] == "secrets" and not verb:
+            return self._create(segs[1], query, body)
+        if len(segs) < 4 or segs[2] != "secrets":
+            return self._no_route("/".join(segs))
+        name = "/".join(segs[:4])
+        secret = self.state.secrets.get(name)
+        if secret is None:
+            return self._error(404, f"Secret [{name}] not found or has no versions.")
+        if len(segs) == 4:
+            return self._secret(method, secret, verb, body)
+        if len(segs) == 5 and segs[4] == "versions" and method == "GET" and not verb:
+            return self._list(secret, query)
+        if len(segs) == 6 and segs[4] == "versions":
+            return self._version(method, secret, segs[5], verb)
+        return self._no_route("/".join(segs))
+
+    # -- secrets -----------------------------------------------------------
+
+    def _create(self, project: str, query: dict, body: dict) -> None:
+        secret_id = (query.get("secretId") or [""])[0]
+        if not secret_id:
+            return self._error(400, "secretId is required")
+        name = f"projects/{project}/secrets/{secret_id}"
+        if name in self.state.secrets:
+            return self._error(409, f"Secret [{name}] already exists.")
+        s = _Secret(name=name, create_time=_now(), labels=body.get("labels") or {})
+        self.state.secrets[name] = s
+        return self._send(200, self._secret_json(s))
+
+    def _secret(self, method: str, secret: _Secret, verb: str, body: dict) -> None:
+        if method == "GET" and not verb:
+            return self._send(200, self._secret_json(secret))
+        if method == "POST" and verb == "addVersion":
+            return self._add_version(secret, body)
+        return self._no_route(f"{secret.name}:{verb}")
+
+    def _secret_json(self, s: _Secret) -> dict:
+        return {"name": s.name, "createTime": s.create_time, "labels": s.labels,
+                "replication": {"automatic": {}}, "etag": f'"{len(s.versions)}"'}
+
+    # -- versions ----------------------------------------------------------
+
+    def _add_version(self, secret: _Secret, body: dict) -> None:
+        payload = body.get("payload") or {}
+        try:
+            data = base64.b64decode(payload.get("data", ""), validate=True)
+        except ValueError:
+            return self._error(400, "payload.data is not valid base64")
+        if "dataCrc32c" in payload and int(payload["dataCrc32c"]) != crc32c(data):
+            return self._error(400, "Checksum mismatch: data_crc32c does not match the payload.")
+        v = _Version(number=len(secret.versions) + 1, data=data, state="ENABLED", create_time=_now())
+        secret.versions.append(v)
+        return self._send(200, self.state.version_json(secret, v))
+
+    def _list(self, secret: _Secret, query: dict) -> None:
+        size = int((query.get("pageSize") or ["25"])[0] or 25)
+        start = int((query.get("pageToken") or ["0"])[0] or 0)
+        newest_first = sorted(secret.versions, key=lambda v: v.number, reverse=True)
+        page = newest_first[start:start + size]
+        out: dict = {"versions": [self.state.version_json(secret, v) for v in page], "totalSize": len(newest_first)}
+        if start + size < len(newest_first):
+            out["nextPageToken"] = str(start + size)
+        return self._send(200, out)
+
+    def _version(self, method: str, secret: _Secret, which: str, verb: str) -> None:
+        v = _find_version(secret, which)
+        if v is None:
+            return self._error(404, f"Secret Version [{secret.name}/versions/{which}] not found.")
+        if method == "GET" and verb == "access":
+            return self._access(secret, v)
+        if method == "GET" and not verb:
+            return self._send(200, self.state.version_json(secret, v))
+        if method == "POST" and verb in ("disable", "enable"):
+            return self._set_state(secret, v, "DISABLED" if verb == "disable" else "ENABLED")
+        return self._no_route(f"{secret.name}/versions/{which}:{verb}")
+
+    def _access(self, secret: _Secret, v: _Version) -> None:
+        if v.state != "ENABLED":
+            return self._error(412, f"Secret Version [{secret.name}/versions/{v.number}] is in {v.state} state.")
+        return self._send(200, {
+            "name": f"{secret.name}/versions/{v.number}",
+            "payload": {"data": base64.b64encode(v.data).decode(), "dataCrc32c": str(crc32c(v.data))},
+        })
+
+    def _set_state(self, secret: _Secret, v: _Version, new_state: str) -> None:
+        if v.state == "DESTROYED":
+            return self._error(412, f"Secret Version [{secret.name}/versions/{v.number}] is destroyed.")
+        v.state = new_state
+        return self._send(200, self.state.version_json(secret, v))
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_PATCH(self) -> None:
+        self._handle("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+
+def _find_version(secret: _Secret, which: str) -> _Version | None:
+    """Version ``which`` (a number, or ``latest`` = the newest ENABLED one) of ``secret``, or None."""
+    if which == "latest":
+        enabled = [v for v in secret.versions if v.state == "ENABLED"]
+        return enabled[-1] if enabled else None
+    return next((x for x in secret.versions if str(x.number) == which), None)
+
+
 def _handler(state: SecretManagerServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def _send(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=UTF-8")
-            self.send_header("Content-Length", str(len(data)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-            self._send(status, {"error": {"code": status, "message": message, "status": _STATUS.get(status, "UNKNOWN")}},
-                       headers)
-
-        def _handle(self, method: str) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            parts = urlsplit(self.path)
-            query = parse_qs(parts.query)
-            try:
-                body = json.loads(raw) if raw else None
-            except ValueError:
-                return self._error(400, "Invalid JSON payload received.")
-            redacted = json.loads(json.dumps(body)) if isinstance(body, dict) else None
-            if redacted and isinstance(redacted.get("payload"), dict) and "data" in redacted["payload"]:
-                redacted["payload"]["data"] = "<redacted>"
-            with state.lock:
-                state.calls.append(Call(method, unquote(parts.path), query, redacted))
-                fault = state.faults.pop(0) if state.faults else None
-            if fault:
-                return self._error(fault[0], "injected fault", fault[1])
-            path = unquote(parts.path)
-            if not path.startswith("/v1/projects/"):
-                return self._error(404, f"no route {path}")
-            resource, _, verb = path[len("/v1/"):].partition(":")
-            segs = resource.split("/")
-            with state.lock:
-                return self._route(method, segs, verb, query, body or {})
-
-        def _route(self, method: str, segs: list[str], verb: str, query: dict, body: dict) -> None:
-            # projects/<p>/secrets
-            if method == "POST" and len(segs) == 3 and segs[2] == "secrets" and not verb:
-                secret_id = (query.get("secretId") or [""])[0]
-                if not secret_id:
-                    return self._error(400, "secretId is required")
-                name = f"projects/{segs[1]}/secrets/{secret_id}"
-                if name in state.secrets:
-                    return self._error(409, f"Secret [{name}] already exists.")
-                s = _Secret(name=name, create_time=_now(), labels=body.get("labels") or {})
-                state.secrets[name] = s
-                return self._send(200, self._secret_json(s))
-            if len(segs) < 4 or segs[2] != "secrets":
-                return self._error(404, f"no route {'/'.join(segs)}")
-            name = "/".join(segs[:4])
-            secret = state.secrets.get(name)
-            if secret is None:
-                return self._error(404, f"Secret [{name}] not found or has no versions.")
-            if len(segs) == 4:
-                if method == "GET" and not verb:
-                    return self._send(200, self._secret_json(secret))
-                if method == "POST" and verb == "addVersion":
-                    return self._add_version(secret, body)
-                return self._error(404, f"no route {name}:{verb}")
-            if len(segs) == 5 and segs[4] == "versions" and method == "GET" and not verb:
-                return self._list(secret, query)
-            if len(segs) == 6 and segs[4] == "versions":
-                return self._version(method, secret, segs[5], verb)
-            return self._error(404, f"no route {'/'.join(segs)}")
-
-        def _secret_json(self, s: _Secret) -> dict:
-            return {"name": s.name, "createTime": s.create_time, "labels": s.labels,
-                    "replication": {"automatic": {}}, "etag": f'"{len(s.versions)}"'}
-
-        def _add_version(self, secret: _Secret, body: dict) -> None:
-            payload = body.get("payload") or {}
-            try:
-                data = base64.b64decode(payload.get("data", ""), validate=True)
-            except ValueError:
-                return self._error(400, "payload.data is not valid base64")
-            if "dataCrc32c" in payload and int(payload["dataCrc32c"]) != crc32c(data):
-                return self._error(400, "Checksum mismatch: data_crc32c does not match the payload.")
-            v = _Version(number=len(secret.versions) + 1, data=data, state="ENABLED", create_time=_now())
-            secret.versions.append(v)
-            return self._send(200, state.version_json(secret, v))
-
-        def _list(self, secret: _Secret, query: dict) -> None:
-            size = int((query.get("pageSize") or ["25"])[0] or 25)
-            start = int((query.get("pageToken") or ["0"])[0] or 0)
-            newest_first = sorted(secret.versions, key=lambda v: v.number, reverse=True)
-            page = newest_first[start:start + size]
-            out: dict = {"versions": [state.version_json(secret, v) for v in page], "totalSize": len(newest_first)}
-            if start + size < len(newest_first):
-                out["nextPageToken"] = str(start + size)
-            return self._send(200, out)
-
-        def _version(self, method: str, secret: _Secret, which: str, verb: str) -> None:
-            if which == "latest":
-                enabled = [v for v in secret.versions if v.state == "ENABLED"]
-                v = enabled[-1] if enabled else None
-            else:
-                v = next((x for x in secret.versions if str(x.number) == which), None)
-            if v is None:
-                return self._error(404, f"Secret Version [{secret.name}/versions/{which}] not found.")
-            if method == "GET" and verb == "access":
-                if v.state != "ENABLED":
-                    return self._error(
-                        412, f"Secret Version [{secret.name}/versions/{v.number}] is in {v.state} state.")
-                return self._send(200, {
-                    "name": f"{secret.name}/versions/{v.number}",
-                    "payload": {"data": base64.b64encode(v.data).decode(), "dataCrc32c": str(crc32c(v.data))},
-                })
-            if method == "GET" and not verb:
-                return self._send(200, state.version_json(secret, v))
-            if method == "POST" and verb in ("disable", "enable"):
-                if v.state == "DESTROYED":
-                    return self._error(412, f"Secret Version [{secret.name}/versions/{v.number}] is destroyed.")
-                v.state = "DISABLED" if verb == "disable" else "ENABLED"
-                return self._send(200, state.version_json(secret, v))
-            return self._error(404, f"no route {secret.name}/versions/{which}:{verb}")
-
-        def do_GET(self) -> None:
-            self._handle("GET")
-
-        def do_POST(self) -> None:
-            self._handle("POST")
-
-        def do_PATCH(self) -> None:
-            self._handle("PATCH")
-
-        def do_DELETE(self) -> None:
-            self._handle("DELETE")
-
-    return Handler
+    """A handler class bound to ``state`` (``ThreadingHTTPServer`` wants a class, not an instance)."""
+    return type("Handler", (_SecretManagerHandler,), {"state": state})
 
 
 def start_secret_manager_server() -> SecretManagerServer:

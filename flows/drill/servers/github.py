@@ -75,6 +75,101 @@ class _Keypair:
         return public.SealedBox(self.private).decrypt(base64.b64decode(encrypted_b64)).decode("utf-8")
 
 
+_RUNNER_PREAMBLE = (
+    "Current runner version: '2.333.1'",
+    "##[group]Runner Image Provisioner",
+    "Hosted Compute Agent",
+    "Version: 20260415.279",
+    "##[endgroup]",
+    "##[group]Operating System",
+    "Ubuntu",
+    "24.04.2",
+    "LTS",
+    "##[endgroup]",
+    "##[group]GITHUB_TOKEN Permissions",
+    "Contents: read",
+    "Metadata: read",
+    "##[endgroup]",
+    "Secret source: Actions",
+    "Prepare workflow directory",
+    "Prepare all required actions",
+    "Getting action download info",
+    "Download action repository 'actions/checkout@v4' (SHA:11bd71901bbe5b1630ceea73d27597364c9af683)",
+)
+
+
+def _pull_lines(image: str, digest: str, tag: str, repo_short: str, tag_line: str | None) -> list[str]:
+    """The runner's ``docker pull`` output: command, layer progress, digest, status, fully-qualified name."""
+    return [
+        f"##[command]/usr/bin/docker pull {image}",
+        f"{tag}: Pulling from {repo_short}",
+        "4abcf2066143: Pulling fs layer",
+        "9f0a3b2c1d4e: Pulling fs layer",
+        "4abcf2066143: Verifying Checksum",
+        "4abcf2066143: Download complete",
+        "4abcf2066143: Pull complete",
+        "9f0a3b2c1d4e: Pull complete",
+        f"Digest: {digest}",
+        f"Status: Downloaded newer image for {image}",
+        tag_line or f"docker.io/{repo_short if '/' in repo_short else 'library/' + repo_short}:{tag}",
+    ]
+
+
+def _action_step(image: str, repo_short: str, pull: list[str]) -> list[str]:
+    """A Docker container action: "Pull down action image '<image>'", then the checkout and the action's run."""
+    return [
+        f"##[group]Pull down action image '{image}'",
+        *pull,
+        "##[endgroup]",
+        "##[group]Run actions/checkout@v4",
+        "with:",
+        "  repository: acme/api",
+        "##[endgroup]",
+        "##[group]Run ./",
+        "##[endgroup]",
+        f"/usr/bin/docker run --name {repo_short.replace('/', '')}_3c1e --label 8a1f3e --workdir /github/workspace"
+        f" --rm {image} scan -p .",
+    ]
+
+
+def _container_step(pull: list[str]) -> list[str]:
+    """A ``container:`` job: the pull inside "Initialize containers"."""
+    return [
+        "##[group]Initialize containers",
+        "##[group]Checking docker version",
+        "##[command]/usr/bin/docker version --format '{{.Server.APIVersion}}'",
+        "'1.48'",
+        "##[endgroup]",
+        "##[group]Pull down action image",
+        *pull,
+        "##[endgroup]",
+        "##[endgroup]",
+    ]
+
+
+def _run_step(image: str, pull: list[str]) -> list[str]:
+    """A ``run: docker run ...`` step: docker's own pull output (no command line, no qualified name)."""
+    return [
+        "##[group]Run docker run --rm -v \"$PWD:/path\" " + image + " scan -p /path",
+        "docker run --rm -v \"$PWD:/path\" " + image + " scan -p /path",
+        "shell: /usr/bin/bash -e {0}",
+        "##[endgroup]",
+        f"Unable to find image '{image}' locally",
+        *pull[1:-1],
+    ]
+
+
+def _timestamped(texts: list[str], at: datetime) -> str:
+    """Prefix each line with the runner's 7-digit-fraction UTC timestamp, 137 ms apart, starting at ``at``."""
+    t = at.astimezone(timezone.utc)
+    step = timedelta(milliseconds=137)
+    lines: list[str] = []
+    for text in texts:
+        lines.append(t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond:06d}" + "1Z " + text)
+        t += step
+    return "\n".join(lines) + "\n"
+
+
 def github_job_log(
     image: str,
     digest: str,
@@ -91,87 +186,19 @@ def github_job_log(
     (a ``run: docker run ...`` step). ``image`` is as written in the workflow
     (``checkmarx/kics:latest``); ``digest`` is what the registry served.
     """
-    t = at.astimezone(timezone.utc)
-    step = timedelta(milliseconds=137)
-    lines: list[str] = []
-
-    def emit(text: str) -> None:
-        nonlocal t
-        lines.append(t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond:06d}" + "1Z " + text)
-        t += step
-
     name, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "latest")
     repo_short = name
-    emit("Current runner version: '2.333.1'")
-    emit("##[group]Runner Image Provisioner")
-    emit("Hosted Compute Agent")
-    emit("Version: 20260415.279")
-    emit("##[endgroup]")
-    emit("##[group]Operating System")
-    emit("Ubuntu")
-    emit("24.04.2")
-    emit("LTS")
-    emit("##[endgroup]")
-    emit("##[group]GITHUB_TOKEN Permissions")
-    emit("Contents: read")
-    emit("Metadata: read")
-    emit("##[endgroup]")
-    emit("Secret source: Actions")
-    emit("Prepare workflow directory")
-    emit("Prepare all required actions")
-    emit("Getting action download info")
-    emit("Download action repository 'actions/checkout@v4' (SHA:11bd71901bbe5b1630ceea73d27597364c9af683)")
-    pull = [
-        f"##[command]/usr/bin/docker pull {image}",
-        f"{tag}: Pulling from {repo_short}",
-        "4abcf2066143: Pulling fs layer",
-        "9f0a3b2c1d4e: Pulling fs layer",
-        "4abcf2066143: Verifying Checksum",
-        "4abcf2066143: Download complete",
-        "4abcf2066143: Pull complete",
-        "9f0a3b2c1d4e: Pull complete",
-        f"Digest: {digest}",
-        f"Status: Downloaded newer image for {image}",
-        tag_line or f"docker.io/{repo_short if '/' in repo_short else 'library/' + repo_short}:{tag}",
-    ]
+    pull = _pull_lines(image, digest, tag, repo_short, tag_line)
     if style == "action":
-        emit(f"Complete job name: {job_name}")
-        emit(f"##[group]Pull down action image '{image}'")
-        for line in pull:
-            emit(line)
-        emit("##[endgroup]")
-        emit("##[group]Run actions/checkout@v4")
-        emit("with:")
-        emit("  repository: acme/api")
-        emit("##[endgroup]")
-        emit("##[group]Run ./")
-        emit("##[endgroup]")
-        emit(f"/usr/bin/docker run --name {repo_short.replace('/', '')}_3c1e --label 8a1f3e --workdir /github/workspace --rm {image} scan -p .")
+        body = _action_step(image, repo_short, pull)
     elif style == "container":
-        emit(f"Complete job name: {job_name}")
-        emit("##[group]Initialize containers")
-        emit("##[group]Checking docker version")
-        emit("##[command]/usr/bin/docker version --format '{{.Server.APIVersion}}'")
-        emit("'1.48'")
-        emit("##[endgroup]")
-        emit("##[group]Pull down action image")
-        for line in pull:
-            emit(line)
-        emit("##[endgroup]")
-        emit("##[endgroup]")
+        body = _container_step(pull)
     elif style == "run":
-        emit(f"Complete job name: {job_name}")
-        emit("##[group]Run docker run --rm -v \"$PWD:/path\" " + image + " scan -p /path")
-        emit("docker run --rm -v \"$PWD:/path\" " + image + " scan -p /path")
-        emit("shell: /usr/bin/bash -e {0}")
-        emit("##[endgroup]")
-        emit(f"Unable to find image '{image}' locally")
-        for line in pull[1:-1]:
-            emit(line)
+        body = _run_step(image, pull)
     else:
         raise ValueError(f"unknown style {style!r}")
-    emit("Cleaning up orphan processes")
-    return "\n".join(lines) + "\n"
+    texts = [*_RUNNER_PREAMBLE, f"Complete job name: {job_name}", *body, "Cleaning up orphan processes"]
+    return _timestamped(texts, at)
 
 
 class _LogStore:
