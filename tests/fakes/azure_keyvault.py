@@ -24,13 +24,14 @@ import datetime as dt
 import json
 import os
 import ssl
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from ipaddress import IPv4Address
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from flows.drill.servers._http import StandIn, bound_handler, serve_in_thread
 
 TENANT = "00000000-0000-0000-0000-00000000dg01"
 RESOURCE = "https://vault.azure.net"
@@ -109,28 +110,14 @@ class _Version:
         self.updated = int(time.time())
 
 
-class KeyVaultServer:
+class KeyVaultServer(StandIn):
     """State + HTTPS server; use :func:`start_keyvault_server` to run one."""
 
     def __init__(self, token: str) -> None:
+        super().__init__()
         self.token = token
         self.secrets: dict[str, list[_Version]] = {}
-        self.calls: list[Call] = []
-        self.faults: list[tuple[int, dict[str, str]]] = []
-        self.lock = threading.Lock()
-        self.httpd: ThreadingHTTPServer | None = None
-        self.url = ""
         self.cert_path = ""
-
-    def fail_next(self, status: int, times: int = 1, headers: dict[str, str] | None = None) -> None:
-        """The next ``times`` authorized requests get ``status`` (e.g. 429 + Retry-After)."""
-        with self.lock:
-            self.faults.extend([(status, headers or {})] * times)
-
-    def stop(self) -> None:
-        if self.httpd:
-            self.httpd.shutdown()
-            self.httpd.server_close()
 
     # -- model -------------------------------------------------------------
 
@@ -289,22 +276,10 @@ class _KeyVaultHandler(BaseHTTPRequestHandler):
         self.state.secrets.setdefault(name, []).append(v)
         return self._send(200, self.state.bundle(name, v, with_value=True))
 
-    def do_GET(self) -> None:
-        self._handle("GET")
+    def _dispatch(self) -> None:
+        self._handle(self.command)
 
-    def do_PUT(self) -> None:
-        self._handle("PUT")
-
-    def do_PATCH(self) -> None:
-        self._handle("PATCH")
-
-    def do_DELETE(self) -> None:
-        self._handle("DELETE")
-
-
-def _handler(state: KeyVaultServer) -> type[BaseHTTPRequestHandler]:
-    """A handler class bound to ``state`` (``ThreadingHTTPServer`` wants a class, not an instance)."""
-    return type("Handler", (_KeyVaultHandler,), {"state": state})
+    do_GET = do_PUT = do_PATCH = do_DELETE = _dispatch
 
 
 def start_keyvault_server(directory: str, token: str = "kv-test-token") -> KeyVaultServer:
@@ -315,13 +290,9 @@ def start_keyvault_server(directory: str, token: str = "kv-test-token") -> KeyVa
     """
     state = KeyVaultServer(token)
     cert_path, key_path = make_self_signed_cert(directory)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    httpd.daemon_threads = True
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert_path, key_path)
-    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
-    state.httpd = httpd
-    state.url = f"https://127.0.0.1:{httpd.server_address[1]}"
+    state.httpd = serve_in_thread(bound_handler(_KeyVaultHandler, state=state), "fake-keyvault", tls=ctx)
+    state.url = f"https://127.0.0.1:{state.httpd.server_address[1]}"
     state.cert_path = cert_path
-    threading.Thread(target=httpd.serve_forever, name="fake-keyvault", daemon=True).start()
     return state

@@ -21,6 +21,8 @@ from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from flows.drill.servers._http import serve_in_thread
+
 
 @dataclass
 class DockerHubServer:
@@ -149,8 +151,5 @@ def _handler(hs: DockerHubServer) -> type[BaseHTTPRequestHandler]:
 def start_dockerhub() -> DockerHubServer:
     """Start the stand-in on 127.0.0.1 (port 0); ``.url`` is the api_url for the client."""
     hs = DockerHubServer()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(hs))
-    server.daemon_threads = True
-    hs.server = server
-    threading.Thread(target=server.serve_forever, args=(0.05,), name="dockerhub-server", daemon=True).start()
+    hs.server = serve_in_thread(_handler(hs), "dockerhub-server", poll_interval=0.05)
     return hs

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from flows.drill.servers._http import bound_handler, serve_in_thread
+
 
 @dataclass
 class GarServer:
@@ -223,16 +225,8 @@ class _GarHandler(BaseHTTPRequestHandler):
         self._page(tags, "tags", q)
 
 
-def _handler(gs: GarServer) -> type[BaseHTTPRequestHandler]:
-    """A handler class bound to ``gs`` (``ThreadingHTTPServer`` wants a class, not an instance)."""
-    return type("Handler", (_GarHandler,), {"gs": gs})
-
-
 def start_gar(token: str = "gar-test-token") -> GarServer:
     """Start the stand-in on 127.0.0.1 (port 0); ``.url`` is the api_url to give the client."""
     gs = GarServer(token)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(gs))
-    server.daemon_threads = True
-    gs.server = server
-    threading.Thread(target=server.serve_forever, args=(0.05,), name="gar-server", daemon=True).start()
+    gs.server = serve_in_thread(bound_handler(_GarHandler, gs=gs), "gar-server", poll_interval=0.05)
     return gs

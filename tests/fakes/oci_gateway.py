@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from flows.drill.servers._http import bound_handler, serve_in_thread
+
 HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authenticate",
        "proxy-authorization", "content-length"}
 
@@ -253,17 +255,9 @@ class _GatewayHandler(BaseHTTPRequestHandler):
         return json.dumps({"name": doc.get("name"), "tags": page}).encode(), link
 
 
-def _handler(gw: OciGateway) -> type[BaseHTTPRequestHandler]:
-    """A handler class bound to ``gw`` (``ThreadingHTTPServer`` wants a class, not an instance)."""
-    return type("Handler", (_GatewayHandler,), {"gw": gw})
-
-
 def start_gateway(upstream_base_url: str) -> OciGateway:
     """Start a gateway on 127.0.0.1 (port 0) in front of ``http://host:port`` of a real registry."""
     up = urlsplit(upstream_base_url)
     gw = OciGateway(up.hostname or "127.0.0.1", up.port or 80)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(gw))
-    server.daemon_threads = True
-    gw.server = server
-    threading.Thread(target=server.serve_forever, args=(0.05,), name="oci-gateway", daemon=True).start()
+    gw.server = serve_in_thread(bound_handler(_GatewayHandler, gw=gw), "oci-gateway", poll_interval=0.05)
     return gw

@@ -22,10 +22,11 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from flows.drill.servers._http import StandIn, bound_handler, serve_in_thread
 
 _STATUS = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND", 409: "ALREADY_EXISTS",
            429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 412: "FAILED_PRECONDITION"}
@@ -70,23 +71,10 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-class SecretManagerServer:
+class SecretManagerServer(StandIn):
     def __init__(self) -> None:
+        super().__init__()
         self.secrets: dict[str, _Secret] = {}
-        self.calls: list[Call] = []
-        self.faults: list[tuple[int, dict[str, str]]] = []
-        self.lock = threading.Lock()
-        self.httpd: ThreadingHTTPServer | None = None
-        self.url = ""
-
-    def fail_next(self, status: int, times: int = 1, headers: dict[str, str] | None = None) -> None:
-        with self.lock:
-            self.faults.extend([(status, headers or {})] * times)
-
-    def stop(self) -> None:
-        if self.httpd:
-            self.httpd.shutdown()
-            self.httpd.server_close()
 
     def version_json(self, secret: _Secret, v: _Version) -> dict:
         out = {
@@ -258,17 +246,10 @@ class _SecretManagerHandler(BaseHTTPRequestHandler):
         v.state = new_state
         return self._send(200, self.state.version_json(secret, v))
 
-    def do_GET(self) -> None:
-        self._handle("GET")
+    def _dispatch(self) -> None:
+        self._handle(self.command)
 
-    def do_POST(self) -> None:
-        self._handle("POST")
-
-    def do_PATCH(self) -> None:
-        self._handle("PATCH")
-
-    def do_DELETE(self) -> None:
-        self._handle("DELETE")
+    do_GET = do_POST = do_PATCH = do_DELETE = _dispatch
 
 
 def _find_version(secret: _Secret, which: str) -> _Version | None:
@@ -279,17 +260,9 @@ def _find_version(secret: _Secret, which: str) -> _Version | None:
     return next((x for x in secret.versions if str(x.number) == which), None)
 
 
-def _handler(state: SecretManagerServer) -> type[BaseHTTPRequestHandler]:
-    """A handler class bound to ``state`` (``ThreadingHTTPServer`` wants a class, not an instance)."""
-    return type("Handler", (_SecretManagerHandler,), {"state": state})
-
-
 def start_secret_manager_server() -> SecretManagerServer:
     """Start the server on 127.0.0.1 (OS-chosen port) in a daemon thread; ``server.url`` is the endpoint."""
     state = SecretManagerServer()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    httpd.daemon_threads = True
-    state.httpd = httpd
-    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    threading.Thread(target=httpd.serve_forever, name="fake-secretmanager", daemon=True).start()
+    state.httpd = serve_in_thread(bound_handler(_SecretManagerHandler, state=state), "fake-secretmanager")
+    state.url = f"http://127.0.0.1:{state.httpd.server_address[1]}"
     return state
