@@ -142,7 +142,7 @@ def incident_response(
     dry_run = mode != "execute"
     adv = load_advisory(advisory)
     inv = load_inventory(inventory)
-    journal_path = str(inv.journal_path())
+    journal_path = inv.journal_location()
     journal = Journal(journal_path)
     started = datetime.now(timezone.utc)
     incident = incident_id or new_incident_id(adv.id, started)
