@@ -30,6 +30,7 @@ from digestguard.inventory import Inventory, load_inventory
 from digestguard.journal import Journal
 from digestguard.plan import Approval, Plan
 from flows.approval import request_approval
+from flows.incident_lease import hold_incident, incident_id_for
 
 Mode = Literal["dry-run", "execute"]
 
@@ -145,8 +146,9 @@ def incident_response(
     journal_path = inv.journal_location()
     journal = Journal(journal_path)
     started = datetime.now(timezone.utc)
-    incident = incident_id or new_incident_id(adv.id, started)
     run_id = str(flow_run.id) if flow_run.id else None
+    incident = incident_id or incident_id_for(adv.id, run_id, started)
+    lease = hold_incident(journal, incident, run_id)  # one run per incident: a second one ends here, naming the holder
     journal.event(incident, "flow", "started", {"mode": mode, "flow_run_id": run_id, "triggered_by": triggered_by,
                                                 "run_count": flow_run.run_count})
     from tasks.notify import flow_run_url
@@ -244,6 +246,7 @@ def incident_response(
         summary["slack_failures"] = len(notifier.failures())
         summary["needs_person"] = report.all_needs_person()
         timings["notify"] = _lap()
+        lease.release()
     journal.event(incident, "flow", "finished", {"mode": mode})
     failed = [s for s in ("rotate", "purge") if getattr(report, s) and not getattr(report, s).ok]
     summary["ok"] = not failed
