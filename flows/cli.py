@@ -433,11 +433,19 @@ def report_cmd(
 
 
 @app.command("serve")
-def serve_cmd(port: int = typer.Option(4200, "--port")) -> None:
+def serve_cmd(port: int = typer.Option(4200, "--port"),
+              inventory: Optional[Path] = typer.Option(None, "--inventory", "-i",
+                                                       help="schedule watch every 5 minutes over this inventory")) -> None:
     """Start a local Prefect server with its UI and serve the incident-response, watch and drill flows."""
-    from flows.serve import serve_all
+    from flows.serve import NotOurs, serve_all
 
-    serve_all(port=port)
+    if inventory is not None and not inventory.is_file():
+        _fail(InputError(str(inventory), "no inventory file here"))
+    try:
+        serve_all(port=port, inventory=str(inventory) if inventory else None)
+    except NotOurs as e:
+        typer.echo(f"digestguard serve: {e}", err=True)
+        raise typer.Exit(2) from None
 
 
 # ---------------------------------------------------------------------------------- drill
