@@ -11,6 +11,7 @@ together. See ``inventory.example.yaml`` at the repository root.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from digestguard.credentials import check_reference
 from digestguard.errors import InputError
+from digestguard.journal import JOURNAL_ENV, check_location, is_postgres_url
 
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: large inventories load fast
 
@@ -241,8 +243,15 @@ class Inventory(_Model):
     backends: Backends = Field(default_factory=Backends)
     approvals: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     images: list[WatchedImage] = Field(default_factory=list)
-    journal: str | None = Field(None, description="journal database path (default .digestguard/journal.sqlite next to the inventory)")
+    journal: str | None = Field(None, description="journal: a SQLite path (default .digestguard/journal.sqlite next to the "
+                                                  "inventory) or a postgresql:// URL, password by reference; "
+                                                  "DIGESTGUARD_JOURNAL overrides it")
     base_dir: str = Field(".", description="set by the loader: the inventory file's folder")
+
+    @field_validator("journal")
+    @classmethod
+    def _journal_holds_no_password(cls, v: str | None) -> str | None:
+        return check_location(v, "journal") if v and is_postgres_url(v) else v
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Inventory":
@@ -258,8 +267,22 @@ class Inventory(_Model):
         path = Path(p).expanduser()
         return path if path.is_absolute() else (Path(self.base_dir) / path).resolve()
 
+    def journal_location(self) -> str:
+        """Where the journal lives: ``DIGESTGUARD_JOURNAL`` when set (relative paths against the working directory),
+        else the file's ``journal:`` (relative to the inventory's folder), else ``.digestguard/journal.sqlite`` next
+        to the inventory. A PostgreSQL URL comes back as written (its password, if any, by reference)."""
+        env = os.environ.get(JOURNAL_ENV, "").strip()
+        if env:
+            return check_location(env, JOURNAL_ENV) if is_postgres_url(env) else str(Path(env).expanduser().resolve())
+        raw = self.journal or ".digestguard/journal.sqlite"
+        return raw if is_postgres_url(raw) else str(self.resolve_path(raw))
+
     def journal_path(self) -> Path:
-        return self.resolve_path(self.journal or ".digestguard/journal.sqlite")
+        """The journal's SQLite file; an error when the journal is on PostgreSQL (use ``journal_location``)."""
+        location = self.journal_location()
+        if is_postgres_url(location):
+            raise InputError("inventory", "the journal is on PostgreSQL, not in a file", "journal")
+        return Path(location)
 
     def secret(self, name: str) -> Secret | None:
         for s in self.secrets:

@@ -12,6 +12,7 @@ pre-commit hook) answer without loading Prefect and the vendor SDKs, and
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, List, Optional
@@ -109,15 +110,16 @@ def advisories_schema() -> None:
 def journal_cmd(
     incident: str = typer.Argument(..., help="incident id"),
     inventory: Optional[Path] = typer.Option(None, "--inventory", "-i", help="inventory file (its journal path)"),
-    journal_path: Optional[Path] = typer.Option(None, "--journal", help="journal database path"),
+    journal_path: Optional[str] = typer.Option(None, "--journal", help="journal: a SQLite path or a postgresql:// URL "
+                                                                       "(default: $DIGESTGUARD_JOURNAL, else the inventory's)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Print every side effect recorded for an incident."""
-    from digestguard.journal import Journal
+    from digestguard.journal import Journal, is_postgres_url
 
     path = _journal_path(inventory, journal_path)
-    if not path.exists():
-        _fail(InputError(str(path), "no journal here (pass --journal or --inventory)"))
+    if not is_postgres_url(path) and not Path(path).exists():
+        _fail(InputError(path, "no journal here (pass --journal or --inventory, or set DIGESTGUARD_JOURNAL)"))
     j = Journal(path)
     rows = [e.as_dict() for e in j.entries(incident)]
     if as_json:
@@ -131,14 +133,20 @@ def journal_cmd(
         typer.echo(f"{r['started_at'] or '':29} {r['stage']:8} {r['action']:24} {r['status']:8} {r['target']}{who}{err}")
 
 
-def _journal_path(inventory: Optional[Path], journal_path: Optional[Path]) -> Path:
+def _journal_path(inventory: Optional[Path], journal_path: Optional[str]) -> str:
+    """``--journal``, else the inventory's (``DIGESTGUARD_JOURNAL`` first), else ``$DIGESTGUARD_JOURNAL``, else ./.digestguard."""
+    from digestguard.journal import JOURNAL_ENV, check_location, is_postgres_url
+
     if journal_path:
-        return journal_path
+        return check_location(journal_path, "--journal") if is_postgres_url(journal_path) else journal_path
     if inventory:
         from digestguard.inventory import load_inventory
 
-        return load_inventory(inventory).journal_path()
-    return Path(".digestguard/journal.sqlite").resolve()
+        return load_inventory(inventory).journal_location()
+    env = os.environ.get(JOURNAL_ENV, "").strip()
+    if env:
+        return check_location(env, JOURNAL_ENV) if is_postgres_url(env) else str(Path(env).resolve())
+    return str(Path(".digestguard/journal.sqlite").resolve())
 
 
 # ---------------------------------------------------------------------------------- stages
@@ -270,7 +278,7 @@ def pin_cmd(
         entry = next((r for r in inv.repositories if inv.resolve_path(r.path) == root), None)
         if entry is None:
             raise InputError(str(inventory), f"no repositories[] entry has path {root}")
-        out = open_pin_pull_request(entry, plan, adv, incident or new_incident_id(adv.id), inv, Journal(inv.journal_path()),
+        out = open_pin_pull_request(entry, plan, adv, incident or new_incident_id(adv.id), inv, Journal(inv.journal_location()),
                                     rendered=render_pins(plan))
         typer.echo(f"pull request: {out.outcome} {out.detail.get('url') or ''} {out.error or ''}".rstrip(), err=as_json)
         raise typer.Exit(0 if out.outcome in ("done", "skipped") else 1)
@@ -406,14 +414,16 @@ def report_cmd(
     incident: str = typer.Argument(...),
     out: Path = typer.Option(Path("report.html"), "--out", "-o"),
     inventory: Optional[Path] = typer.Option(None, "--inventory", "-i"),
-    journal_path: Optional[Path] = typer.Option(None, "--journal"),
+    journal_path: Optional[str] = typer.Option(None, "--journal", help="a SQLite path or a postgresql:// URL"),
 ) -> None:
     """Write the incident's self-contained HTML report (timeline + tables) from its journal."""
     import shutil
 
+    from digestguard.journal import is_postgres_url
+
     path = _journal_path(inventory, journal_path)
-    saved = path.parent / "reports" / f"{incident}.html"
-    if saved.exists():
+    saved = None if is_postgres_url(path) else Path(path).parent / "reports" / f"{incident}.html"
+    if saved is not None and saved.exists():
         shutil.copyfile(saved, out)
         typer.echo(f"wrote {out} (from the run's report)")
         return
@@ -427,11 +437,19 @@ def report_cmd(
 
 
 @app.command("serve")
-def serve_cmd(port: int = typer.Option(4200, "--port")) -> None:
+def serve_cmd(port: int = typer.Option(4200, "--port"),
+              inventory: Optional[Path] = typer.Option(None, "--inventory", "-i",
+                                                       help="schedule watch every 5 minutes over this inventory")) -> None:
     """Start a local Prefect server with its UI and serve the incident-response, watch and drill flows."""
-    from flows.serve import serve_all
+    from flows.serve import NotOurs, serve_all
 
-    serve_all(port=port)
+    if inventory is not None and not inventory.is_file():
+        _fail(InputError(str(inventory), "no inventory file here"))
+    try:
+        serve_all(port=port, inventory=str(inventory) if inventory else None)
+    except NotOurs as e:
+        typer.echo(f"digestguard serve: {e}", err=True)
+        raise typer.Exit(2) from None
 
 
 # ---------------------------------------------------------------------------------- drill

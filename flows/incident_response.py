@@ -31,10 +31,11 @@ from prefect.states import Failed
 from digestguard.advisory import Advisory, load_advisory
 from digestguard.findings import ActionOutcome, DetectResult, ExposureReport, StageResult
 from digestguard.inventory import Inventory, load_inventory
-from digestguard.journal import Journal
+from digestguard.journal import Journal, Lease
 from digestguard.plan import Approval, Plan
 from digestguard.timeutil import now
 from flows.approval import confirm_manual_rotation, request_approval
+from flows.incident_lease import hold_incident, incident_id_for
 from tasks.assess import assess_exposure_task, exposure_markdown
 from tasks.connect import Connections
 from tasks.detect import detect_task
@@ -81,6 +82,7 @@ class Response:
     notifier: Notifier
     connections: Connections
     report: IncidentReport
+    lease: Lease
     run_id: str | None = None
     triggered_by: str | None = None
     auto_approve: str | None = None
@@ -179,10 +181,11 @@ def _open(advisory: str, inventory: str, mode: Mode, incident_id: str | None, tr
     """Load the advisory and inventory, open the journal, the Slack board and the report; journal the start."""
     adv = load_advisory(advisory)
     inv = load_inventory(inventory)
-    journal = Journal(str(inv.journal_path()))
+    journal = Journal(inv.journal_location())
     started = now()
-    incident = incident_id or new_incident_id(adv.id, started)
     run_id = str(flow_run.id) if flow_run.id else None
+    incident = incident_id or incident_id_for(adv.id, run_id, started)
+    lease = hold_incident(journal, incident, run_id)  # one run per incident: a second one ends here, naming the holder
     journal.event(incident, "flow", "started", {"mode": mode, "flow_run_id": run_id, "triggered_by": triggered_by,
                                                 "run_count": flow_run.run_count})
     notifier = Notifier.from_inventory(inv, journal, incident, advisory_id=adv.id, title=adv.title, run_url=flow_run_url(run_id))
@@ -190,7 +193,7 @@ def _open(advisory: str, inventory: str, mode: Mode, incident_id: str | None, tr
     report = IncidentReport.for_advisory(incident, adv, started_at=started, flow_run_url=flow_run_url(run_id))
     get_run_logger().info("incident %s (%s, %s)", incident, adv.id, mode)
     return Response(advisory=adv, inventory=inv, incident=incident, dry_run=mode != "execute", journal=journal,
-                    notifier=notifier, connections=Connections(inv), report=report, run_id=run_id, triggered_by=triggered_by,
+                    notifier=notifier, connections=Connections(inv), report=report, lease=lease, run_id=run_id, triggered_by=triggered_by,
                     auto_approve=auto_approve)
 
 
@@ -282,6 +285,7 @@ def _finish(r: Response, report_path: str | None) -> dict[str, Any]:
     out["slack_failures"] = len(r.notifier.failures())
     out["needs_person"] = report.all_needs_person()
     r.lap("notify")
+    r.lease.release()
     return out
 
 

@@ -3,10 +3,12 @@
 Each cycle is one coarse task (thousands of HEADs fan out inside it, see
 ``tasks/watch/cycle.py``); between cycles the flow starts a dry-run
 ``incident_response`` subflow for every advisory a watched tag matched, and
-posts the cycle's alerts to the inventory's Slack channel. The deployment
-(``deployments/prefect.yaml``, ``digestguard serve``) runs it every 5 minutes
-with ``cycles=1``; the state file keeps the memory between runs, so a
-scheduled run and a long-running ``--cycles 0`` behave the same.
+posts the cycle's alerts to the inventory's Slack channel. ``inventory`` is a
+required parameter: the deployments run it every 5 minutes with ``cycles=1``
+only once one is set (``digestguard serve --inventory``; in
+``deployments/prefect.yaml`` the schedule ships inactive until its parameters
+name one); the state file keeps the memory between runs, so a scheduled run
+and a long-running ``--cycles 0`` behave the same.
 
 No secret is a parameter: Slack and registry credentials are references in the
 inventory, resolved when used.

@@ -35,8 +35,11 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import secretmanager
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from prefect.states import Failed
 
 from digestguard.advisory import Advisory, load_advisory
+from digestguard.markdown import md_cell
 from flows.drill import registry as sreg
 from flows.drill.podman import start_podman, stop_podman
 from flows.drill.servers.gcp_secrets import start_secret_manager_server
@@ -495,7 +498,35 @@ def render_scorecard(card: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+SCORECARD_KEY = "drill-scorecard"
+
+
+def publish_scorecard(card: dict[str, Any]) -> None:
+    """The scorecard as a Markdown artifact (key ``drill-scorecard``) on the run, readable from the server and UI."""
+    def cell(v: Any) -> str:
+        return md_cell(json.dumps(v, default=str))[:500]
+
+    rows = [f"| {md_cell(st['name'])} | {'PASS' if st['ok'] else '**FAIL**'} | {cell(st['expected'])} "
+            f"| {'' if st['ok'] else cell(st['actual'])} |" for st in card["stages"]]
+    t = card["timings"]
+    verdict = "all stages met their expectations" if card["ok"] else "SOME STAGES FAILED"
+    text = "\n".join([f"## Drill {md_cell(card['advisory'])}: {verdict}", "",
+                      f"Incident `{md_cell(card.get('incident') or '-')}`, scale {card.get('scale', 1)}; "
+                      f"set-up {t['setup_s']} s, playbook {t['playbook_s']} s, total {t['total_s']} s.", "",
+                      "| stage | result | expected | actual |", "|---|---|---|---|", *rows, ""])
+    create_markdown_artifact(key=SCORECARD_KEY, markdown=text, description="digestguard drill scorecard")
+
+
 @flow(name="drill")
 def drill_flow(advisory: str = "kics-2026-04", auto_approve: bool = True, scale: int = 1) -> dict[str, Any]:
-    """The drill as a deployable flow (``digestguard serve``); the incident flow runs as its subflow."""
-    return run_drill(advisory, auto_approve=auto_approve, scale=scale)
+    """The drill as a deployable flow (``digestguard serve``); the incident flow runs as its subflow.
+
+    Publishes the scorecard as an artifact and ends Failed, with the scorecard as its data, when a stage missed.
+    """
+    card = run_drill(advisory, auto_approve=auto_approve, scale=scale)
+    publish_scorecard(card)
+    missed = [st["name"] for st in card["stages"] if not st["ok"]]
+    if missed or not card["ok"]:
+        return Failed(message=f"drill {card['advisory']}: {', '.join(missed) or 'the scorecard'} did not meet expectations",
+                      data=card)
+    return card

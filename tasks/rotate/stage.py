@@ -54,12 +54,13 @@ from typing import Any, Mapping
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
 
 from digestguard.advisory import Advisory
 from digestguard.errors import DigestguardError, IntegrationError, Refused
 from digestguard.findings import ActionOutcome, ExposureReport, StageResult
 from digestguard.inventory import Inventory
-from digestguard.journal import Journal
+from digestguard.journal import Holder, Journal, LeaseHeld, lease_wait_default
 from digestguard.plan import Approval, Plan, PlanItem, require_approved
 from tasks.connect import Connections
 from tasks.rotate.backends import (
@@ -377,7 +378,8 @@ def _ids(detail: Mapping[str, Any]) -> str:
 
 def apply_rotation(plan: Plan, approval: Approval | None, inventory: Inventory, journal: Journal, *,
                    clients: Connections | Mapping[str, Any] | None = None, confirm_manual: ConfirmManual | None = None,
-                   max_workers: int = 4, attempts: int = 3, backoff: float = 1.0) -> StageResult:
+                   max_workers: int = 4, attempts: int = 3, backoff: float = 1.0,
+                   lease_wait: float | None = None) -> StageResult:
     """Rotate every secret of an approved plan, journaled and resumable; one secret's failure does not stop the others.
 
     ``clients``: the run's :class:`~tasks.connect.Connections` (left open), or ready clients by name
@@ -386,6 +388,11 @@ def apply_rotation(plan: Plan, approval: Approval | None, inventory: Inventory, 
     (a person, or the drill's auto-confirm); without it they come back ``needs-person``.
     Retryable errors (429/5xx) re-run the secret's rotation up to ``attempts`` times,
     which is safe because every step resumes from the journal.
+
+    One actor per credential, across incidents and machines: each secret's rotation holds the
+    journal's lease ``credential:<target>``; a second actor waits up to ``lease_wait`` seconds
+    (default ``DIGESTGUARD_LEASE_WAIT``, 30) and then fails that secret naming the holder. The
+    journal is read again once the lease is held, so the waiter finds the work already done.
     """
     approval = require_approved(plan, approval)
     approver = ",".join(approval.approvers)
@@ -395,8 +402,20 @@ def apply_rotation(plan: Plan, approval: Approval | None, inventory: Inventory, 
     own = not isinstance(clients, Connections)
     pool_clients = Connections(inventory, clients) if own else clients
     lock = threading.Lock()
+    holder = Holder.here(str(flow_run.id) if flow_run.id else None)
+    wait = lease_wait_default() if lease_wait is None else lease_wait
 
     def one(item: PlanItem) -> tuple[ActionOutcome, list[ActionOutcome], list[str]]:
+        try:
+            lease = journal.lease(f"credential:{item.target}", holder, wait=wait)
+        except LeaseHeld as e:  # another run is rotating this credential: not journaled, that row is the holder's
+            log.error("rotate %s refused: %s", item.target, e)
+            return (ActionOutcome(stage=STAGE, target=item.target, action="rotate", outcome="failed",
+                                  detail={"backend": item.kind, "lease": "held"}, error=str(e)), [], [])
+        with lease:
+            return unleased(item)
+
+    def unleased(item: PlanItem) -> tuple[ActionOutcome, list[ActionOutcome], list[str]]:
         rot = _Rotation(plan, item, journal, pool_clients, approver, confirm_manual, log)
         for n in range(1, attempts + 1):
             try:

@@ -10,8 +10,8 @@ from digestguard.journal import Journal
 from digestguard.plan import Approval, Plan, PlanItem, require_approved
 
 
-def test_step_records_started_done_and_failure(tmp_path):
-    j = Journal(tmp_path / "j.sqlite")
+def test_step_records_started_done_and_failure(journal_location):
+    j = Journal(journal_location)
     assert not j.is_done("inc-1", "purge", "mirror/kics@sha256:x", "delete-manifest")
     with j.step("inc-1", "purge", "mirror/kics@sha256:x", "delete-manifest", approver="alice") as rec:
         rec.note(status_code=202)
@@ -26,23 +26,25 @@ def test_step_records_started_done_and_failure(tmp_path):
     assert rows[0].approver == "alice"
 
 
-def test_journal_survives_a_new_process(tmp_path):
-    path = tmp_path / "j.sqlite"
-    code = f"from digestguard.journal import Journal; Journal({str(path)!r}).record('inc', 'rotate', 't', 'a', 'done', detail={{'version': 3}})"
+def test_journal_survives_a_new_process(journal_location):
+    path = journal_location
+    code = (f"from digestguard.journal import Journal; "
+            f"Journal({str(path)!r}).record('inc', 'rotate', 't', 'a', 'done', detail={{'version': 3}})")
     subprocess.run([sys.executable, "-c", code], check=True)
     j = Journal(path)
     assert j.is_done("inc", "rotate", "t", "a") and j.get("inc", "rotate", "t", "a").detail == {"version": 3}
 
 
-def test_journal_refuses_secret_shaped_detail(tmp_path):
-    j = Journal(tmp_path / "j.sqlite")
+def test_journal_refuses_secret_shaped_detail(journal_location):
+    j = Journal(journal_location)
     with pytest.raises(InputError, match="secret"):
         j.record("inc", "rotate", "t", "a", "done", detail={"password": "x"})
 
 
 def _plan(items=2):
     return Plan(stage="purge", incident="inc-1", advisory="kics-2026-04",
-                items=[PlanItem(target=f"mirror/kics@sha256:{i}", action="delete-manifest", kind="registry") for i in range(items)])
+                items=[PlanItem(target=f"mirror/kics@sha256:{i}", action="delete-manifest", kind="registry")
+                       for i in range(items)])
 
 
 def test_plan_hash_is_stable_and_binds_the_approval():
