@@ -46,10 +46,11 @@ from digestguard.markdown import md_table
 from digestguard.reference import ImageReference, parse_digest, try_parse_reference
 from tasks.connect import Connections
 from tasks.pull_requests import open_pin_pull_request
-from tasks.scan.references import ActionUse, Found, HelmImage, ScanResult, scan_tree
+from tasks.scan.references import ActionUse, Found, HelmImage, ScanResult, name_hint, scan_tree
 
 Resolver = Callable[[ImageReference], str]
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
+_WHOLE_VAR = re.compile(r"\$(?:\{\w+\}|\(\w+\)|\w+)")
 
 
 class PinChange(Model):
@@ -256,12 +257,31 @@ def _split_written(text: str) -> tuple[str, str | None]:
     return name, None
 
 
-def _name_matches(text: str, advisory: Advisory) -> AffectedImage | None:
-    """The affected image a variable-bearing reference names, judged by the part before any ``$``/tag."""
-    head = re.split(r"[$@{]", text, maxsplit=1)[0]
-    name, _ = _split_written(head.rstrip(":"))
-    ref = try_parse_reference(name)
-    return advisory.image_for(ref) if ref else None
+def _plan_indirect(plan: PinPlan, f: Found, advisory: Advisory) -> None:
+    """A reference built from variables is never rewritten here (no single span holds all of it).
+
+    When one definition in the file holds it whole (``ARG BASE=...`` + ``FROM $BASE``) that
+    definition is its own reference and is planned as such; otherwise a person decides.
+    """
+    if f.via is not None:
+        return
+    target = f.resolved or name_hint(f.text)
+    img = advisory.image_for(target) if target is not None else None
+    if img is None:
+        return
+    if f.resolved is not None and f.resolved.digest and not advisory.is_malicious(f.resolved.digest):
+        plan.unchanged.append(PinSkip(path=f.path, line=f.line,
+                                      reason=f"{f.text}: resolves to a digest the advisory does not list as malicious"))
+        return
+    if f.resolved is not None and _WHOLE_VAR.fullmatch(f.text):
+        reason = (f"held by a variable set outside this file (resolves to {f.resolved.familiar()}, e.g. from the "
+                  "Compose .env); pin it where the variable is set")
+    elif f.resolved is not None:
+        reason = (f"built from variables (resolves to {f.resolved.familiar()}); no one place holds the whole "
+                  "reference and rewriting a part would break the rest: pin it where the variables are set")
+    else:
+        reason = "the reference is built from a variable; pin it where the variable is set"
+    plan.needs_decision.append(PinDecision(path=f.path, line=f.line, reference=f.text, reason=reason))
 
 
 def _plan_image(p: _Planner, plan: PinPlan, f: Found, img: AffectedImage, fhash: str) -> None:
@@ -421,12 +441,10 @@ def plan_pins(
     for fs in result.files:
         fhash = _file_hash(fs.text)
         for f in fs.found:
-            if f.ref is None:
-                img = _name_matches(f.text, advisory)
-                if img is not None:
-                    plan.needs_decision.append(PinDecision(
-                        path=f.path, line=f.line, reference=f.text,
-                        reason="the reference is built from a variable; pin it where the variable is set"))
+            if f.classification == "indirect":
+                _plan_indirect(plan, f, advisory)
+                continue
+            if not f.pinnable:  # built-here, not-an-image
                 continue
             img = advisory.image_for(f.ref)
             if img is not None:
