@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime
 import os
 import re
 import tempfile
@@ -49,6 +50,7 @@ from tasks.pull_requests import open_pin_pull_request
 from tasks.scan.references import ActionUse, Found, HelmImage, ScanResult, name_hint, scan_tree
 
 Resolver = Callable[[ImageReference], str]
+ImagePushedAt = Callable[[ImageReference, str], datetime | None]  # (tag reference, digest) -> push time
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
 _WHOLE_VAR = re.compile(r"\$(?:\{\w+\}|\(\w+\)|\w+)")
 
@@ -131,6 +133,12 @@ class PinPlan(Model):
         rows = [{"file": f"`{c.path}`", "line": c.line, "before": f"`{c.before}`", "after": f"`{c.after}`", "why": c.reason}
                 for c in self.changes]
         out += md_table(rows, limit, more="more change(s)") or ["_No reference to rewrite._"]
+        quarantined = [d for d in self.needs_decision if d.reason.startswith("quarantined:")]
+        if quarantined:
+            out += ["", "**Quarantined digests (never proposed)**",
+                    "These tags resolve to a digest that an advisory lists as malicious or that was pushed inside its "
+                    "window: the update a repointed tag produces. Choose a reviewed digest with `--to`."]
+            out += [f"- `{d.path}`{_at(d.line)}: `{d.reference}`: {d.reason}." for d in quarantined[:limit]]
         if self.needs_decision:
             out += ["", "**Needs a decision**"]
             for d in self.needs_decision[:limit]:
@@ -202,12 +210,13 @@ def _split_to(value: str) -> tuple[str | None, str]:
 
 class _Planner:
     def __init__(self, advisory: Advisory, single: str | None, pairs: dict[str, str],
-                 digest_only: bool, resolve: Resolver | None) -> None:
+                 digest_only: bool, resolve: Resolver | None, pushed_at: ImagePushedAt | None = None) -> None:
         self.adv = advisory
         self.single = single
         self.pairs = pairs
         self.digest_only = digest_only
         self.resolve = resolve
+        self.pushed_at = pushed_at
         self.resolved: dict[tuple[str, str], tuple[str | None, str]] = {}
 
     def target(self, img: AffectedImage, ref: ImageReference, tag: str) -> tuple[str | None, str]:
@@ -236,11 +245,28 @@ class _Planner:
                 out = (None, f"tag {tag} is not affected but could not be resolved: {e}")
             else:
                 if self.adv.is_malicious(dig):
-                    out = (None, f"tag {tag} currently resolves to {dig}, which {self.adv.id} lists as malicious")
+                    out = (None, f"quarantined: tag {tag} currently resolves to {dig}, which {self.adv.id} lists as "
+                                 "malicious; never proposed")
                 else:
-                    out = (dig, f"tag {tag} is not affected; pinned to what it resolves to now")
+                    out = self._quarantine(ref, tag, dig) or (dig, f"tag {tag} is not affected; pinned to what it "
+                                                                   "resolves to now")
         self.resolved[key] = out
         return out
+
+    def _quarantine(self, ref: ImageReference, tag: str, dig: str) -> tuple[None, str] | None:
+        """Refuse a resolved digest pushed inside the advisory's window (the attacker's "digest update")."""
+        if self.pushed_at is None:
+            return None
+        when = self.pushed_at(ImageReference(ref.registry, ref.repository, tag, None), dig)
+        img = self.adv.image_for(ref)
+        windows = [self.adv.window, *(img.windows if img else [])]
+        if when is None:
+            return None, (f"quarantined: tag {tag} resolves to {dig}, and when it was pushed is unknown while "
+                          f"{self.adv.id} covers this image; never proposed: choose with --to {tag}=sha256:...")
+        if any(w.contains(when) for w in windows):
+            return None, (f"quarantined: tag {tag} resolves to {dig}, pushed {when:%Y-%m-%d %H:%M}Z inside "
+                          f"{self.adv.id}'s window; never proposed: choose with --to {tag}=sha256:...")
+        return None
 
 
 def _file_hash(text: str) -> str:
@@ -423,16 +449,19 @@ def plan_pins(
     digest_only: bool = False,
     resolve: Resolver | None = None,
     scan: ScanResult | None = None,
+    pushed_at: ImagePushedAt | None = None,
 ) -> PinPlan:
     """Plan the rewrite of every reference to ``advisory``'s images and actions under ``checkout``.
 
     ``to``: one ``sha256:...`` for every affected reference, or ``TAG=sha256:...`` pairs.
     ``resolve``: the registry client's tag -> index digest, used for unaffected tags only.
+    ``pushed_at``: when a resolved digest was pushed; one inside the advisory's window (or of
+    unknown time) is quarantined: never proposed, listed with the reason in the PR body.
     """
     single, pairs = parse_to(to, advisory)
     result = scan or scan_tree(checkout, needles_for(advisory))
     plan = PinPlan(advisory=advisory.id, root=result.root, form="digest" if digest_only else "tag+digest")
-    planner = _Planner(advisory, single, pairs, digest_only, resolve)
+    planner = _Planner(advisory, single, pairs, digest_only, resolve, pushed_at)
     actions = {a.repository.lower(): a for a in advisory.actions}
     for s in result.skipped:
         plan.skipped.append(PinSkip(path=s.path, line=s.line, reason=s.reason))
