@@ -287,6 +287,10 @@ def lint_cmd(
     allow: Optional[Path] = typer.Option(None, "--allow", help="YAML allow-list for --check-updates: [{digest, reason}]"),
     github_api: Optional[str] = typer.Option(
         None, "--github-api", help="GitHub API URL for action commit times (token from GITHUB_TOKEN)"),
+    check_actions: bool = typer.Option(
+        False, "--check-actions", help="action provenance through --github-api: impostor commits, version comments "
+                                       "that do not match their tag, tags moved since first seen (--state)"),
+    state: Optional[Path] = typer.Option(None, "--state", help="watch state file remembering action tags"),
 ) -> None:
     """Policy gate: fail when an image reference uses a tag without a digest, or a malicious digest."""
     import os
@@ -308,6 +312,19 @@ def lint_cmd(
         refused, allowed = check(updates_since(path, check_updates), packs,
                                  load_allow_list(allow) if allow else (), pushed_at)
         offenders += refused
+    if check_actions:
+        if not github_api:
+            raise InputError("--check-actions", "needs --github-api (and GITHUB_TOKEN)")
+        from integrations.github import GitHubClient
+        from tasks.provenance import check_actions as provenance
+        from tasks.watch.state import WatchState
+
+        gh = GitHubClient(os.environ.get("GITHUB_TOKEN", ""), api_url=github_api)
+        if state:
+            with WatchState(state) as st:
+                offenders += provenance(path, gh, st)
+        else:
+            offenders += provenance(path, gh)
     if as_json:
         _echo_json({"offenders": [{"path": o.path, "line": o.line, "reference": o.reference, "reason": o.reason,
                                    "kind": o.kind, "suggestion": getattr(o, "suggestion", None)} for o in offenders],

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
 import os
 import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -52,6 +52,7 @@ from tasks.scan.references import ActionUse, Found, HelmImage, ScanResult, name_
 Resolver = Callable[[ImageReference], str]
 ImagePushedAt = Callable[[ImageReference, str], datetime | None]  # (tag reference, digest) -> push time
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
+_VERSION_COMMENT = re.compile(r"[ \t]+#[ \t]*(?:tag[=:][ \t]*)?(?P<v>[\w][\w.+-]*)[ \t]*")
 _WHOLE_VAR = re.compile(r"\$(?:\{\w+\}|\(\w+\)|\w+)")
 
 
@@ -421,14 +422,20 @@ def _plan_action(plan: PinPlan, a: ActionUse, ar: ActionRefs, text: str, fhash: 
     if safe is None:
         plan.needs_decision.append(PinDecision(path=a.path, line=a.line, reference=a.text, reason=reason))
         return
-    old = text[a.ref_start:a.value_end]
-    quote = old[len(ref):]
+    end = a.value_end
+    nl = text.find("\n", end)
+    rest = text[end:nl if nl != -1 else len(text)].rstrip("\r")
+    vm = _VERSION_COMMENT.fullmatch(rest)
+    if vm and (vm.group("v") == ref or re.fullmatch(r"[vV]?\d[\w.+-]*", vm.group("v"))):
+        end += len(rest)  # an old version comment (``# v2``) goes: it named the ref being replaced; notes stay
+    old = text[a.ref_start:end]
+    quote = text[a.ref_start:a.value_end][len(ref):]
     new = f"{safe.commit}{quote} # {safe.ref}"
     plan.changes.append(PinChange(
         path=a.path, line=a.line, col=a.col_start, before=a.text,
         after=a.text[: len(a.text) - len(ref)] + f"{safe.commit} # {safe.ref}", kind="action", context="uses",
         target=ar.repository, tag=safe.ref, digest=safe.commit, reason=reason,
-        start=a.ref_start, end=a.value_end, old=old, new=new, file_sha256=fhash))
+        start=a.ref_start, end=end, old=old, new=new, file_sha256=fhash))
 
 
 def needles_for(advisory: Advisory) -> list[str]:

@@ -143,7 +143,8 @@ def test_pin_never_proposes_a_quarantined_digest_and_says_why(tmp_path: Path):
     plan = plan_pins(tmp_path, KICS, resolve=lambda r: resolved,
                      pushed_at=lambda ref, d: datetime(2026, 4, 22, 14, 0, tzinfo=timezone.utc))
     assert plan.changes == []
-    assert plan.needs_decision[0].reason.startswith("quarantined:") and "inside kics-2026-04's window" in plan.needs_decision[0].reason
+    why = plan.needs_decision[0].reason
+    assert why.startswith("quarantined:") and "inside kics-2026-04's window" in why
     assert "Quarantined digests (never proposed)" in plan.markdown()
     ok = plan_pins(tmp_path, KICS, resolve=lambda r: resolved,
                    pushed_at=lambda ref, d: datetime(2026, 3, 3, tzinfo=timezone.utc))
