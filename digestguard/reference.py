@@ -26,14 +26,19 @@ DOCKER_HUB = "docker.io"
 DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
-_COMPONENT_RE = re.compile(rf"^{_COMPONENT}$")
+_COMPONENT_RE = re.compile(_COMPONENT)
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN_RE = re.compile(
-    rf"^(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?$"
+    rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
 )
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+# ASCII: Go's ``\w`` is [0-9A-Za-z_], Python's would take any Unicode letter.
+_TAG_RE = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
+# A bare 64-hex string is an image id in the grammar (``identifier``), never a name.
+_IDENTIFIER_RE = re.compile(r"[a-f0-9]{64}")
 _DIGEST_HEX_LEN = {"sha256": 64, "sha384": 96, "sha512": 128}
 _DIGEST_RE = re.compile(r"^([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([0-9a-fA-F]+)$")
+# The limit applies to the path (the name without its domain, ``library/`` included), as
+# ``reference.Parse`` applies ``RepositoryNameTotalLengthMax``.
 NAME_TOTAL_MAX = 255
 
 
@@ -45,7 +50,7 @@ def parse_digest(value: str, source: str = "digest") -> str:
     """
     if not isinstance(value, str):
         raise InputError(source, f"digest must be a string, got {type(value).__name__}")
-    m = _DIGEST_RE.match(value.strip())
+    m = _DIGEST_RE.fullmatch(value.strip())
     if not m:
         raise InputError(source, f"{value!r} is not a digest (want 'sha256:<64 hex>')")
     algo, hexpart = m.group(1), m.group(2)
@@ -86,8 +91,14 @@ class ImageReference:
         if self.registry == DOCKER_HUB:
             repo = self.repository
             short = repo[len("library/"):] if repo.startswith("library/") else repo
-            # keep the host when the short form would read as a registry host ("0.0/x")
-            return short if _split_domain(short)[0] is None else self.name
+            # ``library/foo/bar`` stays as it is: ``foo/bar`` is another image (Go's familiarizeName)
+            if "/" in short and repo.startswith("library/"):
+                short = repo
+            # keep the host when the short form would read as a registry host ("0.0/x") or as
+            # an image id (a bare 64-hex name is only a name with its host: "docker.io/<hex>")
+            if _split_domain(short)[0] is not None or _IDENTIFIER_RE.fullmatch(short):
+                return self.name
+            return short
         return self.name
 
     @property
@@ -122,13 +133,19 @@ def _split_domain(name: str) -> tuple[str | None, str]:
     if i == -1:
         return None, name
     first = name[:i]
-    if "." in first or ":" in first or first == "localhost" or (first.startswith("[") and "]" in first):
+    # Go's splitDockerDomain: '.', ':' or "localhost" make a domain; so does an uppercase
+    # letter, since a path component can never hold one ("LOCALDOMAIN/debian").
+    if "." in first or ":" in first or first == "localhost" or first.lower() != first:
         return first, name[i + 1:]
     return None, name
 
 
 def parse_reference(value: str, source: str = "reference") -> ImageReference:
     """Parse and normalise an image reference; raises ``InputError`` naming ``source`` on anything invalid.
+
+    Follows ``ParseNormalizedNamed`` of github.com/distribution/reference; every refusal names the
+    part that is wrong (tag, digest, registry host, path component, path length, identifier).
+    ``tests/unit/test_reference.py`` ports its tables and lists where we differ, with reasons.
 
     >>> str(parse_reference("checkmarx/kics"))
     'docker.io/checkmarx/kics'
@@ -142,40 +159,59 @@ def parse_reference(value: str, source: str = "reference") -> ImageReference:
         raise InputError(source, "empty image reference")
     if any(c.isspace() for c in text):
         raise InputError(source, f"{value!r}: whitespace inside an image reference")
+    if _IDENTIFIER_RE.fullmatch(text):
+        raise InputError(source, f"{value!r}: a bare 64-hex string is an image id, not a repository name")
+    text, tag, digest = _split_tag_digest(value, text, source)
+    domain, remote = _split_domain(text)
+    registry = _registry(value, domain, source)
+    if not remote:
+        raise InputError(source, f"{value!r}: missing repository name")
+    parts = remote.split("/")
+    for part in parts:
+        if not _COMPONENT_RE.fullmatch(part):
+            if part.lower() != part and _COMPONENT_RE.fullmatch(part.lower()):
+                raise InputError(source, f"{value!r}: repository name must be lowercase (path component {part!r})")
+            raise InputError(source, f"{value!r}: invalid path component {part!r}")
+    if registry == DOCKER_HUB and len(parts) == 1:
+        remote = f"library/{remote}"
+    if len(remote) > NAME_TOTAL_MAX:
+        raise InputError(source, f"{value!r}: repository path longer than {NAME_TOTAL_MAX} characters ({len(remote)})")
+    return ImageReference(registry=registry, repository=remote, tag=tag, digest=digest)
+
+
+def _split_tag_digest(value: str, text: str, source: str) -> tuple[str, str | None, str | None]:
+    """``name[:tag][@digest]`` -> (name, tag, digest), each part validated."""
     digest = None
     if "@" in text:
         text, _, dig = text.rpartition("@")
-        digest = parse_digest(dig, source)
         if "@" in text:
             raise InputError(source, f"{value!r}: more than one '@'")
+        try:
+            digest = parse_digest(dig, source)
+        except InputError as e:
+            raise InputError(source, f"{value!r}: invalid digest: {e.reason}") from None
     tag = None
     slash = text.rfind("/")
     colon = text.rfind(":")
     if colon > slash:
         text, tag = text[:colon], text[colon + 1:]
-        if not _TAG_RE.match(tag):
+        if not _TAG_RE.fullmatch(tag):
             raise InputError(source, f"{value!r}: invalid tag {tag!r}")
-    domain, remote = _split_domain(text)
-    if domain is not None:
-        if not _DOMAIN_RE.match(domain):
-            raise InputError(source, f"{value!r}: invalid registry host {domain!r}")
-        domain_l = domain.lower()
-        registry = DOCKER_HUB if domain_l in DOCKER_HUB_ALIASES else domain_l
-    else:
-        registry = DOCKER_HUB
-    if not remote:
-        raise InputError(source, f"{value!r}: missing repository name")
-    parts = remote.split("/")
-    for part in parts:
-        if not _COMPONENT_RE.match(part):
-            if part.lower() != part and _COMPONENT_RE.match(part.lower()):
-                raise InputError(source, f"{value!r}: repository name must be lowercase")
-            raise InputError(source, f"{value!r}: invalid path component {part!r}")
-    if registry == DOCKER_HUB and len(parts) == 1:
-        remote = f"library/{remote}"
-    if len(registry) + 1 + len(remote) > NAME_TOTAL_MAX:
-        raise InputError(source, f"{value!r}: name longer than {NAME_TOTAL_MAX} characters")
-    return ImageReference(registry=registry, repository=remote, tag=tag, digest=digest)
+    return text, tag, digest
+
+
+def _registry(value: str, domain: str | None, source: str) -> str:
+    """The canonical registry for a domain part (Docker Hub when there is none)."""
+    if domain is None:
+        return DOCKER_HUB
+    if not _DOMAIN_RE.fullmatch(domain):
+        raise InputError(source, f"{value!r}: invalid registry host {domain!r}")
+    domain_l = domain.lower()
+    if domain_l in DOCKER_HUB_ALIASES:
+        return DOCKER_HUB
+    # Hosts are case-insensitive, so fold them; a domain that is one only because it has an
+    # uppercase letter keeps its case (lowercased it would read as a Docker Hub namespace).
+    return domain_l if _split_domain(domain_l + "/x")[0] is not None else domain
 
 
 def try_parse_reference(value: str) -> ImageReference | None:

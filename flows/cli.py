@@ -291,19 +291,62 @@ def lint_cmd(
     path: Path = typer.Argument(Path("."), help="checkout or file"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object with an offenders list"),
     exclude: List[str] = typer.Option([], "--exclude", help="glob of repository-relative paths to leave out (repeat)"),
+    check_updates: Optional[str] = typer.Option(
+        None, "--check-updates", metavar="BASE_REF",
+        help="quarantine gate for pull requests: also fail a digest or action SHA changed against this git ref to one "
+             "an advisory lists, or one pushed inside an advisory's window (unknown push time fails closed)"),
+    allow: Optional[Path] = typer.Option(None, "--allow", help="YAML allow-list for --check-updates: [{digest, reason}]"),
+    github_api: Optional[str] = typer.Option(
+        None, "--github-api", help="GitHub API URL for action commit times (token from GITHUB_TOKEN)"),
+    check_actions: bool = typer.Option(
+        False, "--check-actions", help="action provenance through --github-api: impostor commits, version comments "
+                                       "that do not match their tag, tags moved since first seen (--state)"),
+    state: Optional[Path] = typer.Option(None, "--state", help="watch state file remembering action tags"),
 ) -> None:
     """Policy gate: fail when an image reference uses a tag without a digest, or a malicious digest."""
+    import os
+
     from digestguard.advisory import list_packs
     from tasks.lint import lint_tree
 
-    offenders = lint_tree(path, list_packs(), exclude=exclude)
+    packs = list_packs()
+    offenders: list[Any] = list(lint_tree(path, packs, exclude=exclude))
+    allowed: list[Any] = []
+    if check_updates:
+        from tasks.quarantine import check_updates as check, github_pushed_at, load_allow_list, updates_since
+
+        pushed_at = None
+        if github_api:
+            from integrations.github import GitHubClient
+
+            pushed_at = github_pushed_at(GitHubClient(os.environ.get("GITHUB_TOKEN", ""), api_url=github_api))
+        refused, allowed = check(updates_since(path, check_updates), packs,
+                                 load_allow_list(allow) if allow else (), pushed_at)
+        offenders += refused
+    if check_actions:
+        if not github_api:
+            raise InputError("--check-actions", "needs --github-api (and GITHUB_TOKEN)")
+        from integrations.github import GitHubClient
+        from tasks.provenance import check_actions as provenance
+        from tasks.watch.state import WatchState
+
+        gh = GitHubClient(os.environ.get("GITHUB_TOKEN", ""), api_url=github_api)
+        if state:
+            with WatchState(state) as st:
+                offenders += provenance(path, gh, st)
+        else:
+            offenders += provenance(path, gh)
     if as_json:
         _echo_json({"offenders": [{"path": o.path, "line": o.line, "reference": o.reference, "reason": o.reason,
-                                   "suggestion": o.suggestion} for o in offenders]})
+                                   "kind": o.kind, "suggestion": getattr(o, "suggestion", None)} for o in offenders],
+                    "allowed": [{"path": u.path, "line": u.line, "digest": u.new, "reason": why} for u, why in allowed]})
     else:
         for o in offenders:
-            hint = f"\n    suggest: {o.suggestion}" if o.suggestion else ""
+            sug = getattr(o, "suggestion", None)
+            hint = f"\n    suggest: {sug}" if sug else ""
             typer.echo(f"{o.path}:{o.line}: {o.reference}: {o.reason}{hint}")
+        for u, why in allowed:
+            typer.echo(f"{u.path}:{u.line}: {u.reference}: allowed by the allow-list: {why}", err=True)
         typer.echo(f"{len(offenders)} offender(s)", err=True)
     raise typer.Exit(1 if offenders else 0)
 

@@ -283,6 +283,43 @@ class GitHubClient(RestBackedClient):
             raise IntegrationError(self.rest.source("GET", self._repo(owner, repo)), "repository has no default_branch")
         return str(branch)
 
+    # ---------------------------------------------------------------- git objects
+
+    def get_commit(self, owner: str, repo: str, sha: str) -> dict[str, Any] | None:
+        """The commit (any commit of the fork network, as GitHub serves it); None when there is none (422/404)."""
+        try:
+            return self.rest.get_json(f"{self._repo(owner, repo)}/commits/{_seg(sha, 'sha')}")
+        except IntegrationError as e:
+            if e.status in (404, 422):
+                return None
+            raise
+
+    def commit_time(self, owner: str, repo: str, sha: str) -> datetime | None:
+        """The committer date of ``sha`` (set by whoever made the commit: a hint, not proof)."""
+        c = self.get_commit(owner, repo, sha)
+        date = ((c or {}).get("commit") or {}).get("committer", {}).get("date")
+        return datetime.fromisoformat(date.replace("Z", "+00:00")) if date else None
+
+    def list_tags(self, owner: str, repo: str) -> dict[str, str]:
+        """{tag: commit SHA} of every tag."""
+        path = f"{self._repo(owner, repo)}/tags"
+        return {d["name"]: d["commit"]["sha"] for d in self.rest.paginate(path, params={"per_page": 100})}
+
+    def list_branches(self, owner: str, repo: str) -> dict[str, str]:
+        """{branch: commit SHA} of every branch."""
+        path = f"{self._repo(owner, repo)}/branches"
+        return {d["name"]: d["commit"]["sha"] for d in self.rest.paginate(path, params={"per_page": 100})}
+
+    def compare_status(self, owner: str, repo: str, base: str, head: str) -> str | None:
+        """``identical``/``behind``/``ahead``/``diverged`` for ``base...head``; None when either is unknown."""
+        try:
+            body = self.rest.get_json(f"{self._repo(owner, repo)}/compare/{_seg(base, 'base')}...{_seg(head, 'head')}")
+        except IntegrationError as e:
+            if e.status in (404, 422):
+                return None
+            raise
+        return str(body.get("status")) if isinstance(body, dict) else None
+
     # ---------------------------------------------------------------- Actions
 
     def list_workflow_runs(

@@ -316,14 +316,18 @@ def detect_config(entry: Repository, advisory: Advisory, inventory: Inventory) -
     for fs in res.files:
         rel = os.path.relpath(fs.path, root) if os.path.isabs(fs.path) else fs.path
         for f in fs.found:
-            if f.ref is None or not advisory.image_for(f.ref):
+            # the scanner's one classification: images, and what resolvable indirect references pull
+            ref = f.target if f.classification != "indirect" or f.via is None else None
+            img = advisory.image_for(ref) if ref is not None else None
+            if img is None:
                 continue
-            pinned = f.ref.digest
+            pinned = ref.digest
             verdict_f = _finding(entry.name, "config", f"{rel}:{f.line}", f.text, pinned, advisory,
-                                 detail={"tag": f.ref.effective_tag, "context": f.context})
+                                 detail={"tag": ref.effective_tag, "context": f.context,
+                                         "classification": f.classification})
             if not pinned:  # a tag reference: its content is whatever the tag says now
-                verdict_f = verdict_f.model_copy(update={"verdict": "suspect" if f.ref.effective_tag in
-                                                         advisory.image_for(f.ref).affected_tags else "clean"})
+                verdict_f = verdict_f.model_copy(update={"verdict": "suspect" if ref.effective_tag in
+                                                         img.affected_tags else "clean"})
             out.append(verdict_f)
     return out
 

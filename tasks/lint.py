@@ -5,9 +5,14 @@ Why a gate: the incident happened because tags are mutable. A CI run (or the
 keeps the next overwritten tag out of the pipeline. The same scanner as the pin
 stage finds the references, so what lint flags is what ``digestguard pin`` fixes.
 
-Not offenders: a build-stage name in ``COPY --from=``/``FROM``, a ``# syntax=``
-directive, a reference built from a variable (nothing to judge), and a reference
-pinned to a digest no advisory lists as malicious.
+Offenders are exactly what ``digestguard pin`` would rewrite or ask a person about, by the
+scanner's one classification (``image``, ``uncertain`` naming an advisory's image, resolvable
+``indirect``); an ``indirect`` reference whose variables have no value is a finding of its own
+(``unresolved``). Not offenders: a build-stage name in ``COPY --from=``/``FROM``, the name of an
+image the file builds (Compose ``image:`` beside ``build:``), things that are not OCI images
+(CircleCI ``machine: image:``, Bitbucket ``pipe:``), and a reference pinned to a digest no
+advisory lists as malicious. A ``# syntax=`` directive names the BuildKit frontend image that
+runs at build time, so it is judged like any other image.
 
     >>> lint_tree("/src/app", [load_advisory("kics-2026-04")])  # doctest: +SKIP
     [Offender(path='.github/workflows/ci.yml', line=12, reference='checkmarx/kics:latest', ...)]
@@ -27,7 +32,7 @@ from digestguard.advisory import Advisory
 from digestguard.errors import InputError
 from digestguard.reference import ImageReference
 from tasks.scan.ci_files import classify
-from tasks.scan.references import FileScan, scan_text, scan_tree
+from tasks.scan.references import FileScan, Found, name_hint, scan_text, scan_tree
 
 _SHA1 = re.compile(r"^[0-9a-fA-F]{40}$")
 
@@ -39,9 +44,10 @@ class Offender(Model):
     line: int
     reference: str
     reason: str
-    kind: Literal["unpinned", "malicious", "mutable-action", "malicious-action"]
+    kind: Literal["unpinned", "malicious", "mutable-action", "malicious-action", "unresolved"]
     suggestion: str | None = None
     advisory: str | None = None
+    target: str | None = None  # canonical repository (or owner/repo for actions) the reference pulls
 
 
 def _known_good(ref: ImageReference, advisories: Sequence[Advisory]) -> tuple[str | None, str | None]:
@@ -59,34 +65,59 @@ def _pinned(text: str, digest: str) -> str:
     return text.split("@", 1)[0] + "@" + digest
 
 
+def _lint_image(f: Found, ref: ImageReference, advisories: Sequence[Advisory], via: str = "") -> Offender | None:
+    """The offence of one reference that pulls ``ref`` (``via``: how variables made it, for indirect ones)."""
+    target = ref.name
+    if ref.digest:
+        for adv in advisories:
+            if adv.is_malicious(ref.digest):
+                good, _ = _known_good(ref, [adv])
+                return Offender(
+                    path=f.path, line=f.line, reference=f.text, kind="malicious", advisory=adv.id, target=target,
+                    reason=f"{via}pinned to {ref.digest}, listed as malicious by {adv.id}",
+                    suggestion=_pinned(f.text, good) if good and not via else None)
+        return None
+    good, adv_id = _known_good(ref, advisories)
+    affected = ""
+    if adv_id:
+        adv = next(a for a in advisories if a.id == adv_id)
+        img = adv.image_for(ref)
+        if img and (ref.tag or "latest") in img.affected_tags:
+            affected = f"; tag {ref.tag or 'latest'} was overwritten in {adv_id}"
+    why = "tag without a digest" if ref.tag else "no tag (means latest) and no digest"
+    return Offender(
+        path=f.path, line=f.line, reference=f.text, kind="unpinned", advisory=adv_id if affected else None,
+        target=target, reason=via + why + affected,
+        suggestion=(f"{f.text if ref.tag else f.text + ':latest'}@{good}" if good and not via else None))
+
+
+def _lint_found(f: Found, advisories: Sequence[Advisory]) -> Offender | None:
+    """One scanned reference, judged by its classification (the same rules pin plans by).
+
+    ``image``: always judged. ``uncertain`` (a value that merely parses as a tagged reference):
+    judged when it names an advisory's image, which is when pin rewrites it. ``indirect``: when
+    one definition holds it whole, that definition is judged instead (pin rewrites it there);
+    resolved but assembled from several parts: judged by what it resolves to (pin asks a person);
+    unresolvable: a finding of its own. ``built-here`` and ``not-an-image``: never.
+    """
+    cls = f.classification
+    if cls == "image" and f.ref is not None:
+        return _lint_image(f, f.ref, advisories)
+    if cls == "uncertain" and f.ref is not None:
+        return _lint_image(f, f.ref, advisories) if any(a.image_for(f.ref) for a in advisories) else None
+    if cls != "indirect" or f.via is not None:
+        return None
+    if f.resolved is None:
+        hint = name_hint(f.text)
+        return Offender(path=f.path, line=f.line, reference=f.text, kind="unresolved",
+                        target=hint.name if hint else None,
+                        reason="built from variables with no value in this file (or its .env): "
+                               "cannot tell which image it pulls; pin where the variables are set")
+    return _lint_image(f, f.resolved, advisories, via=f"built from variables, resolves to {f.resolved.familiar()}: ")
+
+
 def _lint_file(fs: FileScan, advisories: Sequence[Advisory]) -> list[Offender]:
-    out: list[Offender] = []
-    for f in fs.found:
-        if not f.certain or f.ref is None:
-            continue
-        ref = f.ref
-        if ref.digest:
-            for adv in advisories:
-                if adv.is_malicious(ref.digest):
-                    good, _ = _known_good(ref, [adv])
-                    out.append(Offender(
-                        path=f.path, line=f.line, reference=f.text, kind="malicious", advisory=adv.id,
-                        reason=f"pinned to {ref.digest}, listed as malicious by {adv.id}",
-                        suggestion=_pinned(f.text, good) if good else None))
-                    break
-            continue
-        good, adv_id = _known_good(ref, advisories)
-        affected = ""
-        if adv_id:
-            adv = next(a for a in advisories if a.id == adv_id)
-            img = adv.image_for(ref)
-            if img and (ref.tag or "latest") in img.affected_tags:
-                affected = f"; tag {ref.tag or 'latest'} was overwritten in {adv_id}"
-        why = "tag without a digest" if ref.tag else "no tag (means latest) and no digest"
-        out.append(Offender(
-            path=f.path, line=f.line, reference=f.text, kind="unpinned", advisory=adv_id if affected else None,
-            reason=why + affected,
-            suggestion=(f"{f.text if ref.tag else f.text + ':latest'}@{good}" if good else None)))
+    out: list[Offender] = [o for f in fs.found if (o := _lint_found(f, advisories)) is not None]
     for h in fs.helm:
         if h.ref is None or not (h.tag and h.tag.text):
             continue
@@ -96,11 +127,11 @@ def _lint_file(fs: FileScan, advisories: Sequence[Advisory]) -> list[Offender]:
             bad = next((a for a in advisories if a.is_malicious(dig)), None)
             if bad:
                 out.append(Offender(path=h.path, line=h.line, reference=h.text, kind="malicious", advisory=bad.id,
-                                    reason=f"digest {dig} is listed as malicious by {bad.id}"))
+                                    target=ref.name, reason=f"digest {dig} is listed as malicious by {bad.id}"))
             continue
         good, _ = _known_good(ref, advisories)
         out.append(Offender(
-            path=h.path, line=h.line, reference=h.text, kind="unpinned",
+            path=h.path, line=h.line, reference=h.text, kind="unpinned", target=ref.name,
             reason="Helm image with a tag and no digest" + ("" if h.digest else " key"),
             suggestion=f"digest: {good}" if good else None))
     for a in fs.actions:
@@ -113,10 +144,12 @@ def _lint_file(fs: FileScan, advisories: Sequence[Advisory]) -> list[Offender]:
             if _SHA1.match(a.ref):
                 if a.ref.lower() in ar.malicious_commits:
                     out.append(Offender(path=a.path, line=a.line, reference=a.text, kind="malicious-action",
-                                        advisory=adv.id, reason=f"commit listed as malicious by {adv.id}", suggestion=sug))
+                                        target=ar.repository, advisory=adv.id,
+                                        reason=f"commit listed as malicious by {adv.id}", suggestion=sug))
             elif not ar.tags or "*" in ar.tags or a.ref in ar.tags:
                 out.append(Offender(path=a.path, line=a.line, reference=a.text, kind="mutable-action", advisory=adv.id,
-                                    reason=f"ref {a.ref} was force-pushed ({adv.id}); pin to a commit", suggestion=sug))
+                                    target=ar.repository, suggestion=sug,
+                                    reason=f"ref {a.ref} was force-pushed ({adv.id}); pin to a commit"))
             break
     return out
 

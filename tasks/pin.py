@@ -29,6 +29,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -46,10 +47,13 @@ from digestguard.markdown import md_table
 from digestguard.reference import ImageReference, parse_digest, try_parse_reference
 from tasks.connect import Connections
 from tasks.pull_requests import open_pin_pull_request
-from tasks.scan.references import ActionUse, Found, HelmImage, ScanResult, scan_tree
+from tasks.scan.references import ActionUse, Found, HelmImage, ScanResult, name_hint, scan_tree
 
 Resolver = Callable[[ImageReference], str]
+ImagePushedAt = Callable[[ImageReference, str], datetime | None]  # (tag reference, digest) -> push time
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
+_VERSION_COMMENT = re.compile(r"[ \t]+#[ \t]*(?:tag[=:][ \t]*)?(?P<v>[\w][\w.+-]*)[ \t]*")
+_WHOLE_VAR = re.compile(r"\$(?:\{\w+\}|\(\w+\)|\w+)")
 
 
 class PinChange(Model):
@@ -130,6 +134,12 @@ class PinPlan(Model):
         rows = [{"file": f"`{c.path}`", "line": c.line, "before": f"`{c.before}`", "after": f"`{c.after}`", "why": c.reason}
                 for c in self.changes]
         out += md_table(rows, limit, more="more change(s)") or ["_No reference to rewrite._"]
+        quarantined = [d for d in self.needs_decision if d.reason.startswith("quarantined:")]
+        if quarantined:
+            out += ["", "**Quarantined digests (never proposed)**",
+                    "These tags resolve to a digest that an advisory lists as malicious or that was pushed inside its "
+                    "window: the update a repointed tag produces. Choose a reviewed digest with `--to`."]
+            out += [f"- `{d.path}`{_at(d.line)}: `{d.reference}`: {d.reason}." for d in quarantined[:limit]]
         if self.needs_decision:
             out += ["", "**Needs a decision**"]
             for d in self.needs_decision[:limit]:
@@ -201,12 +211,13 @@ def _split_to(value: str) -> tuple[str | None, str]:
 
 class _Planner:
     def __init__(self, advisory: Advisory, single: str | None, pairs: dict[str, str],
-                 digest_only: bool, resolve: Resolver | None) -> None:
+                 digest_only: bool, resolve: Resolver | None, pushed_at: ImagePushedAt | None = None) -> None:
         self.adv = advisory
         self.single = single
         self.pairs = pairs
         self.digest_only = digest_only
         self.resolve = resolve
+        self.pushed_at = pushed_at
         self.resolved: dict[tuple[str, str], tuple[str | None, str]] = {}
 
     def target(self, img: AffectedImage, ref: ImageReference, tag: str) -> tuple[str | None, str]:
@@ -235,11 +246,28 @@ class _Planner:
                 out = (None, f"tag {tag} is not affected but could not be resolved: {e}")
             else:
                 if self.adv.is_malicious(dig):
-                    out = (None, f"tag {tag} currently resolves to {dig}, which {self.adv.id} lists as malicious")
+                    out = (None, f"quarantined: tag {tag} currently resolves to {dig}, which {self.adv.id} lists as "
+                                 "malicious; never proposed")
                 else:
-                    out = (dig, f"tag {tag} is not affected; pinned to what it resolves to now")
+                    out = self._quarantine(ref, tag, dig) or (dig, f"tag {tag} is not affected; pinned to what it "
+                                                                   "resolves to now")
         self.resolved[key] = out
         return out
+
+    def _quarantine(self, ref: ImageReference, tag: str, dig: str) -> tuple[None, str] | None:
+        """Refuse a resolved digest pushed inside the advisory's window (the attacker's "digest update")."""
+        if self.pushed_at is None:
+            return None
+        when = self.pushed_at(ImageReference(ref.registry, ref.repository, tag, None), dig)
+        img = self.adv.image_for(ref)
+        windows = [self.adv.window, *(img.windows if img else [])]
+        if when is None:
+            return None, (f"quarantined: tag {tag} resolves to {dig}, and when it was pushed is unknown while "
+                          f"{self.adv.id} covers this image; never proposed: choose with --to {tag}=sha256:...")
+        if any(w.contains(when) for w in windows):
+            return None, (f"quarantined: tag {tag} resolves to {dig}, pushed {when:%Y-%m-%d %H:%M}Z inside "
+                          f"{self.adv.id}'s window; never proposed: choose with --to {tag}=sha256:...")
+        return None
 
 
 def _file_hash(text: str) -> str:
@@ -256,12 +284,31 @@ def _split_written(text: str) -> tuple[str, str | None]:
     return name, None
 
 
-def _name_matches(text: str, advisory: Advisory) -> AffectedImage | None:
-    """The affected image a variable-bearing reference names, judged by the part before any ``$``/tag."""
-    head = re.split(r"[$@{]", text, maxsplit=1)[0]
-    name, _ = _split_written(head.rstrip(":"))
-    ref = try_parse_reference(name)
-    return advisory.image_for(ref) if ref else None
+def _plan_indirect(plan: PinPlan, f: Found, advisory: Advisory) -> None:
+    """A reference built from variables is never rewritten here (no single span holds all of it).
+
+    When one definition in the file holds it whole (``ARG BASE=...`` + ``FROM $BASE``) that
+    definition is its own reference and is planned as such; otherwise a person decides.
+    """
+    if f.via is not None:
+        return
+    target = f.resolved or name_hint(f.text)
+    img = advisory.image_for(target) if target is not None else None
+    if img is None:
+        return
+    if f.resolved is not None and f.resolved.digest and not advisory.is_malicious(f.resolved.digest):
+        plan.unchanged.append(PinSkip(path=f.path, line=f.line,
+                                      reason=f"{f.text}: resolves to a digest the advisory does not list as malicious"))
+        return
+    if f.resolved is not None and _WHOLE_VAR.fullmatch(f.text):
+        reason = (f"held by a variable set outside this file (resolves to {f.resolved.familiar()}, e.g. from the "
+                  "Compose .env); pin it where the variable is set")
+    elif f.resolved is not None:
+        reason = (f"built from variables (resolves to {f.resolved.familiar()}); no one place holds the whole "
+                  "reference and rewriting a part would break the rest: pin it where the variables are set")
+    else:
+        reason = "the reference is built from a variable; pin it where the variable is set"
+    plan.needs_decision.append(PinDecision(path=f.path, line=f.line, reference=f.text, reason=reason))
 
 
 def _plan_image(p: _Planner, plan: PinPlan, f: Found, img: AffectedImage, fhash: str) -> None:
@@ -375,14 +422,20 @@ def _plan_action(plan: PinPlan, a: ActionUse, ar: ActionRefs, text: str, fhash: 
     if safe is None:
         plan.needs_decision.append(PinDecision(path=a.path, line=a.line, reference=a.text, reason=reason))
         return
-    old = text[a.ref_start:a.value_end]
-    quote = old[len(ref):]
+    end = a.value_end
+    nl = text.find("\n", end)
+    rest = text[end:nl if nl != -1 else len(text)].rstrip("\r")
+    vm = _VERSION_COMMENT.fullmatch(rest)
+    if vm and (vm.group("v") == ref or re.fullmatch(r"[vV]?\d[\w.+-]*", vm.group("v"))):
+        end += len(rest)  # an old version comment (``# v2``) goes: it named the ref being replaced; notes stay
+    old = text[a.ref_start:end]
+    quote = text[a.ref_start:a.value_end][len(ref):]
     new = f"{safe.commit}{quote} # {safe.ref}"
     plan.changes.append(PinChange(
         path=a.path, line=a.line, col=a.col_start, before=a.text,
         after=a.text[: len(a.text) - len(ref)] + f"{safe.commit} # {safe.ref}", kind="action", context="uses",
         target=ar.repository, tag=safe.ref, digest=safe.commit, reason=reason,
-        start=a.ref_start, end=a.value_end, old=old, new=new, file_sha256=fhash))
+        start=a.ref_start, end=end, old=old, new=new, file_sha256=fhash))
 
 
 def needles_for(advisory: Advisory) -> list[str]:
@@ -403,16 +456,19 @@ def plan_pins(
     digest_only: bool = False,
     resolve: Resolver | None = None,
     scan: ScanResult | None = None,
+    pushed_at: ImagePushedAt | None = None,
 ) -> PinPlan:
     """Plan the rewrite of every reference to ``advisory``'s images and actions under ``checkout``.
 
     ``to``: one ``sha256:...`` for every affected reference, or ``TAG=sha256:...`` pairs.
     ``resolve``: the registry client's tag -> index digest, used for unaffected tags only.
+    ``pushed_at``: when a resolved digest was pushed; one inside the advisory's window (or of
+    unknown time) is quarantined: never proposed, listed with the reason in the PR body.
     """
     single, pairs = parse_to(to, advisory)
     result = scan or scan_tree(checkout, needles_for(advisory))
     plan = PinPlan(advisory=advisory.id, root=result.root, form="digest" if digest_only else "tag+digest")
-    planner = _Planner(advisory, single, pairs, digest_only, resolve)
+    planner = _Planner(advisory, single, pairs, digest_only, resolve, pushed_at)
     actions = {a.repository.lower(): a for a in advisory.actions}
     for s in result.skipped:
         plan.skipped.append(PinSkip(path=s.path, line=s.line, reason=s.reason))
@@ -421,12 +477,10 @@ def plan_pins(
     for fs in result.files:
         fhash = _file_hash(fs.text)
         for f in fs.found:
-            if f.ref is None:
-                img = _name_matches(f.text, advisory)
-                if img is not None:
-                    plan.needs_decision.append(PinDecision(
-                        path=f.path, line=f.line, reference=f.text,
-                        reason="the reference is built from a variable; pin it where the variable is set"))
+            if f.classification == "indirect":
+                _plan_indirect(plan, f, advisory)
+                continue
+            if not f.pinnable:  # built-here, not-an-image
                 continue
             img = advisory.image_for(f.ref)
             if img is not None:

@@ -25,7 +25,7 @@ from typing import Literal
 DefinitionKind = Literal["github", "gitlab", "jenkins"]
 
 YAML_KINDS = frozenset({"github-workflow", "github-action", "gitlab-ci", "bitbucket", "circleci", "azure",
-                        "drone", "tekton", "compose", "helm-values", "yaml"})
+                        "drone", "woodpecker", "cloudbuild", "tekton", "compose", "helm-values", "yaml"})
 PROSE_SUFFIXES = (".md", ".markdown", ".rst", ".txt", ".adoc", ".html", ".htm")
 _DEFINITIONS: dict[str, DefinitionKind] = {"github-workflow": "github", "github-action": "github",
                                            "gitlab-ci": "gitlab", "jenkinsfile": "jenkins"}
@@ -60,6 +60,10 @@ def _yaml_kind(p: str, low: str) -> str:
         return "azure"
     if low in (".drone.yml", ".drone.yaml"):
         return "drone"
+    if low in (".woodpecker.yml", ".woodpecker.yaml") or _under(p, ".woodpecker"):
+        return "woodpecker"
+    if low.startswith("cloudbuild") or low.endswith((".cloudbuild.yaml", ".cloudbuild.yml")):
+        return "cloudbuild"
     if _under(p, ".tekton") or "tekton" in low:
         return "tekton"
     if low.startswith(("docker-compose", "compose.", "compose-")) or ".compose." in low \
@@ -89,6 +93,10 @@ def classify(relpath: str) -> str | None:
         return "makefile"
     if low.endswith((".sh", ".bash")):
         return "shell"
+    if low in ("devcontainer.json", ".devcontainer.json"):
+        return "devcontainer"
+    if low.endswith(".container"):
+        return "quadlet"
     return None
 
 

@@ -61,6 +61,24 @@ class Found:
     ref: ImageReference | None
     context: str
     certain: bool
+    classification: str = "image"
+    resolved: ImageReference | None = None  # indirect: what the variables make of it (None: unresolvable)
+    via: tuple[int, int] | None = None  # indirect: the span of the one definition that pin rewrites instead
+
+    @property
+    def pinnable(self) -> bool:
+        """An ``image`` or ``uncertain`` reference pin can rewrite in place (its text is the whole reference)."""
+        return self.ref is not None and self.classification in ("image", "uncertain")
+
+    @property
+    def target(self) -> ImageReference | None:
+        """The image this reference pulls: its own parse, or what its variables resolve to."""
+        if self.classification in ("image", "uncertain"):
+            return self.ref
+        return self.resolved if self.classification == "indirect" else None
+
+
+CLASSIFICATIONS = ("image", "built-here", "not-an-image", "indirect", "uncertain")
 
 
 @dataclass(frozen=True)
@@ -154,6 +172,14 @@ class _Text:
             i = text.find("\n", i + 1)
         self.hits: dict[tuple[int, int], Found] = {}
         self.actions: list[ActionUse] = []
+        self.vars: dict[str, tuple[str, int, int]] = {}  # name -> (value, start, end) of its first definition
+        self.pending: list[tuple[int, int, str]] = []  # indirect references to resolve once the file is read
+        self.env: dict[str, str] = {}  # values from outside the file (a Compose ``.env``): resolvable, not rewritable
+
+    def define(self, name: str, value_start: int, value_end: int) -> None:
+        """Record a variable definition (first one wins) for resolving indirect references."""
+        if name not in self.vars:
+            self.vars[name] = (self.text[value_start:value_end], value_start, value_end)
 
     def line_of(self, pos: int) -> int:
         return bisect.bisect_right(self.starts, pos)
@@ -175,30 +201,135 @@ class _Text:
         le = self.text.find("\n", ls)
         return _is_comment_before(self.text[ls:le if le != -1 else len(self.text)], pos - ls, markers)
 
-    def emit(self, start: int, end: int, context: str, certain: bool, need_tag: bool = False) -> None:
-        """Record ``text[start:end]`` as a reference when it is one (variables only when certain)."""
+    def emit(self, start: int, end: int, context: str, certain: bool, need_tag: bool = False,
+             classification: str | None = None) -> None:
+        """Record ``text[start:end]`` as a reference when it is one (variables only when certain).
+
+        A value with variables in an image position is queued for :meth:`resolve_indirect`.
+        ``classification`` overrides the default (``image`` when certain, else ``uncertain``).
+        """
         if end <= start or (start, end) in self.hits:
             prev = self.hits.get((start, end))
             if prev is not None and certain and not prev.certain:
-                self.hits[(start, end)] = Found(**{**prev.__dict__, "certain": True, "context": context})
+                cls = classification or ("image" if prev.classification == "uncertain" else prev.classification)
+                self.hits[(start, end)] = Found(**{**prev.__dict__, "certain": True, "context": context,
+                                                   "classification": cls})
             return
         value = self.text[start:end]
         if "$" in value or "{" in value:
-            if not certain:
-                return
-            ref = None
+            if certain and classification is None:
+                self.pending.append((start, end, context))
+            return
         else:
             ref = try_parse_reference(value)
             if ref is None or ref.repository == "library/scratch" and not ref.tag:
                 return
             if need_tag and not (ref.tag or ref.digest):
                 return
+        cls = classification or ("image" if certain else "uncertain")
+        self.hits[(start, end)] = self._found(start, end, ref, context, certain, cls)
+
+    def _found(self, start: int, end: int, ref: ImageReference | None, context: str, certain: bool, cls: str,
+               resolved: ImageReference | None = None, via: tuple[int, int] | None = None) -> Found:
         line = self.line_of(start)
         col = start - self.starts[line - 1]
-        self.hits[(start, end)] = Found(self.path, line, col, col + (end - start), start, end, value, ref, context, certain)
+        return Found(self.path, line, col, col + (end - start), start, end, self.text[start:end], ref, context, certain,
+                     cls, resolved, via)
+
+    def resolve_indirect(self) -> None:
+        """Classify every queued reference built from variables (see :func:`_resolve_indirect`)."""
+        parts_of_composites: set[str] = set()
+        whole: set[str] = set()
+        for start, end, context in self.pending:
+            _resolve_indirect(self, start, end, context, parts_of_composites, whole)
+        # a definition used only as a *part* of a composite reference is no reference of its own:
+        # rewriting it would break the composite (``FROM ${IMAGE}:${TAG}`` with ``ARG IMAGE=kics``)
+        for name in parts_of_composites - whole:
+            _, s, e = self.vars.get(name, ("", -1, -1))
+            hit = self.hits.get((s, e))
+            if hit is not None and hit.classification in ("image", "uncertain"):
+                del self.hits[(s, e)]
 
     def results(self) -> list[Found]:
         return [self.hits[k] for k in sorted(self.hits)]
+
+
+_VAR = re.compile(r"\$(?:\{(?P<b>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-=])(?P<d>[^}]*))?\}|\((?P<p>[A-Za-z_][A-Za-z0-9_]*)\)"
+                  r"|(?P<n>[A-Za-z_][A-Za-z0-9_]*))")
+
+
+def _lookup(t: _Text, name: str, depth: int = 0) -> tuple[str | None, tuple[int, int] | None]:
+    """(value, span of the definition that holds it whole) of variable ``name``; (None, None) when unknown."""
+    if name in t.vars:
+        value, s, e = t.vars[name]
+        m = _VAR.fullmatch(value)
+        if m and depth < 3:  # ``KICS="${KICS_IMAGE:-checkmarx/kics:latest}"``: the default is the definition
+            inner = m.group("b") or m.group("p") or m.group("n")
+            got, span = _lookup(t, inner, depth + 1)
+            if got is not None:
+                return got, span
+            if m.group("d") is not None:
+                ds = s + m.start("d")
+                return m.group("d"), (ds, ds + len(m.group("d")))
+            return None, None
+        if "$" in value:
+            got = _expand(t, value, depth + 1)
+            return got, None
+        return value, (s, e)
+    if name in t.env:
+        return t.env[name], None
+    return None, None
+
+
+def _expand(t: _Text, value: str, depth: int = 0) -> str | None:
+    """``value`` with every variable replaced; None when one has no value."""
+    out: list[str] = []
+    pos = 0
+    for m in _VAR.finditer(value):
+        out.append(value[pos:m.start()])
+        name = m.group("b") or m.group("p") or m.group("n")
+        got = _lookup(t, name, depth)[0] if depth < 4 else None
+        if got is None:
+            got = m.group("d") if m.group("d") is not None and m.group("op") in (":-", "-", ":=", "=") else None
+        if got is None:
+            return None
+        out.append(got)
+        pos = m.end()
+    out.append(value[pos:])
+    return "".join(out)
+
+
+def _resolve_indirect(t: _Text, start: int, end: int, context: str, parts: set[str], whole: set[str]) -> None:
+    """One reference built from variables, classified.
+
+    - ``$X`` / ``${X}`` with ``X`` defined whole in this file: the definition becomes an ``image``
+      reference (pin rewrites it there) and this one is ``indirect`` with ``via`` pointing at it;
+    - ``${X:-image:tag}`` with ``X`` not defined here: the default is the ``image`` (rewritten in place);
+    - anything else (``${REG}/${IMG}:${TAG}``): ``indirect``, resolved when every variable has a
+      value in the file (or its ``.env``), never rewritten (no single span holds the whole reference).
+    """
+    value = t.text[start:end]
+    m = _VAR.fullmatch(value)
+    if m:
+        name = m.group("b") or m.group("p") or m.group("n")
+        whole.add(name)
+        got, span = _lookup(t, name)
+        if got is None and m.group("d") is not None and m.group("op") in (":-", "-"):
+            ds = start + m.start("d")
+            got, span = m.group("d"), (ds, ds + len(m.group("d")))
+        ref = try_parse_reference(got) if got is not None and "$" not in got else None
+        if ref is not None and span is not None:
+            t.emit(span[0], span[1], f"{context}<-{name}", True)
+            if span[0] >= start and span[1] <= end:  # the default sits inside this reference: it IS the reference
+                return
+        t.hits[(start, end)] = t._found(start, end, None, context, True, "indirect", ref,
+                                        span if ref is not None else None)
+        return
+    for vm in _VAR.finditer(value):
+        parts.add(vm.group("b") or vm.group("p") or vm.group("n"))
+    got = _expand(t, value)
+    ref = try_parse_reference(got) if got is not None else None
+    t.hits[(start, end)] = t._found(start, end, None, context, True, "indirect", ref, None)
 
 
 def _is_comment_before(line: str, col: int, markers: tuple[str, ...] = ("#",)) -> bool:
@@ -214,6 +345,16 @@ def _is_comment_before(line: str, col: int, markers: tuple[str, ...] = ("#",)) -
                 return True
             i = head.find(m, i + 1)
     return False
+
+
+def name_hint(text: str) -> ImageReference | None:
+    """The image an unresolvable reference names, judged by its text before the first variable
+    (``checkmarx/kics:${VERSION}`` -> ``checkmarx/kics``); None when a variable comes first."""
+    head = re.split(r"[$@{]", text, maxsplit=1)[0].rstrip(":")
+    slash, colon = head.rfind("/"), head.rfind(":")
+    if colon > slash:
+        head = head[:colon]
+    return try_parse_reference(head) if head and not head.endswith("/") else None
 
 
 _HINT_SUFFIXES = ("image", "img", "image_name", "image_ref", "imagename", "imageref", "image_uri", "container_image")
@@ -281,6 +422,11 @@ def _tokens(text: str, pos: int) -> Iterator[tuple[int, int, str]]:
             while pos < n and text[pos] not in _TOKEN_STOP and text[pos] not in "\"'":
                 if text[pos] == "\\" and pos + 1 < n and text[pos + 1] in "\r\n":
                     break
+                if text[pos] == "$" and text.startswith("(", pos + 1):  # ``$(IMAGE)`` (make) is one word
+                    close = text.find(")", pos)
+                    if close != -1 and "\n" not in text[pos:close]:
+                        pos = close + 1
+                        continue
                 pos += 1
             if pos == seg:  # a stop character this loop does not end words on (e.g. '(' or '$')
                 pos += 1
@@ -318,7 +464,7 @@ def _command_image(text: str, pos: int) -> tuple[int, int] | None:
 
 _DOCKER_URL = re.compile(r"docker://([A-Za-z0-9][A-Za-z0-9._/:@${}-]*)")
 _ASSIGN = re.compile(
-    r"^[ \t]*(?:export[ \t]+|readonly[ \t]+|local[ \t]+|declare[ \t]+(?:-\w+[ \t]+)*|override[ \t]+|ARG[ \t]+|ENV[ \t]+"
+    r"^\ufeff?[ \t]*(?:export[ \t]+|readonly[ \t]+|local[ \t]+|declare[ \t]+(?:-\w+[ \t]+)*|override[ \t]+|ARG[ \t]+|ENV[ \t]+"
     r"|def[ \t]+|(?:final[ \t]+)?String[ \t]+)?(?P<name>[A-Za-z_][A-Za-z0-9_]*)[ \t]*(?:\?=|::=|:=|\+=|=)(?!=)[ \t]*",
 )
 
@@ -353,10 +499,25 @@ def _assignment(t: _Text, line_start: int, line: str, context: str) -> None:
     else:
         e = pos
         while e < len(line) and line[e] not in " \t;#)\"'":
+            if line[e] == "$" and line.startswith("{", e + 1):  # ``${VAR:-image:tag}`` is one word
+                close = line.find("}", e)
+                e = close + 1 if close != -1 else len(line)
+                continue
             e += 1
         s = pos
-    certain = is_image_name(m.group("name"))
+    name = m.group("name")
+    t.define(name, line_start + s, line_start + e)
+    certain = is_image_name(name)
     value = line[s:e]
+    vm = _VAR.fullmatch(value)
+    if vm and vm.group("d") is not None:
+        inner = vm.group("b")
+        if certain or is_image_name(inner):
+            t.emit(line_start + s, line_start + e, context, True)
+        elif "/" in vm.group("d"):
+            ds = line_start + s + vm.start("d")
+            t.emit(ds, ds + len(vm.group("d")), context, False, need_tag=True)
+        return
     if not certain and "/" not in value:
         return
     t.emit(line_start + s, line_start + e, context, certain, need_tag=not certain)
@@ -365,7 +526,7 @@ def _assignment(t: _Text, line_start: int, line: str, context: str) -> None:
 # --------------------------------------------------------------------------------------------
 # YAML (line based, no re-rendering)
 
-_YAML_HEAD = re.compile(r"^(?P<ws>[ \t]*)(?P<dash>(?:-[ \t]+)*)"
+_YAML_HEAD = re.compile(r"^\ufeff?(?P<ws>[ \t]*)(?P<dash>(?:-[ \t]+)*)"
                         r"(?:(?P<key>[A-Za-z_][\w.-]*|\"[^\"\n]*\"|'[^'\n]*')[ \t]*:(?=[ \t]|$))?")
 _BLOCK_SCALAR = re.compile(r"^[|>][-+0-9]*[ \t]*(?:#.*)?$")
 _USES = re.compile(r"^(?P<repo>[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)(?P<sub>/[^@\s]*)?@(?P<ref>[^\s@]+)$")
@@ -470,10 +631,26 @@ _NOT_IMAGE_KEYS = ("repo", "path", "working-directory", "url", "context", "file"
 
 
 def _yaml_rule(kind: str, key: str | None, parents: list[str], dash: bool, value: str, azure_aliases: set[str],
-               only_image_keys: bool) -> tuple[str, bool] | None:
-    """(context, certain) when a YAML scalar at ``key`` (under ``parents``, innermost first) is an image reference."""
+               only_image_keys: bool) -> tuple[str, bool | str | None] | None:
+    """(context, certain) when a YAML scalar at ``key`` (under ``parents``, innermost first) is an image reference.
+
+    ``certain`` None: the position names something that is not an OCI image (``not-an-image``);
+    a string: that classification (``built-here``).
+    """
     parent = parents[0] if parents else None
     lkey = key.lower() if key else None
+    if lkey == "image" and kind == "circleci" and parent == "machine":
+        return "circleci:machine.image", None  # a VM image, not an OCI image
+    if lkey == "pipe" and kind == "bitbucket":
+        return "bitbucket:pipe", None  # a pipe repository; ``pipe: docker://...`` is the docker:// scanner's
+    if lkey == "bundle" and kind == "tekton":
+        return "tekton:bundle", True  # an OCI bundle, tagged or not
+    if kind == "github-workflow" and parent == "services" and key and parents[1:2] != ["-"]:
+        return "github:services", True  # ``services: {redis: redis:7}`` short form
+    if kind == "cloudbuild" and lkey == "name" and parents[:2] == ["-", "steps"]:
+        return "cloudbuild:steps.name", True
+    if kind == "cloudbuild" and parent == "images" and lkey is None:
+        return "cloudbuild:images", "built-here"  # images the build pushes
     if lkey == "image":
         return "yaml:image", True
     if lkey == "name" and parent == "image":
@@ -505,6 +682,7 @@ def _scan_yaml(t: _Text, kind: str, only_image_keys: bool = False) -> list[HelmI
     if kind == "azure":
         azure_aliases = {m.group(1) for m in re.finditer(r"^[ \t]*-[ \t]+container:[ \t]*['\"]?([\w.-]+)", t.text, re.M)}
     maps = _Mappings(t.path)
+    siblings: list[tuple[_Frame, int, int, str]] = []
     block_indent: int | None = None
     for lineno, ls, line in t.lines():
         stripped = line.strip()
@@ -547,43 +725,181 @@ def _scan_yaml(t: _Text, kind: str, only_image_keys: bool = False) -> list[HelmI
             if use is not None:
                 t.actions.append(use)
             continue
-        rule = _yaml_rule(kind, key, maps.parents(), bool(dash), value, azure_aliases, only_image_keys)
-        if rule is not None:
-            t.emit(ls + s, ls + e, rule[0], rule[1], need_tag=not rule[1])
-    return maps.finish()
+        _yaml_value(t, kind, key, maps, (ls + s, ls + e), siblings,
+                    (bool(dash), value, azure_aliases, only_image_keys))
+    helm = maps.finish()
+    _yaml_siblings(t, siblings)
+    return helm
+
+
+def _yaml_value(t: _Text, kind: str, key: str | None, maps: _Mappings, span: tuple[int, int],
+                siblings: list[tuple[_Frame, int, int, str]], rule_args: tuple[bool, str, set[str], bool]) -> None:
+    """One non-empty YAML scalar at ``span``: a variable definition, a sibling rule's candidate, a reference.
+
+    ``rule_args``: (list item, value, Azure container aliases, only image keys) for :func:`_yaml_rule`.
+    """
+    s, e = span
+    parents = maps.parents()
+    if key and parents and parents[0] in ("variables", "env"):
+        t.define(key, s, e)
+    if kind == "compose" and key == "image":
+        siblings.append((maps.stack[-1], s, e, "build"))
+    if kind == "tekton" and key == "value":
+        siblings.append((maps.stack[-1], s, e, "bundle"))
+    rule = _yaml_rule(kind, key, parents, *rule_args)
+    if rule is None:
+        return
+    if rule[1] is None or isinstance(rule[1], str):
+        t.emit(s, e, rule[0], False, classification=rule[1] or "not-an-image")
+    else:
+        t.emit(s, e, rule[0], rule[1], need_tag=not rule[1])
+
+
+def _yaml_siblings(t: _Text, siblings: list[tuple[_Frame, int, int, str]]) -> None:
+    """Rules that need the whole mapping: Compose ``image:`` beside ``build:`` names the image built
+    here (not one pulled); a Tekton resolver param ``{name: bundle, value: ...}`` is a bundle image."""
+    for frame, s, e, rule in siblings:
+        if rule == "build" and "build" in frame.children:
+            t.pending = [p for p in t.pending if (p[0], p[1]) != (s, e)]
+            t.hits[(s, e)] = t._found(s, e, try_parse_reference(t.text[s:e]), "compose:image+build", False, "built-here")
+        elif rule == "bundle" and (frame.children.get("name") or Span(0, 0, "", 0, 0)).text == "bundle":
+            t.emit(s, e, "tekton:resolver.bundle", True)
 
 
 # --------------------------------------------------------------------------------------------
 # Dockerfile, Jenkinsfile
 
-_FROM = re.compile(r"^[ \t]*FROM[ \t]+(?P<flags>(?:--\S+[ \t]+)*)(?P<img>[^\s\\]+)(?:[ \t]+AS[ \t]+(?P<stage>\S+))?", re.I | re.M)
-_COPY = re.compile(r"^[ \t]*(?:ONBUILD[ \t]+)?COPY[ \t]+(?P<flags>(?:--\S+[ \t]+)+)", re.I | re.M)
-_FROM_FLAG = re.compile(r"--from=(?P<v>[^\s\\'\"]+)")
+_DIRECTIVE = re.compile(r"^\ufeff?#[ \t]*(?P<k>[A-Za-z]+)[ \t]*=[ \t]*(?P<v>\S+)[ \t]*$")
+_HEREDOC = re.compile(r"<<-?[ \t]*(?P<q>[\"']?)(?P<w>[A-Za-z_][A-Za-z0-9_]*)(?P=q)")
+
+
+def _df_instructions(t: _Text) -> Iterator[tuple[str, int, int]]:
+    """(INSTRUCTION, start of its arguments, end of the instruction) for each Dockerfile instruction.
+
+    Follows the BuildKit parser: parser directives (``# syntax=``, ``# escape=``) only before the
+    first other line; lines continued with the escape character (``\\`` or a backtick) join,
+    comment lines inside a continuation are dropped; heredoc bodies (``RUN <<EOF``) are not
+    instructions. A UTF-8 byte-order mark before the first line is ignored.
+    """
+    escape = "\\"
+    lines = list(t.lines())
+    i, n = 0, len(lines)
+    directives = True
+    while i < n:
+        lineno, ls, line = lines[i]
+        body = line[1:] if i == 0 and line.startswith("\ufeff") else line
+        off = ls + (len(line) - len(body))
+        stripped = body.strip()
+        if directives:
+            dm = _DIRECTIVE.match(body)
+            if dm:
+                if dm.group("k").lower() == "escape" and dm.group("v") in ("`", "\\"):
+                    escape = dm.group("v")
+                elif dm.group("k").lower() == "syntax":
+                    vs = off + dm.start("v")
+                    t.emit(vs, vs + len(dm.group("v")), "dockerfile:syntax", True)
+                i += 1
+                continue
+            directives = False
+        if not stripped or stripped.startswith("#"):
+            i += 1
+            continue
+        lead = len(body) - len(body.lstrip())
+        word_end = lead
+        while word_end < len(body) and not body[word_end].isspace():
+            word_end += 1
+        instr = body[lead:word_end].upper()
+        args = off + word_end
+        j = i
+        while lines[j][2].rstrip().endswith(escape) and j + 1 < n:
+            j += 1
+            while j + 1 < n and (not lines[j][2].strip() or lines[j][2].lstrip().startswith("#")):
+                j += 1
+        end = lines[j][1] + len(lines[j][2])
+        yield instr, args, end
+        i = j + 1
+        for hm in _HEREDOC.finditer(t.text, args, end):
+            word = hm.group("w")
+            while i < n and lines[i][2].strip() != word:
+                i += 1
+            i += 1
+
+
+def _df_words(t: _Text, pos: int, end: int) -> list[tuple[int, int, str]]:
+    """Whitespace-separated words of ``text[pos:end]``; an escaped line break (and comment lines after it) is space."""
+    text = t.text
+    out: list[tuple[int, int, str]] = []
+    i = pos
+    while i < end:
+        c = text[i]
+        if c in " \t\r\n":
+            if c == "\n":
+                k = i + 1
+                while k < end and text[k] in " \t":
+                    k += 1
+                if text.startswith("#", k):  # a comment line inside a continuation
+                    nl = text.find("\n", k)
+                    i = nl if nl != -1 and nl < end else end
+                    continue
+            i += 1
+            continue
+        if c in "\\`" and i + 1 < end and text[i + 1] in "\r\n":
+            i += 1
+            continue
+        s = i
+        while i < end and text[i] not in " \t\r\n" and not (text[i] in "\\`" and i + 1 < end and text[i + 1] in "\r\n"):
+            i += 1
+        out.append((s, i, text[s:i]))
+    return out
+
+
+def _df_source(t: _Text, s: int, e: int, stages: set[str], context: str) -> None:
+    """An image named by ``FROM``/``--from=``/``from=``: skipped when it is a stage (by name or index)."""
+    v = t.text[s:e]
+    if v.lower() in stages or v.isdigit() or v.lower() == "scratch":
+        return
+    t.emit(s, e, context, True)
 
 
 def _scan_dockerfile(t: _Text) -> None:
-    text = t.text
+    """Every instruction that names an image: ``FROM``, ``COPY --from``, ``RUN --mount=...,from=``, ``# syntax=``.
+
+    ``ARG`` and ``ENV`` values are variables (resolved for ``FROM $VAR`` by :func:`_resolve_indirect`).
+    Build stages (``AS name``) are not images; ``ONBUILD`` wraps the instruction it names.
+    """
+    instrs = list(_df_instructions(t))
     stages: set[str] = set()
-    for m in _FROM.finditer(text):
-        if m.group("stage"):
-            stages.add(m.group("stage").lower())
-    for m in _FROM.finditer(text):
-        img = m.group("img")
-        if img.lower() in stages or img.lower() == "scratch":
+    for instr, a, e in instrs:
+        if instr == "FROM":
+            words = _df_words(t, a, e)
+            for k, (_, _, w) in enumerate(words):
+                if w.upper() == "AS" and k + 1 < len(words):
+                    stages.add(words[k + 1][2].lower())
+    for instr, a, e in instrs:
+        words = _df_words(t, a, e)
+        if instr == "ONBUILD" and words:
+            instr = words[0][2].upper()
+            words = words[1:]
+        if instr in ("ARG", "ENV"):
+            line_start = t.starts[t.line_of(a) - 1]
+            _assignment(t, line_start, t.text[line_start:e], "dockerfile:" + instr)
             continue
-        t.emit(m.start("img"), m.end("img"), "dockerfile:FROM", True)
-    for m in _COPY.finditer(text):
-        fm = _FROM_FLAG.search(m.group("flags"))
-        if not fm:
+        if instr == "FROM":
+            img = next((w for w in words if not w[2].startswith("--")), None)
+            if img is not None:
+                _df_source(t, img[0], img[1], stages, "dockerfile:FROM")
             continue
-        v = fm.group("v")
-        if v.lower() in stages or v.isdigit():
-            continue
-        s = m.start("flags") + fm.start("v")
-        t.emit(s, s + len(v), "dockerfile:COPY--from", True)
-    for _, ls, line in t.lines():
-        if line.lstrip().upper().startswith(("ARG ", "ENV ")):
-            _assignment(t, ls, line, "dockerfile:" + line.lstrip()[:3].upper())
+        for ws, _, w in words:
+            if not w.startswith("--"):
+                break
+            if instr in ("COPY", "ADD") and w.startswith("--from="):
+                _df_source(t, ws + 7, ws + len(w), stages, f"dockerfile:{instr}--from")
+            elif instr == "RUN" and w.startswith("--mount="):
+                off = ws + 8
+                for field_ in w[8:].split(","):
+                    if field_.startswith("from="):
+                        _df_source(t, off + 5, off + len(field_), stages, "dockerfile:RUN--mount")
+                    off += len(field_) + 1
     _scan_commands(t)
 
 
@@ -605,13 +921,31 @@ def _scan_jenkinsfile(t: _Text) -> list[HelmImage]:
     return _scan_yaml(t, "yaml", only_image_keys=True)
 
 
+_JSON_IMAGE = re.compile(r'"image"[ \t]*:[ \t]*"(?P<v>[^"\\\n]*)"')
+_QUADLET_IMAGE = re.compile(r"^[ \t]*Image[ \t]*=[ \t]*(?P<v>[^\s#;]+)[ \t]*$", re.M)
+
+
+def _scan_devcontainer(t: _Text) -> None:
+    """devcontainer.json: ``"image"``; its ``//`` comments are skipped (the format is JSON with comments)."""
+    for m in _JSON_IMAGE.finditer(t.text):
+        if not t.in_comment(m.start(), ("//",)):
+            t.emit(m.start("v"), m.end("v"), "devcontainer:image", True)
+
+
 # --------------------------------------------------------------------------------------------
 # Entry points
 
 
-def scan_text(path: str, text: str, kind: str) -> FileScan:
-    """Every reference in one file's text, by format ``kind`` (see :func:`tasks.scan.ci_files.classify`)."""
+def scan_text(path: str, text: str, kind: str, env: dict[str, str] | None = None) -> FileScan:
+    """Every reference in one file's text, by format ``kind`` (see :func:`tasks.scan.ci_files.classify`).
+
+    ``env``: variables from outside the file (a Compose project's ``.env``) for resolving
+    indirect references; they make a reference resolvable, never rewritable here.
+    """
+    if kind == "yaml" and "tekton.dev/" in text and re.search(r"^apiVersion:[ \t]*['\"]?tekton\.dev/", text, re.M):
+        kind = "tekton"  # Tekton resources live under any name; their apiVersion says what they are
     t = _Text(path, text)
+    t.env = dict(env or {})
     fs = FileScan(path, kind, text)
     if kind in YAML_KINDS:
         fs.helm = _scan_yaml(t, kind)
@@ -620,11 +954,17 @@ def scan_text(path: str, text: str, kind: str) -> FileScan:
         _scan_dockerfile(t)
     elif kind == "jenkinsfile":
         fs.helm = _scan_jenkinsfile(t)
+    elif kind == "devcontainer":
+        _scan_devcontainer(t)
+    elif kind == "quadlet":
+        for m in _QUADLET_IMAGE.finditer(text):
+            t.emit(m.start("v"), m.end("v"), "quadlet:Image", True)
     elif kind in ("makefile", "shell"):
         for _, ls, line in t.lines():
             if not line.lstrip().startswith("#"):
                 _assignment(t, ls, line, f"{kind}:assignment")
         _scan_commands(t)
+    t.resolve_indirect()
     fs.actions = t.actions
     fs.found = t.results()
     return fs
@@ -727,7 +1067,26 @@ def _scan_one(
     if kind is None:
         return rel if report_mentions and not rel.lower().endswith(PROSE_SUFFIXES) else None
     assert isinstance(kind, str)
-    return scan_text(rel, text, kind)
+    return scan_text(rel, text, kind, env=_dotenv(os.path.dirname(path)) if kind == "compose" else None)
+
+
+_DOTENV = re.compile(r"^[ \t]*(?:export[ \t]+)?([A-Za-z_][A-Za-z0-9_]*)[ \t]*=[ \t]*(.*?)[ \t]*$")
+
+
+def _dotenv(folder: str) -> dict[str, str]:
+    """A Compose project's ``.env`` (``KEY=value`` lines, quotes removed); empty when there is none."""
+    data = _read_capped(os.path.join(folder, ".env"))
+    if not isinstance(data, bytes):
+        return {}
+    out: dict[str, str] = {}
+    for line in data.decode("utf-8", "replace").splitlines():
+        m = _DOTENV.match(line)
+        if m and not line.lstrip().startswith("#"):
+            v = m.group(2)
+            if len(v) >= 2 and v[0] == v[-1] and v[0] in "\"'":
+                v = v[1:-1]
+            out.setdefault(m.group(1), v)
+    return out
 
 
 _UNSET: object = object()

@@ -129,7 +129,8 @@ def repository_targets(inventory: Inventory) -> tuple[list[Target], dict[str, st
             failures[f"repository {repo.name}"] = str(e)
             continue
         for fs in res.files:
-            refs = [f.ref for f in fs.found if f.certain and f.ref is not None]
+            # the scanner's one classification: images, and what resolvable indirect references pull
+            refs = [f.target for f in fs.found if f.classification in ("image", "indirect") and f.target is not None]
             for h in fs.helm:
                 if h.ref is not None and h.tag is not None and h.tag.text and not (h.digest and h.digest.text):
                     try:

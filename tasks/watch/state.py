@@ -50,6 +50,8 @@ CREATE TABLE IF NOT EXISTS signatures(reference TEXT PRIMARY KEY, digest TEXT NO
 CREATE TABLE IF NOT EXISTS log_positions(path TEXT PRIMARY KEY, offset INTEGER NOT NULL, lines INTEGER NOT NULL,
     inode INTEGER, updated_at TEXT);
 CREATE TABLE IF NOT EXISTS outages(source TEXT PRIMARY KEY, since TEXT NOT NULL, error TEXT);
+CREATE TABLE IF NOT EXISTS action_tags(repository TEXT NOT NULL, tag TEXT NOT NULL, commit_sha TEXT NOT NULL,
+    first_seen TEXT NOT NULL, PRIMARY KEY(repository, tag));
 CREATE TABLE IF NOT EXISTS pending_alerts(id INTEGER PRIMARY KEY AUTOINCREMENT, event TEXT NOT NULL, queued_at TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0);
 """
@@ -107,6 +109,19 @@ class WatchState(AbstractContextManager["WatchState"]):
             "ON CONFLICT(reference) DO UPDATE SET digest=excluded.digest, changed_at=excluded.changed_at",
             [(r, d, at, at) for r, d in changes.items()],
         )
+
+    # -- action tags (the commit each tag pointed at when first seen: a later move is a force-push)
+
+    def action_tags(self, repository: str) -> dict[str, str]:
+        """``{tag: commit SHA}`` as first seen for ``owner/repo`` (lowercase)."""
+        rows = self._db.execute("SELECT tag, commit_sha FROM action_tags WHERE repository = ?", (repository.lower(),))
+        return dict(rows)
+
+    def remember_action_tags(self, repository: str, tags: Mapping[str, str], when: datetime | None = None) -> None:
+        """Record tags not seen before; a tag already known keeps its first commit (so a move stays visible)."""
+        at = _stamp(when)
+        self._write("INSERT OR IGNORE INTO action_tags(repository, tag, commit_sha, first_seen) VALUES(?, ?, ?, ?)",
+                    [(repository.lower(), t, sha.lower(), at) for t, sha in tags.items()])
 
     # -- signatures
     def signatures(self) -> dict[str, tuple[str, str]]:

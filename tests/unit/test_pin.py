@@ -155,6 +155,11 @@ def test_classification():
     assert classify("Makefile") == "makefile"
     assert classify("bin/run.sh") == "shell"
     assert classify("main.go") is None
+    assert classify(".woodpecker.yml") == classify(".woodpecker/build.yaml") == "woodpecker"
+    assert classify("cloudbuild.yaml") == classify("deploy/cloudbuild-prod.yml") == "cloudbuild"
+    assert classify(".devcontainer/devcontainer.json") == classify(".devcontainer.json") == "devcontainer"
+    assert classify("deploy/app.container") == "quadlet"
+    assert classify("package.json") is None
 
 
 @pytest.mark.parametrize(("path", "kind", "definition"), [

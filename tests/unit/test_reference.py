@@ -36,7 +36,7 @@ def test_tricky_cases(text, name, tag, digest):
 
 
 @pytest.mark.parametrize("text", [
-    "", "  ", "Checkmarx/kics", "checkmarx/KICS:latest", "checkmarx/kics:", "checkmarx/kics:-bad",
+    "", "  ", "checkmarx/Kics", "checkmarx/KICS:latest", "checkmarx/kics:", "checkmarx/kics:-bad",
     "checkmarx/kics@sha256:abc", "checkmarx/kics@md5:" + "a" * 32, "a b", "checkmarx//kics", "/kics",
     "kics:" + "x" * 129, "host:port/x", "checkmarx/kics@" + D + "@" + D, "_x/y",
 ])
@@ -89,3 +89,15 @@ def test_round_trip(parts, tag, host):
     if host in ("", "docker.io/", "index.docker.io/", "registry-1.docker.io/") and not first_is_host:
         assert ref.registry == "docker.io"
     assert try_parse_reference(text) == ref
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(name_part, min_size=1, max_size=3), st.one_of(st.none(), tags),
+       st.sampled_from(["", "docker.io/", "index.docker.io/"]))
+def test_round_trip_under_library(parts, tag, host):
+    """``library/foo/bar`` must never shorten to ``foo/bar`` (another image)."""
+    text = host + "library/" + "/".join(parts) + (f":{tag}" if tag else "")
+    ref = parse_reference(text)
+    assert ref.repository == "library/" + "/".join(parts)
+    assert parse_reference(ref.familiar()) == ref
+    assert parse_reference(str(ref)) == ref

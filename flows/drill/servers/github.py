@@ -15,7 +15,7 @@ What it checks that a mock would not:
   header (the token must not travel to storage) and unknown signatures;
 * pull requests: a second open PR for the same head answers 422 "already exists".
 
-Control: ``add_repo``, ``add_run``, ``add_job``, ``add_file``, ``add_environment``,
+Control: ``add_repo``, ``add_commit``, ``move_tag``, ``add_run``, ``add_job``, ``add_file``, ``add_environment``,
 ``inject`` (one-shot faults: 429 + Retry-After, 5xx, 403 rate limit), ``calls``.
 """
 
@@ -309,6 +309,27 @@ class GitHubServer(ForgeServer):
         self.pulls.setdefault(full, [])
         return d
 
+    def add_commit(self, owner: str, repo: str, sha: str, *, date: datetime, parents: tuple[str, ...] = (),
+                   branches: tuple[str, ...] = (), tags: tuple[str, ...] = ()) -> None:
+        """A commit of ``owner/repo``'s fork network, with the branches/tags that point at it now.
+
+        Like GitHub, ``/repos/{owner}/{repo}/commits/{sha}`` answers for any commit of the network,
+        including one pushed only to a fork (the impostor-commit case): give it no branch or tag and
+        no descendant that has one. Pointing a tag at a new commit moves it (a force-pushed tag).
+        """
+        d = self.repos[f"{owner}/{repo}"]
+        d.setdefault("commits", {})[sha] = {"date": date, "parents": tuple(parents)}
+        for b in branches:
+            d.setdefault("branches", {})[b] = sha
+        for t in tags:
+            d.setdefault("tags", {})[t] = sha
+
+    def move_tag(self, owner: str, repo: str, tag: str, sha: str) -> None:
+        """Force-push ``tag`` to ``sha`` (which must be a known commit)."""
+        d = self.repos[f"{owner}/{repo}"]
+        assert sha in d.get("commits", {}), sha
+        d.setdefault("tags", {})[tag] = sha
+
     def rename_repo(self, owner: str, repo: str, new_owner: str, new_repo: str) -> None:
         """Move a repository; the old path then answers 301 like GitHub does for renamed/transferred repos."""
         d = self.repos.pop(f"{owner}/{repo}")
@@ -443,6 +464,10 @@ class GitHubServer(ForgeServer):
         self.route("GET", R + r"/environments/(?P<env>[^/]+)/secrets/(?P<name>[^/]+)", lambda r: self._get_secret(r, self._env_scope(r)))
         self.route("GET", r"/orgs/(?P<org>[^/]+)/actions/secrets/(?P<name>[^/]+)", lambda r: self._get_secret(r, self._org_scope(r)))
         self.route("GET", r"/orgs/(?P<org>[^/]+)/actions/secrets/(?P<name>[^/]+)/repositories", self._org_secret_repos)
+        self.route("GET", R + r"/commits/(?P<sha>[0-9a-fA-F]{7,40})", self._get_commit)
+        self.route("GET", R + r"/tags", lambda r: self._list_refs(r, "tags"))
+        self.route("GET", R + r"/branches", lambda r: self._list_refs(r, "branches"))
+        self.route("GET", R + r"/compare/(?P<base>[^.]+)\.\.\.(?P<head>[^/]+)", self._compare)
         self.route("GET", R + r"/pulls", self._list_pulls)
         self.route("POST", R + r"/pulls", self._create_pull)
         self.route("PATCH", R + r"/pulls/(?P<number>\d+)", self._update_pull)
@@ -479,6 +504,65 @@ class GitHubServer(ForgeServer):
         if entries:
             return Reply(200, [{"type": "file", "name": p.rsplit("/", 1)[-1], "path": p, "sha": "0" * 40} for p in entries])
         return self._not_found()
+
+    # git objects --------------------------------------------------------------
+
+    def _commit_sha(self, repo: dict[str, Any], ref: str) -> str | None:
+        """A branch, a tag or a (full) commit SHA -> the commit SHA."""
+        if ref in repo.get("branches", {}):
+            return repo["branches"][ref]
+        if ref in repo.get("tags", {}):
+            return repo["tags"][ref]
+        return ref.lower() if ref.lower() in repo.get("commits", {}) else None
+
+    def _get_commit(self, req: Request) -> Reply:
+        repo = self._repo_of(req)
+        sha = self._commit_sha(repo, req.group("sha")) if repo is not None else None
+        if sha is None:
+            return Reply(422, {"message": f"No commit found for SHA: {req.group('sha')}"})
+        c = repo["commits"][sha]
+        who = {"name": "dev", "email": "dev@example.com", "date": _iso(c["date"])}
+        return Reply(200, {"sha": sha, "commit": {"author": who, "committer": who, "message": "commit"},
+                           "parents": [{"sha": p} for p in c["parents"]],
+                           "html_url": f"https://github.com/{repo['full_name']}/commit/{sha}"})
+
+    def _list_refs(self, req: Request, kind: str) -> Reply:
+        repo = self._repo_of(req)
+        if repo is None:
+            return self._not_found()
+        items = [{"name": name, "commit": {"sha": sha}} for name, sha in sorted(repo.get(kind, {}).items())]
+        return self.paginate(req, items)
+
+    def _ancestors(self, repo: dict[str, Any], sha: str) -> set[str]:
+        seen: set[str] = set()
+        todo = [sha]
+        while todo:
+            cur = todo.pop()
+            if cur in seen or cur not in repo.get("commits", {}):
+                continue
+            seen.add(cur)
+            todo.extend(repo["commits"][cur]["parents"])
+        return seen
+
+    def _compare(self, req: Request) -> Reply:
+        """``GET /compare/BASE...HEAD``: ``behind``/``identical`` when HEAD is an ancestor of BASE."""
+        repo = self._repo_of(req)
+        if repo is None:
+            return self._not_found()
+        base, head = self._commit_sha(repo, req.group("base")), self._commit_sha(repo, req.group("head"))
+        if base is None or head is None:
+            return self._not_found()
+        a_base, a_head = self._ancestors(repo, base), self._ancestors(repo, head)
+        if base == head:
+            status = "identical"
+        elif head in a_base:
+            status = "behind"
+        elif base in a_head:
+            status = "ahead"
+        else:
+            status = "diverged"
+        return Reply(200, {"status": status, "ahead_by": len(a_head - a_base), "behind_by": len(a_base - a_head),
+                           "base_commit": {"sha": base}, "merge_base_commit": {"sha": max(a_base & a_head, default=base)}})
 
     # actions ------------------------------------------------------------------
 
