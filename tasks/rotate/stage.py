@@ -119,7 +119,7 @@ def plan_rotation(incident: str, advisory: Advisory, exposure: ExposureReport, i
         sec = m["secret"]
         strategy = sec.strategy or default_strategy(m["exposure"])
         consumers = []
-        for c in sec.consumers:
+        for c in sec.all_consumers():
             fields = c.model_dump(exclude_none=True)
             consumers.append({**fields, "id": consumer_id(fields, sec.name, inventory.backends)})
         jobs = sorted(m["jobs"])
@@ -127,11 +127,11 @@ def plan_rotation(incident: str, advisory: Advisory, exposure: ExposureReport, i
         if sec.backend == "manual":
             where = sec.ref.get("where") or sec.owner or "where it was issued"
             reason = f"rotate by hand ({where}) and confirm; {m['exposure']} exposure by {len(jobs)} job(s)"
-        items.append(PlanItem(
-            target=f"secret:{sec.name}", action="rotate", kind=sec.backend, reason=reason,
-            params={"backend": sec.backend, "ref": dict(sec.ref), "strategy": strategy, "consumers": consumers,
-                    "exposed_by": jobs, "exposure": m["exposure"], "names": sorted(m["names"])},
-        ))
+        params = {"backend": sec.backend, "ref": dict(sec.ref), "strategy": strategy, "consumers": consumers,
+                  "exposed_by": jobs, "exposure": m["exposure"], "names": sorted(m["names"])}
+        if sec.issuer is not None:
+            params["issuer"] = sec.issuer.model_dump(exclude_none=True)
+        items.append(PlanItem(target=f"secret:{sec.name}", action="rotate", kind=str(sec.backend), reason=reason, params=params))
         evidence += [f"{sec.name}: exposed to {j}" for j in jobs]
     return Plan(stage="rotate", incident=incident, advisory=advisory.id, items=items, evidence=evidence, notes=notes)
 
