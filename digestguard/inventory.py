@@ -257,14 +257,16 @@ class Secret(_Model):
             if self.issuer is not None and self.issuer.kind in DRIVEN_ISSUERS:
                 self.backend = self.issuer.kind  # type: ignore[assignment]
                 self.ref = self.ref or dict(self.issuer.ref)
+            elif self.issuer is not None:
+                # an issuer the playbook cannot drive: a person revokes and re-issues; writing a random
+                # string into the stores would only look like a rotation
+                self.backend = "manual"
+                self.ref = self.ref or ({"where": self.issuer.where} if self.issuer.where else {})
             elif self.stores:
                 store = self.primary_store()
                 assert store is not None
                 self.backend = store.kind
                 self.ref = self.ref or store.location()
-            elif self.issuer is not None:
-                self.backend = "manual"
-                self.ref = self.ref or ({"where": self.issuer.where} if self.issuer.where else {})
             else:
                 raise ValueError(f"secret {self.name}: needs an issuer, stores or a backend")
         return self
@@ -275,7 +277,7 @@ class Secret(_Model):
 
     def store_copies(self) -> list[Consumer]:
         """Every store except the one the rotation writes first, as consumers to update."""
-        first = self.primary_store() if self.backend in STORE_KINDS else None
+        first = self.primary_store() if self.backend in STORE_KINDS or self.backend == "manual" else None
         return [Consumer(kind=s.kind, **s.location()) for s in self.stores if s is not first]
 
     def all_consumers(self) -> list[Consumer]:

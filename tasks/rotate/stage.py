@@ -45,10 +45,12 @@ secret's rotation; results, journal rows and log lines carry ids and versions.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from prefect import task
@@ -61,6 +63,7 @@ from digestguard.findings import ActionOutcome, ExposureReport, StageResult
 from digestguard.inventory import Inventory
 from digestguard.journal import Journal
 from digestguard.plan import Approval, Plan, PlanItem, require_approved
+from tasks import contain
 from tasks.connect import Connections
 from tasks.rotate.backends import (
     BACKENDS,
@@ -73,8 +76,12 @@ from tasks.rotate.backends import (
     read_stash,
     write_consumer,
 )
+from tasks.rotate.issuers import current_material
 
 STAGE = "rotate"
+PROBE_WAIT_SECONDS = 30.0
+"""How long the old-credential probe keeps asking before "still accepted" (issuers converge: IAM takes seconds).
+``DIGESTGUARD_PROBE_WAIT_SECONDS`` overrides it (tests against servers that never refuse)."""
 _EXPOSURE_ORDER = {"clear": 0, "probable": 1, "confirmed": 2}
 _log = logging.getLogger("digestguard.rotate")
 
@@ -152,7 +159,8 @@ class _Rotation:
     """The journaled steps of one secret's rotation. Re-running ``run`` is the same as resuming it."""
 
     def __init__(self, plan: Plan, item: PlanItem, journal: Journal, clients: Connections, approver: str,
-                 confirm_manual: ConfirmManual | None, log: logging.Logger | logging.LoggerAdapter) -> None:
+                 confirm_manual: ConfirmManual | None, log: logging.Logger | logging.LoggerAdapter,
+                 held: dict[str, Any] | None = None, approved_at: datetime | None = None, probe_wait: float = 30.0) -> None:
         self.plan, self.item, self.journal, self.clients = plan, item, journal, clients
         self.approver, self.confirm_manual, self.log = approver, confirm_manual, log
         self.name = item.target.removeprefix("secret:")
@@ -160,6 +168,12 @@ class _Rotation:
         self.acted = False
         self.manual: list[ActionOutcome] = []
         self.notes: list[str] = []
+        self.held = held if held is not None else {}  # the exposed value, in memory only, kept across retries
+        self.approved_at = approved_at or datetime.now(timezone.utc)
+        self.probe_wait = probe_wait
+        self.contain: ActionOutcome | None = None
+        self.prober = contain.prober_for(str(self.p.get("backend")), self.p.get("ref") or {}, self.p.get("issuer"),
+                                         clients.backends)
 
     # -- journal plumbing ------------------------------------------------------------
     def _get(self, action: str):
@@ -205,7 +219,8 @@ class _Rotation:
                      for c in self.p.get("consumers", [])]
         revoke_first = self.p.get("strategy") == "revoke-first"
         iam = isinstance(backend, AwsIamKey)
-        stash = next((c for c in consumers if c.kind in ("vault-kv", "aws-secretsmanager") and not c.get("field")), None) if iam else None
+        stash = (next((c for c in consumers if c.kind in ("vault-kv", "aws-secretsmanager") and not c.get("field")), None)
+                 if backend.needs_stash else None)
         detail: dict[str, Any] = {"backend": self.p["backend"], "strategy": self.p.get("strategy")}
 
         if iam:
@@ -213,10 +228,16 @@ class _Rotation:
             revoked = self._prepare_iam(backend, stash, revoke_first)
             if revoked is not None:
                 detail["revoked"] = revoked
+                self._prove_old()
+        else:
+            if stash is not None:
+                backend.stash_reader = lambda: read_stash(stash, self.clients)  # type: ignore[attr-defined]
+            self._hold_old(backend)
 
         version = self._new_version(backend, stash)
         if revoke_first and not iam:
             detail["revoked"] = self.step("revoke-old", lambda: backend.revoke(version), version)
+            self._prove_old()
 
         version, updated, failures = self._consumers(backend, consumers, version, stash)
         detail["version"] = version
@@ -238,6 +259,7 @@ class _Rotation:
                                   f"{sorted(failures)} could not be updated; fix them and re-run")
             errors = "; ".join(f"{cid}: {e}" for cid, e in sorted(failures.items()))
             self._record("rotate", "failed", {"version": version}, error=errors[:500])
+            self._prove_new(backend, version)
             return ActionOutcome(stage=STAGE, target=self.item.target, action="rotate", outcome="failed", detail=detail,
                                  error=errors)
         if not revoke_first:
@@ -245,9 +267,11 @@ class _Rotation:
                 detail["revoked"] = self.step("revoke-old", lambda: backend.revoke_keys(backend.old))  # type: ignore[attr-defined]
             else:
                 detail["revoked"] = self.step("revoke-old", lambda: backend.revoke(version), version)
+            self._prove_old()
         detail["revoked"] = {k: v for k, v in (detail.get("revoked") or {}).items() if k != "version"}
         acted = self.acted
         self.step("rotate", lambda: {"consumers": len(updated)}, version)
+        self._prove_new(backend, version)
         return ActionOutcome(stage=STAGE, target=self.item.target, action="rotate",
                              outcome="done" if acted else "already-done", detail=detail)
 
@@ -257,6 +281,7 @@ class _Rotation:
         backend.old = list(self.step("old-keys", lambda: {"old": backend.old_keys()})["old"])
         if stash is not None:
             backend.stash_reader = lambda: read_stash(stash, self.clients)
+        self._hold_old(backend)
         if revoke_first:
             return self.step("revoke-old", lambda: backend.revoke_keys(backend.old))
         room = self.step("make-room", lambda: {"deleted_keys": backend.make_room(backend.old)})
@@ -282,8 +307,7 @@ class _Rotation:
                 self._record("new-version", "failed", error=f"{type(exc).__name__}: {exc}"[:500])
                 raise
         self.acted = True
-        if stash is not None:  # IAM: the pair goes to its stash before the key counts as made
-            assert isinstance(backend, AwsIamKey)
+        if stash is not None:  # IAM, tokens, passwords: the credential goes to its stash before it counts as made
             mat = backend.material(version)
             try:
                 self.step(f"consumer:{stash.kind}:{stash.id}", lambda: write_consumer(stash, self.name, mat, self.clients,
@@ -291,7 +315,7 @@ class _Rotation:
             except Exception as exc:
                 # the stash refused: a key whose secret is stored nowhere must not stay active
                 made = version
-                self.step("discard-lost-key", lambda: (backend.discard(made), {"access_key_id": made})[1], made)
+                self.step("discard-lost-key", lambda: (backend.discard(made), {"access_key_id": made})[1], made)  # type: ignore[attr-defined]
                 self._record("new-version", "failed", {"lost": made}, error=f"stash write failed: {type(exc).__name__}"[:500])
                 raise
         self._record("new-version", "done", {"version": version, "stash": stash.id if stash else None})
@@ -307,9 +331,8 @@ class _Rotation:
             try:
                 material = backend.material(version)
             except Lost:
-                assert isinstance(backend, AwsIamKey)
                 lost = version
-                self.step("discard-lost-key", lambda: (backend.discard(lost), {"access_key_id": lost})[1], lost)
+                self.step("discard-lost-key", lambda: (backend.discard(lost), {"access_key_id": lost})[1], lost)  # type: ignore[attr-defined]
                 self._record("new-version", "failed", {"lost": lost},
                              error=f"Lost: key {lost} was created but its secret was stored nowhere; replaced")
                 self.notes.append(f"{self.name}: new key {lost} was lost in a crash before any consumer stored it; deleted and replaced")
@@ -333,6 +356,68 @@ class _Rotation:
             except DigestguardError as exc:
                 failures[c.id] = exc
         return version, updated, failures
+
+    # -- proof of death ---------------------------------------------------------------
+    def _hold_old(self, backend: Backend) -> None:
+        """Read the exposed value once, before anything changes (memory only): the old-credential probe sends it."""
+        if "old" in self.held or self.prober is None or self._done("old-refused", None) is not None:
+            return
+        if self._get("new-version") is not None or self._get("revoke-old") is not None:
+            self.held["old"] = None  # a resumed run: the exposed value may already be replaced; do not mistake the new one
+            return
+        self.held["old"] = current_material(backend)
+        if self.held["old"] is not None:
+            # the value must work before the rotation, or its refusal afterwards proves nothing
+            before = self.prober(self.held["old"])
+            self._record("old-alive-before", "done", {"verdict": before.verdict, "evidence": before.evidence})
+            if before.verdict == "refused":
+                self.held["old"] = None
+                self.held["not_live"] = before.evidence
+
+    def _prove_old(self) -> None:
+        """Probe the issuer with the exposed value until it is refused (or the wait ends); journal when and how."""
+        if self.prober is None or self._done("old-refused", None) is not None:
+            return
+        old = self.held.get("old")
+        if old is None:
+            return
+        res = contain.until(self.prober, old, "refused", within=self.probe_wait)
+        now = datetime.now(timezone.utc)
+        detail = {"verdict": res.verdict, "evidence": res.evidence, "at": now.isoformat(),
+                  "seconds_since_approval": round((now - self.approved_at).total_seconds(), 3)}
+        self._record("old-refused", "done" if res.verdict == "refused" else "failed", detail,
+                     error=None if res.verdict == "refused" else f"old credential {res.verdict}: {res.evidence}"[:500])
+        self.log.info("rotate %s old credential %s %.1f s after approval", self.item.target, res.verdict,
+                      detail["seconds_since_approval"])
+
+    def _prove_new(self, backend: Backend, version: str) -> None:
+        """Probe with the new value, then set the containment outcome (``rotated`` only when old refused and new works)."""
+        old_row = self._get("old-refused")
+        old = (contain.ProbeResult(old_row.detail.get("verdict", "unknown"), old_row.detail.get("evidence", ""))
+               if old_row else None)
+        new = None
+        if self.prober is not None:
+            prior = self._done("new-works", version)
+            if prior is not None:
+                new = contain.ProbeResult(prior["verdict"], prior["evidence"])
+            else:
+                try:
+                    new = contain.until(self.prober, backend.material(version), "accepted", within=self.probe_wait)
+                except Lost:
+                    new = contain.ProbeResult("unknown", "the new value can no longer be read")
+                self._record("new-works", "done" if new.verdict == "accepted" else "failed",
+                             {"verdict": new.verdict, "evidence": new.evidence, "version": version})
+        outcome, text = contain.outcome(old, new, has_probe=self.prober is not None, old_held=old_row is not None)
+        if old_row is None and self.held.get("not_live"):
+            text = f"the held copy was already refused before the rotation ({self.held['not_live']}); revocation unproven"
+        detail: dict[str, Any] = {
+            "issuer": (self.p.get("issuer") or {}).get("kind") or self.p.get("backend"), "containment": text,
+            "old_refused": bool(old and old.verdict == "refused"), "new_works": bool(new and new.verdict == "accepted"),
+            "old_evidence": old.evidence if old else None, "new_evidence": new.evidence if new else None, "version": version}
+        if old_row is not None and old and old.verdict == "refused":
+            detail["seconds_to_old_refused"] = old_row.detail.get("seconds_since_approval")
+        self.contain = ActionOutcome(stage=STAGE, target=self.item.target, action="contain", outcome=outcome, detail=detail,
+                                     error=None if outcome == "done" else text)
 
     # -- things a person does ----------------------------------------------------------
     def _ask(self, item: PlanItem) -> bool:
@@ -377,7 +462,8 @@ def _ids(detail: Mapping[str, Any]) -> str:
 
 def apply_rotation(plan: Plan, approval: Approval | None, inventory: Inventory, journal: Journal, *,
                    clients: Connections | Mapping[str, Any] | None = None, confirm_manual: ConfirmManual | None = None,
-                   max_workers: int = 4, attempts: int = 3, backoff: float = 1.0) -> StageResult:
+                   max_workers: int = 4, attempts: int = 3, backoff: float = 1.0,
+                   probe_wait: float | None = None) -> StageResult:
     """Rotate every secret of an approved plan, journaled and resumable; one secret's failure does not stop the others.
 
     ``clients``: the run's :class:`~tasks.connect.Connections` (left open), or ready clients by name
@@ -386,9 +472,13 @@ def apply_rotation(plan: Plan, approval: Approval | None, inventory: Inventory, 
     (a person, or the drill's auto-confirm); without it they come back ``needs-person``.
     Retryable errors (429/5xx) re-run the secret's rotation up to ``attempts`` times,
     which is safe because every step resumes from the journal.
+    Each secret's containment (``tasks/contain.py``: old refused by its issuer? new accepted?) is a
+    ``contain`` entry of ``verification``; ``probe_wait`` bounds how long the old value is re-probed.
     """
     approval = require_approved(plan, approval)
     approver = ",".join(approval.approvers)
+    if probe_wait is None:
+        probe_wait = float(os.environ.get("DIGESTGUARD_PROBE_WAIT_SECONDS") or PROBE_WAIT_SECONDS)
     log = _logger()
     result = StageResult(stage=STAGE, plan_hash=plan.hash, approved_by=list(approval.approvers), notes=list(plan.notes))
     journal.event(plan.incident, STAGE, "rotate-started", {"plan_hash": plan.hash, "items": len(plan.items)})
@@ -397,16 +487,22 @@ def apply_rotation(plan: Plan, approval: Approval | None, inventory: Inventory, 
     lock = threading.Lock()
 
     def one(item: PlanItem) -> tuple[ActionOutcome, list[ActionOutcome], list[str]]:
-        rot = _Rotation(plan, item, journal, pool_clients, approver, confirm_manual, log)
+        held: dict[str, Any] = {}
+
+        def rotation() -> _Rotation:
+            return _Rotation(plan, item, journal, pool_clients, approver, confirm_manual, log, held, approval.at, probe_wait)
+
+        rot = rotation()
         for n in range(1, attempts + 1):
             try:
-                return rot.run(), rot.manual, rot.notes
+                out = rot.run()
+                return out, rot.manual + ([rot.contain] if rot.contain else []), rot.notes
             except IntegrationError as e:
                 if e.retryable and n < attempts:
                     wait = min(getattr(e, "retry_after", None) or backoff * 2 ** (n - 1), 30.0)
                     log.warning("rotate %s: %s; retrying in %.1f s", item.target, e, wait)
                     time.sleep(wait)
-                    rot = _Rotation(plan, item, journal, pool_clients, approver, confirm_manual, log)
+                    rot = rotation()
                     continue
                 error = str(e)
             except (DigestguardError, Lost) as e:
@@ -438,7 +534,8 @@ def _with_outcomes(result: StageResult, outcomes: list[tuple[ActionOutcome, list
     """The stage result with every secret's outcome, its manual items and notes, and a verification per new version."""
     actions, notes, verification = list(result.actions), list(result.notes), list(result.verification)
     for outcome, manual, more in outcomes:
-        actions += [outcome, *manual]
+        actions += [outcome, *[m for m in manual if m.action != "contain"]]
+        verification += [m for m in manual if m.action == "contain"]
         notes += more
         if outcome.outcome in ("done", "already-done") and outcome.detail.get("version") is not None:
             verification.append(ActionOutcome(stage=STAGE, target=outcome.target, action="verify", outcome="done",

@@ -41,8 +41,8 @@ def test_new_style_secret_derives_backend_and_turns_other_stores_into_copies(tmp
     assert key.backend == "aws-iam-access-key" and key.ref == {"user": "ci-deployer"}
     assert [c.kind for c in key.all_consumers()] == ["vault-kv", "aws-secretsmanager", "github-actions-secret"]
     assert key.all_consumers()[0].path == "ci/aws"
-    # a manual issuer with a single store: the store is the rotation's backend, nothing else is a copy
-    assert token.backend == "vault-kv" and token.ref == {"path": "ci/registry"} and token.store_copies() == []
+    # a manual issuer: a person's item (no random string written into its store), the store is not a copy to overwrite
+    assert token.backend == "manual" and token.ref == {"where": "the vendor's console"} and token.store_copies() == []
     assert token.issuer_kind() == "manual" and token.issuer.probe.refused_status == [401]
     assert inv.warnings() == [] and not caplog.records
 
