@@ -335,6 +335,7 @@ class Backends(_Model):
     vault_database_mount: str = "database"
     aws_region: str | None = None
     aws_endpoint_url: str | None = None
+    aws_cloudtrail_endpoint_url: str | None = Field(None, description="CloudTrail endpoint override (default: aws_endpoint_url)")
     azure_vault_url: str | None = None
     azure_tenant_id: str | None = None
     azure_client_id: str | None = None

@@ -195,7 +195,8 @@ class IncidentReport(Model):
                 what = "rejected" if a.decision == "reject" else "not decided (timed out)"
                 items.append(f"{a.stage}: plan {a.plan_hash[7:19]} was {what}"
                              + (f": {a.reason}" if a.reason else ""))
-        return list(dict.fromkeys(items))
+        # a credential used after its exposure is the most urgent thing a person must look at: first
+        return sorted(dict.fromkeys(items), key=lambda x: 0 if "used-after-exposure" in x else 1)
 
     def timeline_actions(self) -> list[ActionMark]:
         """Timed actions: the journal's when given, else the stage results placed at their approval (or the end)."""

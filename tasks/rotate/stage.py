@@ -63,7 +63,7 @@ from digestguard.findings import ActionOutcome, ExposureReport, StageResult
 from digestguard.inventory import Inventory
 from digestguard.journal import Journal
 from digestguard.plan import Approval, Plan, PlanItem, require_approved
-from tasks import contain
+from tasks import contain, used
 from tasks.connect import Connections
 from tasks.rotate.backends import (
     BACKENDS,
@@ -135,7 +135,8 @@ def plan_rotation(incident: str, advisory: Advisory, exposure: ExposureReport, i
             where = sec.ref.get("where") or sec.owner or "where it was issued"
             reason = f"rotate by hand ({where}) and confirm; {m['exposure']} exposure by {len(jobs)} job(s)"
         params = {"backend": sec.backend, "ref": dict(sec.ref), "strategy": strategy, "consumers": consumers,
-                  "exposed_by": jobs, "exposure": m["exposure"], "names": sorted(m["names"])}
+                  "exposed_by": jobs, "exposure": m["exposure"], "names": sorted(m["names"]),
+                  "exposed_from": exposure.window_start.isoformat()}
         if sec.issuer is not None:
             params["issuer"] = sec.issuer.model_dump(exclude_none=True)
         items.append(PlanItem(target=f"secret:{sec.name}", action="rotate", kind=str(sec.backend), reason=reason, params=params))
@@ -369,7 +370,8 @@ class _Rotation:
         if self.held["old"] is not None:
             # the value must work before the rotation, or its refusal afterwards proves nothing
             before = self.prober(self.held["old"])
-            self._record("old-alive-before", "done", {"verdict": before.verdict, "evidence": before.evidence})
+            self._record("old-alive-before", "done", {"verdict": before.verdict, "evidence": before.evidence,
+                                                      "at": datetime.now(timezone.utc).isoformat()})
             if before.verdict == "refused":
                 self.held["old"] = None
                 self.held["not_live"] = before.evidence
@@ -416,8 +418,40 @@ class _Rotation:
             "old_evidence": old.evidence if old else None, "new_evidence": new.evidence if new else None, "version": version}
         if old_row is not None and old and old.verdict == "refused":
             detail["seconds_to_old_refused"] = old_row.detail.get("seconds_since_approval")
+        usage = self._used_after_exposure(old_row)
+        if usage is not None:
+            detail["used_after_exposure"] = usage.verdict
+            detail["used_evidence"] = usage.evidence[:10]
         self.contain = ActionOutcome(stage=STAGE, target=self.item.target, action="contain", outcome=outcome, detail=detail,
                                      error=None if outcome == "done" else text)
+        if usage is not None and usage.verdict == "yes":
+            self.manual.append(ActionOutcome(stage=STAGE, target=self.item.target, action="used-after-exposure",
+                                             outcome="needs-person", error=usage.person_item(self.name),
+                                             detail={"source": usage.source, "evidence": usage.evidence[:20]}))
+
+    def _used_after_exposure(self, old_row: Any) -> used.Usage | None:
+        """Was the exposed value used between the start of exposure and its refusal? From the issuer's own trail."""
+        if not self.p.get("exposed_from"):
+            return None
+        prior = self._done("used-after-exposure", None)
+        if prior is not None and prior.get("verdict") in ("yes", "no"):
+            return used.Usage(prior["verdict"], prior["source"], datetime.fromisoformat(prior["start"]),
+                              datetime.fromisoformat(prior["end"]), list(prior.get("evidence") or []))
+        start = datetime.fromisoformat(str(self.p["exposed_from"]))
+        refused = old_row is not None and old_row.detail.get("verdict") == "refused"
+        end = datetime.fromisoformat(old_row.detail["at"]) if refused else datetime.now(timezone.utc)
+        alive = self._get("old-alive-before")
+        ours = (used.ProbeWindow(datetime.fromisoformat(alive.detail["at"]), end)
+                if alive is not None and alive.detail.get("at") else None)
+        issuer = self.p.get("issuer") or {}
+        ref = {**dict(self.p.get("ref") or {}), **dict(issuer.get("ref") or {})}
+        old_keys = self._get("old-keys")
+        usage = used.usage_for(str(issuer.get("kind") or self.p.get("backend")), ref, self.held.get("old"),
+                               list(old_keys.detail.get("old") or []) if old_keys else [], self.clients.get, start, end, ours)
+        self._record("used-after-exposure", "done" if usage.verdict != "not-yet-known" else "started",
+                     {"verdict": usage.verdict, "source": usage.source, "start": start.isoformat(), "end": end.isoformat(),
+                      "evidence": usage.evidence[:20], "excluded": usage.excluded})
+        return usage
 
     # -- things a person does ----------------------------------------------------------
     def _ask(self, item: PlanItem) -> bool:
