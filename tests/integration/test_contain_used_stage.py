@@ -72,6 +72,13 @@ def test_iam_key_used_after_exposure_is_yes_and_tops_the_needs_person_list(tmp_p
     report = sample_report().model_copy(update={"rotate": result, "needs_person": ["an item listed before"]})
     first = report.all_needs_person()[0]
     assert "used-after-exposure secret:ci-used" in first and "investigate what ci-used did" in first
+    # the report (and the Slack summary built from summary_lines) shows the three answers and the time to death
+    assert any(x.startswith("Contained: 1 of 1 old credential(s) refused by their issuer (slowest ") and
+               x.endswith("s after approval); 1 used after exposure") for x in report.summary_lines())
+    md = report.markdown()
+    assert "## Containment" in md and "secret:ci-used: rotated; old refused: yes (" in md
+    assert "new works: yes; used after exposure: yes" in md and "198.51.100.23" in md
+    assert key["SecretAccessKey"] not in md
 
 
 @pytest.fixture()
