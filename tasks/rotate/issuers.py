@@ -222,6 +222,9 @@ def current_material(backend: Backend) -> Material | None:
             if isinstance(backend, AwsIamKey):
                 kid = stashed.get("access_key_id")
                 return stashed if kid is not None and kid.get_secret_value() in backend.old else None
+            if isinstance(backend, VaultToken) and stashed:
+                verdict, accessor = vault.token_probe(backend.client.url, stashed.get("value") or stashed["token"])
+                return None if verdict == "accepted" and accessor != backend.accessor else stashed  # a live other token: new
             return stashed or None
         if isinstance(backend, VaultStaticRole):
             creds = vault.db_static_credentials(backend.client, backend.role, mount=backend.mount)
@@ -234,3 +237,9 @@ def current_material(backend: Backend) -> Material | None:
     except (NotFound, KeyError, ValueError):
         return None
     return None
+
+
+def identifies_old(backend: Backend) -> bool:
+    """Whether :func:`current_material` tells the exposed value from a new one by itself (a key id, a token accessor),
+    so a resumed run may read it even after a write to the stash had started."""
+    return isinstance(backend, (AwsIamKey, VaultToken))

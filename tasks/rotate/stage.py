@@ -76,7 +76,7 @@ from tasks.rotate.backends import (
     read_stash,
     write_consumer,
 )
-from tasks.rotate.issuers import current_material
+from tasks.rotate.issuers import current_material, identifies_old
 
 STAGE = "rotate"
 PROBE_WAIT_SECONDS = 30.0
@@ -233,7 +233,7 @@ class _Rotation:
         else:
             if stash is not None:
                 backend.stash_reader = lambda: read_stash(stash, self.clients)  # type: ignore[attr-defined]
-            self._hold_old(backend)
+            self._hold_old(backend, stash)
 
         version = self._new_version(backend, stash)
         if revoke_first and not iam:
@@ -282,7 +282,7 @@ class _Rotation:
         backend.old = list(self.step("old-keys", lambda: {"old": backend.old_keys()})["old"])
         if stash is not None:
             backend.stash_reader = lambda: read_stash(stash, self.clients)
-        self._hold_old(backend)
+        self._hold_old(backend, stash)
         if revoke_first:
             return self.step("revoke-old", lambda: backend.revoke_keys(backend.old))
         room = self.step("make-room", lambda: {"deleted_keys": backend.make_room(backend.old)})
@@ -359,15 +359,19 @@ class _Rotation:
         return version, updated, failures
 
     # -- proof of death ---------------------------------------------------------------
-    def _hold_old(self, backend: Backend) -> None:
+    def _hold_old(self, backend: Backend, stash: ConsumerSpec | None) -> None:
         """Read the exposed value once, before anything changes (memory only): the old-credential probe sends it."""
         if "old" in self.held or self.prober is None or self._done("old-refused", None) is not None:
             return
-        if self._get("new-version") is not None or self._get("revoke-old") is not None:
-            self.held["old"] = None  # a resumed run: the exposed value may already be replaced; do not mistake the new one
+        # where the exposed value is read from: the stash for keys, tokens and passwords, else the backend itself;
+        # once a (resumed) run has written there, the value there may be the new one: never mistake it for the old
+        written = (self._get(f"consumer:{stash.kind}:{stash.id}") if backend.needs_stash and stash is not None
+                   else self._get("new-version"))
+        if written is not None and not identifies_old(backend):
+            self.held["old"] = None
             return
         self.held["old"] = current_material(backend)
-        if self.held["old"] is not None:
+        if self.held["old"] is not None and self._get("revoke-old") is None:
             # the value must work before the rotation, or its refusal afterwards proves nothing
             before = self.prober(self.held["old"])
             self._record("old-alive-before", "done", {"verdict": before.verdict, "evidence": before.evidence,
