@@ -11,6 +11,7 @@ together. See ``inventory.example.yaml`` at the repository root.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,7 @@ from digestguard.credentials import check_reference
 from digestguard.errors import InputError
 from digestguard.journal import JOURNAL_ENV, check_location, is_postgres_url
 
+_log = logging.getLogger("digestguard.inventory")
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: large inventories load fast
 
 
@@ -148,20 +150,155 @@ class Consumer(_Model):
 
 
 SecretBackend = Literal[
-    "vault-kv", "vault-database-static-role", "aws-iam-access-key", "aws-secretsmanager", "azure-keyvault", "gcp-secretmanager", "manual"
+    "vault-kv", "vault-database-static-role", "aws-iam-access-key", "aws-secretsmanager", "azure-keyvault", "gcp-secretmanager",
+    "postgres-role", "vault-token", "manual",
 ]
+
+StoreKind = Literal["vault-kv", "aws-secretsmanager", "azure-keyvault", "gcp-secretmanager"]
+STORE_KINDS: tuple[str, ...] = ("vault-kv", "aws-secretsmanager", "azure-keyvault", "gcp-secretmanager")
+"""Backends that only hold a copy of a credential: writing a new value there tells no issuer anything."""
+
+IssuerKind = Literal["aws-iam-access-key", "postgres-role", "vault-database-static-role", "vault-token",
+                     "dockerhub-pat", "gitlab-access-token", "manual"]
+DRIVEN_ISSUERS: tuple[str, ...] = ("aws-iam-access-key", "postgres-role", "vault-database-static-role", "vault-token")
+"""Issuers the rotate stage mints and revokes at itself (the others are a person's job)."""
+
+
+class Probe(_Model):
+    """A declared check of whether a credential still works, sent only to its own issuer's URL.
+
+    ``send``: ``bearer`` (``Authorization: Bearer <value>``), ``basic`` (``username`` + the value as
+    password) or ``header`` (the value in header ``header``). A status in ``refused_status`` means the
+    credential is dead; one in ``ok_status`` means it works; anything else proves nothing.
+    """
+
+    url: str
+    method: Literal["GET", "POST", "HEAD"] = "GET"
+    send: Literal["bearer", "basic", "header"] = "bearer"
+    header: str | None = None
+    username: str | None = Field(None, description="basic: the user name (not a secret)")
+    refused_status: list[int] = Field(default_factory=lambda: [401, 403])
+    ok_status: list[int] = Field(default_factory=lambda: [200])
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("https://", "http://")):
+            raise ValueError("a probe url must be http(s)://")
+        return v
+
+    @model_validator(mode="after")
+    def _needs(self) -> "Probe":
+        if self.send == "header" and not self.header:
+            raise ValueError("a probe with send: header needs 'header'")
+        if set(self.refused_status) & set(self.ok_status):
+            raise ValueError("a status cannot mean both refused and ok")
+        return self
+
+
+class Issuer(_Model):
+    """Where a credential is minted and revoked (the party that accepts it), and how to ask it about one."""
+
+    kind: IssuerKind
+    ref: dict[str, Any] = Field(default_factory=dict, description="issuer-specific: user, role, dsn, accessor, token name ...")
+    probe: Probe | None = Field(None, description="declared probe (manual and HTTP issuers); driven issuers have a built-in one")
+    where: str | None = Field(None, description="manual: where a person revokes and re-issues it")
+
+    @field_validator("ref")
+    @classmethod
+    def _refs(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for k in ("admin_password", "token"):
+            if isinstance(v.get(k), str):
+                _cred(v[k], f"issuer.ref.{k}")
+        return v
+
+
+class Store(_Model):
+    """A place a copy of the credential lives; one store of a secret is its ``primary``."""
+
+    kind: StoreKind
+    primary: bool = False
+    path: str | None = None
+    mount: str | None = None
+    key: str | None = None
+    name: str | None = None
+    project: str | None = None
+    field: str | None = Field(None, description="which part of the credential this copy holds (default: all / value)")
+
+    def location(self) -> dict[str, Any]:
+        """The store as a backend ``ref`` (primary) or consumer fields (other copies)."""
+        return self.model_dump(exclude_none=True, exclude={"kind", "primary"})
 
 
 class Secret(_Model):
-    """A credential the estate holds: where it lives (backend + ref) and who consumes it."""
+    """A credential the estate holds: its issuer, the stores holding copies, and the consumers using it.
+
+    Older inventories name one ``backend`` + ``ref`` (and consumers) instead; they keep loading. A new-style
+    entry may leave ``backend`` out: it is the issuer's kind when the playbook drives that issuer, else the
+    primary store's kind (or ``manual``). Stores other than the primary are updated like consumers.
+    """
 
     name: str
-    backend: SecretBackend
+    backend: SecretBackend | None = None
     ref: dict[str, Any] = Field(default_factory=dict, description="backend-specific location: path/mount, user, secret_id, name, project ...")
+    issuer: Issuer | None = None
+    stores: list[Store] = Field(default_factory=list)
     consumers: list[Consumer] = Field(default_factory=list)
     strategy: Literal["revoke-first", "overlap"] | None = Field(None, description="default: revoke-first on confirmed exposure, overlap otherwise")
     aliases: list[str] = Field(default_factory=list, description="other names CI files use for it (e.g. AWS_ACCESS_KEY_ID)")
     owner: str | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> "Secret":
+        primaries = [s for s in self.stores if s.primary]
+        if len(primaries) > 1:
+            raise ValueError(f"secret {self.name}: {len(primaries)} stores are marked primary; mark one")
+        if len(self.stores) > 1 and not primaries:
+            raise ValueError(f"secret {self.name}: {len(self.stores)} stores and none marked primary; mark one")
+        if self.backend is None:
+            if self.issuer is not None and self.issuer.kind in DRIVEN_ISSUERS:
+                self.backend = self.issuer.kind  # type: ignore[assignment]
+                self.ref = self.ref or dict(self.issuer.ref)
+            elif self.issuer is not None:
+                # an issuer the playbook cannot drive: a person revokes and re-issues; writing a random
+                # string into the stores would only look like a rotation
+                self.backend = "manual"
+                self.ref = self.ref or ({"where": self.issuer.where} if self.issuer.where else {})
+            elif self.stores:
+                store = self.primary_store()
+                assert store is not None
+                self.backend = store.kind
+                self.ref = self.ref or store.location()
+            else:
+                raise ValueError(f"secret {self.name}: needs an issuer, stores or a backend")
+        return self
+
+    def primary_store(self) -> Store | None:
+        """The primary store (the only store when there is one)."""
+        return next((s for s in self.stores if s.primary), self.stores[0] if len(self.stores) == 1 else None)
+
+    def store_copies(self) -> list[Consumer]:
+        """Every store except the one the rotation writes first, as consumers to update."""
+        first = self.primary_store() if self.backend in STORE_KINDS or self.backend == "manual" else None
+        return [Consumer(kind=s.kind, **s.location()) for s in self.stores if s is not first]
+
+    def all_consumers(self) -> list[Consumer]:
+        """What the rotation updates after the new credential exists: the other stores, then the consumers."""
+        return [*self.store_copies(), *self.consumers]
+
+    def issuer_kind(self) -> str | None:
+        """The issuer's kind: declared, or implied by a backend that is an issuer (IAM, database roles, tokens)."""
+        if self.issuer is not None:
+            return self.issuer.kind
+        return self.backend if self.backend in DRIVEN_ISSUERS else None
+
+    def warnings(self) -> list[str]:
+        """What the inventory leaves unsaid about this secret that a responder needs to know."""
+        if self.issuer_kind() is None and (self.stores or self.backend in STORE_KINDS):
+            kinds = sorted({s.kind for s in self.stores} | ({self.backend} if self.backend in STORE_KINDS else set()))
+            return [f"secret {self.name}: has stores ({', '.join(kinds)}) but no issuer: rotating it only replaces the copies, "
+                    "the old credential keeps working wherever it was issued; add 'issuer' (kind, and a probe for a manual one)"]
+        return []
 
 
 class Repository(_Model):
@@ -200,6 +337,7 @@ class Backends(_Model):
     vault_database_mount: str = "database"
     aws_region: str | None = None
     aws_endpoint_url: str | None = None
+    aws_cloudtrail_endpoint_url: str | None = Field(None, description="CloudTrail endpoint override (default: aws_endpoint_url)")
     azure_vault_url: str | None = None
     azure_tenant_id: str | None = None
     azure_client_id: str | None = None
@@ -284,6 +422,10 @@ class Inventory(_Model):
             raise InputError("inventory", "the journal is on PostgreSQL, not in a file", "journal")
         return Path(location)
 
+    def warnings(self) -> list[str]:
+        """Every secret's warnings (see :meth:`Secret.warnings`), in inventory order."""
+        return [w for s in self.secrets for w in s.warnings()]
+
     def secret(self, name: str) -> Secret | None:
         for s in self.secrets:
             if s.name == name or name in s.aliases:
@@ -307,6 +449,8 @@ def parse_inventory(data: Any, source: str, base_dir: Path) -> Inventory:
         raise InputError(source, "invalid inventory\n" + "\n".join(lines)) from None
     except InputError as e:
         raise InputError(source, e.reason, e.field) from None
+    for w in inv.warnings():
+        _log.warning("%s: %s", source, w)
     return inv
 
 

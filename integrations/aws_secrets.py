@@ -23,6 +23,7 @@ Every function takes a boto3 ``secretsmanager`` client (see :func:`secrets_clien
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -275,3 +276,45 @@ def rotate_secret_value(
     if deliver is not None:
         deliver(value)
     return RotationOutcome(before.name, "put-value", new, before.current_version_id)
+
+
+DENY_SID = "DigestguardDenyExposedVersions"
+
+
+def all_version_ids(sm, secret_id: str) -> list[str]:
+    """Every version id of the secret, including deprecated (unlabelled) ones, which ``DescribeSecret`` leaves out."""
+    ids: list[str] = []
+    token: str | None = None
+    with aws_errors(_src(secret_id)):
+        while True:  # botocore has no paginator for this call: follow NextToken by hand
+            page = sm.list_secret_version_ids(SecretId=secret_id, IncludeDeprecated=True, MaxResults=100,
+                                              **({"NextToken": token} if token else {}))
+            ids += [str(v["VersionId"]) for v in page.get("Versions", [])]
+            token = page.get("NextToken")
+            if not token:
+                return ids
+
+
+def deny_versions(sm, secret_id: str, version_ids: list[str]) -> list[str]:
+    """Make exposed versions unreadable: a resource-policy statement denying ``GetSecretValue`` on their VersionIds.
+
+    Secrets Manager has no call that deletes one version, and an unlabelled version stays readable by its
+    VersionId; ``secretsmanager:VersionId`` is a condition key of ``GetSecretValue``, so an explicit Deny for
+    those ids (to every principal) closes that door. The statement is merged into the existing policy
+    (other statements kept; ids only added), so a re-run changes nothing. Returns every id it now denies.
+    """
+    with aws_errors(_src(secret_id)):
+        current = sm.get_resource_policy(SecretId=secret_id).get("ResourcePolicy")
+    policy = json.loads(current) if current else {"Version": "2012-10-17", "Statement": []}
+    statements = [st for st in policy.get("Statement", []) if st.get("Sid") != DENY_SID]
+    prior = next((st for st in policy.get("Statement", []) if st.get("Sid") == DENY_SID), None)
+    before = list(((prior or {}).get("Condition", {}).get("StringEquals", {}) or {}).get("secretsmanager:VersionId") or [])
+    denied = sorted(set(before) | set(version_ids))
+    if not denied:
+        return []
+    statements.append({"Sid": DENY_SID, "Effect": "Deny", "Principal": "*", "Action": "secretsmanager:GetSecretValue",
+                       "Resource": "*", "Condition": {"StringEquals": {"secretsmanager:VersionId": denied}}})
+    if denied != sorted(before):
+        with aws_errors(_src(secret_id)):
+            sm.put_resource_policy(SecretId=secret_id, ResourcePolicy=json.dumps({**policy, "Statement": statements}))
+    return denied

@@ -34,7 +34,7 @@ import requests
 from pydantic import SecretStr
 from requests.adapters import HTTPAdapter
 
-from digestguard.errors import InputError
+from digestguard.errors import InputError, NotFound, Refused, Unavailable
 from digestguard.timeutil import parse_time
 from integrations._errors import hvac_errors
 from integrations._rest import VAULT_READ_POLICY, urllib3_retry
@@ -54,6 +54,12 @@ __all__ = [
     "kv_soft_delete",
     "kv_version_matches",
     "kv_write",
+    "NewToken",
+    "audit_hash",
+    "token_create_like",
+    "token_lookup_accessor",
+    "token_probe",
+    "token_revoke_accessor",
 ]
 
 
@@ -346,3 +352,86 @@ def _int_or_none(value: object) -> int | None:
         return int(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
+
+
+# --------------------------------------------------------------------------- tokens (issuer: Vault/OpenBao itself)
+
+
+@dataclass(frozen=True)
+class NewToken:
+    """A token just created: its accessor (an id, safe to log) and the token itself (masked)."""
+
+    accessor: str
+    token: SecretStr = field(repr=False)
+
+
+def token_lookup_accessor(client: hvac.Client, accessor: str) -> dict[str, Any]:
+    """What Vault knows of the token behind ``accessor`` (policies, meta, ttl; never the token); ``NotFound`` once revoked."""
+    with _translate(client, "auth/token/lookup-accessor"):
+        try:
+            return dict(client.auth.token.lookup_accessor(accessor)["data"])
+        except hvac.exceptions.InvalidRequest as e:  # Vault answers 400 "invalid accessor" for a revoked one
+            raise NotFound(_source(client, "auth/token/lookup-accessor"), _first(e, "invalid accessor"), 404) from None
+
+
+def token_create_like(client: hvac.Client, like: Mapping[str, Any], *, meta: Mapping[str, str]) -> NewToken:
+    """An orphan token with the same policies, period/ttl and display name as ``like`` (a lookup-accessor answer)."""
+    policies = [p for p in (like.get("policies") or []) if p != "root"] or ["default"]
+    ttl = like.get("creation_ttl") or like.get("ttl") or None
+    with _translate(client, "auth/token/create-orphan"):
+        out = client.auth.token.create_orphan(policies=policies, ttl=f"{int(ttl)}s" if ttl else None,
+                                              period=f"{int(like['period'])}s" if like.get("period") else None,
+                                              display_name=str(like.get("display_name") or "digestguard").removeprefix("token-"),
+                                              meta=dict(meta), renewable=bool(like.get("renewable", True)))
+    auth = out["auth"]
+    return NewToken(accessor=str(auth["accessor"]), token=SecretStr(str(auth["client_token"])))
+
+
+def token_revoke_accessor(client: hvac.Client, accessor: str) -> bool:
+    """Revoke the token behind ``accessor`` (and its children); ``False`` when it was already gone."""
+    try:
+        token_lookup_accessor(client, accessor)
+    except NotFound:
+        return False
+    with _translate(client, "auth/token/revoke-accessor"):
+        client.auth.token.revoke_accessor(accessor)
+    return True
+
+
+def token_accessors(client: hvac.Client) -> list[str]:
+    """Every token accessor (needs ``sudo`` on ``auth/token/accessors``)."""
+    with _translate(client, "auth/token/accessors"):
+        out = client.auth.token.list_accessors()
+    return [str(a) for a in (out.get("data") or {}).get("keys") or []]
+
+
+def token_probe(addr: str, token: SecretLike, *, timeout: float = 10, verify: bool | str = True) -> tuple[str, str]:
+    """``lookup-self`` with ``token`` at ``addr`` (its own issuer): ``("accepted", accessor)`` or ``("refused", status)``.
+
+    No retry and no other endpoint: the token travels once, to the Vault that issued it.
+    """
+    url = f"{addr.rstrip('/')}/v1/auth/token/lookup-self"
+    try:
+        r = requests.get(url, headers={"X-Vault-Token": reveal(token, source="vault token")}, timeout=timeout, verify=verify)
+    except (requests.ConnectionError, requests.Timeout) as e:
+        raise Unavailable(f"vault {addr} auth/token/lookup-self", f"no answer: {type(e).__name__}") from None
+    if r.status_code == 200:
+        return "accepted", str((r.json().get("data") or {}).get("accessor") or "")
+    if r.status_code in (401, 403):
+        return "refused", str(r.status_code)
+    raise Unavailable(f"vault {addr} auth/token/lookup-self", f"unexpected answer {r.status_code}", r.status_code)
+
+
+def audit_hash(client: hvac.Client, device: str, value: SecretLike) -> str:
+    """The ``hmac-sha256:...`` that audit device ``device`` writes for ``value`` (``sys/audit-hash``)."""
+    with _translate(client, f"sys/audit-hash/{device}"):
+        out = client.sys.calculate_hash(device, reveal(value, source="audited value"))
+    text = str((out.get("data") or out).get("hash") or "")
+    if not text.startswith("hmac-"):
+        raise Refused(_source(client, f"sys/audit-hash/{device}"), "no hash in the answer")
+    return text
+
+
+def _first(e: Exception, default: str) -> str:
+    errors = [str(x) for x in (getattr(e, "errors", None) or []) if x]
+    return "; ".join(errors)[:200] if errors else default

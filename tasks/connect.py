@@ -27,6 +27,7 @@ from digestguard.credentials import resolve
 from digestguard.errors import InputError
 from digestguard.inventory import Backends, DockerEngine, Inventory, KubernetesCluster, Registry
 from integrations import (
+    aws_cloudtrail,
     aws_iam,
     aws_secrets,
     azure_keyvault,
@@ -42,7 +43,7 @@ from integrations import (
 )
 
 Forge = Literal["github", "gitlab"]
-BACKEND_CLIENTS = ("vault", "iam", "secretsmanager", "azure", "gcp", "github", "gitlab")
+BACKEND_CLIENTS = ("vault", "iam", "secretsmanager", "azure", "gcp", "github", "gitlab", "cloudtrail")
 
 
 def host_of(url: str) -> str:
@@ -142,6 +143,11 @@ def backend_client(name: str, b: Backends) -> Any:
         if b.aws_region:
             kwargs["region_name"] = b.aws_region
         return (aws_iam.iam_client if name == "iam" else aws_secrets.secrets_client)(**kwargs)
+    if name == "cloudtrail":  # "was the exposed key used?": its own endpoint (moto has no LookupEvents)
+        ct: dict[str, Any] = {"endpoint_url": b.aws_cloudtrail_endpoint_url or b.aws_endpoint_url}
+        if b.aws_region:
+            ct["region_name"] = b.aws_region
+        return aws_cloudtrail.cloudtrail_client(**ct)
     if name == "azure":
         return _azure_client(b)
     if name == "gcp":

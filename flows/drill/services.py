@@ -6,6 +6,7 @@ naming the missing package when its program is not installed.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -64,16 +65,24 @@ def bao_binary() -> str:
     return path
 
 
-def start_openbao(timeout: float = 20.0) -> OpenBaoServer:
-    """``bao server -dev`` on a free loopback port with a random root token and a private HOME."""
+def start_openbao(timeout: float = 20.0, *, audit_log: str | None = None) -> OpenBaoServer:
+    """``bao server -dev`` on a free loopback port with a random root token and a private HOME.
+
+    ``audit_log``: also a file audit device named ``file`` writing there (OpenBao 2.x only
+    accepts audit devices from its config file, not over the API).
+    """
     binary = bao_binary()
     port = free_port()
     token = "root-" + secrets.token_hex(8)
     home = tempfile.mkdtemp(prefix="dg-bao-")  # bao -dev writes ~/.vault-token: keep it out of the real home
     env = {**os.environ, "HOME": home, "BAO_ADDR": f"http://127.0.0.1:{port}"}
     log = open(os.path.join(home, "bao.log"), "wb")
-    proc = subprocess.Popen([binary, "server", "-dev", f"-dev-root-token-id={token}", f"-dev-listen-address=127.0.0.1:{port}"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    argv = [binary, "server", "-dev", f"-dev-root-token-id={token}", f"-dev-listen-address=127.0.0.1:{port}"]
+    if audit_log:
+        cfg = Path(home, "audit.hcl")
+        cfg.write_text('audit "file" "file" {\n  options {\n    file_path = %s\n  }\n}\n' % json.dumps(str(audit_log)))
+        argv.append(f"-config={cfg}")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
     log.close()
     addr = f"http://127.0.0.1:{port}"
     server = OpenBaoServer(addr=addr, token=token, process=proc, home=home)

@@ -27,7 +27,7 @@ from pydantic import Field
 
 from digestguard._model import Model
 from digestguard.advisory import Advisory, Window
-from digestguard.findings import DetectResult, ExposureReport, StageResult
+from digestguard.findings import ActionOutcome, DetectResult, ExposureReport, StageResult
 from digestguard.journal import Journal
 from digestguard.markdown import md_cell, md_table
 from digestguard.plan import Approval
@@ -195,7 +195,8 @@ class IncidentReport(Model):
                 what = "rejected" if a.decision == "reject" else "not decided (timed out)"
                 items.append(f"{a.stage}: plan {a.plan_hash[7:19]} was {what}"
                              + (f": {a.reason}" if a.reason else ""))
-        return list(dict.fromkeys(items))
+        # a credential used after its exposure is the most urgent thing a person must look at: first
+        return sorted(dict.fromkeys(items), key=lambda x: 0 if "used-after-exposure" in x else 1)
 
     def timeline_actions(self) -> list[ActionMark]:
         """Timed actions: the journal's when given, else the stage results placed at their approval (or the end)."""
@@ -284,7 +285,42 @@ class IncidentReport(Model):
             if name == "pin" and self.pull_requests:
                 line += f" in {len(self.pull_requests)} pull request(s)"
             lines.append(line)
+        contained = self.containment_line()
+        if contained:
+            lines.append(contained)
         return lines
+
+    def containment(self) -> list[ActionOutcome]:
+        """The rotate stage's proof per credential (``contain`` verifications)."""
+        return [v for v in (self.rotate.verification if self.rotate else []) if v.action == "contain"]
+
+    def containment_line(self) -> str | None:
+        """One summary line: how many old credentials their issuers refuse, how fast, and how many were used."""
+        rows = self.containment()
+        if not rows:
+            return None
+        dead = [r for r in rows if r.detail.get("old_refused") and r.detail.get("new_works")]
+        secs = [float(r.detail["seconds_to_old_refused"]) for r in dead if r.detail.get("seconds_to_old_refused") is not None]
+        used = sum(1 for r in rows if r.detail.get("used_after_exposure") == "yes")
+        line = f"Contained: {len(dead)} of {len(rows)} old credential(s) refused by their issuer"
+        if secs:
+            line += f" (slowest {max(secs):.1f} s after approval)"
+        if used:
+            line += f"; {used} used after exposure"
+        return line
+
+    def containment_rows(self) -> list[str]:
+        """Per credential: the three answers (old dead? new works? used after exposure?) and the evidence."""
+        out = []
+        for r in self.containment():
+            d = r.detail
+            secs = d.get("seconds_to_old_refused")
+            out.append(f"{r.target}: {d.get('containment')}; old refused: {'yes' if d.get('old_refused') else 'no'}"
+                       + (f" ({float(secs):.1f} s after approval)" if secs is not None else "")
+                       + f"; new works: {'yes' if d.get('new_works') else 'no'}"
+                       + f"; used after exposure: {d.get('used_after_exposure', 'not-yet-known')}")
+            out += [f"  {line}" for line in (d.get("used_evidence") or [])[:5]]
+        return out
 
     def markdown(self, limit: int = ROW_LIMIT) -> str:
         """The incident report as Markdown (Prefect artifact, tickets)."""
@@ -302,6 +338,11 @@ class IncidentReport(Model):
         md += ["## Still needs a person", ""]
         md += [f"- [ ] {md_cell(x)}" for x in people] if people else ["_Nothing: every item was handled._"]
         md.append("")
+        contained = self.containment_rows()
+        if contained:
+            md += ["## Containment", ""]
+            md += [(f"  - {md_cell(x.strip())}" if x.startswith("  ") else f"- {md_cell(x)}") for x in contained]
+            md.append("")
         if self.pull_requests:
             md += ["## Pull requests", ""]
             for p in self.pull_requests:

@@ -256,7 +256,10 @@ class AwsSecretsManager(Backend):
         return {"value": cur.value}
 
     def revoke(self, version: str | None) -> dict[str, Any]:
-        return {"retired": aws_secrets.retire_previous(self.client, self.secret_id)}
+        """AWSPREVIOUS off the exposed version, and every older version made unreadable by VersionId (resource policy)."""
+        retired = aws_secrets.retire_previous(self.client, self.secret_id)
+        old = [v for v in aws_secrets.all_version_ids(self.client, self.secret_id) if v != version]
+        return {"retired": retired, "denied_versions": aws_secrets.deny_versions(self.client, self.secret_id, old)}
 
     def verify(self, version: str) -> tuple[bool, str]:
         cur = aws_secrets.describe_secret(self.client, self.secret_id).current_version_id

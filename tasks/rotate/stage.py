@@ -45,10 +45,12 @@ secret's rotation; results, journal rows and log lines carry ids and versions.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from prefect import task
@@ -62,6 +64,7 @@ from digestguard.findings import ActionOutcome, ExposureReport, StageResult
 from digestguard.inventory import Inventory
 from digestguard.journal import Holder, Journal, LeaseHeld, lease_wait_default
 from digestguard.plan import Approval, Plan, PlanItem, require_approved
+from tasks import contain, used
 from tasks.connect import Connections
 from tasks.rotate.backends import (
     BACKENDS,
@@ -74,8 +77,12 @@ from tasks.rotate.backends import (
     read_stash,
     write_consumer,
 )
+from tasks.rotate.issuers import current_material, identifies_old
 
 STAGE = "rotate"
+PROBE_WAIT_SECONDS = 30.0
+"""How long the old-credential probe keeps asking before "still accepted" (issuers converge: IAM takes seconds).
+``DIGESTGUARD_PROBE_WAIT_SECONDS`` overrides it (tests against servers that never refuse)."""
 _EXPOSURE_ORDER = {"clear": 0, "probable": 1, "confirmed": 2}
 _log = logging.getLogger("digestguard.rotate")
 
@@ -120,7 +127,7 @@ def plan_rotation(incident: str, advisory: Advisory, exposure: ExposureReport, i
         sec = m["secret"]
         strategy = sec.strategy or default_strategy(m["exposure"])
         consumers = []
-        for c in sec.consumers:
+        for c in sec.all_consumers():
             fields = c.model_dump(exclude_none=True)
             consumers.append({**fields, "id": consumer_id(fields, sec.name, inventory.backends)})
         jobs = sorted(m["jobs"])
@@ -128,11 +135,12 @@ def plan_rotation(incident: str, advisory: Advisory, exposure: ExposureReport, i
         if sec.backend == "manual":
             where = sec.ref.get("where") or sec.owner or "where it was issued"
             reason = f"rotate by hand ({where}) and confirm; {m['exposure']} exposure by {len(jobs)} job(s)"
-        items.append(PlanItem(
-            target=f"secret:{sec.name}", action="rotate", kind=sec.backend, reason=reason,
-            params={"backend": sec.backend, "ref": dict(sec.ref), "strategy": strategy, "consumers": consumers,
-                    "exposed_by": jobs, "exposure": m["exposure"], "names": sorted(m["names"])},
-        ))
+        params = {"backend": sec.backend, "ref": dict(sec.ref), "strategy": strategy, "consumers": consumers,
+                  "exposed_by": jobs, "exposure": m["exposure"], "names": sorted(m["names"]),
+                  "exposed_from": exposure.window_start.isoformat()}
+        if sec.issuer is not None:
+            params["issuer"] = sec.issuer.model_dump(exclude_none=True)
+        items.append(PlanItem(target=f"secret:{sec.name}", action="rotate", kind=str(sec.backend), reason=reason, params=params))
         evidence += [f"{sec.name}: exposed to {j}" for j in jobs]
     return Plan(stage="rotate", incident=incident, advisory=advisory.id, items=items, evidence=evidence, notes=notes)
 
@@ -153,7 +161,8 @@ class _Rotation:
     """The journaled steps of one secret's rotation. Re-running ``run`` is the same as resuming it."""
 
     def __init__(self, plan: Plan, item: PlanItem, journal: Journal, clients: Connections, approver: str,
-                 confirm_manual: ConfirmManual | None, log: logging.Logger | logging.LoggerAdapter) -> None:
+                 confirm_manual: ConfirmManual | None, log: logging.Logger | logging.LoggerAdapter,
+                 held: dict[str, Any] | None = None, approved_at: datetime | None = None, probe_wait: float = 30.0) -> None:
         self.plan, self.item, self.journal, self.clients = plan, item, journal, clients
         self.approver, self.confirm_manual, self.log = approver, confirm_manual, log
         self.name = item.target.removeprefix("secret:")
@@ -161,6 +170,12 @@ class _Rotation:
         self.acted = False
         self.manual: list[ActionOutcome] = []
         self.notes: list[str] = []
+        self.held = held if held is not None else {}  # the exposed value, in memory only, kept across retries
+        self.approved_at = approved_at or datetime.now(timezone.utc)
+        self.probe_wait = probe_wait
+        self.contain: ActionOutcome | None = None
+        self.prober = contain.prober_for(str(self.p.get("backend")), self.p.get("ref") or {}, self.p.get("issuer"),
+                                         clients.backends)
 
     # -- journal plumbing ------------------------------------------------------------
     def _get(self, action: str):
@@ -206,7 +221,8 @@ class _Rotation:
                      for c in self.p.get("consumers", [])]
         revoke_first = self.p.get("strategy") == "revoke-first"
         iam = isinstance(backend, AwsIamKey)
-        stash = next((c for c in consumers if c.kind in ("vault-kv", "aws-secretsmanager") and not c.get("field")), None) if iam else None
+        stash = (next((c for c in consumers if c.kind in ("vault-kv", "aws-secretsmanager") and not c.get("field")), None)
+                 if backend.needs_stash else None)
         detail: dict[str, Any] = {"backend": self.p["backend"], "strategy": self.p.get("strategy")}
 
         if iam:
@@ -214,10 +230,16 @@ class _Rotation:
             revoked = self._prepare_iam(backend, stash, revoke_first)
             if revoked is not None:
                 detail["revoked"] = revoked
+                self._prove_old()
+        else:
+            if stash is not None:
+                backend.stash_reader = lambda: read_stash(stash, self.clients)  # type: ignore[attr-defined]
+            self._hold_old(backend, stash)
 
         version = self._new_version(backend, stash)
         if revoke_first and not iam:
             detail["revoked"] = self.step("revoke-old", lambda: backend.revoke(version), version)
+            self._prove_old()
 
         version, updated, failures = self._consumers(backend, consumers, version, stash)
         detail["version"] = version
@@ -239,6 +261,7 @@ class _Rotation:
                                   f"{sorted(failures)} could not be updated; fix them and re-run")
             errors = "; ".join(f"{cid}: {e}" for cid, e in sorted(failures.items()))
             self._record("rotate", "failed", {"version": version}, error=errors[:500])
+            self._prove_new(backend, version)
             return ActionOutcome(stage=STAGE, target=self.item.target, action="rotate", outcome="failed", detail=detail,
                                  error=errors)
         if not revoke_first:
@@ -246,9 +269,11 @@ class _Rotation:
                 detail["revoked"] = self.step("revoke-old", lambda: backend.revoke_keys(backend.old))  # type: ignore[attr-defined]
             else:
                 detail["revoked"] = self.step("revoke-old", lambda: backend.revoke(version), version)
+            self._prove_old()
         detail["revoked"] = {k: v for k, v in (detail.get("revoked") or {}).items() if k != "version"}
         acted = self.acted
         self.step("rotate", lambda: {"consumers": len(updated)}, version)
+        self._prove_new(backend, version)
         return ActionOutcome(stage=STAGE, target=self.item.target, action="rotate",
                              outcome="done" if acted else "already-done", detail=detail)
 
@@ -258,6 +283,7 @@ class _Rotation:
         backend.old = list(self.step("old-keys", lambda: {"old": backend.old_keys()})["old"])
         if stash is not None:
             backend.stash_reader = lambda: read_stash(stash, self.clients)
+        self._hold_old(backend, stash)
         if revoke_first:
             return self.step("revoke-old", lambda: backend.revoke_keys(backend.old))
         room = self.step("make-room", lambda: {"deleted_keys": backend.make_room(backend.old)})
@@ -283,8 +309,7 @@ class _Rotation:
                 self._record("new-version", "failed", error=f"{type(exc).__name__}: {exc}"[:500])
                 raise
         self.acted = True
-        if stash is not None:  # IAM: the pair goes to its stash before the key counts as made
-            assert isinstance(backend, AwsIamKey)
+        if stash is not None:  # IAM, tokens, passwords: the credential goes to its stash before it counts as made
             mat = backend.material(version)
             try:
                 self.step(f"consumer:{stash.kind}:{stash.id}", lambda: write_consumer(stash, self.name, mat, self.clients,
@@ -292,7 +317,7 @@ class _Rotation:
             except Exception as exc:
                 # the stash refused: a key whose secret is stored nowhere must not stay active
                 made = version
-                self.step("discard-lost-key", lambda: (backend.discard(made), {"access_key_id": made})[1], made)
+                self.step("discard-lost-key", lambda: (backend.discard(made), {"access_key_id": made})[1], made)  # type: ignore[attr-defined]
                 self._record("new-version", "failed", {"lost": made}, error=f"stash write failed: {type(exc).__name__}"[:500])
                 raise
         self._record("new-version", "done", {"version": version, "stash": stash.id if stash else None})
@@ -308,9 +333,8 @@ class _Rotation:
             try:
                 material = backend.material(version)
             except Lost:
-                assert isinstance(backend, AwsIamKey)
                 lost = version
-                self.step("discard-lost-key", lambda: (backend.discard(lost), {"access_key_id": lost})[1], lost)
+                self.step("discard-lost-key", lambda: (backend.discard(lost), {"access_key_id": lost})[1], lost)  # type: ignore[attr-defined]
                 self._record("new-version", "failed", {"lost": lost},
                              error=f"Lost: key {lost} was created but its secret was stored nowhere; replaced")
                 self.notes.append(f"{self.name}: new key {lost} was lost in a crash before any consumer stored it; deleted and replaced")
@@ -334,6 +358,105 @@ class _Rotation:
             except DigestguardError as exc:
                 failures[c.id] = exc
         return version, updated, failures
+
+    # -- proof of death ---------------------------------------------------------------
+    def _hold_old(self, backend: Backend, stash: ConsumerSpec | None) -> None:
+        """Read the exposed value once, before anything changes (memory only): the old-credential probe sends it."""
+        if "old" in self.held or self.prober is None or self._done("old-refused", None) is not None:
+            return
+        # where the exposed value is read from: the stash for keys, tokens and passwords, else the backend itself;
+        # once a (resumed) run has written there, the value there may be the new one: never mistake it for the old
+        written = (self._get(f"consumer:{stash.kind}:{stash.id}") if backend.needs_stash and stash is not None
+                   else self._get("new-version"))
+        if written is not None and not identifies_old(backend):
+            self.held["old"] = None
+            return
+        self.held["old"] = current_material(backend)
+        if self.held["old"] is not None and self._get("revoke-old") is None:
+            # the value must work before the rotation, or its refusal afterwards proves nothing
+            before = self.prober(self.held["old"])
+            self._record("old-alive-before", "done", {"verdict": before.verdict, "evidence": before.evidence,
+                                                      "at": datetime.now(timezone.utc).isoformat()})
+            if before.verdict == "refused":
+                self.held["old"] = None
+                self.held["not_live"] = before.evidence
+
+    def _prove_old(self) -> None:
+        """Probe the issuer with the exposed value until it is refused (or the wait ends); journal when and how."""
+        if self.prober is None or self._done("old-refused", None) is not None:
+            return
+        old = self.held.get("old")
+        if old is None:
+            return
+        res = contain.until(self.prober, old, "refused", within=self.probe_wait)
+        now = datetime.now(timezone.utc)
+        detail = {"verdict": res.verdict, "evidence": res.evidence, "at": now.isoformat(),
+                  "seconds_since_approval": round((now - self.approved_at).total_seconds(), 3)}
+        self._record("old-refused", "done" if res.verdict == "refused" else "failed", detail,
+                     error=None if res.verdict == "refused" else f"old credential {res.verdict}: {res.evidence}"[:500])
+        self.log.info("rotate %s old credential %s %.1f s after approval", self.item.target, res.verdict,
+                      detail["seconds_since_approval"])
+
+    def _prove_new(self, backend: Backend, version: str) -> None:
+        """Probe with the new value, then set the containment outcome (``rotated`` only when old refused and new works)."""
+        old_row = self._get("old-refused")
+        old = (contain.ProbeResult(old_row.detail.get("verdict", "unknown"), old_row.detail.get("evidence", ""))
+               if old_row else None)
+        new = None
+        if self.prober is not None:
+            prior = self._done("new-works", version)
+            if prior is not None:
+                new = contain.ProbeResult(prior["verdict"], prior["evidence"])
+            else:
+                try:
+                    new = contain.until(self.prober, backend.material(version), "accepted", within=self.probe_wait)
+                except Lost:
+                    new = contain.ProbeResult("unknown", "the new value can no longer be read")
+                self._record("new-works", "done" if new.verdict == "accepted" else "failed",
+                             {"verdict": new.verdict, "evidence": new.evidence, "version": version})
+        outcome, text = contain.outcome(old, new, has_probe=self.prober is not None, old_held=old_row is not None)
+        if old_row is None and self.held.get("not_live"):
+            text = f"the held copy was already refused before the rotation ({self.held['not_live']}); revocation unproven"
+        detail: dict[str, Any] = {
+            "issuer": (self.p.get("issuer") or {}).get("kind") or self.p.get("backend"), "containment": text,
+            "old_refused": bool(old and old.verdict == "refused"), "new_works": bool(new and new.verdict == "accepted"),
+            "old_evidence": old.evidence if old else None, "new_evidence": new.evidence if new else None, "version": version}
+        if old_row is not None and old and old.verdict == "refused":
+            detail["seconds_to_old_refused"] = old_row.detail.get("seconds_since_approval")
+        usage = self._used_after_exposure(old_row)
+        if usage is not None:
+            detail["used_after_exposure"] = usage.verdict
+            detail["used_evidence"] = usage.evidence[:10]
+        self.contain = ActionOutcome(stage=STAGE, target=self.item.target, action="contain", outcome=outcome, detail=detail,
+                                     error=None if outcome == "done" else text)
+        if usage is not None and usage.verdict == "yes":
+            self.manual.append(ActionOutcome(stage=STAGE, target=self.item.target, action="used-after-exposure",
+                                             outcome="needs-person", error=usage.person_item(self.name),
+                                             detail={"source": usage.source, "evidence": usage.evidence[:20]}))
+
+    def _used_after_exposure(self, old_row: Any) -> used.Usage | None:
+        """Was the exposed value used between the start of exposure and its refusal? From the issuer's own trail."""
+        if not self.p.get("exposed_from"):
+            return None
+        prior = self._done("used-after-exposure", None)
+        if prior is not None and prior.get("verdict") in ("yes", "no"):
+            return used.Usage(prior["verdict"], prior["source"], datetime.fromisoformat(prior["start"]),
+                              datetime.fromisoformat(prior["end"]), list(prior.get("evidence") or []))
+        start = datetime.fromisoformat(str(self.p["exposed_from"]))
+        refused = old_row is not None and old_row.detail.get("verdict") == "refused"
+        end = datetime.fromisoformat(old_row.detail["at"]) if refused else datetime.now(timezone.utc)
+        alive = self._get("old-alive-before")
+        ours = (used.ProbeWindow(datetime.fromisoformat(alive.detail["at"]), end)
+                if alive is not None and alive.detail.get("at") else None)
+        issuer = self.p.get("issuer") or {}
+        ref = {**dict(self.p.get("ref") or {}), **dict(issuer.get("ref") or {})}
+        old_keys = self._get("old-keys")
+        usage = used.usage_for(str(issuer.get("kind") or self.p.get("backend")), ref, self.held.get("old"),
+                               list(old_keys.detail.get("old") or []) if old_keys else [], self.clients.get, start, end, ours)
+        self._record("used-after-exposure", "done" if usage.verdict != "not-yet-known" else "started",
+                     {"verdict": usage.verdict, "source": usage.source, "start": start.isoformat(), "end": end.isoformat(),
+                      "evidence": usage.evidence[:20], "excluded": usage.excluded})
+        return usage
 
     # -- things a person does ----------------------------------------------------------
     def _ask(self, item: PlanItem) -> bool:
@@ -379,7 +502,7 @@ def _ids(detail: Mapping[str, Any]) -> str:
 def apply_rotation(plan: Plan, approval: Approval | None, inventory: Inventory, journal: Journal, *,
                    clients: Connections | Mapping[str, Any] | None = None, confirm_manual: ConfirmManual | None = None,
                    max_workers: int = 4, attempts: int = 3, backoff: float = 1.0,
-                   lease_wait: float | None = None) -> StageResult:
+                   lease_wait: float | None = None, probe_wait: float | None = None) -> StageResult:
     """Rotate every secret of an approved plan, journaled and resumable; one secret's failure does not stop the others.
 
     ``clients``: the run's :class:`~tasks.connect.Connections` (left open), or ready clients by name
@@ -393,9 +516,14 @@ def apply_rotation(plan: Plan, approval: Approval | None, inventory: Inventory, 
     journal's lease ``credential:<target>``; a second actor waits up to ``lease_wait`` seconds
     (default ``DIGESTGUARD_LEASE_WAIT``, 30) and then fails that secret naming the holder. The
     journal is read again once the lease is held, so the waiter finds the work already done.
+
+    Each secret's containment (``tasks/contain.py``: old refused by its issuer? new accepted?) is a
+    ``contain`` entry of ``verification``; ``probe_wait`` bounds how long the old value is re-probed.
     """
     approval = require_approved(plan, approval)
     approver = ",".join(approval.approvers)
+    if probe_wait is None:
+        probe_wait = float(os.environ.get("DIGESTGUARD_PROBE_WAIT_SECONDS") or PROBE_WAIT_SECONDS)
     log = _logger()
     result = StageResult(stage=STAGE, plan_hash=plan.hash, approved_by=list(approval.approvers), notes=list(plan.notes))
     journal.event(plan.incident, STAGE, "rotate-started", {"plan_hash": plan.hash, "items": len(plan.items)})
@@ -416,16 +544,22 @@ def apply_rotation(plan: Plan, approval: Approval | None, inventory: Inventory, 
             return unleased(item)
 
     def unleased(item: PlanItem) -> tuple[ActionOutcome, list[ActionOutcome], list[str]]:
-        rot = _Rotation(plan, item, journal, pool_clients, approver, confirm_manual, log)
+        held: dict[str, Any] = {}
+
+        def rotation() -> _Rotation:
+            return _Rotation(plan, item, journal, pool_clients, approver, confirm_manual, log, held, approval.at, probe_wait)
+
+        rot = rotation()
         for n in range(1, attempts + 1):
             try:
-                return rot.run(), rot.manual, rot.notes
+                out = rot.run()
+                return out, rot.manual + ([rot.contain] if rot.contain else []), rot.notes
             except IntegrationError as e:
                 if e.retryable and n < attempts:
-                    wait = min(getattr(e, "retry_after", None) or backoff * 2 ** (n - 1), 30.0)
-                    log.warning("rotate %s: %s; retrying in %.1f s", item.target, e, wait)
-                    time.sleep(wait)
-                    rot = _Rotation(plan, item, journal, pool_clients, approver, confirm_manual, log)
+                    pause = min(getattr(e, "retry_after", None) or backoff * 2 ** (n - 1), 30.0)
+                    log.warning("rotate %s: %s; retrying in %.1f s", item.target, e, pause)
+                    time.sleep(pause)
+                    rot = rotation()
                     continue
                 error = str(e)
             except (DigestguardError, Lost) as e:
@@ -457,7 +591,8 @@ def _with_outcomes(result: StageResult, outcomes: list[tuple[ActionOutcome, list
     """The stage result with every secret's outcome, its manual items and notes, and a verification per new version."""
     actions, notes, verification = list(result.actions), list(result.notes), list(result.verification)
     for outcome, manual, more in outcomes:
-        actions += [outcome, *manual]
+        actions += [outcome, *[m for m in manual if m.action != "contain"]]
+        verification += [m for m in manual if m.action == "contain"]
         notes += more
         if outcome.outcome in ("done", "already-done") and outcome.detail.get("version") is not None:
             verification.append(ActionOutcome(stage=STAGE, target=outcome.target, action="verify", outcome="done",

@@ -312,8 +312,16 @@ def test_secretsmanager_put_value_moves_awscurrent_and_retires_the_previous(clie
     assert "AWSPREVIOUS" not in d.versions.get(old, ()) and "AWSCURRENT" not in d.versions.get(old, ())
     value = aws_secrets.read_current(sm, sid).value.get_secret_value()
     assert gitlab.variables[(f"project:{pid}", "NPM_TOKEN", "*")]["value"] == value != "leaked-npm-token-aaaa"
+    # the exposed version is not just unlabelled: GetSecretValue on its VersionId is denied to everyone
+    # (moto stores resource policies but does not enforce them; real AWS evaluates the explicit Deny)
+    policy = json.loads(sm.get_resource_policy(SecretId=sid)["ResourcePolicy"])
+    (deny,) = [st for st in policy["Statement"] if st["Sid"] == aws_secrets.DENY_SID]
+    assert deny["Effect"] == "Deny" and deny["Action"] == "secretsmanager:GetSecretValue" and deny["Principal"] == "*"
+    assert deny["Condition"]["StringEquals"]["secretsmanager:VersionId"] == [old]
     apply_rotation(plan, approval, inv, journal, clients=clients)
     assert len(aws_secrets.describe_secret(sm, sid).versions) == 2  # one new version, even after a re-run
+    again = json.loads(sm.get_resource_policy(SecretId=sid)["ResourcePolicy"])
+    assert again == policy  # the re-run added nothing
 
 
 # --------------------------------------------------------------------------- azure, gcp, manual, retries

@@ -59,8 +59,9 @@ def test_two_runs_of_one_incident_rotate_each_credential_once(clients, github, j
     assert len(keys) == 1 and keys[0].access_key_id != old  # one new key, and nobody deleted it
     assert vault.kv_read(vc, stash).data["access_key_id"].get_secret_value() == keys[0].access_key_id
     assert github.decrypt_secret("repo:acme/api", "CONC_KEY_ID") == keys[0].access_key_id
-    rows = Journal(journal_location).entries(plan.incident, "rotate")
-    assert rows and all(e.attempts <= 1 for e in rows), [(e.target, e.action, e.attempts) for e in rows]
+    # every side effect once; "used after exposure?" is a read of the audit trail that each run asks again on purpose
+    rows = [e for e in Journal(journal_location).entries(plan.incident, "rotate") if e.action != "used-after-exposure"]
+    assert rows and all(e.attempts <= 1 for e in rows), [(e.target, e.action, e.attempts) for e in rows if e.attempts > 1]
 
 
 def test_a_credential_held_by_another_incident_fails_that_secret_naming_the_holder(clients, journal_location):  # noqa: F811

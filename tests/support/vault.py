@@ -71,6 +71,7 @@ class Postgres:
     superuser: str
     password: str = field(repr=False)
     socket_dir: str
+    log_path: str = ""  # the server log: log_connections=on, so every login leaves a "connection authorized" line
 
     def dsn(self, user: str | None = None, password: str | None = None, dbname: str = "postgres") -> str:
         """A libpq connection string over TCP (password auth applies)."""
@@ -136,10 +137,12 @@ def postgres() -> Iterator[Postgres]:
         "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync",
     )
     os.unlink(pwfile)
-    options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=40"
+    options = (f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=40 "
+               "-c log_connections=on -c log_timezone=UTC")
     run(f"{bindir}/pg_ctl", "-D", data, "-o", options, "-l", os.path.join(root, "pg.log"), "-w", "-t", "30", "start")
     try:
-        yield Postgres(host="127.0.0.1", port=port, superuser="postgres", password=password, socket_dir=sockets)
+        yield Postgres(host="127.0.0.1", port=port, superuser="postgres", password=password, socket_dir=sockets,
+                       log_path=os.path.join(root, "pg.log"))
     finally:
         subprocess.run([*prefix, f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True, timeout=30)
         shutil.rmtree(root, ignore_errors=True)
