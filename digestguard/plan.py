@@ -85,6 +85,9 @@ class Approval(BaseModel):
     plan_hash: str
     at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     flow_run_id: str | None = None
+    identities: list[dict[str, str]] = Field(
+        default_factory=list, description="per approver: name, via (prefect-ui, ssh, slack, drill), verified yes/no")
+    expired: bool = Field(False, description="no acceptable decision came before the gate's timeout")
 
     @property
     def approved(self) -> bool:

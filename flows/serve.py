@@ -51,7 +51,7 @@ def serve_all(port: int = 4200) -> None:
         serve(
             incident_response.to_deployment(name="incident-response", parameters={"mode": "dry-run"}),
             watch.to_deployment(name="watch", interval=300),
-            drill_flow.to_deployment(name="drill", parameters={"auto_approve": True}),
+            drill_flow.to_deployment(name="drill"),
         )
     finally:
         proc.terminate()

@@ -37,6 +37,7 @@ from google.cloud import secretmanager
 from prefect import flow
 
 from digestguard.advisory import Advisory, load_advisory
+from flows.approval import drill_approver
 from flows.drill import registry as sreg
 from flows.drill.podman import start_podman, stop_podman
 from flows.drill.servers.gcp_secrets import start_secret_manager_server
@@ -457,9 +458,10 @@ def run_drill(advisory: str = "kics-2026-04", *, auto_approve: bool = False, sca
             on_ready(sb)
         t1 = time.monotonic()
         try:
-            state = incident_response(advisory=str(sb.advisory_path), inventory=str(sb.inventory_path), mode="execute",
-                                      auto_approve="drill" if auto_approve else None, triggered_by="drill-runner",
-                                      report_path=str(root / "report.html"), return_state=True)
+            with drill_approver("drill") if auto_approve else contextlib.nullcontext():
+                state = incident_response(advisory=str(sb.advisory_path), inventory=str(sb.inventory_path), mode="execute",
+                                          triggered_by="drill-runner", report_path=str(root / "report.html"),
+                                          return_state=True)
             summary = state.result(raise_on_failure=False)
             if not isinstance(summary, dict):
                 error, summary = f"{type(summary).__name__}: {str(summary)[:500]}", None
@@ -493,6 +495,10 @@ def render_scorecard(card: dict[str, Any]) -> str:
 
 
 @flow(name="drill")
-def drill_flow(advisory: str = "kics-2026-04", auto_approve: bool = True, scale: int = 1) -> dict[str, Any]:
-    """The drill as a deployable flow (``digestguard serve``); the incident flow runs as its subflow."""
-    return run_drill(advisory, auto_approve=auto_approve, scale=scale)
+def drill_flow(advisory: str = "kics-2026-04", scale: int = 1) -> dict[str, Any]:
+    """The drill as a deployable flow (``digestguard serve``); the incident flow runs as its subflow.
+
+    Its gates approve themselves as ``drill`` (the sandbox is its own): that approver is an in-process
+    context around the subflow call, not a parameter, so no deployment of ``incident_response`` can reach it.
+    """
+    return run_drill(advisory, auto_approve=True, scale=scale)
