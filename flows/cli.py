@@ -492,6 +492,32 @@ def drill_cmd(
     raise typer.Exit(0 if card["ok"] else 1)
 
 
+@app.command("sandbox")
+def sandbox_cmd(
+    advisory: str = typer.Argument("kics-2026-04", help="the advisory whose incident the sandbox plants"),
+    scale: int = typer.Option(1, "--scale", min=1, help="N times the repositories, jobs and secrets"),
+    as_json: bool = typer.Option(False, "--json", help="first stdout line: one JSON object (inventory, advisory, dir)"),
+) -> None:
+    """Practice: build the drill's estate and keep it up until Ctrl-C / SIGTERM, then tear it all down.
+
+    Run `digestguard respond -a ADVISORY -i INVENTORY --execute` against it and answer the gates by hand.
+    """
+    from flows.drill.flow import run_sandbox
+
+    def ready(sb) -> None:
+        info = {"inventory": str(sb.inventory_path), "advisory": str(sb.advisory_path), "advisory_id": sb.advisory.id,
+                "dir": str(sb.root)}
+        if as_json:
+            typer.echo(json.dumps(info))
+        else:
+            typer.echo(f"sandbox up in {sb.root}\n  inventory: {sb.inventory_path}\n  advisory:  {sb.advisory_path}\n"
+                       f"try: digestguard respond -a {sb.advisory_path} -i {sb.inventory_path} --execute\n"
+                       "Ctrl-C tears it down")
+        sys.stdout.flush()
+
+    run_sandbox(advisory, scale=scale, on_ready=ready)
+
+
 @app.command("watch")
 def watch_cmd(
     inventory: Path = typer.Option(..., "--inventory", "-i", help="inventory file (images, registries, network_logs, slack)"),

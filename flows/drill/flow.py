@@ -20,8 +20,10 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -480,6 +482,29 @@ def run_drill(advisory: str = "kics-2026-04", *, auto_approve: bool = False, sca
             "scale": scale, "sandbox": str(root) if keep else None,
         }
     return card
+
+
+def run_sandbox(advisory: str = "kics-2026-04", *, scale: int = 1, on_ready=None) -> None:
+    """Build the drill's estate and keep it up until SIGINT or SIGTERM, then tear everything down.
+
+    ``on_ready(sandbox)`` is called once it is up (the CLI prints where the inventory and advisory are). The
+    on-call then runs ``digestguard respond --execute`` against it and answers the gates by hand.
+    """
+    base = load_advisory(advisory)
+    root = Path(tempfile.mkdtemp(prefix="digestguard-sandbox-"))
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.callback(shutil.rmtree, root, True)
+            sb = build_sandbox(base, root, stack, scale=scale)
+            if on_ready:
+                on_ready(sb)
+            while not stop.wait(0.5):
+                pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def render_scorecard(card: dict[str, Any]) -> str:
