@@ -332,8 +332,9 @@ class ManualRotationForm(RunInput):
     note: str = Field("", description="where/how (no secret values)")
 
 
-def confirm_manual_rotation(item) -> bool:
-    """Pause until a person confirms a manual rotation item; False on timeout or 'not rotated'."""
+def confirm_manual_rotation(item, timeout: int = 3600) -> bool:
+    """Pause until a person confirms a manual rotation item (``digestguard confirm`` or the UI); False on
+    timeout, on 'not rotated', or without a name. A timeout sets the run running again, so the run goes on."""
 
     key = f"manual-{flow_run.run_count or 1}-{re.sub(r'[^a-z0-9-]', '-', item.target.lower())[:60]}"
     try:
@@ -341,7 +342,7 @@ def confirm_manual_rotation(item) -> bool:
             wait_for_input=ManualRotationForm.with_initial_data(
                 description=f"### Manual rotation: `{item.target}`\n\n{item.reason}\n\nRotate it at its source, revoke the old "
                             "credential, update its consumers, then confirm here.", rotated=False, who=""),
-            timeout=3600, poll_interval=1, key=key)
+            timeout=timeout, poll_interval=1, key=key)
     except FlowPauseTimeout:
         resume_after_timeout(str(flow_run.id) if flow_run.id else None)
         return False

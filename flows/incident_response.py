@@ -234,8 +234,9 @@ def _confirm_manual_rotations(r: Response, plan: Plan, approval: Approval, resul
                                               for a in result.actions)]
     confirmed: set[str] = set()
     for item in open_items:
-        r.notifier.stage_update("rotate", "awaiting-person", f"manual rotation of {item.target}: confirm in the Prefect UI")
-        if confirm_manual_rotation(item):
+        r.notifier.stage_update("rotate", "awaiting-person", f"manual rotation of {item.target}: "
+                                f"`digestguard confirm {r.run_id} --who NAME` or confirm in the Prefect UI")
+        if confirm_manual_rotation(item, timeout=r.inventory.approvals.timeout_seconds):
             confirmed.add(item.target)
     if not confirmed:
         return result
