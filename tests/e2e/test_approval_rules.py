@@ -89,7 +89,11 @@ def _refusals(jpath, incident) -> list[dict]:
 def _rest_resume(run_id: str, body: dict) -> None:
     from prefect.settings import PREFECT_API_URL
 
-    r = httpx.post(f"{PREFECT_API_URL.value()}/flow_runs/{run_id}/resume", json=body, timeout=10)
+    for wait in (0.5, 1, 2, 4, 0):  # the test server's SQLite answers 503 "database is locked" under load: ask again
+        r = httpx.post(f"{PREFECT_API_URL.value()}/flow_runs/{run_id}/resume", json=body, timeout=10)
+        if r.status_code != 503 or not wait:
+            break
+        time.sleep(wait)
     assert r.status_code in (200, 201) and r.json()["status"] == "ACCEPT", r.text
 
 

@@ -45,7 +45,8 @@ def test_respond_dry_run_prints_the_summary(tmp_path):
         url = json.loads((home / "digestguard-server.json").read_text())["url"]
         line = re.search(r"^flow run ([0-9a-f-]{36}): (\S+)$", r.stderr, re.M)
         assert line and line.group(2) == f"{url}/runs/flow-run/{line.group(1)}", r.stderr[-2000:]
-        assert httpx.get(line.group(2)).status_code == 200  # the link opens the UI (the old embedded default answered 404)
+        page = httpx.get(line.group(2), headers={"Accept": "text/html"}, follow_redirects=True)  # as a browser asks
+        assert page.status_code == 200 and "<html" in page.text.lower()  # the UI (the old embedded default had none)
         j = subprocess.run([sys.executable, "-m", "flows.cli", "journal", "respond-dry-1", "--json"], capture_output=True,
                            text=True, env=env, cwd=ROOT, timeout=60)
         assert j.returncode == 0 and json.loads(j.stdout)["incident"] == "respond-dry-1", j.stderr
