@@ -136,12 +136,17 @@ def request_approval(plan: Plan, journal: Journal, policy: ApprovalPolicy, *, tr
     """Ask for (or find) an approval of ``plan``; always returns a decision (reject on timeout or refusal).
 
     ``on_asked`` is called once before pausing (the Slack approval request). ``buttons(on_click)`` starts the
-    Slack Socket Mode listener for the request's approve/reject buttons (returns it, or None). The drill's automatic approver
-    is not reachable from here by any parameter: it is a context the drill sets in-process (:func:`drill_approver`).
+    Slack Socket Mode listener for the request's approve/reject buttons (returns it, or None). The drill's
+    automatic approver is not reachable from here by any parameter: it is a context the drill sets in-process
+    (:func:`drill_approver`). An earlier approval of the same plan is honoured only if it meets today's policy.
     """
 
     log = get_run_logger()
     done = approval_from_journal(journal, plan)
+    if done is not None and not _meets_policy(done, policy):
+        log.warning("%s plan %s was approved earlier by %s, which does not meet the approval policy now; asking again",
+                    plan.stage, plan.short_hash, ", ".join(done.approvers))
+        done = None
     if done is not None:
         log.info("%s plan %s was already approved by %s; honouring it", plan.stage, plan.short_hash, ", ".join(done.approvers))
         return done
@@ -166,6 +171,13 @@ def request_approval(plan: Plan, journal: Journal, policy: ApprovalPolicy, *, tr
     finally:
         if listener is not None:
             listener.close()
+
+
+def _meets_policy(approval: Approval, policy: ApprovalPolicy) -> bool:
+    """Whether a recorded approval still satisfies the policy (enough people; verified ones where required)."""
+    ids = approval.identities or [{"name": n, "via": "?", "verified": "no"} for n in approval.approvers]
+    counted = [i for i in ids if i.get("verified") == "yes" or not policy.require_verified]
+    return len({i.get("name") for i in counted}) >= (2 if policy.two_approvers else 1)
 
 
 def _ask_until_decided(gate: _Gate) -> Approval:
