@@ -321,11 +321,18 @@ class Slack(_Model):
     token: str
     create_channel: bool = Field(False, description="open a new channel named after the incident")
     api_url: str | None = Field(None, description="Web API base URL override (tests, Enterprise Grid proxies)")
+    app_token: str | None = Field(None, description="app-level token reference (xapp-, connections:write): approve/reject "
+                                                    "buttons over Socket Mode")
 
     @field_validator("token")
     @classmethod
     def _ref(cls, v: str) -> str:
         return check_reference(v, "inventory", "slack.token")
+
+    @field_validator("app_token")
+    @classmethod
+    def _app_ref(cls, v: str | None) -> str | None:
+        return check_reference(v, "inventory", "slack.app_token") if v else None
 
 
 class Backends(_Model):
@@ -357,10 +364,42 @@ class Backends(_Model):
         return _cred(v, f"backends.{info.field_name}")
 
 
+class Approver(_Model):
+    """A person who may answer a gate, with the identities that prove it is them."""
+
+    name: str = Field(min_length=1, description="the handle the record shows (compared trimmed and case-folded)")
+    slack_user_id: str | None = Field(None, description="Slack user id (U...) whose button clicks count as this person")
+    ssh_key: str | None = Field(None, description="SSH public key line (allowed-signers key) that verifies terminal answers")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        v = " ".join(v.split()).casefold()
+        if not v or any(c in v for c in '",*?!'):
+            raise ValueError('an approver needs a name without quotes, commas or wildcards (",*?!)')
+        return v
+
+
 class ApprovalPolicy(_Model):
-    distinct_from_trigger: bool = Field(False, description="the approver must differ from whoever started the run")
+    approvers: list[Approver] = Field(default_factory=list, description="who may answer (empty: anyone who names themself)")
+    require_verified: bool = Field(False, description="refuse asserted identities (a Prefect UI answer); count only "
+                                                      "SSH-signed or Slack answers")
+    distinct_from_trigger: bool = Field(False, description="the approver must differ from whoever started the run "
+                                                           "(the run must then say who started it: triggered_by)")
     two_approvers: bool = Field(False, description="two distinct approvers per destructive stage")
     timeout_seconds: int = Field(3600, ge=10)
+
+    @model_validator(mode="after")
+    def _distinct_people(self) -> "ApprovalPolicy":
+        for attr in ("name", "slack_user_id", "ssh_key"):
+            seen = [getattr(a, attr) for a in self.approvers if getattr(a, attr)]
+            if len(seen) != len(set(seen)):
+                raise ValueError(f"approvals.approvers: two approvers share one {attr}: one person, one entry")
+        return self
+
+    def approver(self, name: str) -> Approver | None:
+        """The listed approver with this (normalised) name."""
+        return next((a for a in self.approvers if a.name == name), None)
 
 
 class WatchedImage(_Model):

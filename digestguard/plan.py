@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections import Counter
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -56,22 +58,65 @@ class Plan(BaseModel):
         return self.hash[7:19]
 
     def markdown(self, limit: int = 50) -> str:
-        """What the approver reads: counts, every item (up to ``limit``), evidence, and the hash."""
+        """What the approver reads: a per-system summary, a narrow table, then each item in full (where it lives,
+        its copies and consumers, why), the evidence, and the hash. Nothing long sits in a table cell, so the
+        Prefect UI's form never cuts it."""
         lines = [f"### {self.stage.capitalize()} plan for incident `{self.incident}` ({self.advisory})", "",
                  f"{len(self.items)} action(s). Plan hash `{self.hash}`.", ""]
-        if self.items:
-            lines += ["| # | action | target | why |", "|---|---|---|---|"]
-            for n, it in enumerate(self.items[:limit], 1):
-                lines.append(f"| {n} | {it.action} | `{it.target}` | {it.reason.replace('|', '/')} |")
-            if len(self.items) > limit:
-                lines.append(f"| ... | | {len(self.items) - limit} more | |")
-        else:
+        if not self.items:
             lines.append("_Nothing to do._")
+        else:
+            by_system: dict[str, Counter[str]] = {}
+            for it in self.items:
+                by_system.setdefault(item_system(it), Counter())[it.action] += 1
+            lines += ["**By system**", *[f"- {sys_}: " + ", ".join(f"{n} {a}" for a, n in c.most_common())
+                                         for sys_, c in by_system.items()], ""]
+            lines += ["| # | action | system | target |", "|---|---|---|---|"]
+            for n, it in enumerate(self.items[:limit], 1):
+                lines.append(f"| {n} | {it.action} | {item_system(it)} | `{_short(it.target)}` |")
+            if len(self.items) > limit:
+                lines.append(f"| ... | | | {len(self.items) - limit} more |")
+            lines += ["", "**Each item**"]
+            for n, it in enumerate(self.items[:limit], 1):
+                lines.append(f"{n}. `{it.target}`: {it.reason or it.action}".replace("|", "/") + _where(it))
         if self.evidence:
             lines += ["", "**Evidence**", *[f"- {e}" for e in self.evidence[:limit]]]
         if self.notes:
             lines += ["", "**Notes**", *[f"- {n}" for n in self.notes]]
         return "\n".join(lines)
+
+
+_DIGEST = re.compile(r"sha256:([0-9a-f]{12})[0-9a-f]{52}")
+
+
+def _short(target: str) -> str:
+    """A target with its digests cut to 12 hex (the full target is listed under the table)."""
+    return _DIGEST.sub(lambda m: f"sha256:{m.group(1)}…", target)
+
+
+def item_system(item: PlanItem) -> str:
+    """The system an item acts on: registry host, engine, or secret backend (with its account or mount)."""
+    p = item.params
+    for key in ("registry", "engine", "cluster"):
+        if p.get(key):
+            return f"{item.kind} {p[key]}"
+    ref = p.get("ref") if isinstance(p.get("ref"), dict) else {}
+    account = next((str(ref[k]) for k in ("account", "mount", "vault", "project", "region") if ref.get(k)), "")
+    return f"{p.get('backend') or item.kind}{' ' + account if account else ''}"
+
+
+def _where(item: PlanItem) -> str:
+    """`` (at ...; consumers ...)`` from an item's ids: where the credential lives and who holds copies of it."""
+    p, parts = item.params, []
+    ref = p.get("ref") if isinstance(p.get("ref"), dict) else {}
+    if ref:
+        parts.append("at " + ", ".join(f"{k} {v}" for k, v in ref.items()))
+    if p.get("repository"):
+        parts.append(f"repository {p['repository']}")
+    consumers = [str(c.get("id") or c.get("kind")) for c in p.get("consumers") or [] if isinstance(c, dict)]
+    if consumers:
+        parts.append("copies held by " + ", ".join(consumers))
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 class Approval(BaseModel):
@@ -85,6 +130,9 @@ class Approval(BaseModel):
     plan_hash: str
     at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     flow_run_id: str | None = None
+    identities: list[dict[str, str]] = Field(
+        default_factory=list, description="per approver: name, via (prefect-ui, ssh, slack, drill), verified yes/no")
+    expired: bool = Field(False, description="no acceptable decision came before the gate's timeout")
 
     @property
     def approved(self) -> bool:

@@ -117,7 +117,7 @@ def journal_cmd(
     """Print every side effect recorded for an incident."""
     from digestguard.journal import Journal, is_postgres_url
 
-    path = _journal_path(inventory, journal_path)
+    path = _journal_path(inventory, journal_path, incident)
     if not is_postgres_url(path) and not Path(path).exists():
         _fail(InputError(path, "no journal here (pass --journal or --inventory, or set DIGESTGUARD_JOURNAL)"))
     j = Journal(path)
@@ -133,8 +133,9 @@ def journal_cmd(
         typer.echo(f"{r['started_at'] or '':29} {r['stage']:8} {r['action']:24} {r['status']:8} {r['target']}{who}{err}")
 
 
-def _journal_path(inventory: Optional[Path], journal_path: Optional[str]) -> str:
-    """``--journal``, else the inventory's (``DIGESTGUARD_JOURNAL`` first), else ``$DIGESTGUARD_JOURNAL``, else ./.digestguard."""
+def _journal_path(inventory: Optional[Path], journal_path: Optional[str], incident: Optional[str] = None) -> str:
+    """``--journal``, else the inventory's (``DIGESTGUARD_JOURNAL`` first), else ``$DIGESTGUARD_JOURNAL``, else the one
+    `respond` recorded for the incident, else ./.digestguard."""
     from digestguard.journal import JOURNAL_ENV, check_location, is_postgres_url
 
     if journal_path:
@@ -146,6 +147,12 @@ def _journal_path(inventory: Optional[Path], journal_path: Optional[str]) -> str
     env = os.environ.get(JOURNAL_ENV, "").strip()
     if env:
         return check_location(env, JOURNAL_ENV) if is_postgres_url(env) else str(Path(env).resolve())
+    if incident:
+        from flows.local_server import journal_of
+
+        found = journal_of(incident)
+        if found:
+            return str(found)
     return str(Path(".digestguard/journal.sqlite").resolve())
 
 
@@ -422,11 +429,25 @@ def respond_cmd(
     report: Optional[Path] = typer.Option(None, "--report", help="where to write report.html"),
     as_json: bool = typer.Option(False, "--json", help="print the run's summary as JSON"),
 ) -> None:
-    """Run the whole playbook on the embedded Prefect server; gates wait for `digestguard approve` or the UI."""
+    """Run the whole playbook; gates wait for `digestguard approve`, `confirm` or the Prefect UI.
+
+    Without PREFECT_API_URL it starts (or reuses) one local Prefect server with its UI on loopback, recorded
+    under $PREFECT_HOME so `approve`, `confirm`, `journal` and `report` find it. Prints
+    `flow run <uuid>: <ui-url>` on stderr as the run starts.
+    """
     import getpass
+    import os
 
-    from flows.incident_response import incident_response
+    from flows.local_server import ensure_server, remember_incident, use_server
 
+    if not os.environ.get("PREFECT_API_URL"):
+        use_server(ensure_server())
+    from digestguard.advisory import load_advisory
+    from digestguard.inventory import load_inventory
+    from flows.incident_response import incident_response, new_incident_id
+
+    incident = incident or new_incident_id(load_advisory(advisory).id)
+    remember_incident(incident, load_inventory(inventory).journal_path())
     summary = incident_response(advisory=advisory, inventory=str(inventory.resolve()), mode="execute" if execute else "dry-run",
                                 incident_id=incident, known_good=known_good or None,
                                 window_start=_when(window_start, "--window-start"), window_end=_when(window_end, "--window-end"),
@@ -441,15 +462,33 @@ def respond_cmd(
 @app.command("approve")
 def approve_cmd(
     run_id: str = typer.Argument(..., help="the paused flow run's id"),
-    approver: str = typer.Option(..., "--approver", help="your handle"),
+    approver: str = typer.Option(..., "--approver", help="your handle (an approver listed in the inventory)"),
     reject: bool = typer.Option(False, "--reject", help="reject instead of approve"),
     reason: str = typer.Option("", "--reason"),
+    sign: Optional[Path] = typer.Option(None, "--sign", help="your SSH private key: signs (plan hash, run id, decision) "
+                                                              "so the gate verifies it is you"),
 ) -> None:
-    """Answer a paused approval gate (the same as the resume form in the Prefect UI)."""
-    from flows.approval import answer_paused_run
+    """Answer a paused approval gate (the same as the resume form in the Prefect UI), in about a second."""
+    from flows.answer import answer_gate
 
-    h = answer_paused_run(run_id, approver=approver, reject=reject, reason=reason)
-    typer.echo(f"{'rejected' if reject else 'approved'} plan {h} of flow run {run_id} as {approver}")
+    h = answer_gate(run_id, approver=approver, reject=reject, reason=reason, sign_with=str(sign) if sign else None)
+    how = " (signed)" if sign else ""
+    typer.echo(f"{'rejected' if reject else 'approved'} plan {h} of flow run {run_id} as {approver}{how}; "
+               "the gate checks the answer and asks again if it does not count")
+
+
+@app.command("confirm")
+def confirm_cmd(
+    run_id: str = typer.Argument(..., help="the paused flow run's id"),
+    who: str = typer.Option(..., "--who", help="your handle"),
+    not_rotated: bool = typer.Option(False, "--not-rotated", help="the credential could NOT be rotated (stays a to-do)"),
+    note: str = typer.Option("", "--note", help="where/how (no secret values)"),
+) -> None:
+    """Answer a manual-rotation pause: the credential was rotated at its source by hand (or not)."""
+    from flows.answer import confirm_manual
+
+    target = confirm_manual(run_id, who=who, rotated=not not_rotated, note=note)
+    typer.echo(f"{'not rotated' if not_rotated else 'rotated'}: {target} (flow run {run_id}, by {who})")
 
 
 @app.command("report")
@@ -464,7 +503,7 @@ def report_cmd(
 
     from digestguard.journal import is_postgres_url
 
-    path = _journal_path(inventory, journal_path)
+    path = _journal_path(inventory, journal_path, incident)
     saved = None if is_postgres_url(path) else Path(path).parent / "reports" / f"{incident}.html"
     if saved is not None and saved.exists():
         shutil.copyfile(saved, out)
@@ -515,6 +554,32 @@ def drill_cmd(
     else:
         typer.echo(render_scorecard(card))
     raise typer.Exit(0 if card["ok"] else 1)
+
+
+@app.command("sandbox")
+def sandbox_cmd(
+    advisory: str = typer.Argument("kics-2026-04", help="the advisory whose incident the sandbox plants"),
+    scale: int = typer.Option(1, "--scale", min=1, help="N times the repositories, jobs and secrets"),
+    as_json: bool = typer.Option(False, "--json", help="first stdout line: one JSON object (inventory, advisory, dir)"),
+) -> None:
+    """Practice: build the drill's estate and keep it up until Ctrl-C / SIGTERM, then tear it all down.
+
+    Run `digestguard respond -a ADVISORY -i INVENTORY --execute` against it and answer the gates by hand.
+    """
+    from flows.drill.flow import run_sandbox
+
+    def ready(sb) -> None:
+        info = {"inventory": str(sb.inventory_path), "advisory": str(sb.advisory_path), "advisory_id": sb.advisory.id,
+                "dir": str(sb.root)}
+        if as_json:
+            typer.echo(json.dumps(info))
+        else:
+            typer.echo(f"sandbox up in {sb.root}\n  inventory: {sb.inventory_path}\n  advisory:  {sb.advisory_path}\n"
+                       f"try: digestguard respond -a {sb.advisory_path} -i {sb.inventory_path} --execute\n"
+                       "Ctrl-C tears it down")
+        sys.stdout.flush()
+
+    run_sandbox(advisory, scale=scale, on_ready=ready)
 
 
 @app.command("watch")

@@ -16,6 +16,7 @@ No secret is ever a parameter: the inventory names credentials by reference.
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from digestguard.inventory import Inventory, load_inventory
 from digestguard.journal import Journal, Lease
 from digestguard.plan import Approval, Plan
 from digestguard.timeutil import now
-from flows.approval import confirm_manual_rotation, request_approval
+from flows.approval import confirm_manual_rotation, drill_approving, request_approval
 from flows.incident_lease import hold_incident, incident_id_for
 from tasks.assess import assess_exposure_task, exposure_markdown
 from tasks.connect import Connections
@@ -85,7 +86,6 @@ class Response:
     lease: Lease
     run_id: str | None = None
     triggered_by: str | None = None
-    auto_approve: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     _clock: float = field(default_factory=time.monotonic)
 
@@ -109,8 +109,8 @@ class Response:
         def asked(p: Plan, run_id: str | None) -> None:
             self.notifier.request_approval(p, flow_run_id=run_id, policy=policy, triggered_by=self.triggered_by)
 
-        approval = request_approval(plan, self.journal, policy, triggered_by=self.triggered_by,
-                                    auto_approver=self.auto_approve, on_asked=asked)
+        approval = request_approval(plan, self.journal, policy, triggered_by=self.triggered_by, on_asked=asked,
+                                    buttons=self.notifier.button_listener if self.notifier.buttons else None)
         self.notifier.record_decision(plan, approval, policy=policy)
         self.report.approvals.append(ApprovalRecord.from_approval(stage, approval))
         if not approval.approved:
@@ -134,7 +134,6 @@ def incident_response(
     window_end: datetime | None = None,
     known_good: list[str] | None = None,
     triggered_by: str | None = None,
-    auto_approve: str | None = None,
     open_pull_requests: bool = True,
     remove_containers: bool = True,
     report_path: str | None = None,
@@ -143,12 +142,13 @@ def incident_response(
 
     ``mode``: ``dry-run`` plans everything and changes nothing; ``execute`` acts after approvals.
     ``known_good``: ``sha256:...`` for every affected tag, or ``TAG=sha256:...`` pairs (pin and purge verification).
-    ``auto_approve``: an approver name recorded without pausing (the drill); never set it for a real incident.
+    ``triggered_by``: who started the run; required when the inventory's approval policy has
+    ``distinct_from_trigger`` (a run without it is refused at its first gate). No parameter skips a gate.
     ``remove_containers``: the purge plan also removes containers created from a malicious image (shown in the plan).
     Returns a summary with counts, ids and links only; when rotate or purge had failures the run ends
     Failed with that same summary as its data, so the record is never lost.
     """
-    r = _open(advisory, inventory, mode, incident_id, triggered_by, auto_approve)
+    r = _open(advisory, inventory, mode, incident_id, triggered_by)
     summary: dict[str, Any] = {}
     try:
         with r.connections:
@@ -176,8 +176,7 @@ def incident_response(
     return summary
 
 
-def _open(advisory: str, inventory: str, mode: Mode, incident_id: str | None, triggered_by: str | None,
-          auto_approve: str | None) -> Response:
+def _open(advisory: str, inventory: str, mode: Mode, incident_id: str | None, triggered_by: str | None) -> Response:
     """Load the advisory and inventory, open the journal, the Slack board and the report; journal the start."""
     adv = load_advisory(advisory)
     inv = load_inventory(inventory)
@@ -192,9 +191,10 @@ def _open(advisory: str, inventory: str, mode: Mode, incident_id: str | None, tr
     notifier.open_incident()
     report = IncidentReport.for_advisory(incident, adv, started_at=started, flow_run_url=flow_run_url(run_id))
     get_run_logger().info("incident %s (%s, %s)", incident, adv.id, mode)
+    print(f"flow run {run_id}: {flow_run_url(run_id) or '(no Prefect UI URL set)'}", file=sys.stderr, flush=True)
     return Response(advisory=adv, inventory=inv, incident=incident, dry_run=mode != "execute", journal=journal,
-                    notifier=notifier, connections=Connections(inv), report=report, lease=lease, run_id=run_id, triggered_by=triggered_by,
-                    auto_approve=auto_approve)
+                    notifier=notifier, connections=Connections(inv), report=report, lease=lease, run_id=run_id,
+                    triggered_by=triggered_by)
 
 
 def _detect(r: Response) -> DetectResult:
@@ -218,13 +218,13 @@ def _assess(r: Response, window_start: datetime | None, window_end: datetime | N
 def _rotate(r: Response, exposure: ExposureReport) -> None:
     """Gate, rotate; then manual items wait for a person (a task cannot pause, so the flow does)."""
     plan = plan_rotation(r.incident, r.advisory, exposure, r.inventory)
-    confirm_all = (lambda item: True) if r.auto_approve else None
+    confirm_all = (lambda item: True) if drill_approving() else None
 
     def apply(p: Plan, approval: Approval, confirm: Callable[[Any], bool] | None = confirm_all) -> StageResult:
         return rotate_task(p, approval, r.inventory, r.journal, r.connections, confirm_manual=confirm)
 
     r.report.rotate, approval = r.gate(plan, rotate_dry_run, apply)
-    if approval is not None and approval.approved and not r.auto_approve:
+    if approval is not None and approval.approved and not drill_approving():
         r.report.rotate = _confirm_manual_rotations(r, plan, approval, r.report.rotate, apply)
     r.lap("rotate")
 
@@ -236,8 +236,9 @@ def _confirm_manual_rotations(r: Response, plan: Plan, approval: Approval, resul
                                               for a in result.actions)]
     confirmed: set[str] = set()
     for item in open_items:
-        r.notifier.stage_update("rotate", "awaiting-person", f"manual rotation of {item.target}: confirm in the Prefect UI")
-        if confirm_manual_rotation(item):
+        r.notifier.stage_update("rotate", "awaiting-person", f"manual rotation of {item.target}: "
+                                f"`digestguard confirm {r.run_id} --who NAME` or confirm in the Prefect UI")
+        if confirm_manual_rotation(item, timeout=r.inventory.approvals.timeout_seconds):
             confirmed.add(item.target)
     if not confirmed:
         return result

@@ -61,7 +61,7 @@ def build_deployments(inventory: str | None = None) -> list:
     return [
         incident_response.to_deployment(name="incident-response", parameters={"mode": "dry-run"}, tags=tags),
         watch_dep,
-        drill_flow.to_deployment(name="drill", parameters={"auto_approve": True}, tags=tags),
+        drill_flow.to_deployment(name="drill", tags=tags),
     ]
 
 

@@ -43,6 +43,8 @@ from slack_sdk.http_retry import (
     RateLimitErrorRetryHandler,
     RetryIntervalCalculator,
 )
+from slack_sdk.socket_mode import SocketModeClient
+from slack_sdk.socket_mode.response import SocketModeResponse
 
 from digestguard.errors import AuthError, InputError, IntegrationError, NotFound, RateLimited, Refused, Unavailable
 from integrations._errors import parse_retry_after
@@ -268,3 +270,64 @@ class SlackClient:
         data = self._call("files.upload (v2)", self._web.files_upload_v2, **kwargs)
         f = data.get("file") or (data.get("files") or [{}])[0]
         return str(f.get("id") or "")
+
+
+# --------------------------------------------------------------------------- approval buttons (Socket Mode)
+APPROVE_ACTION = "digestguard_approve"
+REJECT_ACTION = "digestguard_reject"
+
+
+def approval_buttons(value: str) -> dict[str, Any]:
+    """The approve / reject buttons of an approval request (``value`` names run, stage and plan hash)."""
+    return {"type": "actions", "block_id": "digestguard_gate", "elements": [
+        {"type": "button", "action_id": APPROVE_ACTION, "style": "primary", "value": value,
+         "text": {"type": "plain_text", "text": "Approve"}},
+        {"type": "button", "action_id": REJECT_ACTION, "style": "danger", "value": value,
+         "text": {"type": "plain_text", "text": "Reject"}}]}
+
+
+@dataclass(frozen=True)
+class ButtonClick:
+    """One approve/reject click as Slack delivered it: who (Slack user id, set by Slack, not by the clicker) and what."""
+
+    user_id: str
+    decision: str
+    value: str
+
+
+class ButtonListener:
+    """Approve/reject clicks received over Socket Mode: slack-sdk's own ``SocketModeClient`` with the app-level
+    token (``xapp-...``) opens a websocket through ``apps.connections.open``, so no public endpoint is needed.
+    Every envelope is acknowledged; ``on_click`` gets the block actions that are ours."""
+
+    def __init__(self, app_token: str, on_click: Callable[[ButtonClick], None], *, base_url: str | None = None) -> None:
+        if not app_token or not app_token.strip():
+            raise InputError("slack", "no app-level token (inventory slack.app_token resolved to an empty value)")
+        url = base_url or DEFAULT_BASE_URL
+        self.on_click = on_click
+        web = WebClient(base_url=url if url.endswith("/") else url + "/")
+        self.client = SocketModeClient(app_token=app_token, web_client=web, auto_reconnect_enabled=True)
+        self.client.socket_mode_request_listeners.append(self._on_request)
+
+    def _on_request(self, client: Any, req: Any) -> None:
+        client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
+        payload = req.payload or {}
+        if req.type != "interactive" or payload.get("type") != "block_actions":
+            return
+        user = (payload.get("user") or {}).get("id") or ""
+        for a in payload.get("actions") or []:
+            if a.get("action_id") in (APPROVE_ACTION, REJECT_ACTION) and user:
+                self.on_click(ButtonClick(user_id=user, value=str(a.get("value") or ""),
+                                          decision="approve" if a["action_id"] == APPROVE_ACTION else "reject"))
+
+    def start(self) -> "ButtonListener":
+        try:
+            self.client.connect()
+        except SlackApiError as e:
+            raise AuthError("slack apps.connections.open", f"Socket Mode refused: {e.response.get('error')}") from None
+        except (SlackClientError, URLError, OSError) as e:
+            raise Unavailable("slack apps.connections.open", f"Socket Mode unavailable: {type(e).__name__}") from None
+        return self
+
+    def close(self) -> None:
+        self.client.close()

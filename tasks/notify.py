@@ -49,8 +49,8 @@ from digestguard.journal import Journal
 from digestguard.markdown import mrkdwn
 from digestguard.plan import Approval, Plan
 from digestguard.timeutil import now, utc
-from integrations.slack import SlackClient, SlackMessage, channel_name_for
-from tasks.report.model import IncidentReport
+from integrations.slack import ButtonClick, ButtonListener, SlackClient, SlackMessage, approval_buttons, channel_name_for
+from tasks.report.model import IncidentReport, approvers_text
 
 __all__ = [
     "MASK",
@@ -67,7 +67,8 @@ STAGE_ORDER = ("detect", "assess", "rotate", "purge", "pin", "report")
 _ICONS = {
     "started": ":hourglass_flowing_sand:", "running": ":hourglass_flowing_sand:", "done": ":white_check_mark:",
     "failed": ":x:", "awaiting-approval": ":raised_hand:", "approved": ":white_check_mark:", "rejected": ":no_entry:",
-    "no-decision": ":alarm_clock:", "skipped": ":fast_forward:", "dry-run": ":test_tube:", "partial": ":warning:",
+    "no-decision": ":alarm_clock:", "expired": ":alarm_clock:",
+    "skipped": ":fast_forward:", "dry-run": ":test_tube:", "partial": ":warning:",
     "planned": ":memo:",
 }
 _BLOCK_TEXT_MAX = 2900  # Slack refuses section text over 3000 characters
@@ -270,6 +271,8 @@ class Notifier:
         self.title = title
         self.run_url = run_url
         self.disabled_reason = disabled_reason if client is None else None
+        self.app_token_ref: str | None = None  # slack.app_token: approval buttons over Socket Mode
+        self.api_url: str | None = None
         self.message: SlackMessage | None = None
         self.stages: dict[str, dict[str, str]] = {}
         self.outcomes: list[ActionOutcome] = []
@@ -309,11 +312,30 @@ class Notifier:
         except DigestguardError as e:
             journal.event(incident, "notify", "slack-disabled", {"error": str(e)[:300]})
             return cls(journal, incident, client=None, channel=cfg.channel, disabled_reason=str(e), **common)
-        return cls(journal, incident, client=client, channel=cfg.channel, create_channel=cfg.create_channel, **common)
+        n = cls(journal, incident, client=client, channel=cfg.channel, create_channel=cfg.create_channel, **common)
+        n.app_token_ref, n.api_url = cfg.app_token, cfg.api_url
+        return n
 
     @property
     def enabled(self) -> bool:
         return self.client is not None
+
+    @property
+    def buttons(self) -> bool:
+        """Whether approval requests carry approve/reject buttons (Slack on, and an app-level token for Socket Mode)."""
+        return self.client is not None and bool(self.app_token_ref)
+
+    def button_listener(self, on_click: Callable[[ButtonClick], None]) -> ButtonListener | None:
+        """A started Socket Mode listener for the approval buttons; None without an app token or when Socket Mode
+        cannot connect (journaled: the gate still answers through Prefect and the terminal)."""
+        if not self.buttons or not self.app_token_ref:
+            return None
+        try:
+            token = resolve(self.app_token_ref, "inventory slack.app_token") or ""
+            return ButtonListener(token, on_click, base_url=self.api_url).start()
+        except DigestguardError as e:
+            self.journal.event(self.incident, "notify", "slack-buttons-unavailable", {"error": str(e)[:300]})
+            return None
 
     # ------------------------------------------------------------------ plumbing
     def _outcome(self, action: str, outcome: str, *, detail: dict[str, Any] | None = None,
@@ -452,8 +474,8 @@ class Notifier:
         return self._attempt(f"stage:{stage}", run)
 
     # ------------------------------------------------------------------ approvals
-    def _approval_text(self, plan: Plan, *, who: str, link: str | None, top: int,
-                       decision: str | None = None) -> tuple[str, list[dict[str, Any]]]:
+    def _approval_text(self, plan: Plan, *, who: str, link: str | None, top: int, decision: str | None = None,
+                       buttons: str | None = None) -> tuple[str, list[dict[str, Any]]]:
         verbs = {"rotate": "rotated", "purge": "purged", "pin": "pinned"}
         counts = Counter(i.action for i in plan.items)
         count_text = ", ".join(f"{n} {mrkdwn(a)}" for a, n in counts.most_common()) or "nothing"
@@ -476,6 +498,8 @@ class Notifier:
             ask = f"*Who must approve:* {who}\n" + how
         text = "\n".join(x for x in (first, body, ask) if x)
         blocks = [_section(first), _section(body)] + ([_section(ask)] if ask else [])
+        if buttons and not decision:
+            blocks.append(approval_buttons(buttons))
         return text, blocks
 
     def request_approval(
@@ -502,7 +526,9 @@ class Notifier:
             assert self.client is not None
             self._ensure_open()
             self._refresh()
-            text, blocks = self._approval_text(plan, who=who, link=link, top=top)
+            value = (json.dumps({"run": str(flow_run_id), "stage": plan.stage, "plan_hash": plan.hash})
+                     if self.buttons and flow_run_id else None)
+            text, blocks = self._approval_text(plan, who=who, link=link, top=top, buttons=value)
             row = self.journal.get(self.incident, "notify", "slack", action)
             if row and row.detail.get("plan_hash") == plan.hash and row.detail.get("ts"):
                 msg = SlackMessage(str(row.detail["channel"]), str(row.detail["ts"]), self.message.ts)
@@ -519,20 +545,21 @@ class Notifier:
     def record_decision(self, plan: Plan, approval: Approval | None, *, policy: ApprovalPolicy | None = None) -> ActionOutcome:
         """Edit the approval request with the decision, approvers and time (``approval=None``: no decision came)."""
         action = f"approval-request:{plan.stage}"
-        if approval is None:
-            decision, status, who, at = ":alarm_clock: *No decision* (timed out)", "no-decision", "", now()
+        if approval is None or approval.expired:
+            decision, status, who, at = (":alarm_clock: *Expired*: no decision came in time; the stage did not run",
+                                         "expired", "", approval.at if approval else now())
         else:
-            who = ", ".join(approval.approvers)
+            who = approvers_text(approval.approvers, approval.identities)
             at = approval.at
             if approval.approved:
                 decision, status = f":white_check_mark: *Approved* by {mrkdwn(who)} at {_hhmm(at)}", "approved"
             else:
                 decision, status = f":no_entry: *Rejected* by {mrkdwn(who)} at {_hhmm(at)}", "rejected"
-            if approval.reason:
-                decision += f": {mrkdwn(approval.reason[:300])}"
-            if approval.plan_hash != plan.hash:
-                decision += (f"\n:warning: the decision was for plan `{approval.plan_hash[7:19]}`, not `{plan.short_hash}`: "
-                             "it does not apply")
+        if approval is not None and approval.reason:
+            decision += f": {mrkdwn(approval.reason[:300])}"
+        if approval is not None and approval.plan_hash != plan.hash:
+            decision += (f"\n:warning: the decision was for plan `{approval.plan_hash[7:19]}`, not `{plan.short_hash}`: "
+                         "it does not apply")
         self.stages[plan.stage] = {"status": status, "summary": (f"by {who} at {_hhmm(at)}" if who else _hhmm(at))}
         self._save_board()
         link = None

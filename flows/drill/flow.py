@@ -20,8 +20,10 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -40,6 +42,7 @@ from prefect.states import Failed
 
 from digestguard.advisory import Advisory, load_advisory
 from digestguard.markdown import md_cell
+from flows.approval import drill_approver
 from flows.drill import registry as sreg
 from flows.drill.podman import start_podman, stop_podman
 from flows.drill.servers.gcp_secrets import start_secret_manager_server
@@ -463,9 +466,10 @@ def run_drill(advisory: str = "kics-2026-04", *, auto_approve: bool = False, sca
             on_ready(sb)
         t1 = time.monotonic()
         try:
-            state = incident_response(advisory=str(sb.advisory_path), inventory=str(sb.inventory_path), mode="execute",
-                                      auto_approve="drill" if auto_approve else None, triggered_by="drill-runner",
-                                      report_path=str(root / "report.html"), return_state=True)
+            with drill_approver("drill") if auto_approve else contextlib.nullcontext():
+                state = incident_response(advisory=str(sb.advisory_path), inventory=str(sb.inventory_path), mode="execute",
+                                          triggered_by="drill-runner", report_path=str(root / "report.html"),
+                                          return_state=True)
             summary = state.result(raise_on_failure=False)
             if not isinstance(summary, dict):
                 error, summary = f"{type(summary).__name__}: {str(summary)[:500]}", None
@@ -484,6 +488,29 @@ def run_drill(advisory: str = "kics-2026-04", *, auto_approve: bool = False, sca
             "scale": scale, "sandbox": str(root) if keep else None,
         }
     return card
+
+
+def run_sandbox(advisory: str = "kics-2026-04", *, scale: int = 1, on_ready=None) -> None:
+    """Build the drill's estate and keep it up until SIGINT or SIGTERM, then tear everything down.
+
+    ``on_ready(sandbox)`` is called once it is up (the CLI prints where the inventory and advisory are). The
+    on-call then runs ``digestguard respond --execute`` against it and answers the gates by hand.
+    """
+    base = load_advisory(advisory)
+    root = Path(tempfile.mkdtemp(prefix="digestguard-sandbox-"))
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.callback(shutil.rmtree, root, True)
+            sb = build_sandbox(base, root, stack, scale=scale)
+            if on_ready:
+                on_ready(sb)
+            while not stop.wait(0.5):
+                pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def render_scorecard(card: dict[str, Any]) -> str:
@@ -518,12 +545,14 @@ def publish_scorecard(card: dict[str, Any]) -> None:
 
 
 @flow(name="drill")
-def drill_flow(advisory: str = "kics-2026-04", auto_approve: bool = True, scale: int = 1) -> dict[str, Any]:
+def drill_flow(advisory: str = "kics-2026-04", scale: int = 1) -> dict[str, Any]:
     """The drill as a deployable flow (``digestguard serve``); the incident flow runs as its subflow.
 
+    Its gates approve themselves as ``drill`` (the sandbox is its own): that approver is an in-process
+    context around the subflow call, not a parameter, so no deployment of ``incident_response`` can reach it.
     Publishes the scorecard as an artifact and ends Failed, with the scorecard as its data, when a stage missed.
     """
-    card = run_drill(advisory, auto_approve=auto_approve, scale=scale)
+    card = run_drill(advisory, auto_approve=True, scale=scale)
     publish_scorecard(card)
     missed = [st["name"] for st in card["stages"] if not st["ok"]]
     if missed or not card["ok"]:

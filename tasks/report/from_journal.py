@@ -78,7 +78,10 @@ def _run_times(entries: list[Entry], events: list[dict[str, Any]]) -> tuple[date
 def _approval(e: Entry, started_at: datetime) -> ApprovalRecord:
     """An ``approval`` journal row as a decision (its target is the stage, its action the plan hash)."""
     decision = e.detail.get("decision") or ("approve" if e.status == "done" else "reject")
-    return ApprovalRecord(stage=e.target, decision=decision if decision in ("approve", "reject") else "reject",
+    if e.detail.get("expired"):
+        decision = "timeout"
+    return ApprovalRecord(stage=e.target, decision=decision if decision in ("approve", "reject", "timeout") else "reject",
+                          identities=list(e.detail.get("identities") or []),
                           approvers=list(e.detail.get("approvers") or ([e.approver] if e.approver else [])),
                           at=parse_time(e.finished_at or e.started_at) or started_at, plan_hash=e.action,
                           reason=str(e.detail.get("reason") or ""))

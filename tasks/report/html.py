@@ -314,7 +314,7 @@ def _approval_marks(f: _Frame, approvals: Sequence[ApprovalRecord]) -> list[str]
     for i, a in enumerate(approvals):
         ax = f.x(a.at)
         colour = "#1a7f37" if a.decision == "approve" else "#cf222e"
-        who = ", ".join(a.approvers) or "nobody"
+        who = a.who() or "nobody"
         out.append(f'<line id="approval-{i}" class="approval {a.decision}" x1="{ax}" x2="{ax}" y1="{y0}" y2="{y1}" '
                    f'stroke="{colour}" stroke-width="2"><title>{html_text(a.stage)} plan {a.decision} by {html_text(who)} at '
                    f'{html_text(fmt_utc(a.at))}</title></line>')

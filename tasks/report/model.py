@@ -67,11 +67,25 @@ class ApprovalRecord(Model):
     at: datetime
     plan_hash: str = ""
     reason: str = ""
+    identities: list[dict[str, str]] = Field(default_factory=list, description="name, via, verified per approver")
 
     @classmethod
     def from_approval(cls, stage: str, approval: Approval) -> "ApprovalRecord":
-        return cls(stage=stage, decision=approval.decision, approvers=list(approval.approvers), at=approval.at,
-                   plan_hash=approval.plan_hash, reason=approval.reason)
+        return cls(stage=stage, decision="timeout" if approval.expired else approval.decision,
+                   approvers=list(approval.approvers), at=approval.at, plan_hash=approval.plan_hash,
+                   reason=approval.reason, identities=list(approval.identities))
+
+    def who(self) -> str:
+        """Each approver with how they were verified: ``bob (ssh, verified), carol (prefect-ui, asserted)``."""
+        return approvers_text(self.approvers, self.identities)
+
+
+def approvers_text(approvers: list[str], identities: list[dict[str, str]]) -> str:
+    """Approver names with how each was verified (names alone where no identity was recorded)."""
+    if not identities:
+        return ", ".join(approvers)
+    return ", ".join(f"{i.get('name')} ({i.get('via')}, {'verified' if i.get('verified') == 'yes' else 'asserted'})"
+                     for i in identities)
 
 
 class ActionMark(Model):
@@ -252,7 +266,7 @@ class IncidentReport(Model):
             for p in self.pull_requests
         ]
         t["approvals"] = [
-            {"stage": a.stage, "decision": a.decision, "approvers": ", ".join(a.approvers), "at": fmt_utc(a.at),
+            {"stage": a.stage, "decision": a.decision, "approvers": a.who(), "at": fmt_utc(a.at),
              "plan": a.plan_hash[7:19] if a.plan_hash.startswith("sha256:") else a.plan_hash, "reason": a.reason}
             for a in self.approvals
         ]

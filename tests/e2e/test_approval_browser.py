@@ -3,8 +3,10 @@
 A real Prefect server (``prefect server start``, with its UI) runs the incident flow on the drill's sandbox
 (real registry, podman, OpenBao, moto; local servers speaking the GitHub, Slack and GCP protocols, since no real
 ones can run here). The test opens the paused run in headless Chromium (Debian's ``chromium``, driven by
-Playwright with ``executable_path``: no browser download), reads the plan in the resume dialog, approves the
-rotation, then rejects the purge, and sees the flow go on and finish with exactly that outcome.
+Playwright with ``executable_path``: no browser download), reads the plan in the resume dialog, first submits the
+untouched form (nothing is pre-filled that approves: the gate refuses it, journals the refusal and asks again,
+saying why), then approves the rotation by filling the form, rejects the purge, and sees the flow go on and
+finish with exactly that outcome.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -55,12 +58,21 @@ def prefect_ui(tmp_path_factory):
     proc.wait(20)
 
 
-def _dialog(page, run_url: str):
-    page.goto(run_url)
-    page.get_by_role("button", name="Resume").first.click(timeout=60_000)
-    dialog = page.get_by_role("dialog")
-    dialog.wait_for(timeout=30_000)
-    return dialog
+def _dialog(page, run_url: str, want: str = "Plan hash"):
+    """The resume dialog once it shows the pause's form (``want`` in its text); reloads while the UI
+    still shows the previous pause's plain 'resume?' dialog."""
+    for _ in range(6):
+        page.goto(run_url)
+        page.get_by_role("button", name="Resume").first.click(timeout=60_000)
+        dialog = page.get_by_role("dialog")
+        dialog.wait_for(timeout=30_000)
+        try:
+            dialog.get_by_text(want).first.wait_for(timeout=10_000)
+            return dialog
+        except Exception:  # noqa: BLE001 - a stale dialog: load the run again
+            page.keyboard.press("Escape")
+            time.sleep(1)
+    raise AssertionError(f"the resume dialog never showed {want!r}")
 
 
 def _wait_asked(jpath, incident, stage, timeout=120):
@@ -84,6 +96,30 @@ def _wait_paused(run_id, timeout=60):
                 return
         time.sleep(0.5)
     raise AssertionError("run did not pause")
+
+
+def _wait_refused(jpath, incident, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if [e for e in Journal(jpath).events(incident) if e["kind"] == "refused"]:
+            time.sleep(1.5)  # the gate pauses again with the reason
+            return
+        time.sleep(0.3)
+    raise AssertionError("the untouched form was not refused")
+
+
+def _choose(page, dialog, decision: str) -> None:
+    control = dialog.locator("button.p-select-button__control").first  # Prefect UI's select: a listbox popover
+    control.focus()
+    control.press("ArrowDown")
+    page.get_by_role("option", name=decision).click()
+    assert dialog.locator(".p-select-button__value").first.inner_text() == decision
+
+
+def _shown_hash(text: str) -> str:
+    m = re.search(r"sha256:[0-9a-f]{64}", text)
+    assert m, text[:500]
+    return m.group(0)
 
 
 def test_approve_and_reject_in_the_prefect_ui(prefect_ui, tmp_path):
@@ -116,31 +152,45 @@ def test_approve_and_reject_in_the_prefect_ui(prefect_ui, tmp_path):
             dialog = _dialog(page, run_url)
             text = dialog.inner_text()
             assert "Rotate plan" in text and "Plan hash" in text and "KICS_API_TOKEN" in text
+            dialog.get_by_role("button", name="Submit").click()   # the untouched form: refused, asked again
+            with ThreadPoolExecutor(1) as pool:
+                pool.submit(contextvars.copy_context().run, _wait_refused, jpath, incident).result()
+                pool.submit(contextvars.copy_context().run, _wait_paused, run_id).result()
+            assert not Journal(jpath).entries(incident, "rotate")
+            dialog = _dialog(page, run_url, want="Previous answer not accepted")
+            text = dialog.inner_text()
+            assert "Previous answer not accepted: no approver named" in text and "Rotate plan" in text
+            rotate_hash = _shown_hash(text)
+            _choose(page, dialog, "approve")                 # the decision starts at reject
             boxes = dialog.locator("textarea")
-            boxes.nth(0).fill("alice")                       # approver
+            boxes.nth(0).fill("Alice ")                      # approver (normalised to alice)
             boxes.nth(1).fill("confirmed exposure, rotate")  # reason
+            boxes.nth(2).fill(rotate_hash)                   # the plan hash read above
             page.screenshot(path=str(tmp_path / "rotate-gate.png"))
             dialog.get_by_role("button", name="Submit").click()
 
             # the manual checklist item (a vendor API key) is confirmed by its owner through the API
             # (Prefect's sync helpers return coroutines inside Playwright's event loop: ask from a plain thread)
             with ThreadPoolExecutor(1) as pool:
-                assert "Manual rotation" in pool.submit(contextvars.copy_context().run, _wait_for_pause_text, run_id).result()
+                shown = pool.submit(contextvars.copy_context().run, _wait_for_pause_text, run_id).result()
+                if "Manual rotation" not in shown:
+                    proc.kill()
+                    out = proc.communicate()[0]
+                    (Path("/tmp") / "wt14-browser-flow.log").write_text(out)
+                    raise AssertionError(f"no manual-rotation pause: {shown[:300]}")
                 pool.submit(contextvars.copy_context().run, resume_flow_run, run_id,
                             {"rotated": True, "who": "carol", "note": "vendor portal"}).result()
 
             run_id = _wait_asked(jpath, incident, "purge")
             _wait_paused(run_id)
             dialog = _dialog(page, run_url)
-            assert "Purge plan" in dialog.inner_text()
-            control = dialog.locator("button.p-select-button__control").first  # Prefect UI's select: a listbox popover
-            control.focus()
-            control.press("ArrowDown")
-            page.get_by_role("option", name="reject").click()
-            assert dialog.locator(".p-select-button__value").first.inner_text() == "reject"
+            purge_text = dialog.inner_text()
+            assert "Purge plan" in purge_text
+            assert dialog.locator(".p-select-button__value").first.inner_text() == "reject"  # nothing approves by default
             boxes = dialog.locator("textarea")
             boxes.nth(0).fill("bob")
             boxes.nth(1).fill("change freeze")
+            boxes.nth(2).fill(_shown_hash(purge_text))
             dialog.get_by_role("button", name="Submit").click()
             browser.close()
         out, _ = proc.communicate(timeout=240)

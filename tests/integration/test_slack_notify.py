@@ -11,6 +11,7 @@ never stops the response. The flow-run link test also uses the shared
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -228,6 +229,53 @@ def test_incident_message_stages_approval_and_summary(slack, journal, monkeypatc
     rows = {e.action: e for e in journal.entries("inc-2026-04-22", stage="notify")}
     assert rows["incident-message"].detail["ts"] == msg.ts and rows["incident-message"].detail["channel"] == msg.channel
     assert {"stage:detect", "approval-request:purge", "final-summary", "report-file"} <= set(rows)
+
+
+def test_an_expired_gate_edits_its_request_to_expired_and_names_verified_approvers(slack, journal, monkeypatch):
+    n = _notifier(_inventory(slack, monkeypatch), journal)
+    n.open_incident()
+    rotate, purge = _plan("rotate", 2), _plan()
+    reqs = [n.request_approval(rotate), n.request_approval(purge)]
+    expired = Approval(decision="reject", approvers=["(nobody)"], plan_hash=rotate.hash, expired=True,
+                       reason="no decision within 10 s")
+    assert n.record_decision(rotate, expired).outcome == "done"
+    ask = slack.messages[(n.message.channel, reqs[0].detail["ts"])]
+    assert "*Expired*" in ask.text and "no decision within 10 s" in ask.text and "Approval needed" not in ask.text
+    assert "rotate" in slack.messages[(n.message.channel, n.message.ts)].text
+    assert n.stages["rotate"]["status"] == "expired"
+    both = Approval(decision="approve", approvers=["bob", "carol"], plan_hash=purge.hash,
+                    identities=[{"name": "bob", "via": "ssh", "verified": "yes"},
+                                {"name": "carol", "via": "prefect-ui", "verified": "no"}])
+    n.record_decision(purge, both)
+    ask = slack.messages[(n.message.channel, reqs[1].detail["ts"])]
+    assert "bob (ssh, verified), carol (prefect-ui, asserted)" in ask.text
+
+
+def test_with_an_app_token_the_request_carries_buttons_and_socket_mode_connects(slack, journal, monkeypatch):
+    monkeypatch.setenv("TEST_SLACK_APP_TOKEN", slack.app_token)
+    n = _notifier(_inventory(slack, monkeypatch, app_token="env:TEST_SLACK_APP_TOKEN"), journal)
+    n.open_incident()
+    plan = _plan()
+    req = n.request_approval(plan, flow_run_id="4f9c0d6e-run")
+    blocks = slack.messages[(n.message.channel, req.detail["ts"])].blocks
+    (actions,) = [b for b in blocks if b.get("type") == "actions"]
+    assert [e["action_id"] for e in actions["elements"]] == ["digestguard_approve", "digestguard_reject"]
+    assert json.loads(actions["elements"][0]["value"]) == {"run": "4f9c0d6e-run", "stage": "purge", "plan_hash": plan.hash}
+    clicks = []
+    listener = n.button_listener(clicks.append)
+    try:
+        slack.click("U0BOB", "digestguard_reject", actions["elements"][1]["value"])
+        deadline = time.monotonic() + 10
+        while not clicks and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        listener.close()
+    assert [(c.user_id, c.decision) for c in clicks] == [("U0BOB", "reject")]
+    n.record_decision(plan, Approval(decision="reject", approvers=["bob"], plan_hash=plan.hash))
+    assert not [b for b in slack.messages[(n.message.channel, req.detail["ts"])].blocks if b.get("type") == "actions"]
+    monkeypatch.setenv("TEST_SLACK_APP_TOKEN", "xapp-1-wrong")
+    assert n.button_listener(clicks.append) is None  # refused app token: journaled, the gate still answers elsewhere
+    assert [e for e in journal.events("inc-2026-04-22") if e["kind"] == "slack-buttons-unavailable"]
 
 
 def test_rerun_edits_the_same_messages(slack, journal, monkeypatch):

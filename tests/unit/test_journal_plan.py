@@ -62,3 +62,21 @@ def test_plan_hash_is_stable_and_binds_the_approval():
         require_approved(p, None)
     md = p.markdown()
     assert p.hash in md and "delete-manifest" in md
+
+
+def test_plan_opens_with_a_per_system_summary_and_cuts_nothing_in_the_table():
+    long_reason = "confirmed exposure by 2 job(s); revoke-first; " + "x" * 300
+    items = [PlanItem(target=f"mirror/checkmarx/kics@sha256:{n:064d}", action="delete-manifest", kind="registry",
+                      reason="malicious child", params={"registry": "mirror", "repository": "checkmarx/kics"}) for n in range(3)]
+    items.append(PlanItem(target="secret:AWS_ACCESS_KEY_ID", action="rotate", kind="aws-iam", reason=long_reason,
+                          params={"backend": "aws-iam", "ref": {"account": "123456789012", "user": "ci-deployer"},
+                                  "consumers": [{"kind": "github-actions-secret", "id": "gha:acme/infra:AWS_ACCESS_KEY_ID"}]}))
+    md = Plan(stage="rotate", incident="i", advisory="a", items=items).markdown()
+    summary = md[md.index("**By system**"):md.index("| # |")]
+    assert "- registry mirror: 3 delete-manifest" in summary and "- aws-iam 123456789012: 1 rotate" in summary
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    assert max(len(r) for r in rows) < 90 and all("x" * 20 not in r for r in rows)  # narrow: reasons sit below
+    full = f"mirror/checkmarx/kics@sha256:{2:064d}"
+    assert long_reason in md and f"`{full}`: malicious child" in md  # in full, under the table
+    assert "`mirror/checkmarx/kics@sha256:000000000000…`" in rows[-2] and full not in "\n".join(rows)
+    assert "at account 123456789012, user ci-deployer; copies held by gha:acme/infra:AWS_ACCESS_KEY_ID" in md

@@ -221,3 +221,20 @@ def test_the_window_drawn_is_the_one_jobs_were_judged_against():
     assert "2026-04-22 11:35:00 UTC" in r.markdown() and "(operator override)" in r.markdown()
     doc = _parse(render_report_html(r))
     assert "11:35:00 UTC" in " ".join(doc.text)
+
+
+def test_the_report_shows_each_approver_with_how_they_were_verified(tmp_path):
+    inc = "kics-2026-04-20261127-1930-3f2b"
+    j = Journal(tmp_path / "j.sqlite")
+    j.event(inc, "flow", "started", {"mode": "execute"})
+    ids = [{"name": "bob", "via": "ssh", "verified": "yes"}, {"name": "carol", "via": "prefect-ui", "verified": "no"}]
+    j.record(inc, "approval", "purge", "sha256:" + "d" * 64, "done",
+             detail={"approvers": ["bob", "carol"], "decision": "approve", "identities": ids}, approver="bob,carol")
+    j.record(inc, "approval", "rotate", "sha256:" + "e" * 64, "failed",
+             detail={"approvers": ["(nobody)"], "decision": "reject", "expired": True, "reason": "no decision within 10 s"})
+    r = report_from_journal(j, inc)
+    by = {a.stage: a for a in r.approvals}
+    assert by["purge"].who() == "bob (ssh, verified), carol (prefect-ui, asserted)"
+    assert by["rotate"].decision == "timeout"
+    assert "bob (ssh, verified), carol (prefect-ui, asserted)" in render_report_html(r)
+    j.close()

@@ -1,5 +1,9 @@
 """A local server speaking the Slack Web API, enough for ``slack_sdk.WebClient`` to talk to it unchanged.
 
+Also Socket Mode, for the approval buttons: ``apps.connections.open`` (app-level ``xapp-`` token) hands out a
+``ws://127.0.0.1`` URL; the websocket (PyPI ``websockets``) sends ``hello``, then ``interactive`` envelopes
+(``click``) that slack-sdk's unmodified ``SocketModeClient`` receives and acknowledges with ``{"envelope_id"}``.
+
 No Slack server can run here, so this one answers the methods digestguard uses,
 the way Slack does (HTTP 200 with ``{"ok": false, "error": ...}`` for API errors,
 channel *ids* in answers, ``chat.update`` only by id):
@@ -30,10 +34,13 @@ import json
 import re
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl
+
+from websockets.sync.server import serve as ws_serve
 
 _CHANNEL_NAME = re.compile(r"^[a-z0-9_-]{1,80}$")
 
@@ -87,6 +94,11 @@ class SlackServer:
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
+        self.app_token = "xapp-1-A0DIGEST-0000-digestguard"
+        self.sockets: list[Any] = []        # open Socket Mode connections
+        self.acks: list[str] = []           # envelope ids the app acknowledged
+        self._ws: Any = None
+        self.ws_port = 0
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "SlackServer":
@@ -115,6 +127,9 @@ class SlackServer:
 
     def stop(self) -> None:
         """Stop listening: clients now get 'connection refused' (Slack down)."""
+        if self._ws is not None:
+            self._ws.shutdown()
+            self._ws = None
         if self._httpd:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -202,7 +217,8 @@ class SlackServer:
             self._send(h, 404, {"ok": False, "error": "unknown_method"})
             return
         auth = h.headers.get("Authorization", "")
-        authorized = auth == f"Bearer {self.token}" or params.get("token") == self.token
+        want = self.app_token if method == "apps.connections.open" else self.token  # Socket Mode takes the app-level token
+        authorized = auth == f"Bearer {want}" or params.get("token") == want
         fault = self._take_fault(method)
         label = None if fault is None else ("close" if fault.mode == "close" else str(fault.status))
         call = Call(method, params, authorized, label)
@@ -349,3 +365,59 @@ class SlackServer:
                      initial_comment=p.get("initial_comment"))
             out.append({"id": f["id"], "name": f["name"], "title": f.get("title"), "size": len(f["content"])})
         return {"ok": True, "files": out}
+
+    # ------------------------------------------------------------------ Socket Mode
+    def _m_apps_connections_open(self, p: dict[str, Any]) -> dict[str, Any]:
+        """Slack's ``apps.connections.open``: a websocket URL for the app (here plain ``ws://`` on loopback)."""
+        if self._ws is None:
+            self._start_ws()
+        return {"ok": True, "url": f"ws://127.0.0.1:{self.ws_port}/link/?ticket={uuid.uuid4().hex}&app_id=A0DIGEST"}
+
+    def _start_ws(self) -> None:
+        server = self
+
+        def handler(conn: Any) -> None:
+            conn.send(json.dumps({"type": "hello", "num_connections": 1, "debug_info": {"host": "digestguard-stand-in"},
+                                  "connection_info": {"app_id": "A0DIGEST"}}))
+            with server._lock:
+                server.sockets.append(conn)
+            try:
+                for message in conn:
+                    data = json.loads(message)
+                    if data.get("envelope_id"):
+                        with server._lock:
+                            server.acks.append(data["envelope_id"])
+            except Exception:  # noqa: BLE001 - a closed socket ends the handler
+                pass
+            finally:
+                with server._lock:
+                    if conn in server.sockets:
+                        server.sockets.remove(conn)
+
+        self._ws = ws_serve(handler, "127.0.0.1", 0)
+        self.ws_port = self._ws.socket.getsockname()[1]
+        threading.Thread(target=self._ws.serve_forever, name="slack-socket-mode", daemon=True).start()
+
+    def click(self, user_id: str, action_id: str, value: str, *, timeout: float = 20.0) -> str:
+        """A person clicks a button on a message: one ``interactive`` ``block_actions`` envelope to the connected
+        app (as Slack sends it); returns the envelope id once the app acknowledged it."""
+        deadline = time.monotonic() + timeout
+        while not self.sockets:
+            if time.monotonic() > deadline:
+                raise TimeoutError("no Socket Mode connection")
+            time.sleep(0.1)
+        envelope = str(uuid.uuid4())
+        payload = {"type": "block_actions", "user": {"id": user_id, "username": user_id.lower(), "team_id": self.team_id},
+                   "team": {"id": self.team_id}, "api_app_id": "A0DIGEST", "trigger_id": f"trig-{envelope[:8]}",
+                   "actions": [{"action_id": action_id, "block_id": "digestguard_gate", "value": value, "type": "button",
+                                "action_ts": f"{time.time():.6f}"}]}
+        with self._lock:
+            conn = self.sockets[-1]
+        conn.send(json.dumps({"envelope_id": envelope, "type": "interactive", "accepts_response_payload": False,
+                              "payload": payload}))
+        while envelope not in self.acks:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"envelope {envelope} was never acknowledged")
+            time.sleep(0.05)
+        return envelope
+

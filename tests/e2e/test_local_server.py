@@ -1,0 +1,133 @@
+"""One local Prefect server, found by every command; answering gates from a terminal in seconds.
+
+A real ``prefect server start`` (with its UI) is started by ``flows.local_server.ensure_server`` under a
+temporary PREFECT_HOME, exactly as ``digestguard respond`` does without PREFECT_API_URL. A gate flow runs in
+its own process against it; ``digestguard approve`` and ``digestguard confirm`` run as processes with no
+PREFECT_API_URL and find the server through the state file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).parents[2]
+
+GATE_SCRIPT = textwrap.dedent('''
+    import json, sys
+    from prefect import flow
+    from digestguard.inventory import ApprovalPolicy
+    from digestguard.journal import Journal
+    from digestguard.plan import Plan, PlanItem
+    from flows.approval import confirm_manual_rotation, request_approval
+
+    @flow(name="cli-gate")
+    def cli_gate(jpath: str) -> dict:
+        plan = Plan(stage="purge", incident="cli-1", advisory="kics-2026-04",
+                    items=[PlanItem(target="vendor:VENDOR_API_KEY", action="rotate-manual", kind="manual", reason="by hand")])
+        a = request_approval(plan, Journal(jpath), ApprovalPolicy())
+        ok = confirm_manual_rotation(plan.items[0]) if a.approved else None
+        return {"decision": a.decision, "approvers": a.approvers, "confirmed": ok}
+
+    print(json.dumps(cli_gate(sys.argv[1])))
+''')
+
+
+@pytest.fixture(scope="module")
+def local_server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-home-local")
+    old = {k: os.environ.get(k) for k in ("PREFECT_HOME", "PREFECT_API_URL")}
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ.pop("PREFECT_API_URL", None)
+    from flows.local_server import ensure_server, read_state
+
+    try:
+        url = ensure_server()
+        yield url, home
+    finally:
+        pid = read_state().get("pid")
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if pid:
+            os.killpg(pid, signal.SIGTERM)
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {**os.environ, "PREFECT_HOME": str(home)}
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def _cli(home: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, env=_env(home), cwd=ROOT,
+                       timeout=60)
+    return r, time.monotonic() - t0
+
+
+def _wait_paused(api: str, name: str, after: str | None = None, timeout: float = 90) -> tuple[str, str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}}}).json()
+        for r in runs:
+            if r["state"]["state_details"].get("pause_key") != after:
+                return r["id"], r["state"]["state_details"]["pause_key"]
+        time.sleep(0.3)
+    raise AssertionError(f"no paused {name}")
+
+
+def test_the_server_is_started_once_and_reused(local_server):
+    from flows.local_server import ensure_server, read_state
+
+    url, home = local_server
+    t0 = time.monotonic()
+    assert ensure_server() == url and time.monotonic() - t0 < 2
+    state = json.loads((home / "digestguard-server.json").read_text())
+    assert state["url"] == url == read_state()["url"] and url.startswith("http://127.0.0.1:")
+    assert httpx.get(url + "/").status_code == 200  # the UI is served (the old embedded default had none)
+
+
+def test_approve_and_confirm_from_the_terminal(local_server, tmp_path):
+    url, home = local_server
+    api = f"{url}/api"
+    script = tmp_path / "gate.py"
+    script.write_text(GATE_SCRIPT)
+    flow = subprocess.Popen([sys.executable, str(script), str(tmp_path / "j.db")], env={**_env(home), "PREFECT_API_URL": api},
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        run_id, key = _wait_paused(api, "gate")
+        r, _ = _cli(home, "approve", run_id, "--approver", "  ")
+        assert r.returncode == 2 and "blank approver is refused" in r.stderr
+        r, _ = _cli(home, "confirm", run_id, "--who", "carol")
+        assert r.returncode == 2 and "not waiting for a manual rotation" in r.stderr
+        r, took = _cli(home, "approve", run_id, "--approver", "Alice", "--reason", "confirmed")
+        assert r.returncode == 0, r.stderr
+        assert took < 2.0, f"approve took {took:.2f} s"
+        run_id, key = _wait_paused(api, "manual rotation", after=key)
+        r, _ = _cli(home, "approve", run_id, "--approver", "alice")
+        assert r.returncode == 2 and "use `digestguard confirm`" in r.stderr
+        r, took = _cli(home, "confirm", run_id, "--who", "carol")
+        assert r.returncode == 0 and "vendor:VENDOR_API_KEY" in r.stdout, r.stderr
+        assert took < 2.0
+        out, err = flow.communicate(timeout=90)
+    finally:
+        flow.kill()
+    assert json.loads(out.strip().splitlines()[-1]) == {"decision": "approve", "approvers": ["alice"], "confirmed": True}
+
+
+def test_without_a_server_approve_says_how_to_get_one(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "approve", "00000000-0000-0000-0000-000000000001", "--approver", "a"],
+                       capture_output=True, text=True, env=_env(tmp_path), cwd=ROOT, timeout=60)
+    assert r.returncode == 2 and "no Prefect server found" in r.stderr
