@@ -162,8 +162,10 @@ def test_a_worker_killed_mid_rotate_is_resumed_by_another_from_the_shared_journa
         incident = incident_id_for(load_advisory(sb.advisory_path).id, run_id)  # no incident id given: from the flow run
         _until("rotate gate", lambda: _paused_at(journal, incident, "rotate", 1, run_id), 240)
         answer_paused_run(run_id, approver="alice", reason="confirmed exposure")
-        _until("rotation under way", lambda: any(e["kind"] == "rotate-started" for e in Journal(journal).events(incident)),
-               120, poll=0.05)
+        def step_done() -> bool:
+            return any(e.status == "done" for e in Journal(journal).entries(incident, "rotate"))
+
+        _until("a first rotation step done", step_done, 120, poll=0.05)
         _kill_tree(worker_a)
         at_kill = {(e.target, e.action): e.status for e in Journal(journal).entries(incident, "rotate")}
         worker_b = _worker("b", api, journal, tmp_path)
@@ -188,6 +190,9 @@ def test_a_worker_killed_mid_rotate_is_resumed_by_another_from_the_shared_journa
         assert [e["detail"]["flow_run_id"] for e in starts] == [run_id, run_id] and starts[1]["detail"]["run_count"] >= 2
         rotated = [e for e in Journal(journal).entries(incident, "rotate") if e.action == "rotate"]
         assert rotated and all(e.status == "done" for e in rotated), [(e.target, e.status) for e in rotated]
+        done_at_kill = {t for (t, a), st in at_kill.items() if a == "rotate" and st == "done"}
+        assert {e.target for e in rotated} - done_at_kill, at_kill  # the kill landed mid-rotate: worker B finished some
+        assert any(st == "done" for st in at_kill.values()), at_kill  # ... after worker A had finished some steps
         assert vault.secrets.kv.v2.read_secret_metadata(path="ci/kics-api-token-0")["data"]["current_version"] == kv_before + 1
         keys_after = {k["AccessKeyId"] for k in iam.list_access_keys(UserName="ci-deployer")["AccessKeyMetadata"]}
         assert len(keys_after) == 1 and keys_after.isdisjoint(keys_before)  # one new key, the exposed one gone
