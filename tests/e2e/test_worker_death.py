@@ -25,12 +25,14 @@ import boto3
 import httpx
 import hvac
 import pytest
+from google.auth.credentials import AnonymousCredentials
 
 from digestguard.advisory import load_advisory
 from digestguard.journal import JOURNAL_ENV, Journal
 from flows.approval import answer_paused_run
-from flows.drill.flow import build_sandbox
+from flows.drill.flow import _gcp_rotated, build_sandbox
 from flows.incident_lease import incident_id_for
+from integrations import gcp_secrets
 from tests.support.journal import fresh_pg_database
 from tests.support.vault import free_port
 
@@ -152,6 +154,9 @@ def test_a_worker_killed_mid_rotate_is_resumed_by_another_from_the_shared_journa
         iam = boto3.client("iam", endpoint_url=sb.moto.endpoint_url, region_name="us-east-1")
         kv_before = vault.secrets.kv.v2.read_secret_metadata(path="ci/kics-api-token-0")["data"]["current_version"]
         keys_before = {k["AccessKeyId"] for k in iam.list_access_keys(UserName="ci-deployer")["AccessKeyMetadata"]}
+        gsm = gcp_secrets.secret_manager_client(credentials=AnonymousCredentials(), api_endpoint=sb.gcp.url, transport="rest")
+        sonar = "projects/drill/secrets/sonar-token"
+        gcp_before = len(gcp_secrets.list_versions(gsm, sonar))
         worker_a = _worker("a", api, journal, tmp_path)
         stack.callback(lambda: worker_a.poll() is None and _kill_tree(worker_a))
 
@@ -196,4 +201,5 @@ def test_a_worker_killed_mid_rotate_is_resumed_by_another_from_the_shared_journa
         assert vault.secrets.kv.v2.read_secret_metadata(path="ci/kics-api-token-0")["data"]["current_version"] == kv_before + 1
         keys_after = {k["AccessKeyId"] for k in iam.list_access_keys(UserName="ci-deployer")["AccessKeyMetadata"]}
         assert len(keys_after) == 1 and keys_after.isdisjoint(keys_before)  # one new key, the exposed one gone
+        assert len(gcp_secrets.list_versions(gsm, sonar)) == gcp_before + 1 and _gcp_rotated(sb)  # one version; GitHub has it
         print("journal at the kill:", at_kill)
