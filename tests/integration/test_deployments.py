@@ -71,8 +71,24 @@ def test_the_readme_deploy_command_works_from_the_repository_root(prefect_harnes
     for d in deps.values():
         assert d.work_pool_name == "digestguard"
         assert d.pull_steps == [{"flows.deploy_steps.enter_digestguard_home": {"require": []}}]
+        assert d.job_variables == {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}}  # heartbeats for zombie detection
     assert "inventory" not in (deps["watch/watch"].parameters or {})
     assert [s.active for s in watch_schedules] == [False]  # no inventory yet: not scheduled
+
+
+def test_the_zombie_automation_installs_as_the_readme_says(prefect_harness):
+    readme = (ROOT / "README.md").read_text()
+    command = "prefect automation create --from-file deployments/zombie-automation.yaml"
+    assert f"`{command}`" in readme
+    env = {**os.environ, "PREFECT_API_URL": prefect_harness}
+    done = subprocess.run([sys.executable, "-m", "prefect", *command.split()[1:]], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Failed" not in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    with _client() as c:
+        [auto] = c.read_automations_by_name("digestguard-crash-zombie-flow-runs")
+    assert auto.trigger.posture == "Proactive" and auto.trigger.within.total_seconds() == 90
+    assert auto.trigger.after == {"prefect.flow-run.heartbeat"} and "prefect.flow-run.heartbeat" in auto.trigger.expect
+    assert [(a.type, a.state.value) for a in auto.actions] == [("change-flow-run-state", "CRASHED")]
 
 
 def test_every_entrypoint_imports_from_the_repository_root():

@@ -70,42 +70,46 @@ def test_renewal_keeps_a_lease_past_its_ttl(journal_location):
 
 
 _HOLD = textwrap.dedent("""
-    import os, pathlib, sys, time
+    import os, sys, time
     from digestguard.journal import Holder, Journal, LeaseHeld
-    j = Journal(sys.argv[1])
-    start, done = float(sys.argv[3]), pathlib.Path(sys.argv[5])
-    while time.time() < start:
+    location, name, go, ttl, stop = sys.argv[1:6]
+    j = Journal(location)
+    print("ready", flush=True)
+    while go != "-" and not os.path.exists(go):
         time.sleep(0.005)
     try:
-        lease = j.lease(sys.argv[2], Holder.here(), ttl=float(sys.argv[4]), wait=0)
+        lease = j.lease(name, Holder.here(), ttl=float(ttl), wait=0)
     except LeaseHeld:
-        (done / f"held-{os.getpid()}").touch()
         print("held", flush=True)
         sys.exit(0)
     print("won", flush=True)
-    deadline = time.time() + 90  # hold until every other racer has tried (a loaded machine starts them late)
-    while len(list(done.glob("held-*"))) < int(sys.argv[6]) - 1 and time.time() < deadline:
+    while not os.path.exists(stop):
         time.sleep(0.05)
     lease.release()
 """)
 
 
 def test_racing_processes_exactly_one_wins(journal_location, tmp_path):
-    Journal(journal_location).close()  # migrated before the race: the race is for the lease
-    start = time.time() + 3
-    procs = [subprocess.Popen([sys.executable, "-c", _HOLD, journal_location, "incident:race", str(start), "120",
-                               str(tmp_path), "6"],
+    """Six processes, each connected and waiting, try the same lease at one signal; the winner holds until all answered."""
+    go, stop = tmp_path / "go", tmp_path / "stop"
+    procs = [subprocess.Popen([sys.executable, "-c", _HOLD, journal_location, "incident:race", str(go), "60", str(stop)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    try:
+        assert [p.stdout.readline().strip() for p in procs] == ["ready"] * 6
+        go.touch()
+        answers = sorted(p.stdout.readline().strip() for p in procs)
+    finally:
+        stop.touch()
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, [e for _, e in outs]
-    assert sorted(o.strip() for o, _ in outs) == ["held"] * 5 + ["won"]
+    assert answers == ["held"] * 5 + ["won"]
 
 
 def test_a_holder_killed_on_this_host_frees_the_incident_at_once(journal_location, tmp_path):
     """The re-run after a crash on the same machine (``respond --incident ID`` again) need not wait out the ttl."""
-    p = subprocess.Popen([sys.executable, "-c", _HOLD, journal_location, "incident:killed", "0", "60", str(tmp_path), "1000"],
+    p = subprocess.Popen([sys.executable, "-c", _HOLD, journal_location, "incident:killed", "-", "60", str(tmp_path / "never")],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert p.stdout.readline().strip() == "won"
+    assert p.stdout.readline().strip() == "ready" and p.stdout.readline().strip() == "won"
     j = Journal(journal_location)
     with pytest.raises(LeaseHeld):  # alive: refused
         j.lease("incident:killed", Holder.here(), wait=0)
