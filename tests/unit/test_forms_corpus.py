@@ -4,7 +4,8 @@
 instruction that names an image, BOM, continuations, heredocs, escape directive; Compose with
 ``.env``; Kubernetes; Helm; GitHub Actions jobs/services/docker:// steps/``action.yml``; GitLab;
 CircleCI; Bitbucket; Azure; Tekton steps and bundles; Drone; Woodpecker; Cloud Build; Jenkinsfile;
-Makefile; shell; devcontainer.json; Quadlet; a GitLab ``include:``d file; a Compose ``.env``). ``forms/references.yaml`` lists every reference with
+Makefile; shell; devcontainer.json; Quadlet; a GitLab ``include:``d file; a Compose ``.env``).
+``forms/references.yaml`` lists every reference with
 its classification; the scan must find exactly those. The byte-exact rewrite and the idempotent
 second run are ``test_pin_corpus.py``'s (``forms`` is one of its cases).
 """
