@@ -1136,13 +1136,13 @@ def _scan_one(
     if kind is None:
         return rel if report_mentions and not rel.lower().endswith(PROSE_SUFFIXES) else None
     assert isinstance(kind, str)
-    return scan_text(rel, text, kind, env=_dotenv(os.path.dirname(path)) if kind == "compose" else None)
+    return scan_text(rel, text, kind, env=read_dotenv(os.path.dirname(path)) if kind == "compose" else None)
 
 
 _DOTENV = re.compile(r"^[ \t]*(?:export[ \t]+)?([A-Za-z_][A-Za-z0-9_]*)[ \t]*=[ \t]*(.*?)[ \t]*$")
 
 
-def _dotenv(folder: str) -> dict[str, str]:
+def read_dotenv(folder: str) -> dict[str, str]:
     """A Compose project's ``.env`` (``KEY=value`` lines, quotes removed); empty when there is none."""
     data = _read_capped(os.path.join(folder, ".env"))
     if not isinstance(data, bytes):
