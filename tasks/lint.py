@@ -32,7 +32,7 @@ from digestguard.advisory import Advisory
 from digestguard.errors import InputError
 from digestguard.reference import ImageReference
 from tasks.scan.ci_files import classify
-from tasks.scan.references import FileScan, Found, name_hint, scan_text, scan_tree
+from tasks.scan.references import FileScan, Found, name_hint, read_dotenv, scan_text, scan_tree
 
 _SHA1 = re.compile(r"^[0-9a-fA-F]{40}$")
 
@@ -170,7 +170,8 @@ def lint_tree(path: str | os.PathLike[str], advisories: Sequence[Advisory] = (),
             text = p.read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise InputError(str(p), f"cannot read: {e}") from None
-        files = [scan_text(p.as_posix(), text, kind)]
+        env = read_dotenv(str(p.parent)) if kind == "compose" else None  # as the tree scan does
+        files = [scan_text(p.as_posix(), text, kind, env=env)]
     elif p.is_dir():
         files = scan_tree(p).files
     else:

@@ -93,6 +93,8 @@ def classify(relpath: str) -> str | None:
         return "makefile"
     if low.endswith((".sh", ".bash")):
         return "shell"
+    if low == ".env":
+        return "dotenv"  # a Compose project's variables (``KEY=value``)
     if low in ("devcontainer.json", ".devcontainer.json"):
         return "devcontainer"
     if low.endswith(".container"):

@@ -26,6 +26,7 @@ parsing only for recognised formats that pass the prefilter.
 from __future__ import annotations
 
 import bisect
+import fnmatch
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -64,6 +65,7 @@ class Found:
     classification: str = "image"
     resolved: ImageReference | None = None  # indirect: what the variables make of it (None: unresolvable)
     via: tuple[int, int] | None = None  # indirect: the span of the one definition that pin rewrites instead
+    #   (``ENV_FILE_VIA`` when that definition is in the Compose ``.env``)
 
     @property
     def pinnable(self) -> bool:
@@ -79,6 +81,7 @@ class Found:
 
 
 CLASSIFICATIONS = ("image", "built-here", "not-an-image", "indirect", "uncertain")
+ENV_FILE_VIA = (-1, -1)  # ``Found.via`` of a reference held by a variable of the Compose ``.env`` (scanned itself)
 
 
 @dataclass(frozen=True)
@@ -318,6 +321,11 @@ def _resolve_indirect(t: _Text, start: int, end: int, context: str, parts: set[s
             ds = start + m.start("d")
             got, span = m.group("d"), (ds, ds + len(m.group("d")))
         ref = try_parse_reference(got) if got is not None and "$" not in got else None
+        if ref is not None and span is None and name in t.env and name not in t.vars and is_image_name(name):
+            # held whole by an image-named variable of the Compose ``.env``: that file is scanned
+            # itself and its definition is the reference pin rewrites and lint judges
+            t.hits[(start, end)] = t._found(start, end, None, context, True, "indirect", ref, ENV_FILE_VIA)
+            return
         if ref is not None and span is not None:
             t.emit(span[0], span[1], f"{context}<-{name}", True)
             if span[0] >= start and span[1] <= end:  # the default sits inside this reference: it IS the reference
@@ -959,6 +967,12 @@ def scan_text(path: str, text: str, kind: str, env: dict[str, str] | None = None
     elif kind == "quadlet":
         for m in _QUADLET_IMAGE.finditer(text):
             t.emit(m.start("v"), m.end("v"), "quadlet:Image", True)
+    elif kind == "dotenv":
+        # only image-named variables: a .env holds secrets too, and no other value is read as a reference
+        for _, ls, line in t.lines():
+            m = _ASSIGN.match(line)
+            if m and is_image_name(m.group("name")) and not line.lstrip().startswith("#"):
+                _assignment(t, ls, line, "dotenv:assignment")
     elif kind in ("makefile", "shell"):
         for _, ls, line in t.lines():
             if not line.lstrip().startswith("#"):
@@ -1010,10 +1024,65 @@ def scan_tree(
             res.skipped.append(out)
         elif out is not None:
             res.mentions.append(out)
+    _gitlab_includes(res, root_s)
     res.files.sort(key=lambda f: f.path)
     res.skipped.sort(key=lambda s: (s.path, s.line or 0))
     res.mentions.sort()
     return res
+
+
+_INCLUDE_ITEM = re.compile(r"^[ \t]*(?:-[ \t]+)?(?:local:[ \t]*)?['\"]?(?P<p>/?[^\s'\"#:]+\.ya?ml)['\"]?[ \t]*(?:#.*)?$")
+_INCLUDE_INLINE = re.compile(r"^include:[ \t]*['\"]?(?P<p>/?[^\s'\"#:]+\.ya?ml)['\"]?[ \t]*(?:#.*)?$", re.M)
+
+
+def _gitlab_include_paths(text: str) -> list[str]:
+    """Repository-local files a GitLab CI file ``include:``s (``local:`` entries and bare paths).
+
+    ``project:``/``remote:``/``template:``/``component:`` entries name files outside the
+    repository and are left alone; a ``file:`` under ``project:`` is another repository's.
+    """
+    out = [m.group("p") for m in _INCLUDE_INLINE.finditer(text)]
+    inside = False
+    other_repo = False
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if not line[0].isspace() and not line.startswith("-"):
+            inside = line.startswith("include:") and not line[len("include:"):].strip()
+            continue
+        if not inside:
+            continue
+        item = line.lstrip()
+        if item.startswith("- "):
+            other_repo = False
+        if re.match(r"(?:-[ \t]+)?(?:project|remote|template|component):", item):
+            other_repo = True
+            continue
+        if other_repo or item.startswith(("file:", "- file:", "rules:", "inputs:")):
+            continue
+        m = _INCLUDE_ITEM.match(line)
+        if m:
+            out.append(m.group("p"))
+    return out
+
+
+def _gitlab_includes(res: ScanResult, root: str) -> None:
+    """Re-read the files a ``.gitlab-ci.yml`` includes from the repository as GitLab CI (wildcards allowed)."""
+    by_path = {fs.path: i for i, fs in enumerate(res.files)}
+    todo = [fs for fs in res.files if fs.kind == "gitlab-ci"]
+    seen: set[str] = set()
+    while todo:
+        fs = todo.pop()
+        for pattern in _gitlab_include_paths(fs.text):
+            pat = pattern.lstrip("/")
+            matches = [p for p in by_path if fnmatch.fnmatchcase(p, pat)] if any(c in pat for c in "*?[") else [pat]
+            for rel in matches:
+                i = by_path.get(rel)
+                if i is None or rel in seen or res.files[i].kind == "gitlab-ci":
+                    continue
+                seen.add(rel)
+                res.files[i] = scan_text(rel, res.files[i].text, "gitlab-ci")
+                todo.append(res.files[i])
 
 
 def _symlink_skip(rel: str, path: str, root_real: str) -> ScanSkip | None:
@@ -1067,13 +1136,13 @@ def _scan_one(
     if kind is None:
         return rel if report_mentions and not rel.lower().endswith(PROSE_SUFFIXES) else None
     assert isinstance(kind, str)
-    return scan_text(rel, text, kind, env=_dotenv(os.path.dirname(path)) if kind == "compose" else None)
+    return scan_text(rel, text, kind, env=read_dotenv(os.path.dirname(path)) if kind == "compose" else None)
 
 
 _DOTENV = re.compile(r"^[ \t]*(?:export[ \t]+)?([A-Za-z_][A-Za-z0-9_]*)[ \t]*=[ \t]*(.*?)[ \t]*$")
 
 
-def _dotenv(folder: str) -> dict[str, str]:
+def read_dotenv(folder: str) -> dict[str, str]:
     """A Compose project's ``.env`` (``KEY=value`` lines, quotes removed); empty when there is none."""
     data = _read_capped(os.path.join(folder, ".env"))
     if not isinstance(data, bytes):

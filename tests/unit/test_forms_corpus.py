@@ -4,7 +4,8 @@
 instruction that names an image, BOM, continuations, heredocs, escape directive; Compose with
 ``.env``; Kubernetes; Helm; GitHub Actions jobs/services/docker:// steps/``action.yml``; GitLab;
 CircleCI; Bitbucket; Azure; Tekton steps and bundles; Drone; Woodpecker; Cloud Build; Jenkinsfile;
-Makefile; shell; devcontainer.json; Quadlet). ``forms/references.yaml`` lists every reference with
+Makefile; shell; devcontainer.json; Quadlet; a GitLab ``include:``d file; a Compose ``.env``).
+``forms/references.yaml`` lists every reference with
 its classification; the scan must find exactly those. The byte-exact rewrite and the idempotent
 second run are ``test_pin_corpus.py``'s (``forms`` is one of its cases).
 """
@@ -59,7 +60,18 @@ def test_every_classification_and_every_recognised_form_is_covered():
     kinds = {fs.kind for fs in scan_tree(FORMS / "input").files}
     assert kinds >= {"dockerfile", "compose", "helm-values", "github-workflow", "github-action", "gitlab-ci", "circleci",
                      "bitbucket", "azure", "tekton", "drone", "woodpecker", "cloudbuild", "jenkinsfile", "makefile",
-                     "shell", "devcontainer", "quadlet", "yaml"}
+                     "shell", "devcontainer", "quadlet", "dotenv", "yaml"}
+
+
+def test_gitlab_includes_are_read_as_gitlab_ci():
+    files = {fs.path: fs.kind for fs in scan_tree(FORMS / "input").files}
+    assert files["ci/kics-template.yml"] == "gitlab-ci"  # named by include: local:, not by its path
+
+
+def test_dotenv_reads_only_image_named_variables(tmp_path):
+    """A .env holds secrets too: only image-named variables are read as references."""
+    fs = scan_text(".env", "KICS_IMAGE=checkmarx/kics:alpine\nTOKEN=abc/def:ghi\nPASSWORD=x\n", "dotenv")
+    assert [f.text for f in fs.found] == ["checkmarx/kics:alpine"]
 
 
 def test_uncertain_is_a_value_that_merely_parses():
@@ -116,8 +128,8 @@ def test_lint_flags_what_pin_rewrites_in_variables_makefiles_and_scripts(tmp_pat
     """The issue's misses: GitLab ``variables:``, Makefile ``?=``, shell scripts, ``ARG TAG=latest`` + ``FROM image:${TAG}``."""
     adv, offenders, _ = _lint_and_pin("forms", tmp_path)
     flagged = {(o.path, o.line) for o in offenders}
-    assert {(".gitlab-ci.yml", 2), ("Makefile", 1), ("scripts/scan.sh", 3), ("Dockerfile", 15)} <= flagged
+    assert {(".gitlab-ci.yml", 6), ("Makefile", 1), ("scripts/scan.sh", 3), ("Dockerfile", 15)} <= flagged
     by_tag = next(o for o in offenders if (o.path, o.line) == ("Dockerfile", 15))
     assert by_tag.kind == "unpinned" and "resolves to checkmarx/kics:latest" in by_tag.reason
     unresolved = {(o.path, o.line) for o in offenders if o.kind == "unresolved"}
-    assert unresolved == {(".gitlab-ci.yml", 9), ("compose/docker-compose.yml", 12)}
+    assert unresolved == {(".gitlab-ci.yml", 13), ("compose/docker-compose.yml", 12)}

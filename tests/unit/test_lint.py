@@ -128,3 +128,12 @@ def test_corpus_expected_trees_leave_only_known_offenders():
         off = lint_tree(CORPUS / case / "expected", [KICS])
         assert not [o for o in off if "checkmarx/kics" in o.reference and o.kind != "mutable-action"], case
         assert not [o for o in off if o.kind == "malicious"], case
+
+
+def test_a_compose_file_linted_alone_reads_its_env(tmp_path: Path):
+    """The pre-commit hook lints single files: a Compose file still resolves ``${VAR}`` from its ``.env``."""
+    _write(tmp_path, "docker-compose.yml", "services:\n  a:\n    image: ${APP}\n  b:\n    image: ${NOPE}\n")
+    _write(tmp_path, ".env", "APP=nginx:1.27\n")
+    off = {o.line: o for o in lint_files([tmp_path / "docker-compose.yml"])}
+    assert off[3].kind == "unpinned" and "resolves to nginx:1.27" in off[3].reason
+    assert off[5].kind == "unresolved"
