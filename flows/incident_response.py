@@ -29,7 +29,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from digestguard.advisory import Advisory, load_advisory
-from digestguard.findings import ActionOutcome, DetectResult, ExposureReport, StageResult
+from digestguard.findings import ActionOutcome, DetectResult, ExposureReport, StageResult, overall_verdict
 from digestguard.inventory import Inventory, load_inventory
 from digestguard.journal import Journal
 from digestguard.plan import Approval, Plan
@@ -40,13 +40,11 @@ from tasks.connect import Connections
 from tasks.detect import detect_task
 from tasks.notify import Notifier, flow_run_url
 from tasks.pin import parse_to, pin_task
-from tasks.purge import dry_run_result as purge_dry_run
-from tasks.purge import known_good_targets, plan_purge, purge_task
+from tasks.purge import dry_run_result as purge_dry_run, known_good_targets, plan_purge, purge_task
 from tasks.report.artifacts import publish_report
 from tasks.report.html import render_report_html
 from tasks.report.model import ApprovalRecord, IncidentReport, PullRequestLink
-from tasks.rotate.stage import dry_run_result as rotate_dry_run
-from tasks.rotate.stage import plan_rotation, rotate_task
+from tasks.rotate.stage import dry_run_result as rotate_dry_run, plan_rotation, rotate_task
 
 Mode = Literal["dry-run", "execute"]
 Apply = Callable[[Plan, Approval], StageResult]
@@ -168,11 +166,15 @@ def incident_response(
     r.journal.event(r.incident, "flow", "finished", {"mode": mode})
     summary = {"incident": r.incident, "advisory": r.advisory.id, "mode": mode, "flow_run_id": r.run_id,
                "timings": r.timings, **summary}
+    note = r.report.coverage_note()
+    summary = {**({"coverage_note": note} if note else {}), **summary}
     failed = [s for s in ("rotate", "purge") if getattr(r.report, s) and not getattr(r.report, s).ok]
-    summary["ok"] = not failed
+    summary["ok"] = not failed and note is None
     if failed:
         return Failed(message=f"incident {r.incident}: {', '.join(failed)} had failures; see the report {summary.get('report')}",
                       data=summary)
+    if note and mode == "execute":
+        return Failed(message=f"incident {r.incident}: incomplete: {note}", data=summary)
     return summary
 
 
@@ -198,7 +200,9 @@ def _open(advisory: str, inventory: str, mode: Mode, incident_id: str | None, tr
 
 def _detect(r: Response) -> DetectResult:
     r.report.detect = detected = detect_task(r.advisory, r.inventory, r.connections)
-    r.notifier.stage_update("detect", "done", counts_text(detected.counts()))
+    r.notifier.coverage_note = r.report.coverage_note()
+    r.notifier.stage_update("detect", "done" if detected.verdict != "incomplete" else "partial",
+                            counts_text(detected.counts()))
     r.lap("detect")
     return detected
 
@@ -206,9 +210,10 @@ def _detect(r: Response) -> DetectResult:
 def _assess(r: Response, window_start: datetime | None, window_end: datetime | None) -> ExposureReport:
     r.report.exposure = exposure = assess_exposure_task(r.advisory, r.inventory, detected_at=r.report.started_at,
                                                         start_override=window_start, end_override=window_end)
-    r.notifier.stage_update("assess", "done",
-                            f"{len(exposure.jobs_by('confirmed'))} confirmed, {len(exposure.jobs_by('probable'))} probable job(s); "
-                            f"{len(exposure.secrets)} secret(s); {len(exposure.network_hits)} network hit(s)",
+    r.notifier.coverage_note = r.report.coverage_note()
+    jobs = f"{len(exposure.jobs_by('confirmed'))} confirmed, {len(exposure.jobs_by('probable'))} probable job(s)"
+    r.notifier.stage_update("assess", "done" if exposure.verdict != "incomplete" else "partial",
+                            f"{jobs}; {len(exposure.secrets)} secret(s); {len(exposure.network_hits)} network hit(s)",
                             details=exposure_markdown(exposure))
     r.lap("assess")
     return exposure
@@ -290,7 +295,11 @@ def _finish(r: Response, report_path: str | None) -> dict[str, Any]:
 def run_summary(report: IncidentReport) -> dict[str, Any]:
     """The flow's return value: counts, ids and links per stage (never a secret value)."""
     detected, exposure = report.detect, report.exposure
-    out: dict[str, Any] = {}
+    note = report.coverage_note()
+    out: dict[str, Any] = {"coverage_note": note} if note else {}
+    found = bool((detected and detected.verdict == "found") or (exposure and exposure.verdict == "found"))
+    out["verdict"] = overall_verdict(found, report.coverage())
+    out["coverage"] = [c.model_dump(mode="json") for c in report.coverage()]
     if detected is not None:
         out["detect"] = detected.counts()
         out["detect_compromised"] = sorted({f.location for f in detected.findings if f.verdict == "compromised"})

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from digestguard.advisory import Advisory
 from digestguard.cilog import JobLog, parse_job_log
 from digestguard.errors import DigestguardError
+from digestguard.findings import SourceCoverage
 from digestguard.inventory import CISource, Inventory
 from digestguard.timeutil import now, parse_time
 from tasks.connect import forge_client
@@ -76,6 +77,7 @@ class CIRead:
     origins: dict[str, JobOrigin] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     unparsable: dict[str, int] = field(default_factory=dict)
+    coverage: dict[str, SourceCoverage] = field(default_factory=dict)
 
     @classmethod
     def merged(cls, reads: Iterable[CIRead]) -> CIRead:
@@ -85,6 +87,7 @@ class CIRead:
             out.jobs += r.jobs
             out.origins.update(r.origins)
             out.errors += r.errors
+            out.coverage.update(r.coverage)
             for k, v in r.unparsable.items():
                 out.unparsable[k] = out.unparsable.get(k, 0) + v
         return out
@@ -93,8 +96,17 @@ class CIRead:
 def _read(source: str, jobs: Sequence[tuple[JobLog, JobOrigin]], errors: Sequence[str]) -> CIRead:
     """A ``CIRead`` of one source's ``(log, origin)`` pairs (origins keyed by :func:`job_key`)."""
     unparsable = sum(log.unparsable for log, _ in jobs)
+    cov = (SourceCoverage(source=source, kind="ci-log", state="partial",
+                          reason=f"{len(errors)} item(s) not read, first: {errors[0]}") if errors
+           else SourceCoverage(source=source, kind="ci-log", state="checked"))
     return CIRead(jobs=[log for log, _ in jobs], origins={job_key(source, log.job): o for log, o in jobs},
-                  errors=list(errors), unparsable={source: unparsable} if unparsable else {})
+                  errors=list(errors), unparsable={source: unparsable} if unparsable else {}, coverage={source: cov})
+
+
+def _unread(source: str, error: str) -> CIRead:
+    """A ``CIRead`` for a source that could not be read at all: its error, and ``unchecked`` coverage."""
+    return CIRead(errors=[error], coverage={source: SourceCoverage(source=source, kind="ci-log", state="unchecked",
+                                                                     reason=error)})
 
 
 def advisory_span(advisory: Advisory) -> tuple[datetime, datetime | None]:
@@ -179,7 +191,7 @@ def _sidecar(source: str, path: Path, rel: PurePosixPath) -> tuple[dict[str, Any
 def _read_folder(entry: CISource, inventory: Inventory) -> CIRead:
     root = inventory.resolve_path(entry.path or "")
     if not root.is_dir():
-        return CIRead(errors=[f"{entry.name}: CI log folder {root} does not exist or is not a folder"])
+        return _unread(entry.name, f"{entry.name}: CI log folder {root} does not exist or is not a folder")
     jobs: list[tuple[JobLog, JobOrigin]] = []
     errors: list[str] = []
     for name in _folder_files(root):
@@ -337,7 +349,7 @@ def _read_runs(source: str, forge: _Runs, span: tuple[datetime, datetime], repos
     try:
         runs = forge.runs(*span)
     except DigestguardError as exc:
-        return CIRead(errors=[f"{source}: cannot list {forge.listing}: {exc}"])
+        return _unread(source, f"{source}: cannot list {forge.listing}: {exc}")
     pairs, errors = _run_jobs(source, forge, runs)
 
     def fetch(pair: tuple[Any, Any]) -> tuple[Any, Any, str | None, str | None]:
@@ -401,14 +413,14 @@ def read_one_source(
         if own:
             client = github_client_for(entry, inventory) if entry.kind == "github" else gitlab_client_for(entry, inventory)
     except (DigestguardError, ImportError) as exc:
-        return CIRead(errors=[f"{entry.name}: cannot connect to {entry.kind}: {exc}"])
+        return _unread(entry.name, f"{entry.name}: cannot connect to {entry.kind}: {exc}")
     try:
         if entry.kind == "github" and not all((entry.repo or "").partition("/")[::2]):
-            return CIRead(errors=[f"{entry.name}: repo {entry.repo!r} is not owner/name"])
+            return _unread(entry.name, f"{entry.name}: repo {entry.repo!r} is not owner/name")
         return _read_runs(entry.name, _forge_runs(entry, client), _list_range(window, advisory, lookback),
                           _repo_for_remote(inventory, entry.repo or ""), wants_definition)
     except DigestguardError as exc:
-        return CIRead(errors=[f"{entry.name}: {exc}"])
+        return _unread(entry.name, f"{entry.name}: {exc}")
     finally:
         if own and client is not None:
             client.close()

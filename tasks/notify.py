@@ -269,6 +269,7 @@ class Notifier:
         self.advisory_id = advisory_id
         self.title = title
         self.run_url = run_url
+        self.coverage_note: str | None = None  # "N of M sources not checked: ...", shown above the board
         self.disabled_reason = disabled_reason if client is None else None
         self.message: SlackMessage | None = None
         self.stages: dict[str, dict[str, str]] = {}
@@ -392,6 +393,8 @@ class Notifier:
             summary = st.get("summary") or ""
             lines.append(f"{icon} *{mrkdwn(s)}*: {mrkdwn(st.get('status', ''))}" + (f" · {mrkdwn(summary)}" if summary else ""))
         board = "\n".join(lines) or "_Response starting…_"
+        if self.coverage_note:
+            board = f":warning: *INCOMPLETE: {mrkdwn(self.coverage_note[:600])}*\n{board}"
         ctx = " · ".join(x for x in [f"advisory `{mrkdwn(self.advisory_id)}`" if self.advisory_id else "",
                                      _link(self.run_url, "Prefect flow run") if self.run_url else "",
                                      f"updated {_hhmm(now())}"] if x)

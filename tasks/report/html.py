@@ -96,6 +96,8 @@ def _header(report: IncidentReport) -> list[str]:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{html_text(title)}</title><style>{_CSS}</style></head><body>",
         f'<h1 id="title">{html_text(title)}</h1>',
+        *([f'<p id="coverage" class="incomplete"><b>INCOMPLETE: {html_text(note)}</b></p>']
+          if (note := report.coverage_note()) else []),
         f'<p class="meta">Advisory <code>{html_text(report.advisory_id)}</code> · attack window {html_text(fmt_utc(w.start))} to '
         f"{html_text(fmt_utc(w.end, 'no known end'))}{(' (' + html_text(w.source) + ')') if w.source else ''} · "
         f"response started {html_text(fmt_utc(report.started_at))}"
