@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from digestguard.errors import InputError
+from digestguard.redact import redact, redact_data
 
 STATUSES = ("started", "done", "failed", "skipped", "planned")
 _FORBIDDEN_KEYS = {"value", "secret", "password", "secret_access_key", "token", "plaintext", "private_key"}
@@ -146,7 +147,8 @@ class Journal:
         with self._lock:
             old = self.get(incident, stage, target, action)
             merged = {**(old.detail if old else {}), **(detail or {})}
-            payload = _check_detail(merged)
+            payload = _check_detail(redact_data(merged))
+            error = redact(error)
             now = _now()
             started = old.started_at if old and old.started_at else (now if status in ("started", "planned") else None)
             finished = now if status in ("done", "failed", "skipped") else None
@@ -162,7 +164,7 @@ class Journal:
 
     def event(self, incident: str, stage: str, kind: str, detail: dict[str, Any] | None = None) -> None:
         """A point in the incident's story that is not an idempotent action (stage started, approval asked...)."""
-        payload = _check_detail(detail or {})
+        payload = _check_detail(redact_data(detail or {}))
         with self._lock:
             self._db.execute("INSERT INTO events (incident, stage, kind, detail, at) VALUES (?,?,?,?,?)", (incident, stage, kind, payload, _now()))
 

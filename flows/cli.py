@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -17,6 +18,7 @@ import typer
 
 from digestguard.errors import DigestguardError, InputError
 from digestguard.install import check_own_packages
+from digestguard.redact import install as install_redaction, redact
 
 app = typer.Typer(help="Container-image supply-chain incident playbook (Prefect).", no_args_is_help=True, add_completion=False)
 advisories_app = typer.Typer(help="IOC packs: list, show, validate.", no_args_is_help=True)
@@ -28,7 +30,7 @@ def _echo_json(obj: Any) -> None:
 
 
 def _fail(e: Exception, code: int = 2) -> None:
-    typer.echo(f"error: {e}", err=True)
+    typer.echo(f"error: {redact(str(e))}", err=True)
     raise typer.Exit(code)
 
 
@@ -548,13 +550,26 @@ def watch_cmd(
 
 
 def main() -> None:
-    """Console entry point: typed errors become one clear line and exit code 2."""
+    """Console entry point: typed errors become one clear line and exit code 2; any other exception one line
+    naming the command, exit code 3 (no complete answer), with the traceback only under ``--debug``."""
+    install_redaction()
+    debug = "--debug" in sys.argv[1:]
+    if debug:
+        sys.argv.remove("--debug")
     try:
         check_own_packages()
         app()
     except DigestguardError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {redact(str(e))}", err=True)
         sys.exit(2)
+    except Exception as e:  # noqa: BLE001 - anything unexpected: one clear line, the traceback only under --debug
+        if debug:
+            traceback.print_exc()
+        doing = " ".join(a for a in sys.argv[1:2]) or "digestguard"
+        typer.echo(redact(f"error: unexpected {type(e).__name__} while running `digestguard {doing}`: {str(e)[:300]}; "
+                          "the answer is incomplete" + ("" if debug else " (run again with --debug for the traceback)")),
+                   err=True)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

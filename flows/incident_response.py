@@ -33,6 +33,7 @@ from digestguard.findings import ActionOutcome, DetectResult, ExposureReport, St
 from digestguard.inventory import Inventory, load_inventory
 from digestguard.journal import Journal
 from digestguard.plan import Approval, Plan
+from digestguard.redact import install as install_redaction, redact
 from digestguard.timeutil import now
 from flows.approval import confirm_manual_rotation, request_approval
 from tasks.assess import assess_exposure_task, exposure_markdown
@@ -157,7 +158,7 @@ def incident_response(
             _pin(r, known_good, open_pull_requests)
         summary = run_summary(r.report)
     except BaseException as e:
-        error = f"{type(e).__name__}: {str(e)[:300]}"
+        error = redact(f"{type(e).__name__}: {str(e)[:300]}")
         r.notifier.stage_update("flow", "failed", error)
         r.journal.event(r.incident, "flow", "failed", {"error": error})
         raise
@@ -181,6 +182,7 @@ def incident_response(
 def _open(advisory: str, inventory: str, mode: Mode, incident_id: str | None, triggered_by: str | None,
           auto_approve: str | None) -> Response:
     """Load the advisory and inventory, open the journal, the Slack board and the report; journal the start."""
+    install_redaction()  # every log record of the run passes the one redactor
     adv = load_advisory(advisory)
     inv = load_inventory(inventory)
     journal = Journal(str(inv.journal_path()))

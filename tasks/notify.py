@@ -22,13 +22,13 @@ Rules this module keeps:
   message; approval requests and the final summary are found the same way.
 * **No secret value in a message.** Messages are built from ids, names, versions
   and counts only; and when the notifier is given known secret values, every
-  outgoing string passes :func:`redact` in the client just before it is sent.
+  outgoing string passes the one redactor (:func:`digestguard.redact.redact`, every value the run
+  resolved or revealed is registered with it) in the client just before it is sent.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import time
@@ -36,7 +36,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import quote
 
 from prefect.runtime import flow_run
 from prefect.settings import get_current_settings
@@ -48,6 +47,7 @@ from digestguard.inventory import ApprovalPolicy, Inventory
 from digestguard.journal import Journal
 from digestguard.markdown import mrkdwn
 from digestguard.plan import Approval, Plan
+from digestguard.redact import MASK, redact
 from digestguard.timeutil import now, utc
 from integrations.slack import SlackClient, SlackMessage, channel_name_for
 from tasks.report.model import IncidentReport
@@ -62,7 +62,6 @@ __all__ = [
     "who_must_approve",
 ]
 
-MASK = "[redacted]"
 STAGE_ORDER = ("detect", "assess", "rotate", "purge", "pin", "report")
 _ICONS = {
     "started": ":hourglass_flowing_sand:", "running": ":hourglass_flowing_sand:", "done": ":white_check_mark:",
@@ -72,47 +71,7 @@ _ICONS = {
 }
 _BLOCK_TEXT_MAX = 2900  # Slack refuses section text over 3000 characters
 
-# Credential shapes that must never reach a channel even when nobody told us the value.
-_TOKEN_SHAPES = re.compile(
-    r"xox[abposr]-[A-Za-z0-9-]{10,}"
-    r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"
-    r"|glpat-[A-Za-z0-9_-]{16,}"
-    r"|\b(?:hvs|hvb)\.[A-Za-z0-9_-]{20,}"
-    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)"
-)
-
-
 # --------------------------------------------------------------------------- redaction
-
-
-def redact(text: str, secrets: Iterable[str], *, mask: str = MASK) -> str:
-    """``text`` with every known secret value (and well-known token shapes) replaced by ``mask``.
-
-    Values are matched as they are, JSON-escaped and URL-encoded, longest first (so a
-    value containing another is masked whole). Values shorter than 4 characters are
-    masked only as whole words: masking every "ab" in a message would destroy it while
-    a 2-character "secret" protects nothing.
-
-    >>> redact("token is s3cr3t-value, again s3cr3t-value", ["s3cr3t-value"])
-    'token is [redacted], again [redacted]'
-    """
-    if not text:
-        return text
-    variants: set[str] = set()
-    short: set[str] = set()
-    for s in secrets:
-        if not s:
-            continue
-        s = str(s)
-        if len(s) < 4:
-            short.add(s)
-            continue
-        variants.update({s, json.dumps(s)[1:-1], quote(s, safe=""), mrkdwn(s)})
-    for v in sorted(variants, key=len, reverse=True):
-        text = text.replace(v, mask)
-    for v in short:
-        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(v)}(?![A-Za-z0-9])", mask, text)
-    return _TOKEN_SHAPES.sub(mask, text)
 
 
 # --------------------------------------------------------------------------- Prefect links

@@ -20,12 +20,15 @@ way ``fault`` says; a few faults (``tags-*``) break the tag list instead:
 ``tags-unbounded`` tags/list pages forever (1000 tags a page, ``Link: rel="next"``)
 ``tags-string``  tags/list answers ``{"tags": "latest"}``
 ``not-registry`` every path answers 404, ``/v2/`` too
+``echo-secret``  asks for basic auth, then answers 500 to every repository call with the password it was
+                 sent quoted in the error body (a vendor echoing a credential in an error)
 
 ``calls`` counts requests per (method, path prefix) for assertions.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import threading
@@ -40,7 +43,7 @@ FAULTY_TAG = "v2.1.20"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 FAULTS = ("401", "429", "500", "503-long", "non-json", "malformed", "wrong-types", "huge", "drip",
-          "tags-unbounded", "tags-string", "not-registry")
+          "tags-unbounded", "tags-string", "not-registry", "echo-secret")
 
 
 def _digest(body: bytes) -> str:
@@ -142,6 +145,8 @@ def _handler(reg: HostileRegistry) -> type[BaseHTTPRequestHandler]:  # noqa: C90
                 reg.calls[(self.command, path.split("/manifests/")[0] if "/manifests/" in path else path)] += 1
             if reg.fault == "not-registry":
                 return self._error(404, "NOT_FOUND")
+            if reg.fault == "echo-secret":
+                return self._echo_secret(path)
             if path in ("/v2/", "/v2"):
                 return self._send(200, b"{}", {"Content-Type": "application/json"})
             if path == f"/v2/{REPO}/tags/list":
@@ -150,6 +155,17 @@ def _handler(reg: HostileRegistry) -> type[BaseHTTPRequestHandler]:  # noqa: C90
             if not path.startswith(prefix):
                 return self._error(404, "NAME_UNKNOWN")
             return self._manifest(path[len(prefix):])
+
+        def _echo_secret(self, path: str) -> None:
+            auth = self.headers.get("Authorization", "")
+            if not auth.startswith("Basic "):
+                return self._error(401, "UNAUTHORIZED", {"WWW-Authenticate": 'Basic realm="hostile"'})
+            if path in ("/v2/", "/v2"):
+                return self._send(200, b"{}", {"Content-Type": "application/json"})
+            user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+            body = json.dumps({"errors": [{"code": "INTERNAL", "message": f"backend rejected {user}:{password} "
+                                           f"(token={password})"}]}).encode()
+            return self._send(500, body, {"Content-Type": "application/json"})
 
         def _tags(self, query: dict[str, list[str]]) -> None:
             if reg.fault == "tags-string":

@@ -122,3 +122,15 @@ def test_respond_dry_run_with_every_source_unreachable_is_not_ok(tmp_path):
     assert list(out)[0] == "coverage_note" and out["coverage_note"].startswith("4 of 4 sources not checked")
     html = (tmp_path / "r.html").read_text()
     assert html.index("INCOMPLETE: 4 of 4 sources not checked") < html.index('id="summary"')
+
+
+def test_an_unexpected_exception_is_one_line_naming_the_command_traceback_only_with_debug(tmp_path):
+    garbage = tmp_path / "journal.sqlite"
+    garbage.write_bytes(bytes(range(256)) * 12)  # not a database
+    r = dg("journal", "X", "--journal", str(garbage))
+    assert r.returncode == 3
+    assert r.stderr.strip().splitlines() == [
+        "error: unexpected DatabaseError while running `digestguard journal`: file is not a database; "
+        "the answer is incomplete (run again with --debug for the traceback)"]
+    d = dg("journal", "X", "--journal", str(garbage), "--debug")
+    assert d.returncode == 3 and "Traceback (most recent call last)" in d.stderr
