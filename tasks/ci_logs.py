@@ -51,6 +51,25 @@ __all__ = [
 DEFAULT_LOOKBACK = timedelta(hours=6)
 """How far before the window start CI runs are listed: a job queued before the start may pull inside it."""
 SIDE_CAR = ".meta.json"
+MAX_LOG_BYTES = 64 * 1024 * 1024
+"""The most one job log (a file, or a gzip/zip member once decompressed) may hold; beyond it the log is not read."""
+
+
+class LogTooLarge(ValueError):
+    """A log (or a compressed member) decompresses to more than :data:`MAX_LOG_BYTES`."""
+
+
+def _gunzip_capped(path: Path, limit: int = MAX_LOG_BYTES) -> bytes:
+    """``path`` decompressed, chunk by chunk, refusing to hold more than ``limit`` bytes (a gzip bomb)."""
+    out: list[bytes] = []
+    size = 0
+    with gzip.open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            size += len(chunk)
+            if size > limit:
+                raise LogTooLarge(f"decompresses to more than {limit // (1024 * 1024)} MiB")
+            out.append(chunk)
+    return b"".join(out)
 _SIDECAR_KEYS = frozenset({"repository", "workflow", "url", "started_at"})
 
 Definitions = tuple[tuple[str, str], ...]
@@ -159,7 +178,7 @@ def _folder_logs(path: Path) -> list[tuple[str, bytes]]:
     (the same lines per step): the per-step copies are skipped when the whole-job file exists.
     """
     if path.suffix == ".gz":
-        return [("", gzip.decompress(path.read_bytes()))]
+        return [("", _gunzip_capped(path))]
     if path.suffix == ".zip":
         out: list[tuple[str, bytes]] = []
         with zipfile.ZipFile(path) as z:
@@ -168,15 +187,20 @@ def _folder_logs(path: Path) -> list[tuple[str, bytes]]:
             for n in sorted(names):
                 if "/" in n and n.split("/", 1)[0] in top:
                     continue
+                if z.getinfo(n).file_size > MAX_LOG_BYTES:
+                    raise LogTooLarge(f"member {n} is larger than {MAX_LOG_BYTES // (1024 * 1024)} MiB")
                 out.append((f"!{n}", z.read(n)))
         return out
+    if path.stat().st_size > MAX_LOG_BYTES:
+        raise LogTooLarge(f"larger than {MAX_LOG_BYTES // (1024 * 1024)} MiB")
     return [("", path.read_bytes())]
 
 
 def _folder_files(root: Path) -> list[str]:
     """Relative paths of the log files under ``root``: no dot-folders, dot-files or sidecars; sorted by path parts."""
     rels = [rel for rel, entry in walk_files(root, lambda name: name.startswith("."))
-            if entry.is_file() and not entry.name.startswith(".") and not entry.name.endswith(SIDE_CAR)]
+            if (entry.is_symlink() or entry.is_file()) and not entry.name.startswith(".")
+            and not entry.name.endswith(SIDE_CAR)]
     return sorted(rels, key=lambda r: r.split("/"))
 
 
@@ -196,11 +220,17 @@ def _read_folder(entry: CISource, inventory: Inventory) -> CIRead:
     errors: list[str] = []
     for name in _folder_files(root):
         rel, path = PurePosixPath(name), root / name
+        if path.is_symlink():  # never followed: it could point anywhere outside the folder
+            errors.append(f"{entry.name}: {rel}: a symlink, not followed (copy the log into the folder)")
+            continue
         meta, sidecar_errors = _sidecar(entry.name, path, rel)
         errors += sidecar_errors
         try:
             members = _folder_logs(path)
-        except (OSError, EOFError, zipfile.BadZipFile, gzip.BadGzipFile) as exc:
+        except LogTooLarge as exc:
+            errors.append(f"{entry.name}: {rel}: not read: {exc}")
+            continue
+        except (OSError, EOFError, zipfile.BadZipFile, gzip.BadGzipFile, ValueError) as exc:
             errors.append(f"{entry.name}: {rel}: cannot read ({type(exc).__name__})")
             continue
         repo = meta.get("repository") or _repo_for_folder_path(inventory, rel)
