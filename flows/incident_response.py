@@ -101,7 +101,10 @@ class Response:
                                        details=plan.markdown())
             return dry(plan), None
         if not plan.items:
-            self.notifier.stage_update(stage, "done", "nothing to do")
+            if self.report.coverage_note():  # an empty plan from incomplete answers is no all-clear
+                self.notifier.stage_update(stage, "partial", "nothing to do in the sources that were checked")
+            else:
+                self.notifier.stage_update(stage, "done", "nothing to do")
             return StageResult(stage=stage, plan_hash=plan.hash), None
         policy = self.inventory.approvals
 

@@ -124,6 +124,17 @@ def test_respond_dry_run_with_every_source_unreachable_is_not_ok(tmp_path):
     assert html.index("INCOMPLETE: 4 of 4 sources not checked") < html.index('id="summary"')
 
 
+def test_respond_execute_with_incomplete_coverage_ends_failed_and_exits_3(tmp_path):
+    inv = _unreachable_inventory(tmp_path)
+    r = dg("respond", "-a", "kics-2026-04", "-i", inv, "--execute", "--json", "--report", str(tmp_path / "r.html"),
+           env=_env())
+    assert r.returncode == 3, (r.stdout[-2000:], r.stderr[-2000:])
+    out = json.loads(r.stdout[r.stdout.index("{"):])
+    assert out["ok"] is False and out["verdict"] == "incomplete" and out["mode"] == "execute"
+    assert "Finished in state Failed('incident " in r.stderr and ": incomplete: 4 of 4 sources not checked" in r.stderr
+    assert "INCOMPLETE: 4 of 4 sources not checked" in r.stderr
+
+
 def test_an_unexpected_exception_is_one_line_naming_the_command_traceback_only_with_debug(tmp_path):
     garbage = tmp_path / "journal.sqlite"
     garbage.write_bytes(bytes(range(256)) * 12)  # not a database
