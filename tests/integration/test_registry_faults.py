@@ -136,11 +136,13 @@ def test_huge_manifest_stays_under_300_mb(tmp_path):
         from tasks.detect import detect
         reg = start_hostile_registry("huge")
         inv = Inventory.model_validate({{"registries": [{{"name": "hostile", "url": reg.base_url}}]}})
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         t0 = time.monotonic()
         res = detect(load_advisory_file({str(tmp_path / "pack.json")!r}), inv)
         took = time.monotonic() - t0
         reg.stop()
         print(json.dumps({{"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "took": took,
+                          "rss_before_mb": before,
                           "exit": exit_code(res.verdict), "coverage": [c.model_dump() for c in res.coverage],
                           "findings": [[f.location, f.verdict, f.error] for f in res.findings]}}))
     """)
