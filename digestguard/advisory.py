@@ -21,12 +21,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from digestguard._model import Model
+from digestguard.credentials import refuse_literal_credentials
 from digestguard.errors import InputError
 from digestguard.reference import DOCKER_HUB, DOCKER_HUB_ALIASES, ImageReference, normalise_repository, parse_digest
+from digestguard.safe_yaml import load_yaml_file
 
 _PACKAGE = Path(__file__).resolve().parent
 # Where the shipped packs are: inside the package in an installed wheel (force-include), at the root of a checkout
@@ -301,14 +302,8 @@ def parse_advisory(data: Any, source: str) -> Advisory:
 def load_advisory_file(path: str | Path) -> Advisory:
     """Load and validate one pack file (YAML or JSON)."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise InputError(str(p), f"cannot read: {e.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise InputError(str(p), f"not valid YAML: {e}") from None
+    data = load_yaml_file(p, "advisory pack")
+    refuse_literal_credentials(data, str(p))
     return parse_advisory(data, str(p))
 
 

@@ -9,18 +9,27 @@ carries a secret value.
 
 from __future__ import annotations
 
+from digestguard.redact import redact
+
 
 class DigestguardError(Exception):
-    """Base of every error this project raises on purpose."""
+    """Base of every error this project raises on purpose.
+
+    Its text passes the one redactor (:mod:`digestguard.redact`) when it is made, so vendor
+    text that echoes a registered secret value is masked before anything can log or store it.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact(a) for a in args))
 
 
 class InputError(DigestguardError, ValueError):
     """Bad input from a person or a file: names the input, the field and the reason."""
 
     def __init__(self, source: str, reason: str, field: str | None = None) -> None:
-        self.source = source
+        self.source = redact(source)
         self.field = field
-        self.reason = reason
+        self.reason = redact(reason)
         where = f"{source}: {field}" if field else source
         super().__init__(f"{where}: {reason}")
 
@@ -31,9 +40,9 @@ class IntegrationError(DigestguardError):
     retryable: bool = False
 
     def __init__(self, source: str, message: str, status: int | None = None) -> None:
-        self.source = source
+        self.source = redact(source)
         self.status = status
-        self.message = message
+        self.message = redact(message)
         code = f" (HTTP {status})" if status else ""
         super().__init__(f"{source}: {message}{code}")
 

@@ -16,10 +16,49 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Verdict = Literal["compromised", "suspect", "clean", "unknown"]
 JobVerdict = Literal["confirmed", "probable", "clear"]
+CoverageState = Literal["checked", "partial", "unchecked"]
+OverallVerdict = Literal["found", "incomplete", "clean"]
+
+EXIT_CLEAN, EXIT_FOUND, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
+"""The exit codes of ``detect``, ``assess``, ``sweep``, ``lint`` and ``respond``."""
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class SourceCoverage(_Model):
+    """How far one source was looked at: ``checked`` (all of it), ``partial`` (some items failed or a bound
+    was hit; ``reason`` says which) or ``unchecked`` (nothing could be read; ``reason`` says why)."""
+
+    source: str
+    kind: str
+    state: CoverageState
+    reason: str | None = None
+
+
+def coverage_summary(coverage: list[SourceCoverage]) -> str | None:
+    """``"2 of 5 sources not checked: reg (Unavailable: ...); ci (partial: ...)"``, or None when all were checked.
+
+    ``partial`` sources count as not checked: part of them was not looked at.
+    """
+    missing = [c for c in coverage if c.state != "checked"]
+    if not missing:
+        return None
+    parts = [f"{c.source} ({c.state}: {(c.reason or 'no reason given')[:160]})" for c in missing]
+    return f"{len(missing)} of {len(coverage)} sources not checked: " + "; ".join(parts)
+
+
+def overall_verdict(found: bool, coverage: list[SourceCoverage]) -> OverallVerdict:
+    """``found`` when anything was found; else ``clean`` only when every source was checked, else ``incomplete``."""
+    if found:
+        return "found"
+    return "clean" if all(c.state == "checked" for c in coverage) else "incomplete"
+
+
+def exit_code(verdict: OverallVerdict) -> int:
+    """0 complete and clean, 1 found, 3 incomplete (2 is bad input, raised before any verdict)."""
+    return {"clean": EXIT_CLEAN, "found": EXIT_FOUND, "incomplete": EXIT_INCOMPLETE}[verdict]
 
 
 class Finding(_Model):
@@ -47,6 +86,12 @@ class Finding(_Model):
 class DetectResult(_Model):
     advisory: str
     findings: list[Finding] = Field(default_factory=list)
+    coverage: list[SourceCoverage] = Field(default_factory=list, description="per source: checked, partial, unchecked")
+
+    @property
+    def verdict(self) -> OverallVerdict:
+        """``found`` (compromised or suspect), ``clean`` (every source checked) or ``incomplete``."""
+        return overall_verdict(bool(self.by_verdict("compromised") or self.by_verdict("suspect")), self.coverage)
 
     def by_verdict(self, verdict: Verdict) -> list[Finding]:
         return [f for f in self.findings if f.verdict == verdict]
@@ -80,7 +125,8 @@ class ExposedSecret(_Model):
     inventory_name: str | None = None
     mapped: bool
     exposed_by: list[str] = Field(default_factory=list, description="job identities")
-    how: list[str] = Field(default_factory=list, description="'workflow secrets.X', 'gitlab variable', 'found in repository file F:L'")
+    how: list[str] = Field(default_factory=list,
+                           description="'workflow secrets.X', 'gitlab variable', 'found in repository file F:L'")
     exposure: JobVerdict = "probable"
 
 
@@ -104,9 +150,17 @@ class ExposureReport(_Model):
     network_hits: list[NetworkHit] = Field(default_factory=list)
     unparsable: dict[str, int] = Field(default_factory=dict, description="lines that could not be parsed, per source")
     errors: list[str] = Field(default_factory=list)
+    coverage: list[SourceCoverage] = Field(default_factory=list, description="per CI / network source")
 
     def jobs_by(self, verdict: JobVerdict) -> list[ExposedJob]:
         return [j for j in self.jobs if j.verdict == verdict]
+
+    @property
+    def verdict(self) -> OverallVerdict:
+        """``found`` (a confirmed/probable job, an exposed secret or a hit in the window), else clean/incomplete."""
+        found = bool(self.jobs_by("confirmed") or self.jobs_by("probable") or self.secrets
+                     or any(h.in_window is not False for h in self.network_hits))
+        return overall_verdict(found, self.coverage)
 
 
 class ActionOutcome(_Model):

@@ -16,15 +16,14 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from digestguard.credentials import check_reference
+from digestguard.credentials import check_reference, refuse_literal_credentials
 from digestguard.errors import InputError
 from digestguard.journal import JOURNAL_ENV, check_location, is_postgres_url
+from digestguard.safe_yaml import load_yaml_file
 
 _log = logging.getLogger("digestguard.inventory")
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: large inventories load fast
 
 
 class _Model(BaseModel):
@@ -496,10 +495,6 @@ def parse_inventory(data: Any, source: str, base_dir: Path) -> Inventory:
 def load_inventory(path: str | Path) -> Inventory:
     """Load and validate an inventory file; relative paths resolve against its folder."""
     p = Path(path).expanduser().resolve()
-    try:
-        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_SafeLoader)
-    except OSError as e:
-        raise InputError(str(path), f"cannot read inventory: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise InputError(str(path), f"not valid YAML: {e}") from None
+    data = load_yaml_file(p, "inventory")
+    refuse_literal_credentials(data, str(path))
     return parse_inventory(data, str(path), p.parent)

@@ -38,6 +38,7 @@ from typing import Any, Iterator
 
 from digestguard.credentials import is_reference, resolve
 from digestguard.errors import DigestguardError, InputError, Unavailable
+from digestguard.redact import redact, redact_data
 
 JOURNAL_ENV = "DIGESTGUARD_JOURNAL"  # where the journal lives, for every command, flow and the drill (wins over the inventory)
 STATUSES = ("started", "done", "failed", "skipped", "planned")
@@ -344,7 +345,8 @@ class Journal:
             self._db.lock(f"digestguard:action:{incident}\x1f{stage}\x1f{target}\x1f{action}")
             old = self.get(incident, stage, target, action)
             merged = {**(old.detail if old else {}), **(detail or {})}
-            payload = _check_detail(merged)
+            payload = _check_detail(redact_data(merged))
+            error = redact(error)
             now = _now()
             started = old.started_at if old and old.started_at else (now if status in ("started", "planned") else None)
             finished = now if status in ("done", "failed", "skipped") else None
@@ -361,7 +363,7 @@ class Journal:
 
     def event(self, incident: str, stage: str, kind: str, detail: dict[str, Any] | None = None) -> None:
         """A point in the incident's story that is not an idempotent action (stage started, approval asked...)."""
-        payload = _check_detail(detail or {})
+        payload = _check_detail(redact_data(detail or {}))
         with self._lock:
             self._db.execute("INSERT INTO events (incident, stage, kind, detail, at) VALUES (?,?,?,?,?)",
                              (incident, stage, kind, payload, _now()))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -21,6 +22,7 @@ import typer
 
 from digestguard.errors import DigestguardError, InputError
 from digestguard.install import check_own_packages
+from digestguard.redact import install as install_redaction, redact
 
 app = typer.Typer(help="Container-image supply-chain incident playbook (Prefect).", no_args_is_help=True, add_completion=False)
 advisories_app = typer.Typer(help="IOC packs: list, show, validate.", no_args_is_help=True)
@@ -32,8 +34,24 @@ def _echo_json(obj: Any) -> None:
 
 
 def _fail(e: Exception, code: int = 2) -> None:
-    typer.echo(f"error: {e}", err=True)
+    typer.echo(f"error: {redact(str(e))}", err=True)
     raise typer.Exit(code)
+
+
+def _coverage_first(coverage: list[Any]) -> None:
+    """Say "N of M sources not checked" before anything else (on stderr, so ``--json`` stays one object)."""
+    from digestguard.findings import coverage_summary
+
+    missing = coverage_summary(coverage)
+    if missing:
+        typer.echo(f"INCOMPLETE: {missing}", err=True)
+
+
+def _verdict_exit(verdict: str) -> None:
+    """Exit 0 clean (every source checked), 1 found, 3 incomplete (exit 2 is bad input, raised earlier)."""
+    from digestguard.findings import exit_code
+
+    raise typer.Exit(exit_code(verdict))  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------- advisories
@@ -94,7 +112,8 @@ def advisories_validate(file: Path = typer.Argument(..., help="a pack file (YAML
         a = load_advisory_file(file)
     except InputError as e:
         _fail(e)
-    typer.echo(f"{file}: ok ({a.id}, {len(a.images)} image(s), {sum(len(i.malicious) for i in a.images)} digest(s), {len(a.network)} indicator(s))")
+    digests = sum(len(i.malicious) for i in a.images)
+    typer.echo(f"{file}: ok ({a.id}, {len(a.images)} image(s), {digests} digest(s), {len(a.network)} indicator(s))")
 
 
 @advisories_app.command("schema")
@@ -169,8 +188,10 @@ def detect_cmd(
     from tasks.detect import detect
 
     res = detect(load_advisory(advisory), load_inventory(inventory))
+    _coverage_first(res.coverage)
     if as_json:
-        _echo_json({"advisory": res.advisory, "counts": res.counts(),
+        _echo_json({"advisory": res.advisory, "verdict": res.verdict,
+                    "coverage": [c.model_dump(mode="json") for c in res.coverage], "counts": res.counts(),
                     "findings": [f.model_dump(mode="json") for f in res.findings]})
     else:
         for f in sorted(res.findings, key=lambda f: ("compromised", "suspect", "unknown", "clean").index(f.verdict)):
@@ -178,7 +199,9 @@ def detect_cmd(
             err = f"  ! {f.error}" if f.error else ""
             typer.echo(f"{f.verdict:12} {f.kind:16} {f.location}  {f.digest or '-'}{extra}{err}")
         typer.echo(f"\n{len(res.findings)} finding(s): " + ", ".join(f"{v} {k}" for k, v in res.counts().items()))
-    raise typer.Exit(1 if res.by_verdict("compromised") else 0)
+        checked = sum(1 for c in res.coverage if c.state == "checked")
+        typer.echo(f"verdict: {res.verdict} ({checked} of {len(res.coverage)} sources checked)")
+    _verdict_exit(res.verdict)
 
 
 @app.command("assess")
@@ -199,10 +222,12 @@ def assess_cmd(
     rep = assess(load_advisory(advisory), load_inventory(inventory), detected_at=datetime.now(timezone.utc),
                  start_override=_when(window_start, "--window-start"),
                  end_override=_when(window_end, "--window-end"))
+    _coverage_first(rep.coverage)
     if as_json:
-        _echo_json(rep.model_dump(mode="json"))
+        _echo_json({"verdict": rep.verdict, **rep.model_dump(mode="json")})
     else:
         typer.echo(exposure_markdown(rep))
+    _verdict_exit(rep.verdict)
 
 
 def _when(value: Optional[str], name: str):
@@ -231,6 +256,7 @@ def sweep_cmd(
     adv = load_advisory(advisory)
     res = sweep_paths(paths, adv.network, adv.window, log_format=log_format)
     data = res.to_json_dict()
+    _coverage_first(res.coverage())
     if as_json:
         _echo_json(data)
     else:
@@ -241,7 +267,7 @@ def sweep_cmd(
             if f.get("unparsable"):
                 typer.echo(f"{f['path']}: {f['unparsable']} line(s) could not be parsed", err=True)
         typer.echo(f"{len(data['hits'])} hit(s)")
-    raise typer.Exit(1 if data["hits"] else 0)
+    raise typer.Exit(1 if data["hits"] else (3 if data["verdict"] == "incomplete" else 0))
 
 
 @app.command("pin")
@@ -314,10 +340,12 @@ def lint_cmd(
     import os
 
     from digestguard.advisory import list_packs
-    from tasks.lint import lint_tree
+    from digestguard.findings import overall_verdict
+    from tasks.lint import lint_tree_coverage
 
     packs = list_packs()
-    offenders: list[Any] = list(lint_tree(path, packs, exclude=exclude))
+    found, cov = lint_tree_coverage(path, packs, exclude=exclude)
+    offenders: list[Any] = list(found)
     allowed: list[Any] = []
     if check_updates:
         from tasks.quarantine import check_updates as check, github_pushed_at, load_allow_list, updates_since
@@ -343,9 +371,12 @@ def lint_cmd(
                 offenders += provenance(path, gh, st)
         else:
             offenders += provenance(path, gh)
+    verdict = overall_verdict(bool(offenders), [cov])
+    _coverage_first([cov])
     if as_json:
-        _echo_json({"offenders": [{"path": o.path, "line": o.line, "reference": o.reference, "reason": o.reason,
-                                   "kind": o.kind, "suggestion": getattr(o, "suggestion", None)} for o in offenders],
+        _echo_json({"verdict": verdict, "coverage": [cov.model_dump(mode="json")], "offenders": [
+            {"path": o.path, "line": o.line, "reference": o.reference, "reason": o.reason, "kind": o.kind,
+             "suggestion": getattr(o, "suggestion", None)} for o in offenders],
                     "allowed": [{"path": u.path, "line": u.line, "digest": u.new, "reason": why} for u, why in allowed]})
     else:
         for o in offenders:
@@ -355,10 +386,11 @@ def lint_cmd(
         for u, why in allowed:
             typer.echo(f"{u.path}:{u.line}: {u.reference}: allowed by the allow-list: {why}", err=True)
         typer.echo(f"{len(offenders)} offender(s)", err=True)
-    raise typer.Exit(1 if offenders else 0)
+    _verdict_exit(verdict)
 
 
 def _plan_stage(stage: str, advisory: str, inventory: Path, incident: Optional[str]):
+    """The stage's plan and the coverage of the detect/assess answer it was planned from."""
     from datetime import datetime, timezone
 
     from digestguard.advisory import load_advisory
@@ -371,19 +403,31 @@ def _plan_stage(stage: str, advisory: str, inventory: Path, incident: Optional[s
     if stage == "purge":
         from tasks.purge import plan_purge
 
-        return plan_purge(inc, adv, detect(adv, inv), inv)
+        detected = detect(adv, inv)
+        return plan_purge(inc, adv, detected, inv), detected.coverage
     from tasks.assess import assess
     from tasks.rotate.stage import plan_rotation
 
-    return plan_rotation(inc, adv, assess(adv, inv, detected_at=datetime.now(timezone.utc)), inv)
+    exposure = assess(adv, inv, detected_at=datetime.now(timezone.utc))
+    return plan_rotation(inc, adv, exposure, inv), exposure.coverage
 
 
-def _print_plan(plan, as_json: bool) -> None:
+def _print_plan(planned, as_json: bool) -> None:
+    """The plan, after "N of M sources not checked" when its inputs were incomplete (then exit 3)."""
+    from digestguard.findings import coverage_summary
+
+    plan, coverage = planned
+    note = coverage_summary(coverage)
     if as_json:
-        _echo_json({"stage": plan.stage, "plan_hash": plan.hash, "items": [i.model_dump(mode="json") for i in plan.items],
-                    "evidence": plan.evidence, "notes": plan.notes})
+        _echo_json({"stage": plan.stage, "plan_hash": plan.hash, "verdict": "incomplete" if note else "complete",
+                    "coverage": [c.model_dump(mode="json") for c in coverage],
+                    "items": [i.model_dump(mode="json") for i in plan.items], "evidence": plan.evidence, "notes": plan.notes})
     else:
+        if note:
+            typer.echo(f"INCOMPLETE: {note}\nThis plan covers only the sources that were checked.\n")
         typer.echo(plan.markdown())
+    if note:
+        raise typer.Exit(3)
 
 
 @app.command("rotate")
@@ -447,16 +491,26 @@ def respond_cmd(
     from flows.incident_response import incident_response, new_incident_id
 
     incident = incident or new_incident_id(load_advisory(advisory).id)
-    remember_incident(incident, load_inventory(inventory).journal_path())
-    summary = incident_response(advisory=advisory, inventory=str(inventory.resolve()), mode="execute" if execute else "dry-run",
-                                incident_id=incident, known_good=known_good or None,
-                                window_start=_when(window_start, "--window-start"), window_end=_when(window_end, "--window-end"),
-                                triggered_by=getpass.getuser(), report_path=str(report) if report else None)
+    remember_incident(incident, load_inventory(inventory).journal_location())
+    state = incident_response(advisory=advisory, inventory=str(inventory.resolve()), mode="execute" if execute else "dry-run",
+                              incident_id=incident, known_good=known_good or None,
+                              window_start=_when(window_start, "--window-start"), window_end=_when(window_end, "--window-end"),
+                              triggered_by=getpass.getuser(), report_path=str(report) if report else None,
+                              return_state=True)
+    summary = state.result(raise_on_failure=False)
+    if not isinstance(summary, dict):  # the flow raised: its error, as one line
+        if isinstance(summary, DigestguardError):
+            raise summary
+        _fail(RuntimeError(f"the incident flow failed: {type(summary).__name__}: {str(summary)[:300]}"), 3)
+    if summary.get("coverage_note"):
+        typer.echo(f"INCOMPLETE: {summary['coverage_note']}", err=True)
     if as_json:
         _echo_json(summary)
     else:
         for k, v in summary.items():
             typer.echo(f"{k:16} {v}")
+    verdict = summary.get("verdict", "incomplete")
+    _verdict_exit(verdict if summary.get("ok", True) or verdict == "found" else "incomplete")
 
 
 @app.command("approve")
@@ -538,7 +592,8 @@ def serve_cmd(port: int = typer.Option(4200, "--port"),
 @app.command("drill")
 def drill_cmd(
     advisory: str = typer.Argument("kics-2026-04", help="the advisory to re-enact"),
-    auto_approve: bool = typer.Option(False, "--auto-approve", help="approve every gate as 'drill' (else: UI or `digestguard approve`)"),
+    auto_approve: bool = typer.Option(False, "--auto-approve",
+                                      help="approve every gate as 'drill' (else: UI or `digestguard approve`)"),
     scale: int = typer.Option(1, "--scale", min=1, help="N times the repositories, jobs and secrets"),
     keep: bool = typer.Option(False, "--keep", help="keep the sandbox folder for inspection"),
     as_json: bool = typer.Option(False, "--json", help="the scorecard as one JSON object"),
@@ -590,7 +645,8 @@ def watch_cmd(
     include_repositories: bool = typer.Option(False, "--include-repositories",
                                               help="also watch tagged, unpinned references in the inventory's repositories"),
     advisories_dir: Optional[Path] = typer.Option(None, "--advisories-dir", help="advisory packs (default: the shipped ones)"),
-    state: Optional[Path] = typer.Option(None, "--state", help="state file (default .digestguard/watch.sqlite next to the inventory)"),
+    state: Optional[Path] = typer.Option(None, "--state",
+                                         help="state file (default .digestguard/watch.sqlite next to the inventory)"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object at the end (events and per-cycle counts)"),
 ) -> None:
     """Watch image tags for digest drift, signatures and network indicators; alert Slack; start a dry-run incident on a match.
@@ -624,13 +680,26 @@ def watch_cmd(
 
 
 def main() -> None:
-    """Console entry point: typed errors become one clear line and exit code 2."""
+    """Console entry point: typed errors become one clear line and exit code 2; any other exception one line
+    naming the command, exit code 3 (no complete answer), with the traceback only under ``--debug``."""
+    install_redaction()
+    debug = "--debug" in sys.argv[1:]
+    if debug:
+        sys.argv.remove("--debug")
     try:
         check_own_packages()
         app()
     except DigestguardError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {redact(str(e))}", err=True)
         sys.exit(2)
+    except Exception as e:  # noqa: BLE001 - anything unexpected: one clear line, the traceback only under --debug
+        if debug:
+            traceback.print_exc()
+        doing = " ".join(a for a in sys.argv[1:2]) or "digestguard"
+        typer.echo(redact(f"error: unexpected {type(e).__name__} while running `digestguard {doing}`: {str(e)[:300]}; "
+                          "the answer is incomplete" + ("" if debug else " (run again with --debug for the traceback)")),
+                   err=True)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -30,10 +30,11 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from digestguard.advisory import Advisory, load_advisory
-from digestguard.findings import ActionOutcome, DetectResult, ExposureReport, StageResult
+from digestguard.findings import ActionOutcome, DetectResult, ExposureReport, StageResult, overall_verdict
 from digestguard.inventory import Inventory, load_inventory
 from digestguard.journal import Journal, Lease
 from digestguard.plan import Approval, Plan
+from digestguard.redact import install as install_redaction, redact
 from digestguard.timeutil import now
 from flows.approval import confirm_manual_rotation, drill_approving, request_approval
 from flows.incident_lease import hold_incident, incident_id_for
@@ -102,7 +103,10 @@ class Response:
                                        details=plan.markdown())
             return dry(plan), None
         if not plan.items:
-            self.notifier.stage_update(stage, "done", "nothing to do")
+            if self.report.coverage_note():  # an empty plan from incomplete answers is no all-clear
+                self.notifier.stage_update(stage, "partial", "nothing to do in the sources that were checked")
+            else:
+                self.notifier.stage_update(stage, "done", "nothing to do")
             return StageResult(stage=stage, plan_hash=plan.hash), None
         policy = self.inventory.approvals
 
@@ -159,7 +163,7 @@ def incident_response(
             _pin(r, known_good, open_pull_requests)
         summary = run_summary(r.report)
     except BaseException as e:
-        error = f"{type(e).__name__}: {str(e)[:300]}"
+        error = redact(f"{type(e).__name__}: {str(e)[:300]}")
         r.notifier.stage_update("flow", "failed", error)
         r.journal.event(r.incident, "flow", "failed", {"error": error})
         raise
@@ -168,16 +172,21 @@ def incident_response(
     r.journal.event(r.incident, "flow", "finished", {"mode": mode})
     summary = {"incident": r.incident, "advisory": r.advisory.id, "mode": mode, "flow_run_id": r.run_id,
                "timings": r.timings, **summary}
+    note = r.report.coverage_note()
+    summary = {**({"coverage_note": note} if note else {}), **summary}
     failed = [s for s in ("rotate", "purge") if getattr(r.report, s) and not getattr(r.report, s).ok]
-    summary["ok"] = not failed
+    summary["ok"] = not failed and note is None
     if failed:
         return Failed(message=f"incident {r.incident}: {', '.join(failed)} had failures; see the report {summary.get('report')}",
                       data=summary)
+    if note and mode == "execute":
+        return Failed(message=f"incident {r.incident}: incomplete: {note}", data=summary)
     return summary
 
 
 def _open(advisory: str, inventory: str, mode: Mode, incident_id: str | None, triggered_by: str | None) -> Response:
     """Load the advisory and inventory, open the journal, the Slack board and the report; journal the start."""
+    install_redaction()  # every log record of the run passes the one redactor
     adv = load_advisory(advisory)
     inv = load_inventory(inventory)
     journal = Journal(inv.journal_location())
@@ -199,7 +208,9 @@ def _open(advisory: str, inventory: str, mode: Mode, incident_id: str | None, tr
 
 def _detect(r: Response) -> DetectResult:
     r.report.detect = detected = detect_task(r.advisory, r.inventory, r.connections)
-    r.notifier.stage_update("detect", "done", counts_text(detected.counts()))
+    r.notifier.coverage_note = r.report.coverage_note()
+    r.notifier.stage_update("detect", "done" if detected.verdict != "incomplete" else "partial",
+                            counts_text(detected.counts()))
     r.lap("detect")
     return detected
 
@@ -207,9 +218,10 @@ def _detect(r: Response) -> DetectResult:
 def _assess(r: Response, window_start: datetime | None, window_end: datetime | None) -> ExposureReport:
     r.report.exposure = exposure = assess_exposure_task(r.advisory, r.inventory, detected_at=r.report.started_at,
                                                         start_override=window_start, end_override=window_end)
-    r.notifier.stage_update("assess", "done",
-                            f"{len(exposure.jobs_by('confirmed'))} confirmed, {len(exposure.jobs_by('probable'))} probable job(s); "
-                            f"{len(exposure.secrets)} secret(s); {len(exposure.network_hits)} network hit(s)",
+    r.notifier.coverage_note = r.report.coverage_note()
+    jobs = f"{len(exposure.jobs_by('confirmed'))} confirmed, {len(exposure.jobs_by('probable'))} probable job(s)"
+    r.notifier.stage_update("assess", "done" if exposure.verdict != "incomplete" else "partial",
+                            f"{jobs}; {len(exposure.secrets)} secret(s); {len(exposure.network_hits)} network hit(s)",
                             details=exposure_markdown(exposure))
     r.lap("assess")
     return exposure
@@ -293,7 +305,11 @@ def _finish(r: Response, report_path: str | None) -> dict[str, Any]:
 def run_summary(report: IncidentReport) -> dict[str, Any]:
     """The flow's return value: counts, ids and links per stage (never a secret value)."""
     detected, exposure = report.detect, report.exposure
-    out: dict[str, Any] = {}
+    note = report.coverage_note()
+    out: dict[str, Any] = {"coverage_note": note} if note else {}
+    found = bool((detected and detected.verdict == "found") or (exposure and exposure.verdict == "found"))
+    out["verdict"] = overall_verdict(found, report.coverage())
+    out["coverage"] = [c.model_dump(mode="json") for c in report.coverage()]
     if detected is not None:
         out["detect"] = detected.counts()
         out["detect_compromised"] = sorted({f.location for f in detected.findings if f.verdict == "compromised"})

@@ -16,6 +16,7 @@ import string
 from pydantic import SecretStr
 
 from digestguard.errors import InputError
+from digestguard.redact import register
 
 SecretLike = str | SecretStr
 """What the clients accept as a secret value: a plain ``str`` or a ``SecretStr``."""
@@ -34,6 +35,7 @@ def reveal(value: SecretLike, *, source: str = "secret value") -> str:
         raise InputError(source, f"expected str or SecretStr, got {type(value).__name__}")
     if plain == "":
         raise InputError(source, "a new secret value must not be empty")
+    register(plain)  # old or new: from now on no error, log, row or message of this process can carry it
     return plain
 
 

@@ -50,7 +50,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
@@ -82,6 +82,12 @@ DELETE_SETTING = "storage.delete.enabled: true (environment REGISTRY_STORAGE_DEL
 
 _CHALLENGE_PARAM = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
 _MAX_TAG_PAGES = 10_000
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+"""The manifest size cap (containerd's): a bigger answer is refused, never read into memory."""
+MAX_ERROR_BYTES = 64 * 1024
+"""How much of an error answer is read (its text is shortened for messages anyway)."""
+MAX_TAGS = 5_000
+"""How many listed tags :meth:`RegistryClient.list_tags_bounded` returns; beyond it the listing is partial."""
 
 
 # ---------------------------------------------------------------- values
@@ -101,7 +107,14 @@ class Manifest:
         return self.media_type in INDEX_MEDIA_TYPES
 
     def json(self) -> dict[str, Any]:
-        return json.loads(self.body)
+        """The manifest as a JSON object; IntegrationError when it is not JSON or not an object."""
+        try:
+            data = json.loads(self.body)
+        except ValueError:
+            raise IntegrationError(f"manifest {self.digest}", "manifest is not JSON") from None
+        if not isinstance(data, dict):
+            raise IntegrationError(f"manifest {self.digest}", f"manifest is a JSON {type(data).__name__}, not an object")
+        return data
 
 
 @dataclass(frozen=True)
@@ -226,16 +239,43 @@ def index_children(manifest: Manifest) -> list[IndexChild]:
     if not manifest.is_index:
         return []
     data = manifest.json()
+    source = f"index {manifest.digest}"
+    entries = data.get("manifests")
+    if entries is None:
+        entries = []
+    if not isinstance(entries, list):
+        raise IntegrationError(source, f"'manifests' is a {type(entries).__name__}, not a list")
     out = []
-    for entry in data.get("manifests") or []:
+    for n, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("digest"), str):
+            raise IntegrationError(source, f"manifests[{n}] has no 'digest' string")
         plat = entry.get("platform") or None
         pstr = None
-        if plat:
+        if isinstance(plat, dict):
             pstr = f"{plat.get('os', 'unknown')}/{plat.get('architecture', 'unknown')}"
             if plat.get("variant"):
                 pstr += f"/{plat['variant']}"
-        out.append(IndexChild(parse_digest(entry["digest"], "index entry"), entry.get("mediaType", ""), pstr, entry.get("size")))
+        size = entry.get("size")
+        media = entry.get("mediaType")
+        out.append(IndexChild(parse_digest(entry["digest"], f"{source} manifests[{n}]"),
+                              media if isinstance(media, str) else "", pstr, size if isinstance(size, int) else None))
     return out
+
+
+def _tag_page(body: bytes, source: str) -> list[str]:
+    """The tags of one ``tags/list`` page, validated: ``{"tags": [str, ...]}`` (null or missing: none)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise IntegrationError(source, "tags/list answer is not JSON") from None
+    if not isinstance(data, dict):
+        raise IntegrationError(source, f"tags/list answer is a JSON {type(data).__name__}, not an object")
+    tags = data.get("tags")
+    if tags is None:
+        return []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise IntegrationError(source, "tags/list 'tags' is not a list of strings")
+    return tags
 
 
 # ---------------------------------------------------------------- client
@@ -259,7 +299,10 @@ class RegistryClient(Closing):
     ``max_retries`` bounds the extra tries per request (5xx, connection errors, 429);
     ``backoff`` is the first wait, doubling to ``max_backoff`` (jittered); a ``Retry-After``
     longer than ``max_wait`` is not slept through but raised as
-    :class:`RateLimited` with ``retry_after`` so the task can decide.
+    :class:`RateLimited` with ``retry_after`` so the task can decide (for every status, not only 429).
+    ``deadline`` bounds one call in total (every attempt, wait and read); ``timeout`` one socket
+    operation. Manifests are streamed and refused beyond :data:`MAX_MANIFEST_BYTES`; tag lists stop
+    at ``max_tags`` (reported as incomplete by :meth:`list_tags_bounded`).
     """
 
     def __init__(
@@ -275,7 +318,9 @@ class RegistryClient(Closing):
         max_retries: int = 4,
         backoff: float = 0.5,
         max_backoff: float = 30.0,
-        max_wait: float = 60.0,
+        max_wait: float = 30.0,
+        deadline: float = 60.0,
+        max_tags: int = MAX_TAGS,
         pool_size: int = 64,
         sleep: Callable[[float], None] = time.sleep,
         fast_path: bool = True,
@@ -290,8 +335,10 @@ class RegistryClient(Closing):
         self._password = password
         self._verify = verify
         self.timeout = timeout
+        self.deadline = deadline
+        self.max_tags = max_tags
         self.retry = RetryPolicy(max_retries=max_retries, backoff=backoff, max_backoff=max_backoff,
-                                 max_wait=max_wait, jitter=True)
+                                 max_wait=max_wait, deadline=deadline, jitter=True)
         self._sleep = sleep
         self._pool_size = pool_size
         self._http_client: httpx.Client | None = None
@@ -350,8 +397,8 @@ class RegistryClient(Closing):
             if digest is not None:
                 return digest
         source = self._source(repo, tag)
-        r = self._request("HEAD", repo, f"/v2/{repo}/manifests/{quote(tag, safe='')}", source,
-                          headers={"Accept": MANIFEST_ACCEPT})
+        r, _ = self._request("HEAD", repo, f"/v2/{repo}/manifests/{quote(tag, safe='')}", source,
+                             headers={"Accept": MANIFEST_ACCEPT})
         header = r.headers.get("docker-content-digest")
         if header:
             try:
@@ -368,15 +415,15 @@ class RegistryClient(Closing):
         if by_digest:
             reference = parse_digest(reference, source)
         self._check_pull_budget(source)
-        r = self._request("GET", repo, f"/v2/{repo}/manifests/{quote(reference, safe=':')}", source,
-                          headers={"Accept": MANIFEST_ACCEPT})
-        body = r.content
+        r, body = self._request("GET", repo, f"/v2/{repo}/manifests/{quote(reference, safe=':')}", source,
+                                headers={"Accept": MANIFEST_ACCEPT}, max_body=MAX_MANIFEST_BYTES)
         media_type = (r.headers.get("content-type") or "").split(";")[0].strip()
         if not media_type or media_type in ("application/json", "application/octet-stream"):
             try:
-                media_type = json.loads(body).get("mediaType") or media_type
+                found = json.loads(body).get("mediaType")
             except (ValueError, AttributeError):
-                pass
+                found = None
+            media_type = found if isinstance(found, str) and found else media_type
         if by_digest:
             verify_digest(body, reference, source)
             digest = reference
@@ -399,29 +446,55 @@ class RegistryClient(Closing):
             return False
         return True
 
+    def ping(self) -> None:
+        """Check that an OCI distribution API answers at ``base_url`` (``GET /v2/``: 200, or 401 asking for auth).
+
+        A host answering 404 there is not a registry: every tag would look absent, so this raises
+        IntegrationError instead of letting "nothing found" read as "clean".
+        """
+        source = f"registry {self.registry}"
+        try:
+            self._request("GET", "", "/v2/", source)
+        except AuthError:
+            return  # a registry that wants credentials; the repository calls will say whether ours work
+        except NotFound:
+            raise IntegrationError(source, f"no OCI distribution API at {self.base_url} (GET /v2/ answered 404)",
+                                   404) from None
+
     def list_tags(self, repository: str, page_size: int | None = None) -> list[str]:
         """Every tag of ``repository``, following ``Link: <...>; rel="next"`` pages. Order as the registry gives it."""
+        return self.list_tags_bounded(repository, page_size, max_tags=None)[0]
+
+    def list_tags_bounded(self, repository: str, page_size: int | None = None,
+                          max_tags: int | None | Literal["default"] = "default") -> tuple[list[str], bool]:
+        """``(tags, complete)``: at most ``max_tags`` tags (default the client's ``max_tags``, None: no bound);
+        ``complete`` is False when the bound cut the list.
+
+        Every page is checked against the schema ``{"tags": [str, ...] | null}``; anything else
+        (``{"tags": "latest"}``, numbers, non-JSON) raises IntegrationError.
+        """
+        if max_tags == "default":
+            max_tags = self.max_tags
         repo = registry_repository(self.registry, repository)
         source = self._source(repo)
         path = f"/v2/{repo}/tags/list" + (f"?n={int(page_size)}" if page_size else "")
         tags: list[str] = []
         seen: set[str] = set()
         for _ in range(_MAX_TAG_PAGES):
-            r = self._request("GET", repo, path, source)
-            try:
-                data = r.json()
-            except ValueError:
-                raise IntegrationError(source, "tags/list answer is not JSON", r.status_code) from None
-            tags.extend(data.get("tags") or [])
+            r, body = self._request("GET", repo, path, source, max_body=MAX_MANIFEST_BYTES)
+            tags.extend(_tag_page(body, source))
+            if max_tags is not None and len(tags) >= max_tags:
+                return tags[:max_tags], False
             nxt = next_link(r)
             if not nxt:
-                return tags
+                return tags, True
             nxt_path = self._relative(nxt, source)
             if nxt_path in seen:
                 raise IntegrationError(source, f"tags/list pagination loops at {nxt_path!r}")
             seen.add(nxt_path)
             path = nxt_path
         raise IntegrationError(source, f"tags/list gave more than {_MAX_TAG_PAGES} pages")
+
 
     def blob_exists(self, repository: str, digest: str) -> bool:
         """HEAD on a blob: True when the registry has it in ``repository``."""
@@ -443,12 +516,12 @@ class RegistryClient(Closing):
         repo = registry_repository(self.registry, repository)
         source = self._source(repo, digest)
         digest = parse_digest(digest, source)
-        r = self._request("GET", repo, f"/v2/{repo}/blobs/{digest}", source)
-        size = r.headers.get("content-length")
-        if (size and size.isdigit() and int(size) > max_bytes) or len(r.content) > max_bytes:
-            raise Refused(source, f"blob larger than {max_bytes} bytes; not read into memory")
-        verify_digest(r.content, digest, source)
-        return r.content
+        try:
+            _, body = self._request("GET", repo, f"/v2/{repo}/blobs/{digest}", source, max_body=max_bytes)
+        except Refused as e:
+            raise Refused(source, f"blob larger than {max_bytes} bytes; not read into memory ({e})") from None
+        verify_digest(body, digest, source)
+        return body
 
     def delete_manifest(self, repository: str, digest: str) -> None:
         """DELETE a manifest by digest (its tags vanish with it).
@@ -507,49 +580,88 @@ class RegistryClient(Closing):
         return None
 
     def _request(self, method: str, repo: str, path: str, source: str, *, headers: Mapping[str, str] | None = None,
-                 actions: str = "pull") -> httpx.Response:
-        """Send with auth, retries and error mapping; returns a 2xx response or raises a typed error."""
+                 actions: str = "pull", max_body: int = MAX_ERROR_BYTES) -> tuple[httpx.Response, bytes]:
+        """Send with auth, retries and error mapping; returns a 2xx response and its body, or raises a typed error.
+
+        The whole call (every attempt, every wait, every read) ends within ``self.deadline``
+        seconds; a 2xx body longer than ``max_body`` is refused without being held in memory.
+        """
         scope = self._scope(repo, actions)
         url = self.base_url + path
         authed_once = False
         retrier = Retrier(self.retry, self._sleep)
+        deadline_at = time.monotonic() + self.deadline
         while True:
             hdrs = dict(headers or {})
             auth = self._auth_header(scope)
             if auth:
                 hdrs["Authorization"] = auth
             try:
-                r = self._http.request(method, url, headers=hdrs)
+                r, body = self._send(method, url, hdrs, source, max_body, deadline_at)
             except httpx.TransportError as e:
-                if not retrier.again():
+                if time.monotonic() >= deadline_at or not retrier.again():
                     raise Unavailable(source, f"{type(e).__name__} after {retrier.attempts} attempts "
                                               f"talking to {self.base_url}") from None
                 continue
             self._note_ratelimit(r)
             status = r.status_code
             if 200 <= status < 300:
-                return r
+                return r, body
             if status == 401 and not authed_once:
                 authed_once = True
                 self._authenticate(r, scope, source)
                 continue
             if status not in self.retry.statuses:
-                self._raise_for(r, source, method)
+                self._raise_for(r, body, source, method)
             wait = parse_retry_after(r.headers.get("retry-after"))
             if not retrier.again(status, retry_after=wait):
-                raise self._gave_up(r, source, wait, retrier.attempts)
+                raise self._gave_up(r, body, source, wait, retrier.attempts)
 
-    def _gave_up(self, r: httpx.Response, source: str, wait: float | None, attempts: int) -> IntegrationError:
+    def _send(self, method: str, url: str, headers: dict[str, str], source: str, max_body: int,
+              deadline_at: float) -> tuple[httpx.Response, bytes]:
+        """One streamed request: the body read chunk by chunk, capped, and never past ``deadline_at``.
+
+        A 2xx body over ``max_body`` (declared or read) raises Refused; an error body is cut at
+        :data:`MAX_ERROR_BYTES`. Running out of time raises Unavailable naming the deadline.
+        """
+        remaining = deadline_at - time.monotonic()
+        if remaining <= 0:
+            raise Unavailable(source, f"no answer within the {self.deadline:.0f}s deadline of this call")
+        timeout = httpx.Timeout(min(self.timeout, remaining))
+        with self._http.stream(method, url, headers=headers, timeout=timeout) as r:
+            ok = 200 <= r.status_code < 300
+            limit = max_body if ok else MAX_ERROR_BYTES
+            declared = r.headers.get("content-length", "")
+            if ok and declared.isdigit() and int(declared) > limit:
+                raise Refused(source, f"answer of {int(declared)} bytes is over the {limit}-byte cap; not read")
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in r.iter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    if ok:
+                        raise Refused(source, f"answer is over the {limit}-byte cap; not read further")
+                    break
+                chunks.append(chunk)
+                if time.monotonic() > deadline_at:
+                    raise Unavailable(source, f"answer not complete within the {self.deadline:.0f}s deadline "
+                                              "of this call (a slow or stalled server)")
+        return r, b"".join(chunks)
+
+    def _gave_up(self, r: httpx.Response, body: bytes, source: str, wait: float | None, attempts: int) -> IntegrationError:
         """The error for a retryable answer the policy gives up on (retries spent, or a wait beyond ``max_wait``)."""
         if r.status_code != 429:
-            return Unavailable(source, f"{_error_text(r)} after {attempts} attempts", r.status_code)
+            if wait is not None and wait > self.retry.max_wait:
+                return Unavailable(source, f"{_error_text(r, body)}; the registry asks to wait {wait:.0f}s, over the "
+                                           f"{self.retry.max_wait:.0f}s cap", r.status_code)
+            return Unavailable(source, f"{_error_text(r, body)} after {attempts} attempts", r.status_code)
         if wait is not None and wait > self.retry.max_wait:
             return RateLimited(source, f"rate limited; registry asks to wait {wait:.0f}s", 429, retry_after=wait)
         return RateLimited(source, f"still rate limited after {attempts} attempts", 429, retry_after=wait)
 
-    def _raise_for(self, r: httpx.Response, source: str, method: str) -> None:
+    def _raise_for(self, r: httpx.Response, body: bytes, source: str, method: str) -> None:
         status = r.status_code
-        text = _error_text(r)
+        text = _error_text(r, body)
         if status == 404 and method == "HEAD":
             text = "not found"  # a HEAD answer has no body to quote
         if status == 405 and method == "DELETE":
@@ -680,14 +792,15 @@ class RegistryClient(Closing):
         return None
 
 
-def _error_text(r: httpx.Response) -> str:
+def _error_text(r: httpx.Response, body: bytes) -> str:
     """The registry's own error code/message (``{"errors":[{"code","message"}]}``), shortened."""
     try:
-        data = r.json()
+        data = json.loads(body)
     except ValueError:
-        return (r.text or r.reason_phrase or f"HTTP {r.status_code}").strip()[:200] or f"HTTP {r.status_code}"
+        text = body.decode("utf-8", "replace")
+        return (text or r.reason_phrase or f"HTTP {r.status_code}").strip()[:200] or f"HTTP {r.status_code}"
     errs = data.get("errors") if isinstance(data, dict) else None
-    if errs:
+    if isinstance(errs, list) and errs:
         return "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errs if isinstance(e, dict))[:300]
     return str(data)[:200]
 

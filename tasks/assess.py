@@ -36,7 +36,15 @@ from digestguard import netlog
 from digestguard.advisory import Advisory, Window
 from digestguard.cilog import JobLog, PullEvent
 from digestguard.errors import DigestguardError, InputError
-from digestguard.findings import ExposedJob, ExposedSecret, ExposureReport, JobVerdict, NetworkHit
+from digestguard.findings import (
+    ExposedJob,
+    ExposedSecret,
+    ExposureReport,
+    JobVerdict,
+    NetworkHit,
+    SourceCoverage,
+    coverage_summary,
+)
 from digestguard.inventory import Inventory
 from digestguard.markdown import md_cell
 from digestguard.reference import try_parse_reference
@@ -242,19 +250,20 @@ def _sweep_address(inventory: Inventory, n: Any) -> str:
 
 def run_network_sweep(
     inventory: Inventory, advisory: Advisory, window: ExposureWindow,
-) -> tuple[list[NetworkHit], list[str], dict[str, int]]:
+) -> tuple[list[NetworkHit], list[str], dict[str, int], list[SourceCoverage]]:
     """Sweep the inventory's network logs with ``tasks.sweep.run.sweep_paths``.
 
-    Returns (hits, errors/notes, unparsable lines per log). One call per source, so a missing
+    Returns (hits, errors/notes, unparsable lines per log, coverage per source). One call per source, so a missing
     file fails only its own source; a source's own ``format`` is passed when the sweep knows it.
     A failing source is a line in the report, never silence.
     """
     if not inventory.network_logs:
-        return [], [], {}
+        return [], [], {}, []
     w = Window(start=window.start, end=window.end, source=window.source or "assess")
     hits: list[NetworkHit] = []
     errors: list[str] = []
     unparsable: dict[str, int] = {}
+    coverage: list[SourceCoverage] = []
     for n in inventory.network_logs:
         address = _sweep_address(inventory, n)
         fmt = n.format if n.format in netlog.FORMATS else None
@@ -262,13 +271,26 @@ def run_network_sweep(
             result = sweep_paths([address], advisory.network, w, log_format=fmt)
         except (DigestguardError, OSError, ValueError) as exc:
             errors.append(f"network logs {n.name}: not swept: {exc}")
+            coverage.append(SourceCoverage(source=n.name or address, kind="network-log", state="unchecked",
+                                           reason=f"not swept: {exc}"))
             continue
+        coverage.append(_merge_coverage(n.name or address, result.coverage(n.name or address)))
         hits.extend(result.hits)
         for f in result.files:
             if f.unparsable:
                 unparsable[f.path] = unparsable.get(f.path, 0) + f.unparsable
             errors.extend(f"network logs {f.path}: {e}" for e in f.errors)
-    return hits, errors, unparsable
+    return hits, errors, unparsable, coverage
+
+
+def _merge_coverage(source: str, parts: Sequence[SourceCoverage]) -> SourceCoverage:
+    """One source's coverage from its inputs': checked when all were, unchecked when none was, else partial."""
+    states = {c.state for c in parts}
+    reason = "; ".join(c.reason for c in parts if c.reason) or None
+    if states <= {"checked"}:
+        return SourceCoverage(source=source, kind="network-log", state="checked")
+    state = "unchecked" if states == {"unchecked"} else "partial"
+    return SourceCoverage(source=source, kind="network-log", state=state, reason=reason)
 
 
 # --------------------------------------------------------------------------- the report
@@ -284,6 +306,7 @@ def build_exposure_report(
     inventory: Inventory | None = None,
     unparsable: Mapping[str, int] | None = None,
     errors: Sequence[str] = (),
+    coverage: Sequence[SourceCoverage] = (),
 ) -> ExposureReport:
     """Combine everything into one ``ExposureReport``.
 
@@ -293,10 +316,12 @@ def build_exposure_report(
     w = _as_window(window)
     errs = list(errors)
     unp = dict(unparsable or {})
+    cov = list(coverage)
     if network_hits is None:
         if inventory is not None:
-            hits, notes, sweep_unp = run_network_sweep(inventory, advisory, w)
+            hits, notes, sweep_unp, sweep_cov = run_network_sweep(inventory, advisory, w)
             errs.extend(notes)
+            cov.extend(sweep_cov)
             for k, v in sweep_unp.items():
                 unp[k] = unp.get(k, 0) + v
         else:
@@ -306,7 +331,7 @@ def build_exposure_report(
         hits = list(network_hits)
     return ExposureReport(
         advisory=advisory.id, window_start=w.start, window_end=w.end, window_source=w.source,
-        jobs=list(jobs), secrets=list(secrets), network_hits=hits, unparsable=unp, errors=errs,
+        jobs=list(jobs), secrets=list(secrets), network_hits=hits, unparsable=unp, errors=errs, coverage=cov,
     )
 
 
@@ -328,7 +353,8 @@ def assess(
     jobs = classify_jobs(read.jobs, advisory, window)
     secrets, secret_errors = exposed_secrets(jobs, inventory, read.origins, scan_contents=scan_contents)
     return build_exposure_report(advisory, window, jobs, secrets, network_hits=network_hits, inventory=inventory,
-                                 unparsable=read.unparsable, errors=read.errors + secret_errors)
+                                 unparsable=read.unparsable, errors=read.errors + secret_errors,
+                                 coverage=[read.coverage[e.name] for e in inventory.ci_logs if e.name in read.coverage])
 
 
 # --------------------------------------------------------------------------- Markdown
@@ -338,7 +364,9 @@ def exposure_markdown(report: ExposureReport) -> str:
     """The report as Markdown for Slack/artifacts and the approval form (no secret values: there are none)."""
     counts = {v: len(report.jobs_by(v)) for v in ("confirmed", "probable", "clear")}  # type: ignore[arg-type]
     unmapped = [s for s in report.secrets if not s.mapped]
-    out = [
+    missing = coverage_summary(report.coverage)
+    out = [f"**INCOMPLETE: {md_cell(missing)}.** Nothing found in the rest does not mean clear.", ""] if missing else []
+    out += [
         f"## Exposure: {report.advisory}",
         "",
         f"**Window:** {_fmt(report.window_start)} .. {_fmt(report.window_end)}  ",
@@ -367,6 +395,8 @@ def exposure_markdown(report: ExposureReport) -> str:
                 out += [e.replace("```", "'''") for e in j.evidence]
                 out.append("```")
             out += ["</details>", ""]
+    elif missing:
+        out += ["No CI job read so far used an affected image (not every source was checked).", ""]
     else:
         out += ["No CI job used an affected image.", ""]
     if report.secrets:

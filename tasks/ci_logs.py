@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from digestguard.advisory import Advisory
 from digestguard.cilog import JobLog, parse_job_log
 from digestguard.errors import DigestguardError
+from digestguard.findings import SourceCoverage
 from digestguard.inventory import CISource, Inventory
 from digestguard.timeutil import now, parse_time
 from tasks.connect import forge_client
@@ -50,6 +51,25 @@ __all__ = [
 DEFAULT_LOOKBACK = timedelta(hours=6)
 """How far before the window start CI runs are listed: a job queued before the start may pull inside it."""
 SIDE_CAR = ".meta.json"
+MAX_LOG_BYTES = 64 * 1024 * 1024
+"""The most one job log (a file, or a gzip/zip member once decompressed) may hold; beyond it the log is not read."""
+
+
+class LogTooLarge(ValueError):
+    """A log (or a compressed member) decompresses to more than :data:`MAX_LOG_BYTES`."""
+
+
+def _gunzip_capped(path: Path, limit: int = MAX_LOG_BYTES) -> bytes:
+    """``path`` decompressed, chunk by chunk, refusing to hold more than ``limit`` bytes (a gzip bomb)."""
+    out: list[bytes] = []
+    size = 0
+    with gzip.open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            size += len(chunk)
+            if size > limit:
+                raise LogTooLarge(f"decompresses to more than {limit // (1024 * 1024)} MiB")
+            out.append(chunk)
+    return b"".join(out)
 _SIDECAR_KEYS = frozenset({"repository", "workflow", "url", "started_at"})
 
 Definitions = tuple[tuple[str, str], ...]
@@ -76,6 +96,7 @@ class CIRead:
     origins: dict[str, JobOrigin] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     unparsable: dict[str, int] = field(default_factory=dict)
+    coverage: dict[str, SourceCoverage] = field(default_factory=dict)
 
     @classmethod
     def merged(cls, reads: Iterable[CIRead]) -> CIRead:
@@ -85,6 +106,7 @@ class CIRead:
             out.jobs += r.jobs
             out.origins.update(r.origins)
             out.errors += r.errors
+            out.coverage.update(r.coverage)
             for k, v in r.unparsable.items():
                 out.unparsable[k] = out.unparsable.get(k, 0) + v
         return out
@@ -93,8 +115,17 @@ class CIRead:
 def _read(source: str, jobs: Sequence[tuple[JobLog, JobOrigin]], errors: Sequence[str]) -> CIRead:
     """A ``CIRead`` of one source's ``(log, origin)`` pairs (origins keyed by :func:`job_key`)."""
     unparsable = sum(log.unparsable for log, _ in jobs)
+    cov = (SourceCoverage(source=source, kind="ci-log", state="partial",
+                          reason=f"{len(errors)} item(s) not read, first: {errors[0]}") if errors
+           else SourceCoverage(source=source, kind="ci-log", state="checked"))
     return CIRead(jobs=[log for log, _ in jobs], origins={job_key(source, log.job): o for log, o in jobs},
-                  errors=list(errors), unparsable={source: unparsable} if unparsable else {})
+                  errors=list(errors), unparsable={source: unparsable} if unparsable else {}, coverage={source: cov})
+
+
+def _unread(source: str, error: str) -> CIRead:
+    """A ``CIRead`` for a source that could not be read at all: its error, and ``unchecked`` coverage."""
+    return CIRead(errors=[error], coverage={source: SourceCoverage(source=source, kind="ci-log", state="unchecked",
+                                                                     reason=error)})
 
 
 def advisory_span(advisory: Advisory) -> tuple[datetime, datetime | None]:
@@ -147,7 +178,7 @@ def _folder_logs(path: Path) -> list[tuple[str, bytes]]:
     (the same lines per step): the per-step copies are skipped when the whole-job file exists.
     """
     if path.suffix == ".gz":
-        return [("", gzip.decompress(path.read_bytes()))]
+        return [("", _gunzip_capped(path))]
     if path.suffix == ".zip":
         out: list[tuple[str, bytes]] = []
         with zipfile.ZipFile(path) as z:
@@ -156,15 +187,20 @@ def _folder_logs(path: Path) -> list[tuple[str, bytes]]:
             for n in sorted(names):
                 if "/" in n and n.split("/", 1)[0] in top:
                     continue
+                if z.getinfo(n).file_size > MAX_LOG_BYTES:
+                    raise LogTooLarge(f"member {n} is larger than {MAX_LOG_BYTES // (1024 * 1024)} MiB")
                 out.append((f"!{n}", z.read(n)))
         return out
+    if path.stat().st_size > MAX_LOG_BYTES:
+        raise LogTooLarge(f"larger than {MAX_LOG_BYTES // (1024 * 1024)} MiB")
     return [("", path.read_bytes())]
 
 
 def _folder_files(root: Path) -> list[str]:
     """Relative paths of the log files under ``root``: no dot-folders, dot-files or sidecars; sorted by path parts."""
     rels = [rel for rel, entry in walk_files(root, lambda name: name.startswith("."))
-            if entry.is_file() and not entry.name.startswith(".") and not entry.name.endswith(SIDE_CAR)]
+            if (entry.is_symlink() or entry.is_file()) and not entry.name.startswith(".")
+            and not entry.name.endswith(SIDE_CAR)]
     return sorted(rels, key=lambda r: r.split("/"))
 
 
@@ -179,16 +215,22 @@ def _sidecar(source: str, path: Path, rel: PurePosixPath) -> tuple[dict[str, Any
 def _read_folder(entry: CISource, inventory: Inventory) -> CIRead:
     root = inventory.resolve_path(entry.path or "")
     if not root.is_dir():
-        return CIRead(errors=[f"{entry.name}: CI log folder {root} does not exist or is not a folder"])
+        return _unread(entry.name, f"{entry.name}: CI log folder {root} does not exist or is not a folder")
     jobs: list[tuple[JobLog, JobOrigin]] = []
     errors: list[str] = []
     for name in _folder_files(root):
         rel, path = PurePosixPath(name), root / name
+        if path.is_symlink():  # never followed: it could point anywhere outside the folder
+            errors.append(f"{entry.name}: {rel}: a symlink, not followed (copy the log into the folder)")
+            continue
         meta, sidecar_errors = _sidecar(entry.name, path, rel)
         errors += sidecar_errors
         try:
             members = _folder_logs(path)
-        except (OSError, EOFError, zipfile.BadZipFile, gzip.BadGzipFile) as exc:
+        except LogTooLarge as exc:
+            errors.append(f"{entry.name}: {rel}: not read: {exc}")
+            continue
+        except (OSError, EOFError, zipfile.BadZipFile, gzip.BadGzipFile, ValueError) as exc:
             errors.append(f"{entry.name}: {rel}: cannot read ({type(exc).__name__})")
             continue
         repo = meta.get("repository") or _repo_for_folder_path(inventory, rel)
@@ -337,7 +379,7 @@ def _read_runs(source: str, forge: _Runs, span: tuple[datetime, datetime], repos
     try:
         runs = forge.runs(*span)
     except DigestguardError as exc:
-        return CIRead(errors=[f"{source}: cannot list {forge.listing}: {exc}"])
+        return _unread(source, f"{source}: cannot list {forge.listing}: {exc}")
     pairs, errors = _run_jobs(source, forge, runs)
 
     def fetch(pair: tuple[Any, Any]) -> tuple[Any, Any, str | None, str | None]:
@@ -401,14 +443,14 @@ def read_one_source(
         if own:
             client = github_client_for(entry, inventory) if entry.kind == "github" else gitlab_client_for(entry, inventory)
     except (DigestguardError, ImportError) as exc:
-        return CIRead(errors=[f"{entry.name}: cannot connect to {entry.kind}: {exc}"])
+        return _unread(entry.name, f"{entry.name}: cannot connect to {entry.kind}: {exc}")
     try:
         if entry.kind == "github" and not all((entry.repo or "").partition("/")[::2]):
-            return CIRead(errors=[f"{entry.name}: repo {entry.repo!r} is not owner/name"])
+            return _unread(entry.name, f"{entry.name}: repo {entry.repo!r} is not owner/name")
         return _read_runs(entry.name, _forge_runs(entry, client), _list_range(window, advisory, lookback),
                           _repo_for_remote(inventory, entry.repo or ""), wants_definition)
     except DigestguardError as exc:
-        return CIRead(errors=[f"{entry.name}: {exc}"])
+        return _unread(entry.name, f"{entry.name}: {exc}")
     finally:
         if own and client is not None:
             client.close()

@@ -24,11 +24,11 @@ from prefect.cache_policies import NO_CACHE
 
 from digestguard.advisory import Advisory, AffectedImage
 from digestguard.errors import DigestguardError, NotFound
-from digestguard.findings import DetectResult, Finding
+from digestguard.findings import DetectResult, Finding, SourceCoverage
 from digestguard.inventory import CISource, DockerEngine, Inventory, KubernetesCluster, Registry, Repository
 from digestguard.reference import DOCKER_HUB, try_parse_reference
 from integrations import ecr, kubernetes
-from tasks.ci_logs import read_ci_source
+from tasks.ci_logs import read_one_source
 from tasks.connect import Connections, cluster_config, gar_package, host_of
 from tasks.scan.references import scan_tree
 
@@ -68,8 +68,30 @@ def _finding(source: str, kind: str, location: str, reference: str | None, diges
     return Finding(source=source, kind=kind, location=location, reference=reference, digest=digest, verdict=verdict, **extra)
 
 
-def _unknown(source: str, kind: str, location: str, error: Exception) -> Finding:
-    return Finding(source=source, kind=kind, location=location, verdict="unknown", error=f"{type(error).__name__}: {error}")
+def _unknown(source: str, kind: str, location: str, error: Exception | str, *, whole: bool = False) -> Finding:
+    """An ``unknown`` finding for one item (or, ``whole=True``, for the whole source) that could not be read."""
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    return Finding(source=source, kind=kind, location=location, verdict="unknown", error=text,
+                   detail={"scope": "source"} if whole else {})
+
+
+def source_coverage(name: str, kind: str, findings: list[Finding]) -> SourceCoverage:
+    """The coverage of one source from its findings.
+
+    ``unchecked`` when a finding says the whole source could not be read (``detail.scope == "source"``);
+    ``partial`` when some item could not be read (an ``unknown`` finding, a ``suspect`` one with an error)
+    or a bound was hit (``detail.partial``); else ``checked``.
+    """
+    own = [f for f in findings if f.source == name]
+    whole = [f for f in own if f.verdict == "unknown" and f.detail.get("scope") == "source"]
+    if whole:
+        return SourceCoverage(source=name, kind=kind, state="unchecked", reason=whole[0].error)
+    failed = [f for f in own if f.verdict == "unknown" or (f.verdict == "suspect" and f.error)]
+    bounds = [str(f.detail["partial"]) for f in own if f.detail.get("partial")]
+    if failed or bounds:
+        parts = [f"{len(failed)} item(s) not read, first {failed[0].location}: {failed[0].error}"] if failed else []
+        return SourceCoverage(source=name, kind=kind, state="partial", reason="; ".join(parts + bounds))
+    return SourceCoverage(source=name, kind=kind, state="checked")
 
 
 # ---------------------------------------------------------------------------------- registries
@@ -100,37 +122,56 @@ def registry_repositories(entry: Registry, advisory: Advisory) -> list[tuple[str
 
 def detect_registry(entry: Registry, advisory: Advisory, client) -> list[Finding]:
     """Resolve every affected tag (and every listed tag), walk indexes to children, and look for the
-    malicious digests themselves (an untagged copy is still pullable by digest)."""
+    malicious digests themselves (an untagged copy is still pullable by digest).
+
+    Faults stay local: a tag, index or lookup that fails is an ``unknown`` finding of its own and
+    the rest goes on; a host that is no registry at all (``GET /v2/`` fails) is one whole-source finding.
+    """
+    repos = registry_repositories(entry, advisory)
+    try:
+        client.ping()
+    except DigestguardError as e:
+        return [_unknown(entry.name, "registry", entry.name, e, whole=True)]
     findings: list[Finding] = []
-    for repo, img in registry_repositories(entry, advisory):
-        findings += _detect_repository(entry, advisory, client, repo, img)
+    for repo, img in repos:
+        where = f"{entry.name}/{repo}"
+        try:
+            listed, complete = client.list_tags_bounded(repo)
+        except NotFound:
+            listed, complete = [], True
+        except DigestguardError as e:  # the listing failed: the affected tags are still looked up one by one
+            findings.append(_unknown(entry.name, "registry", where, f"tag list unreadable, only the affected tags "
+                                                                   f"were checked: {type(e).__name__}: {e}"))
+            listed, complete = [], True
+        if not complete:
+            findings.append(_unknown(entry.name, "registry", where,
+                                     f"tag list cut at {len(listed)} tags (bound reached); the rest were not checked"))
+        findings += _detect_repository(entry, repo, img, listed, advisory, client)
     return findings
 
 
-def _detect_repository(entry: Registry, advisory: Advisory, client, repo: str, img: AffectedImage) -> list[Finding]:
-    """One repository of one registry: its tags (in parallel), then the malicious digests no tag points at."""
+def _detect_repository(entry: Registry, repo: str, img: AffectedImage, listed: list[str], advisory: Advisory,
+                       client) -> list[Finding]:
+    """One repository: every affected and listed tag (in parallel), then the malicious digests by digest."""
     where = f"{entry.name}/{repo}"
-    try:
-        listed = client.list_tags(repo)
-    except NotFound:
-        listed = []
-    except DigestguardError as e:
-        return [_unknown(entry.name, "registry", where, e)]
     affected = set(img.affected_tags)
     tags = list(dict.fromkeys([*img.affected_tags, *listed]))
 
-    def one(tag: str) -> Finding | None:
-        return _detect_tag(entry, advisory, client, repo, tag, tag in affected)
+    def guarded_one(tag: str) -> Finding | None:
+        try:
+            return _tag_finding(entry, repo, tag, tag in affected, advisory, client)
+        except Exception as e:  # noqa: BLE001 - one bad tag is its own finding, never the whole registry's
+            return _unknown(entry.name, "registry", f"{where}:{tag}", e)
 
     with ThreadPoolExecutor(TAG_WORKERS) as pool:
-        findings = [f for f in pool.map(one, tags) if f is not None]
+        findings = [f for f in pool.map(guarded_one, tags) if f is not None]
     tagged = {f.digest for f in findings if f.verdict == "compromised"}
     for m in img.malicious:
         if m.digest in tagged:
             continue
         try:
             present = client.exists(repo, m.digest)
-        except DigestguardError as e:
+        except Exception as e:  # noqa: BLE001 - one failed lookup is its own finding
             findings.append(_unknown(entry.name, "registry", f"{where}@{m.digest}", e))
             continue
         if present:
@@ -139,33 +180,39 @@ def _detect_repository(entry: Registry, advisory: Advisory, client, repo: str, i
     return findings
 
 
-def _detect_tag(entry: Registry, advisory: Advisory, client, repo: str, tag: str, affected: bool) -> Finding | None:
-    """One tag: its digest (or the child of its index) against the advisory; None when there is nothing to tell."""
-    where, ref = f"{entry.name}/{repo}:{tag}", f"{repo}:{tag}"
+def _tag_finding(entry: Registry, repo: str, tag: str, affected: bool, advisory: Advisory, client) -> Finding | None:
+    """The finding for one tag, or None when there is no news (tag absent, or unaffected at a clean digest)."""
+    where = f"{entry.name}/{repo}:{tag}"
+    ref = f"{repo}:{tag}"
     try:
         digest = client.resolve(repo, tag)
     except NotFound:
         return None  # the tag is not in this registry: nothing to find
     except DigestguardError as e:
         if affected:
-            return Finding(source=entry.name, kind="registry", location=where, reference=ref, verdict="suspect", error=str(e))
+            return Finding(source=entry.name, kind="registry", location=where, reference=ref,
+                           verdict="suspect", error=str(e))
         return _unknown(entry.name, "registry", where, e)
     f = _finding(entry.name, "registry", where, ref, digest, advisory, detail={"tag": tag})
-    if f.verdict == "clean":
-        child = _child_match(client, repo, digest, advisory)
-        if child:
-            f = child.model_copy(update={"location": where, "reference": ref, "detail": {"tag": tag, "index": digest}})
-        elif not affected:
-            return None  # an unaffected tag at a clean digest is not news
-    return f
+    if f.verdict != "clean":
+        return f
+    child = _child_match(client, repo, digest, advisory)
+    if child and child.verdict == "unknown":
+        return child.model_copy(update={"source": entry.name, "location": where, "reference": ref,
+                                        "detail": {"tag": tag, "index": digest}})
+    if child:
+        return child.model_copy(update={"source": entry.name, "location": where, "reference": ref,
+                                        "detail": {"tag": tag, "index": digest}})
+    return f if affected else None  # an unaffected tag at a clean digest is not news
 
 
 def _child_match(client, repo: str, digest: str, advisory: Advisory) -> Finding | None:
     """When ``digest`` is an index, a finding for its first malicious child, if any."""
     try:
         children = client.get_index_children(repo, digest)
-    except DigestguardError:
-        return None
+    except DigestguardError as e:
+        return Finding(source="", kind="registry", location="", digest=digest, verdict="unknown",
+                       error=f"index {digest} could not be read: {type(e).__name__}: {e}")
     for ch in children:
         m = match_digest(advisory, ch.digest)
         if m:
@@ -178,16 +225,20 @@ def _child_match(client, repo: str, digest: str, advisory: Advisory) -> Finding 
 def _detect_listed(entry: Registry, advisory: Advisory, kind: str,
                    listing: Callable[[str], Iterable[tuple[str, list[str], dict[str, Any]]]]) -> list[Finding]:
     """A registry whose API lists every image of a repository with its digest and tags (ECR, Artifact Registry):
-    each image that is malicious or carries an affected tag is a finding; a repository that cannot be read is one too."""
+    each image that is malicious or carries an affected tag is a finding; a repository that cannot be read is one too
+    (the whole source's when none could be read)."""
     findings: list[Finding] = []
-    for repo, img in registry_repositories(entry, advisory):
+    repos = registry_repositories(entry, advisory)
+    unreadable = 0
+    for repo, img in repos:
         where = f"{entry.name}/{repo}"
         try:
             images = list(listing(repo))
         except NotFound:
             continue
         except DigestguardError as e:
-            findings.append(_unknown(entry.name, kind, where, e))
+            unreadable += 1
+            findings.append(_unknown(entry.name, kind, where, e, whole=unreadable == len(repos)))
             continue
         affected = set(img.affected_tags)
         for digest, tags, extra in images:
@@ -210,8 +261,7 @@ def detect_ecr(entry: Registry, advisory: Advisory, c: Any) -> list[Finding]:
 def detect_gar(entry: Registry, advisory: Advisory, client: Any) -> list[Finding]:
     """Artifact Registry: every version of each mirrored package, by digest, with its tags."""
     if not (entry.project and entry.location):
-        return [Finding(source=entry.name, kind="gar", location=entry.name, verdict="unknown",
-                        error="an Artifact Registry entry needs project and location")]
+        return [_unknown(entry.name, "gar", entry.name, "an Artifact Registry entry needs project and location", whole=True)]
 
     def listing(repo: str) -> Iterable[tuple[str, list[str], dict[str, Any]]]:
         return [(v.digest, list(v.tags), {}) for v in client.list_versions(gar_package(entry, repo))]
@@ -233,8 +283,9 @@ def detect_engine(entry: DockerEngine, advisory: Advisory, mirrors: Iterable[str
         hit = next((d for d in digests if match_digest(advisory, d)), None)
         if hit or relevant:
             ref = next((n for n in im.repo_tags if _affected_name(advisory, n, mirrors)), None) or (names[0] if names else im.id)
-            f = _finding(entry.name, "engine-image", f"{entry.name}/{ref}", ref, hit or (sorted(im.digests)[0] if im.digests else None),
-                         advisory, detail={"image_id": im.id, "repo_digests": list(im.repo_digests), "repo_tags": list(im.repo_tags)})
+            shown = hit or (sorted(im.digests)[0] if im.digests else None)
+            f = _finding(entry.name, "engine-image", f"{entry.name}/{ref}", ref, shown, advisory,
+                         detail={"image_id": im.id, "repo_digests": list(im.repo_digests), "repo_tags": list(im.repo_tags)})
             findings.append(f)
             if f.verdict == "compromised":
                 bad_ids[im.id] = f
@@ -288,10 +339,11 @@ def detect_kubernetes(entry: KubernetesCluster, advisory: Advisory, inventory: I
 def detect_ci_logs(entry: CISource, advisory: Advisory, inventory: Inventory) -> list[Finding]:
     """Pull lines in CI job logs that name an affected image, with the digest they printed."""
     out: list[Finding] = []
-    logs, errors = read_ci_source(entry, inventory, advisory)
-    for err in errors:
-        out.append(Finding(source=entry.name, kind="ci-log", location=entry.name, verdict="unknown", error=err))
-    for job in logs:
+    read = read_one_source(entry, inventory, advisory)
+    whole = any(c.state == "unchecked" for c in read.coverage.values())
+    for err in read.errors:
+        out.append(_unknown(entry.name, "ci-log", entry.name, err, whole=whole))
+    for job in read.jobs:
         seen: set[tuple[str | None, str | None]] = set()
         for p in job.pulls:
             ref = try_parse_reference(p.reference) if p.reference else None
@@ -316,18 +368,14 @@ def detect_config(entry: Repository, advisory: Advisory, inventory: Inventory) -
     for fs in res.files:
         rel = os.path.relpath(fs.path, root) if os.path.isabs(fs.path) else fs.path
         for f in fs.found:
-            # the scanner's one classification: images, and what resolvable indirect references pull
-            ref = f.target if f.classification != "indirect" or f.via is None else None
-            img = advisory.image_for(ref) if ref is not None else None
-            if img is None:
+            if f.ref is None or not advisory.image_for(f.ref):
                 continue
-            pinned = ref.digest
+            pinned = f.ref.digest
             verdict_f = _finding(entry.name, "config", f"{rel}:{f.line}", f.text, pinned, advisory,
-                                 detail={"tag": ref.effective_tag, "context": f.context,
-                                         "classification": f.classification})
+                                 detail={"tag": f.ref.effective_tag, "context": f.context})
             if not pinned:  # a tag reference: its content is whatever the tag says now
-                verdict_f = verdict_f.model_copy(update={"verdict": "suspect" if ref.effective_tag in
-                                                         img.affected_tags else "clean"})
+                verdict_f = verdict_f.model_copy(update={"verdict": "suspect" if f.ref.effective_tag in
+                                                         advisory.image_for(f.ref).affected_tags else "clean"})
             out.append(verdict_f)
     return out
 
@@ -359,18 +407,21 @@ def detect(advisory: Advisory, inventory: Inventory, connections: Connections | 
     for repo in inventory.repositories:
         jobs.append((repo.name, "config", lambda repo=repo: detect_config(repo, advisory, inventory)))
 
-    def guarded(job: tuple[str, str, Callable[[], list[Finding]]]) -> list[Finding]:
+    def guarded(job: tuple[str, str, Callable[[], list[Finding]]]) -> tuple[list[Finding], SourceCoverage]:
         name, kind, fn = job
         try:
-            return fn()
+            found = fn()
         except Exception as e:  # a failed source is a finding, never a silent skip
-            return [_unknown(name, kind, name, e)]
+            found = [_unknown(name, kind, name, e, whole=True)]
+        return found, source_coverage(name, kind, found)
 
     findings: list[Finding] = []
+    coverage: list[SourceCoverage] = []
     with ThreadPoolExecutor(MAX_SOURCES_IN_PARALLEL) as pool:
-        for fs in pool.map(guarded, jobs):
+        for fs, cov in pool.map(guarded, jobs):
             findings.extend(fs)
-    return DetectResult(advisory=advisory.id, findings=findings)
+            coverage.append(cov)
+    return DetectResult(advisory=advisory.id, findings=findings, coverage=coverage)
 
 
 @task(name="detect", cache_policy=NO_CACHE)

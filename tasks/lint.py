@@ -30,6 +30,7 @@ from typing import Literal
 from digestguard._model import Model
 from digestguard.advisory import Advisory
 from digestguard.errors import InputError
+from digestguard.findings import SourceCoverage
 from digestguard.reference import ImageReference
 from tasks.scan.ci_files import classify
 from tasks.scan.references import FileScan, Found, name_hint, read_dotenv, scan_text, scan_tree
@@ -161,11 +162,19 @@ def lint_tree(path: str | os.PathLike[str], advisories: Sequence[Advisory] = (),
     ``exclude``: glob patterns on repository-relative paths (``tests/corpus/*``) to leave out,
     e.g. fixtures that are deliberately unpinned.
     """
+    return lint_tree_coverage(path, advisories, exclude)[0]
+
+
+def lint_tree_coverage(path: str | os.PathLike[str], advisories: Sequence[Advisory] = (),
+                       exclude: Sequence[str] = ()) -> tuple[list[Offender], SourceCoverage]:
+    """:func:`lint_tree` plus its coverage: ``partial`` (with the files and reasons) when files that
+    could hold references were skipped (not UTF-8, too large, binary, a symlink out of the tree)."""
     p = Path(path)
+    skipped: list[str] = []
     if p.is_file():
         kind = classify(p.as_posix())
         if kind is None:
-            return []
+            return [], SourceCoverage(source=str(p), kind="lint", state="checked")
         try:
             text = p.read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError) as e:
@@ -173,13 +182,19 @@ def lint_tree(path: str | os.PathLike[str], advisories: Sequence[Advisory] = (),
         env = read_dotenv(str(p.parent)) if kind == "compose" else None  # as the tree scan does
         files = [scan_text(p.as_posix(), text, kind, env=env)]
     elif p.is_dir():
-        files = scan_tree(p).files
+        res = scan_tree(p)
+        files = res.files
+        skipped = [f"{s.path}: {s.reason}" for s in res.skipped if "inside the repository" not in s.reason
+                   and not any(fnmatch.fnmatch(s.path, pat) for pat in exclude)]
     else:
         raise InputError(str(path), "no such file or directory")
     files = [fs for fs in files if not any(fnmatch.fnmatch(fs.path, pat) for pat in exclude)]
     out = [o for fs in files for o in _lint_file(fs, advisories)]
     out.sort(key=lambda o: (o.path, o.line, o.reference))
-    return out
+    cov = (SourceCoverage(source=str(p), kind="lint", state="partial",
+                          reason=f"{len(skipped)} file(s) not checked: " + "; ".join(skipped[:5]))
+           if skipped else SourceCoverage(source=str(p), kind="lint", state="checked"))
+    return out, cov
 
 
 def lint_files(paths: Sequence[str | os.PathLike[str]], advisories: Sequence[Advisory] = ()) -> list[Offender]:

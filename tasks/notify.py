@@ -22,13 +22,13 @@ Rules this module keeps:
   message; approval requests and the final summary are found the same way.
 * **No secret value in a message.** Messages are built from ids, names, versions
   and counts only; and when the notifier is given known secret values, every
-  outgoing string passes :func:`redact` in the client just before it is sent.
+  outgoing string passes the one redactor (:func:`digestguard.redact.redact`, every value the run
+  resolved or revealed is registered with it) in the client just before it is sent.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import time
@@ -36,7 +36,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import quote
 
 from prefect.runtime import flow_run
 from prefect.settings import get_current_settings
@@ -48,6 +47,7 @@ from digestguard.inventory import ApprovalPolicy, Inventory
 from digestguard.journal import Journal
 from digestguard.markdown import mrkdwn
 from digestguard.plan import Approval, Plan
+from digestguard.redact import MASK, redact
 from digestguard.timeutil import now, utc
 from integrations.slack import ButtonClick, ButtonListener, SlackClient, SlackMessage, approval_buttons, channel_name_for
 from tasks.report.model import IncidentReport, approvers_text
@@ -62,7 +62,6 @@ __all__ = [
     "who_must_approve",
 ]
 
-MASK = "[redacted]"
 STAGE_ORDER = ("detect", "assess", "rotate", "purge", "pin", "report")
 _ICONS = {
     "started": ":hourglass_flowing_sand:", "running": ":hourglass_flowing_sand:", "done": ":white_check_mark:",
@@ -73,47 +72,7 @@ _ICONS = {
 }
 _BLOCK_TEXT_MAX = 2900  # Slack refuses section text over 3000 characters
 
-# Credential shapes that must never reach a channel even when nobody told us the value.
-_TOKEN_SHAPES = re.compile(
-    r"xox[abposr]-[A-Za-z0-9-]{10,}"
-    r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"
-    r"|glpat-[A-Za-z0-9_-]{16,}"
-    r"|\b(?:hvs|hvb)\.[A-Za-z0-9_-]{20,}"
-    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)"
-)
-
-
 # --------------------------------------------------------------------------- redaction
-
-
-def redact(text: str, secrets: Iterable[str], *, mask: str = MASK) -> str:
-    """``text`` with every known secret value (and well-known token shapes) replaced by ``mask``.
-
-    Values are matched as they are, JSON-escaped and URL-encoded, longest first (so a
-    value containing another is masked whole). Values shorter than 4 characters are
-    masked only as whole words: masking every "ab" in a message would destroy it while
-    a 2-character "secret" protects nothing.
-
-    >>> redact("token is s3cr3t-value, again s3cr3t-value", ["s3cr3t-value"])
-    'token is [redacted], again [redacted]'
-    """
-    if not text:
-        return text
-    variants: set[str] = set()
-    short: set[str] = set()
-    for s in secrets:
-        if not s:
-            continue
-        s = str(s)
-        if len(s) < 4:
-            short.add(s)
-            continue
-        variants.update({s, json.dumps(s)[1:-1], quote(s, safe=""), mrkdwn(s)})
-    for v in sorted(variants, key=len, reverse=True):
-        text = text.replace(v, mask)
-    for v in short:
-        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(v)}(?![A-Za-z0-9])", mask, text)
-    return _TOKEN_SHAPES.sub(mask, text)
 
 
 # --------------------------------------------------------------------------- Prefect links
@@ -270,6 +229,7 @@ class Notifier:
         self.advisory_id = advisory_id
         self.title = title
         self.run_url = run_url
+        self.coverage_note: str | None = None  # "N of M sources not checked: ...", shown above the board
         self.disabled_reason = disabled_reason if client is None else None
         self.app_token_ref: str | None = None  # slack.app_token: approval buttons over Socket Mode
         self.api_url: str | None = None
@@ -414,6 +374,8 @@ class Notifier:
             summary = st.get("summary") or ""
             lines.append(f"{icon} *{mrkdwn(s)}*: {mrkdwn(st.get('status', ''))}" + (f" · {mrkdwn(summary)}" if summary else ""))
         board = "\n".join(lines) or "_Response starting…_"
+        if self.coverage_note:
+            board = f":warning: *INCOMPLETE: {mrkdwn(self.coverage_note[:600])}*\n{board}"
         ctx = " · ".join(x for x in [f"advisory `{mrkdwn(self.advisory_id)}`" if self.advisory_id else "",
                                      _link(self.run_url, "Prefect flow run") if self.run_url else "",
                                      f"updated {_hhmm(now())}"] if x)

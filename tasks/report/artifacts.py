@@ -12,6 +12,7 @@ from typing import Any
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
+from digestguard.redact import redact, redact_data
 from tasks.report.html import write_report
 from tasks.report.model import IncidentReport
 
@@ -49,12 +50,12 @@ def publish_artifacts(report: IncidentReport) -> dict[str, str]:
     """
     out: dict[str, str] = {}
     key = artifact_key(report.incident)
-    out[key] = str(create_markdown_artifact(markdown=report.markdown(), key=key,
+    out[key] = str(create_markdown_artifact(markdown=redact(report.markdown()), key=key,
                                             description=f"Incident report for {report.incident} ({report.advisory_id})"))
     tables = report.tables()
     for name, description in _TABLE_ARTIFACTS.items():
         k = artifact_key(report.incident, name)
-        rows = tables[name] or [{"note": "none"}]
+        rows = redact_data(tables[name] or [{"note": "none"}])
         out[k] = str(create_table_artifact(table=rows, key=k, description=f"{description}: {len(tables[name])} row(s)"))
     for p in report.pull_requests:
         k = artifact_key(report.incident, "pr", p.repository, str(p.number or ""))

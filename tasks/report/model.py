@@ -27,7 +27,7 @@ from pydantic import Field
 
 from digestguard._model import Model
 from digestguard.advisory import Advisory, Window
-from digestguard.findings import ActionOutcome, DetectResult, ExposureReport, StageResult
+from digestguard.findings import ActionOutcome, DetectResult, ExposureReport, SourceCoverage, StageResult, coverage_summary
 from digestguard.journal import Journal
 from digestguard.markdown import md_cell, md_table
 from digestguard.plan import Approval
@@ -273,10 +273,29 @@ class IncidentReport(Model):
         return t
 
     # -- Markdown -----------------------------------------------------------------------------
+    def coverage(self) -> list[SourceCoverage]:
+        """Every source detect and assess looked at, once each (a CI source read by both keeps its worse state)."""
+        rank = {"checked": 0, "partial": 1, "unchecked": 2}
+        out: dict[tuple[str, str], SourceCoverage] = {}
+        for c in [*(self.detect.coverage if self.detect else []), *(self.exposure.coverage if self.exposure else [])]:
+            seen = out.get((c.source, c.kind))
+            if seen is None or rank[c.state] > rank[seen.state]:
+                out[(c.source, c.kind)] = c
+        return list(out.values())
+
+    def coverage_note(self) -> str | None:
+        """``"N of M sources not checked: ..."`` when any source was not fully checked, else None."""
+        return coverage_summary(self.coverage())
+
     def summary_lines(self) -> list[str]:
-        """One line per stage: detected, exposed, rotated, purged, pinned (plain text, no markup)."""
+        """One line per stage: detected, exposed, rotated, purged, pinned (plain text, no markup).
+
+        When a source was not fully checked, the first line says so ("N of M sources not checked").
+        """
         c = self.counts()
-        lines = [
+        note = self.coverage_note()
+        lines = [f"INCOMPLETE: {note}"] if note else []
+        lines += [
             f"Detected: {c['compromised']} compromised, {c['suspect']} suspect, {c['clean']} clean"
             + (f", {c['unknown']} source(s) failed" if c["unknown"] else ""),
             f"Exposed: {c['jobs_confirmed']} confirmed / {c['jobs_probable']} probable CI job(s), "

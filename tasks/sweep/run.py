@@ -31,7 +31,7 @@ from digestguard import netlog
 from digestguard._model import Model
 from digestguard.advisory import Indicator, Window
 from digestguard.errors import InputError, IntegrationError
-from digestguard.findings import NetworkHit
+from digestguard.findings import NetworkHit, SourceCoverage, overall_verdict
 from digestguard.timeutil import parse_time
 from integrations import cloudwatch
 from tasks.sweep import engine
@@ -80,6 +80,19 @@ class SweepResult(Model):
         """Every read failure, prefixed with its input (truncated gzip, API errors)."""
         return [f"{f.path}: {e}" for f in self.files for e in f.errors]
 
+    def coverage(self, source: str | None = None) -> list[SourceCoverage]:
+        """Per input: ``checked``; ``partial`` when it had read errors after some lines; ``unchecked`` when
+        nothing could be read (or there was nothing to sweep for). ``source`` names them all as one source."""
+        out = []
+        for f in self.files:
+            name = source or f.path
+            if not f.errors:
+                out.append(SourceCoverage(source=name, kind="network-log", state="checked"))
+            else:
+                state = "partial" if f.lines else "unchecked"
+                out.append(SourceCoverage(source=name, kind="network-log", state=state, reason="; ".join(f.errors)[:300]))
+        return out
+
     def to_json_dict(self) -> dict[str, Any]:
         """The ``--json`` object: ``hits``, ``files`` and totals (timestamps ISO 8601 UTC)."""
         return {
@@ -90,6 +103,9 @@ class SweepResult(Model):
             },
             "hits": [h.model_dump(mode="json") for h in self.hits],
             "files": [f.model_dump(mode="json") for f in self.files],
+            "coverage": [c.model_dump(mode="json") for c in self.coverage()],
+            "verdict": overall_verdict(bool(self.hits_in_window() or any(h.in_window is None for h in self.hits)),
+                                       self.coverage()),
             "totals": {
                 "files": len(self.files),
                 "lines": self.lines,

@@ -41,7 +41,7 @@ def test_respond_dry_run_prints_the_summary(tmp_path):
         env.pop("PREFECT_API_URL", None)
         r = subprocess.run([sys.executable, "-m", "flows.cli", "respond", "-a", str(sb.advisory_path), "-i", str(sb.inventory_path),
                             "--incident", "respond-dry-1", "--json"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
-        assert r.returncode == 0, r.stderr[-3000:]
+        assert r.returncode == 1, r.stderr[-3000:]  # exit 1: the drill's estate has compromised images (issue 15)
         url = json.loads((home / "digestguard-server.json").read_text())["url"]
         line = re.search(r"^flow run ([0-9a-f-]{36}): (\S+)$", r.stderr, re.M)
         assert line and line.group(2) == f"{url}/runs/flow-run/{line.group(1)}", r.stderr[-2000:]
@@ -52,6 +52,7 @@ def test_respond_dry_run_prints_the_summary(tmp_path):
         assert j.returncode == 0 and json.loads(j.stdout)["incident"] == "respond-dry-1", j.stderr
         summary = json.loads(r.stdout)
         assert summary["incident"] == "respond-dry-1" and summary["mode"] == "dry-run" and summary["ok"]
+        assert summary["verdict"] == "found" and "coverage_note" not in summary
         assert summary["rotate"]["planned"] == 5 and summary["pin"]["pull_requests"] == []
         assert Path(summary["report"]).is_file()
 
