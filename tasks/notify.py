@@ -29,6 +29,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import time
