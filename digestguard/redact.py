@@ -37,6 +37,11 @@ TOKEN_SHAPES = re.compile(
 )
 """Credential shapes that are masked even when nobody registered the value."""
 
+IDENTIFIER_SHAPES = re.compile(r"(?:AKIA|ASIA|AIDA|AROA)[A-Z0-9]{16}")
+"""Identifiers that travel inside credential material but are not secret (an AWS access key id is shown by the console,
+CloudTrail and every error AWS returns). They are never registered: the journal must keep them, or a resumed run could
+not tell which key it already made or revoked."""
+
 _lock = threading.Lock()
 _values: set[str] = set()
 _variants: list[str] = []  # longest first
@@ -56,7 +61,7 @@ def register(*values: Any) -> None:
             if v is None:
                 continue
             plain = v.get_secret_value() if hasattr(v, "get_secret_value") else str(v)
-            if len(plain) < MIN_REGISTERED or plain in _values:
+            if len(plain) < MIN_REGISTERED or plain in _values or IDENTIFIER_SHAPES.fullmatch(plain):
                 continue
             _values.add(plain)
             changed = True
