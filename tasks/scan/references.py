@@ -176,7 +176,10 @@ class _Text:
         self.hits: dict[tuple[int, int], Found] = {}
         self.actions: list[ActionUse] = []
         self.vars: dict[str, tuple[str, int, int]] = {}  # name -> (value, start, end) of its first definition
-        self.pending: list[tuple[int, int, str]] = []  # indirect references to resolve once the file is read
+        self.pending: list[tuple[int, int, str, dict[str, tuple[str, int, int]] | None]] = []
+        #   indirect references to resolve once the file is read, each with the variables in its scope
+        #   (None: the whole file's; a Dockerfile ``FROM`` sees only global ``ARG``s, a stage its own)
+        self.scope: dict[str, tuple[str, int, int]] | None = None  # set while a Dockerfile instruction is read
         self.env: dict[str, str] = {}  # values from outside the file (a Compose ``.env``): resolvable, not rewritable
 
     def define(self, name: str, value_start: int, value_end: int) -> None:
@@ -221,7 +224,7 @@ class _Text:
         value = self.text[start:end]
         if "$" in value or "{" in value:
             if certain and classification is None:
-                self.pending.append((start, end, context))
+                self.pending.append((start, end, context, None if self.scope is None else dict(self.scope)))
             return
         else:
             ref = try_parse_reference(value)
@@ -241,14 +244,18 @@ class _Text:
 
     def resolve_indirect(self) -> None:
         """Classify every queued reference built from variables (see :func:`_resolve_indirect`)."""
-        parts_of_composites: set[str] = set()
-        whole: set[str] = set()
-        for start, end, context in self.pending:
-            _resolve_indirect(self, start, end, context, parts_of_composites, whole)
+        parts_of_composites: set[tuple[int, int]] = set()
+        whole: set[tuple[int, int]] = set()
+        file_vars = self.vars
+        for start, end, context, scope in self.pending:
+            self.vars = file_vars if scope is None else scope
+            try:
+                _resolve_indirect(self, start, end, context, parts_of_composites, whole)
+            finally:
+                self.vars = file_vars
         # a definition used only as a *part* of a composite reference is no reference of its own:
         # rewriting it would break the composite (``FROM ${IMAGE}:${TAG}`` with ``ARG IMAGE=kics``)
-        for name in parts_of_composites - whole:
-            _, s, e = self.vars.get(name, ("", -1, -1))
+        for s, e in parts_of_composites - whole:
             hit = self.hits.get((s, e))
             if hit is not None and hit.classification in ("image", "uncertain"):
                 del self.hits[(s, e)]
@@ -257,7 +264,7 @@ class _Text:
         return [self.hits[k] for k in sorted(self.hits)]
 
 
-_VAR = re.compile(r"\$(?:\{(?P<b>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-=])(?P<d>[^}]*))?\}|\((?P<p>[A-Za-z_][A-Za-z0-9_]*)\)"
+_VAR = re.compile(r"\$(?:\{(?P<b>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-=+?])(?P<d>(?:[^${}]|\$\{[^{}]*\}|\$(?!\{))*))?\}|\((?P<p>[A-Za-z_][A-Za-z0-9_]*)\)"
                   r"|(?P<n>[A-Za-z_][A-Za-z0-9_]*))")
 
 
@@ -269,9 +276,15 @@ def _lookup(t: _Text, name: str, depth: int = 0) -> tuple[str | None, tuple[int,
         if m and depth < 3:  # ``KICS="${KICS_IMAGE:-checkmarx/kics:latest}"``: the default is the definition
             inner = m.group("b") or m.group("p") or m.group("n")
             got, span = _lookup(t, inner, depth + 1)
+            op = m.group("op") or ""
+            if op.endswith("+"):  # ``${X:+alt}``: the alternative when X is set, else nothing
+                if not got:
+                    return None, None
+                ds = s + m.start("d")
+                return m.group("d"), (ds, ds + len(m.group("d")))
             if got is not None:
                 return got, span
-            if m.group("d") is not None:
+            if m.group("d") is not None and not op.endswith("?"):  # ``${X:?msg}``: an error, not a default
                 ds = s + m.start("d")
                 return m.group("d"), (ds, ds + len(m.group("d")))
             return None, None
@@ -292,7 +305,9 @@ def _expand(t: _Text, value: str, depth: int = 0) -> str | None:
         out.append(value[pos:m.start()])
         name = m.group("b") or m.group("p") or m.group("n")
         got = _lookup(t, name, depth)[0] if depth < 4 else None
-        if got is None:
+        if m.group("op") in (":+", "+"):  # ``${REGISTRY:+${REGISTRY}/}``: alternative or nothing
+            got = (_expand(t, m.group("d"), depth + 1) if "$" in m.group("d") else m.group("d")) if got else ""
+        elif got is None:
             got = m.group("d") if m.group("d") is not None and m.group("op") in (":-", "-", ":=", "=") else None
         if got is None:
             return None
@@ -315,9 +330,14 @@ def _resolve_indirect(t: _Text, start: int, end: int, context: str, parts: set[s
     m = _VAR.fullmatch(value)
     if m:
         name = m.group("b") or m.group("p") or m.group("n")
-        whole.add(name)
+        whole.add(t.vars.get(name, ("", -1, -1))[1:])
         got, span = _lookup(t, name)
-        if got is None and m.group("d") is not None and m.group("op") in (":-", "-"):
+        if m.group("op") in (":+", "+", ":?", "?"):
+            alt = m.group("op").endswith("+") and bool(got)
+            ds = start + m.start("d")
+            got, span = (m.group("d"), (ds, ds + len(m.group("d")))) if alt else (None if "+" in m.group("op") else got,
+                                                                               None if "+" in m.group("op") else span)
+        elif got is None and m.group("d") is not None and m.group("op") in (":-", "-"):
             ds = start + m.start("d")
             got, span = m.group("d"), (ds, ds + len(m.group("d")))
         ref = try_parse_reference(got) if got is not None and "$" not in got else None
@@ -334,7 +354,7 @@ def _resolve_indirect(t: _Text, start: int, end: int, context: str, parts: set[s
                                         span if ref is not None else None)
         return
     for vm in _VAR.finditer(value):
-        parts.add(vm.group("b") or vm.group("p") or vm.group("n"))
+        parts.add(t.vars.get(vm.group("b") or vm.group("p") or vm.group("n"), ("", -1, -1))[1:])
     got = _expand(t, value)
     ref = try_parse_reference(got) if got is not None else None
     t.hits[(start, end)] = t._found(start, end, None, context, True, "indirect", ref, None)
@@ -515,20 +535,26 @@ def _assignment(t: _Text, line_start: int, line: str, context: str) -> None:
         s = pos
     name = m.group("name")
     t.define(name, line_start + s, line_start + e)
+    _definition(t, name, line_start + s, line_start + e, context)
+
+
+def _definition(t: _Text, name: str, s: int, e: int, context: str) -> None:
+    """The value ``text[s:e]`` of variable ``name``: an image reference when its name says so, or when
+    it merely parses as one with a ``/`` and a tag (``uncertain``); ``${X:-default}`` judged by its default."""
     certain = is_image_name(name)
-    value = line[s:e]
+    value = t.text[s:e]
     vm = _VAR.fullmatch(value)
     if vm and vm.group("d") is not None:
         inner = vm.group("b")
         if certain or is_image_name(inner):
-            t.emit(line_start + s, line_start + e, context, True)
-        elif "/" in vm.group("d"):
-            ds = line_start + s + vm.start("d")
+            t.emit(s, e, context, True)
+        elif "/" in vm.group("d") and vm.group("op") in (":-", "-", ":=", "="):
+            ds = s + vm.start("d")
             t.emit(ds, ds + len(vm.group("d")), context, False, need_tag=True)
         return
     if not certain and "/" not in value:
         return
-    t.emit(line_start + s, line_start + e, context, certain, need_tag=not certain)
+    t.emit(s, e, context, certain, need_tag=not certain)
 
 
 # --------------------------------------------------------------------------------------------
@@ -583,7 +609,8 @@ class _Mappings:
         self.helm: list[HelmImage] = []
 
     def _close(self, frame: _Frame) -> None:
-        pair = _helm_pair(self.path, frame)
+        parent = self.stack[-1].key if self.stack and self.stack[-1] is not frame else None
+        pair = _helm_pair(self.path, frame) or (_kustomize_image(self.path, frame) if parent == "images" else None)
         if pair is not None:
             self.helm.append(pair)
 
@@ -621,6 +648,21 @@ def _helm_pair(path: str, frame: _Frame) -> HelmImage | None:
     if ref is not None and (ref.tag or ref.digest):
         return None  # repository already carries a tag/digest: not the Helm pair shape
     return HelmImage(path, repo.line, repo, ch.get("tag"), ch.get("digest"), reg, ref)
+
+
+def _kustomize_image(path: str, frame: _Frame) -> HelmImage | None:
+    """A Kustomize ``images:`` entry (``name`` + ``newName``/``newTag``/``digest``): the image it makes
+    is ``newName`` (else ``name``) with ``newTag`` and ``digest``, split across keys like Helm's."""
+    ch = frame.children
+    if frame.key != "-" or "name" not in ch or not any(k in ch for k in ("newName", "newTag", "digest")):
+        return None
+    repo = ch.get("newName") or ch["name"]
+    if not repo.text or "$" in repo.text:
+        return None
+    ref = try_parse_reference(repo.text)
+    if ref is None or ref.tag or ref.digest:
+        return None
+    return HelmImage(path, repo.line, repo, ch.get("newTag"), ch.get("digest"), None, ref)
 
 
 def _action_use(path: str, lineno: int, line: str, line_start: int, scalar: tuple[int, int, str]) -> ActionUse | None:
@@ -740,6 +782,9 @@ def _scan_yaml(t: _Text, kind: str, only_image_keys: bool = False) -> list[HelmI
     return helm
 
 
+_GITLAB_PROXY = re.compile(r"\$(?:CI_DEPENDENCY_PROXY_(?:DIRECT_)?GROUP_IMAGE_PREFIX|\{CI_DEPENDENCY_PROXY_(?:DIRECT_)?GROUP_IMAGE_PREFIX\})/")
+
+
 def _yaml_value(t: _Text, kind: str, key: str | None, maps: _Mappings, span: tuple[int, int],
                 siblings: list[tuple[_Frame, int, int, str]], rule_args: tuple[bool, str, set[str], bool]) -> None:
     """One non-empty YAML scalar at ``span``: a variable definition, a sibling rule's candidate, a reference.
@@ -757,6 +802,11 @@ def _yaml_value(t: _Text, kind: str, key: str | None, maps: _Mappings, span: tup
     rule = _yaml_rule(kind, key, parents, *rule_args)
     if rule is None:
         return
+    if kind == "gitlab-ci" and rule[1] is True:
+        pm = _GITLAB_PROXY.match(t.text, s, e)
+        if pm:  # the GitLab Dependency Proxy serves Docker Hub images under this prefix
+            t.emit(pm.end(), e, rule[0] + "+dependency-proxy", True)
+            return
     if rule[1] is None or isinstance(rule[1], str):
         t.emit(s, e, rule[0], False, classification=rule[1] or "not-an-image")
     else:
@@ -877,6 +927,8 @@ def _scan_dockerfile(t: _Text) -> None:
     """
     instrs = list(_df_instructions(t))
     stages: set[str] = set()
+    global_args: dict[str, tuple[str, int, int]] = {}
+    stage_vars: dict[str, tuple[str, int, int]] | None = None  # None: before the first FROM
     for instr, a, e in instrs:
         if instr == "FROM":
             words = _df_words(t, a, e)
@@ -889,14 +941,29 @@ def _scan_dockerfile(t: _Text) -> None:
             instr = words[0][2].upper()
             words = words[1:]
         if instr in ("ARG", "ENV"):
-            line_start = t.starts[t.line_of(a) - 1]
-            _assignment(t, line_start, t.text[line_start:e], "dockerfile:" + instr)
+            scope = global_args if stage_vars is None else stage_vars
+            for name, vs, ve in _df_definitions(t, instr, words):
+                if vs < 0:  # ``ARG NAME``: a global ARG made visible in this stage, else empty
+                    if stage_vars is not None and name in global_args:
+                        scope[name] = global_args[name]
+                    else:
+                        scope.pop(name, None)
+                    continue
+                scope[name] = (t.text[vs:ve], vs, ve)
+                t.define(name, vs, ve)
+                t.scope = scope
+                _definition(t, name, vs, ve, "dockerfile:" + instr)
+                t.scope = None
             continue
         if instr == "FROM":
             img = next((w for w in words if not w[2].startswith("--")), None)
             if img is not None:
+                t.scope = global_args  # FROM sees only the ARGs declared before the first FROM
                 _df_source(t, img[0], img[1], stages, "dockerfile:FROM")
+                t.scope = None
+            stage_vars = {}
             continue
+        t.scope = stage_vars if stage_vars is not None else global_args
         for ws, _, w in words:
             if not w.startswith("--"):
                 break
@@ -908,7 +975,33 @@ def _scan_dockerfile(t: _Text) -> None:
                     if field_.startswith("from="):
                         _df_source(t, off + 5, off + len(field_), stages, "dockerfile:RUN--mount")
                     off += len(field_) + 1
+        t.scope = None
     _scan_commands(t)
+
+
+def _df_definitions(t: _Text, instr: str, words: list[tuple[int, int, str]]) -> Iterator[tuple[str, int, int]]:
+    """(name, value start, value end) of each variable an ``ARG``/``ENV`` instruction defines.
+
+    ``ARG A=x B="y"`` defines two; ``ARG A`` yields (A, -1, -1); ``ENV NAME value`` (the legacy
+    form) takes the rest of the instruction as the value. Quotes around a value are not part of it.
+    """
+    if instr == "ENV" and len(words) >= 2 and "=" not in words[0][2]:
+        if re.fullmatch(r"[A-Za-z_]\w*", words[0][2]):
+            yield words[0][2], words[1][0], words[-1][1]
+        return
+    for ws, we, w in words:
+        name, eq, value = w.partition("=")
+        if not re.fullmatch(r"[A-Za-z_]\w*", name):
+            continue
+        if not eq:
+            if instr == "ARG":
+                yield name, -1, -1
+            continue
+        vs = ws + len(name) + 1
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            yield name, vs + 1, we - 1
+        else:
+            yield name, vs, we
 
 
 _GROOVY_IMAGE = re.compile(r"\bimage[ \t]*(?::|\()?[ \t]*(['\"])(?P<v>[^'\"\n]*)\1")
@@ -940,6 +1033,33 @@ def _scan_devcontainer(t: _Text) -> None:
             t.emit(m.start("v"), m.end("v"), "devcontainer:image", True)
 
 
+_QUADLET_TRANSPORTS = ("dir:", "docker-archive:", "oci-archive:", "oci:", "containers-storage:", "sif:")
+
+
+def _scan_quadlet(t: _Text) -> None:
+    """Quadlet units (``.container``, ``.image``, ``.volume``): ``Image=`` in any section.
+
+    ``docker://`` and ``docker-daemon:`` prefixes are transports (the reference follows them);
+    local transports (``oci-archive:``, ``containers-storage:``...) name no registry image;
+    ``Image=app.build`` is the image another unit builds here, ``Image=app.image`` names an
+    ``.image`` unit (scanned as a file of its own).
+    """
+    for m in _QUADLET_IMAGE.finditer(t.text):
+        v, s, e = m.group("v"), m.start("v"), m.end("v")
+        if v.startswith(_QUADLET_TRANSPORTS):
+            continue
+        for prefix in ("docker://", "docker-daemon:"):
+            if v.startswith(prefix):
+                s += len(prefix)
+                v = v[len(prefix):]
+        if v.endswith(".build"):
+            t.emit(s, e, "quadlet:Image", False, classification="built-here")
+        elif v.endswith(".image"):
+            t.emit(s, e, "quadlet:Image", False, classification="not-an-image")
+        else:
+            t.emit(s, e, "quadlet:Image", True)
+
+
 # --------------------------------------------------------------------------------------------
 # Entry points
 
@@ -965,8 +1085,7 @@ def scan_text(path: str, text: str, kind: str, env: dict[str, str] | None = None
     elif kind == "devcontainer":
         _scan_devcontainer(t)
     elif kind == "quadlet":
-        for m in _QUADLET_IMAGE.finditer(text):
-            t.emit(m.start("v"), m.end("v"), "quadlet:Image", True)
+        _scan_quadlet(t)
     elif kind == "dotenv":
         # only image-named variables: a .env holds secrets too, and no other value is read as a reference
         for _, ls, line in t.lines():
