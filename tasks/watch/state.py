@@ -110,6 +110,11 @@ class WatchState(AbstractContextManager["WatchState"]):
             [(r, d, at, at) for r, d in changes.items()],
         )
 
+    def digest_first_seen(self, digest: str) -> datetime | None:
+        """When the watch first saw a reference at ``digest`` (it was pushed at or before then); None if never."""
+        row = self._db.execute("SELECT min(changed_at) FROM digests WHERE digest = ?", (digest.lower(),)).fetchone()
+        return parse_time(row[0]) if row and row[0] else None
+
     # -- action tags (the commit each tag pointed at when first seen: a later move is a force-push)
 
     def action_tags(self, repository: str) -> dict[str, str]:
