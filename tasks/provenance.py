@@ -111,17 +111,34 @@ def _check_use(text: str, use: ActionUse, sha: str, r: _Repo) -> list[Provenance
     return out
 
 
+_RELEASE_TAG = re.compile(r"^v?\d+\.\d+\.\d+(?:[-+][\w.+-]*)?$")
+
+
+def is_release_tag(tag: str) -> bool:
+    """True for a full version tag (``v1.2.3``, ``0.34.0``, ``v2.0.0-rc.1``): one that should never move.
+    Floating tags (``v4``, ``v4.1``, ``latest``) are moved on purpose by every release."""
+    return bool(_RELEASE_TAG.match(tag))
+
+
+def tag_moves(repository: str, tags: dict[str, str], state: WatchState) -> list[tuple[str, str, str]]:
+    """``[(tag, first-seen commit, current commit)]`` for every tag of ``repository`` (owner/repo) that points
+    elsewhere than when the watch state first saw it; tags not seen before are remembered (first one wins).
+    The one rule behind ``lint --check-actions`` and the watch cycle."""
+    first = state.action_tags(repository)
+    out = [(tag, first[tag], sha.lower()) for tag, sha in sorted(tags.items())
+           if tag in first and first[tag] != sha.lower()]
+    state.remember_action_tags(repository, tags)
+    return out
+
+
 def _moved_tags(use: ActionUse, r: _Repo, state: WatchState | None, reported: set[tuple[str, str]]) -> list[ProvenanceFinding]:
     """Tags of the repository that point elsewhere than when first seen; remembers new ones."""
     if state is None:
         return []
-    first = state.action_tags(use.repository)
     out = []
-    for tag, sha in sorted(r.tags.items()):
-        was = first.get(tag)
-        if was is not None and was != sha.lower() and (use.repository, tag) not in reported:
+    for tag, was, sha in tag_moves(use.repository, r.tags, state):
+        if (use.repository, tag) not in reported:
             reported.add((use.repository, tag))
             out.append(_finding(use, "moved-tag", f"tag {tag} of {use.repository} moved from {was[:12]} "
                                                   f"(first seen) to {sha[:12]}: force-pushed"))
-    state.remember_action_tags(use.repository, r.tags)
     return out

@@ -52,6 +52,8 @@ CREATE TABLE IF NOT EXISTS log_positions(path TEXT PRIMARY KEY, offset INTEGER N
 CREATE TABLE IF NOT EXISTS outages(source TEXT PRIMARY KEY, since TEXT NOT NULL, error TEXT);
 CREATE TABLE IF NOT EXISTS action_tags(repository TEXT NOT NULL, tag TEXT NOT NULL, commit_sha TEXT NOT NULL,
     first_seen TEXT NOT NULL, PRIMARY KEY(repository, tag));
+CREATE TABLE IF NOT EXISTS action_moves(repository TEXT NOT NULL, tag TEXT NOT NULL, commit_sha TEXT NOT NULL,
+    reported_at TEXT NOT NULL, PRIMARY KEY(repository, tag, commit_sha));
 CREATE TABLE IF NOT EXISTS pending_alerts(id INTEGER PRIMARY KEY AUTOINCREMENT, event TEXT NOT NULL, queued_at TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0);
 """
@@ -127,6 +129,14 @@ class WatchState(AbstractContextManager["WatchState"]):
         at = _stamp(when)
         self._write("INSERT OR IGNORE INTO action_tags(repository, tag, commit_sha, first_seen) VALUES(?, ?, ?, ?)",
                     [(repository.lower(), t, sha.lower(), at) for t, sha in tags.items()])
+
+    def reported_action_moves(self) -> set[tuple[str, str, str]]:
+        """``{(repository, tag, commit)}`` moves the watch already alerted (a tag moving again is new)."""
+        return {tuple(r) for r in self._db.execute("SELECT repository, tag, commit_sha FROM action_moves")}  # type: ignore[misc]
+
+    def remember_action_move(self, repository: str, tag: str, commit: str) -> None:
+        self._write("INSERT OR IGNORE INTO action_moves(repository, tag, commit_sha, reported_at) VALUES(?, ?, ?, ?)",
+                    [(repository.lower(), tag, commit.lower(), _stamp())])
 
     # -- signatures
     def signatures(self) -> dict[str, tuple[str, str]]:
