@@ -275,7 +275,8 @@ def _lookup(t: _Text, name: str, depth: int = 0) -> tuple[str | None, tuple[int,
         m = _VAR.fullmatch(value)
         if m and depth < 3:  # ``KICS="${KICS_IMAGE:-checkmarx/kics:latest}"``: the default is the definition
             inner = m.group("b") or m.group("p") or m.group("n")
-            got, span = _lookup(t, inner, depth + 1)
+            # ``IMG=${IMG:-default}`` refers to the environment's IMG, not to itself
+            got, span = _lookup(t, inner, depth + 1) if inner != name else (None, None)
             op = m.group("op") or ""
             if op.endswith("+"):  # ``${X:+alt}``: the alternative when X is set, else nothing
                 if not got:
@@ -527,8 +528,8 @@ def _assignment(t: _Text, line_start: int, line: str, context: str) -> None:
     else:
         e = pos
         while e < len(line) and line[e] not in " \t;#)\"'":
-            if line[e] == "$" and line.startswith("{", e + 1):  # ``${VAR:-image:tag}`` is one word
-                close = line.find("}", e)
+            if line[e] == "$" and line[e + 1:e + 2] in ("{", "("):  # ``${VAR:-image:tag}``, ``$(REG)`` are one word
+                close = line.find("}" if line[e + 1] == "{" else ")", e)
                 e = close + 1 if close != -1 else len(line)
                 continue
             e += 1
@@ -536,6 +537,21 @@ def _assignment(t: _Text, line_start: int, line: str, context: str) -> None:
     name = m.group("name")
     t.define(name, line_start + s, line_start + e)
     _definition(t, name, line_start + s, line_start + e, context)
+
+
+_ASSIGN_DEFAULT = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*):?=(?P<d>[^${}\s\"']+)\}")
+
+
+def _shell_assign_defaults(t: _Text) -> None:
+    """``: "${KICS:=checkmarx/kics:latest}"`` (or any ``${X:=d}``/``${X=d}``) sets X when unset: a definition
+    of X (when the file has none before it) whose value is the default, rewritten in place."""
+    for m in _ASSIGN_DEFAULT.finditer(t.text):
+        if t.in_comment(m.start(), ("#",)):
+            continue
+        name = m.group("name")
+        if name not in t.vars:
+            t.define(name, m.start("d"), m.end("d"))
+            _definition(t, name, m.start("d"), m.end("d"), "shell:assign-default")
 
 
 def _definition(t: _Text, name: str, s: int, e: int, context: str) -> None:
@@ -1096,6 +1112,8 @@ def scan_text(path: str, text: str, kind: str, env: dict[str, str] | None = None
         for _, ls, line in t.lines():
             if not line.lstrip().startswith("#"):
                 _assignment(t, ls, line, f"{kind}:assignment")
+        if kind == "shell":
+            _shell_assign_defaults(t)
         _scan_commands(t)
     t.resolve_indirect()
     fs.actions = t.actions
@@ -1144,6 +1162,7 @@ def scan_tree(
         elif out is not None:
             res.mentions.append(out)
     _gitlab_includes(res, root_s)
+    _compose_env_files(res, root_s)
     res.files.sort(key=lambda f: f.path)
     res.skipped.sort(key=lambda s: (s.path, s.line or 0))
     res.mentions.sort()
@@ -1202,6 +1221,134 @@ def _gitlab_includes(res: ScanResult, root: str) -> None:
                 seen.add(rel)
                 res.files[i] = scan_text(rel, res.files[i].text, "gitlab-ci")
                 todo.append(res.files[i])
+
+
+_COMPOSE_CMD = re.compile(r"(?<![\w/.-])(?:docker[ \t]+compose|docker-compose|podman[ \t]+compose|podman-compose)"
+                          r"(?P<args>(?:[ \t]+[^\s;|&#]+)*)")
+_COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
+
+
+def _compose_env_refs(text: str) -> list[str]:
+    """The files a Compose file's services name under ``env_file:`` (a string, a list, or ``- path:`` items)."""
+    out: list[str] = []
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"^(?P<ws>[ \t]*)env_file:[ \t]*(?P<v>.*?)[ \t]*(?:#.*)?$", line)
+        if not m:
+            continue
+        v = m.group("v")
+        if v.startswith("["):
+            out += [x.strip().strip("'\"") for x in v.strip("[]").split(",") if x.strip()]
+            continue
+        if v:
+            out.append(v.strip("'\""))
+            continue
+        indent = len(m.group("ws"))
+        for nxt in lines[i + 1:]:
+            if not nxt.strip() or nxt.lstrip().startswith("#"):
+                continue
+            if len(nxt) - len(nxt.lstrip()) <= indent and not nxt.lstrip().startswith("-"):
+                break
+            im = re.match(r"^[ \t]*(?:-[ \t]+)?(?:path:[ \t]*)?['\"]?(?P<p>[^\s'\"#]+)['\"]?[ \t]*(?:#.*)?$", nxt)
+            if im and not re.match(r"^[ \t]*(?:-[ \t]+)?(?:required|format):", nxt):
+                out.append(im.group("p"))
+    return out
+
+
+def _compose_commands(text: str) -> list[tuple[list[str], list[str]]]:
+    """``[(compose files, env files)]`` of each ``docker compose ... --env-file X [-f F]`` command in ``text``."""
+    out = []
+    for m in _COMPOSE_CMD.finditer(text):
+        words = [w.strip("'\"") for w in m.group("args").split()]
+        files: list[str] = []
+        envs: list[str] = []
+        k = 0
+        while k < len(words):
+            w = words[k]
+            for opt, into in (("--env-file", envs), ("--file", files), ("-f", files)):
+                if w == opt and k + 1 < len(words):
+                    into.append(words[k + 1])
+                    k += 1
+                    break
+                if w.startswith(opt + "=") and opt != "-f":
+                    into.append(w[len(opt) + 1:])
+                    break
+            k += 1
+        if envs:
+            out.append((files, envs))
+    return out
+
+
+def _compose_env_files(res: ScanResult, root: str) -> None:
+    """Env files beyond a Compose project's ``.env``, read the way Compose and its callers use them.
+
+    - ``env_file:`` of a service: the container's environment (not interpolation): the file is
+      scanned for image-named variables like a ``.env``, so a reference it holds is found and pinned;
+    - ``docker compose --env-file X [-f F]`` in a script, Makefile or CI file: X is F's interpolation
+      environment (before its ``.env``), so ``image: ${KICS_IMAGE}`` resolves; X is scanned as well.
+
+    Paths are taken relative to the naming file's folder, then the repository root; files outside the
+    repository and symlinks are never read.
+    """
+    by_path = {fs.path: i for i, fs in enumerate(res.files)}
+    root_real = os.path.realpath(root)
+    env_for: dict[str, dict[str, str]] = {}
+
+    def locate(base: str, name: str) -> str | None:
+        if "$" in name or name.startswith("/"):
+            return None
+        for folder in (base, ""):
+            rel = os.path.normpath(os.path.join(folder, name)).replace(os.sep, "/")
+            full = os.path.join(root, rel)
+            if rel.startswith("../") or not os.path.realpath(full).startswith(root_real + os.sep):
+                continue
+            if os.path.isfile(full) and not os.path.islink(full):
+                return rel
+        return None
+
+    def scan_env(rel: str) -> dict[str, str]:
+        data = _read_capped(os.path.join(root, rel))
+        if not isinstance(data, bytes) or b"\0" in data:
+            return {}
+        text = data.decode("utf-8", "replace")
+        if rel not in by_path:
+            by_path[rel] = len(res.files)
+            res.files.append(scan_text(rel, text, "dotenv"))
+            if rel in res.mentions:  # an unrecognised file naming a needle: recognised now
+                res.mentions.remove(rel)
+        return _parse_dotenv(text)
+
+    for fs in list(res.files):
+        base = os.path.dirname(fs.path)
+        if fs.kind == "compose":
+            for name in _compose_env_refs(fs.text):
+                rel = locate(base, name)
+                if rel is not None:
+                    scan_env(rel)
+        if fs.kind == "dotenv" or "compose" not in fs.text:
+            continue
+        for files, envs in _compose_commands(fs.text):
+            values: dict[str, str] = {}
+            for name in envs:
+                rel = locate(base, name)
+                if rel is not None:
+                    for k, v in scan_env(rel).items():
+                        values.setdefault(k, v)
+            if not values:
+                continue
+            targets = [locate(base, f) for f in files] if files else \
+                [locate(base, n) or locate("", n) for n in _COMPOSE_NAMES]
+            for rel in targets:
+                if rel is not None:
+                    merged = env_for.setdefault(rel, {})
+                    for k, v in values.items():
+                        merged.setdefault(k, v)
+    for rel, values in env_for.items():
+        i = by_path.get(rel)
+        if i is None or res.files[i].kind != "compose":
+            continue
+        folder = os.path.dirname(os.path.join(root, rel))
+        res.files[i] = scan_text(rel, res.files[i].text, "compose", env={**read_dotenv(folder), **values})
 
 
 def _symlink_skip(rel: str, path: str, root_real: str) -> ScanSkip | None:
@@ -1266,8 +1413,13 @@ def read_dotenv(folder: str) -> dict[str, str]:
     data = _read_capped(os.path.join(folder, ".env"))
     if not isinstance(data, bytes):
         return {}
+    return _parse_dotenv(data.decode("utf-8", "replace"))
+
+
+def _parse_dotenv(text: str) -> dict[str, str]:
+    """``KEY=value`` lines of an env file (quotes removed, first definition wins)."""
     out: dict[str, str] = {}
-    for line in data.decode("utf-8", "replace").splitlines():
+    for line in text.splitlines():
         m = _DOTENV.match(line)
         if m and not line.lstrip().startswith("#"):
             v = m.group(2)

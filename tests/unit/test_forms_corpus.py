@@ -158,3 +158,26 @@ def test_lint_flags_what_pin_rewrites_in_variables_makefiles_and_scripts(tmp_pat
     # (an ARG of another stage; FROM sees only global ARGs): empty at build time, so findings, never silence
     assert unresolved == {(".gitlab-ci.yml", 13), ("compose/docker-compose.yml", 12),
                           ("build/Dockerfile.stages", 8), ("build/Dockerfile.stages", 12)}
+
+
+def test_compose_env_files_beyond_dotenv(tmp_path: Path):
+    """``env_file:`` files are scanned like a ``.env``; ``docker compose --env-file X -f F`` makes X F's
+    interpolation environment; a path leaving the repository or a symlinked env file is never read."""
+    (tmp_path / "outside.env").write_text("ESCAPE_IMAGE=checkmarx/kics:latest\n")
+    root = tmp_path / "repo"
+    (root / "deploy").mkdir(parents=True)
+    (root / "deploy/compose.yaml").write_text(
+        "services:\n  a:\n    image: ${A_IMAGE}\n    env_file: [a.env, ../../outside.env]\n  b:\n    image: ${B_IMAGE}\n"
+        "    env_file:\n      - linked.env\n")
+    (root / "deploy/a.env").write_text("SIDE_IMAGE=checkmarx/kics:alpine\nSECRET=abc/def:ghi\n")
+    (root / "deploy/prod.env").write_text("A_IMAGE=checkmarx/kics:v2.1.20\n")
+    (root / "deploy/linked.env").symlink_to(tmp_path / "outside.env")
+    (root / "Makefile").write_text("up:\n\tdocker compose --env-file deploy/prod.env -f deploy/compose.yaml up -d\n")
+    res = scan_tree(root)
+    files = {fs.path: fs for fs in res.files}
+    assert [f.text for f in files["deploy/a.env"].found] == ["checkmarx/kics:alpine"]
+    assert [f.text for f in files["deploy/prod.env"].found] == ["checkmarx/kics:v2.1.20"]
+    assert "outside.env" not in " ".join(files) and "deploy/linked.env" not in files
+    compose = {f.line: f for f in files["deploy/compose.yaml"].found}
+    assert str(compose[3].resolved) == "docker.io/checkmarx/kics:v2.1.20"
+    assert compose[6].resolved is None  # B_IMAGE has no value anywhere: an unresolved finding
