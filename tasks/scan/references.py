@@ -1290,65 +1290,71 @@ def _compose_env_files(res: ScanResult, root: str) -> None:
     Paths are taken relative to the naming file's folder, then the repository root; files outside the
     repository and symlinks are never read.
     """
-    by_path = {fs.path: i for i, fs in enumerate(res.files)}
-    root_real = os.path.realpath(root)
+    env = _EnvFiles(res, root)
     env_for: dict[str, dict[str, str]] = {}
-
-    def locate(base: str, name: str) -> str | None:
-        if "$" in name or name.startswith("/"):
-            return None
-        for folder in (base, ""):
-            rel = os.path.normpath(os.path.join(folder, name)).replace(os.sep, "/")
-            full = os.path.join(root, rel)
-            if rel.startswith("../") or not os.path.realpath(full).startswith(root_real + os.sep):
-                continue
-            if os.path.isfile(full) and not os.path.islink(full):
-                return rel
-        return None
-
-    def scan_env(rel: str) -> dict[str, str]:
-        data = _read_capped(os.path.join(root, rel))
-        if not isinstance(data, bytes) or b"\0" in data:
-            return {}
-        text = data.decode("utf-8", "replace")
-        if rel not in by_path:
-            by_path[rel] = len(res.files)
-            res.files.append(scan_text(rel, text, "dotenv"))
-            if rel in res.mentions:  # an unrecognised file naming a needle: recognised now
-                res.mentions.remove(rel)
-        return _parse_dotenv(text)
-
     for fs in list(res.files):
         base = os.path.dirname(fs.path)
         if fs.kind == "compose":
             for name in _compose_env_refs(fs.text):
-                rel = locate(base, name)
-                if rel is not None:
-                    scan_env(rel)
+                env.read(base, name)
         if fs.kind == "dotenv" or "compose" not in fs.text:
             continue
         for files, envs in _compose_commands(fs.text):
             values: dict[str, str] = {}
             for name in envs:
-                rel = locate(base, name)
-                if rel is not None:
-                    for k, v in scan_env(rel).items():
-                        values.setdefault(k, v)
-            if not values:
-                continue
-            targets = [locate(base, f) for f in files] if files else \
-                [locate(base, n) or locate("", n) for n in _COMPOSE_NAMES]
-            for rel in targets:
+                for k, v in env.read(base, name).items():
+                    values.setdefault(k, v)
+            targets = [env.locate(base, f) for f in files] if files else \
+                [env.locate(base, n) or env.locate("", n) for n in _COMPOSE_NAMES]
+            for rel in targets if values else ():
                 if rel is not None:
                     merged = env_for.setdefault(rel, {})
                     for k, v in values.items():
                         merged.setdefault(k, v)
     for rel, values in env_for.items():
-        i = by_path.get(rel)
-        if i is None or res.files[i].kind != "compose":
-            continue
-        folder = os.path.dirname(os.path.join(root, rel))
-        res.files[i] = scan_text(rel, res.files[i].text, "compose", env={**read_dotenv(folder), **values})
+        i = env.by_path.get(rel)
+        if i is not None and res.files[i].kind == "compose":
+            folder = os.path.dirname(os.path.join(root, rel))
+            res.files[i] = scan_text(rel, res.files[i].text, "compose", env={**read_dotenv(folder), **values})
+
+
+class _EnvFiles:
+    """Env files named by Compose files and commands: located inside the repository, scanned once as dotenv."""
+
+    def __init__(self, res: ScanResult, root: str) -> None:
+        self.res = res
+        self.root = root
+        self.root_real = os.path.realpath(root)
+        self.by_path = {fs.path: i for i, fs in enumerate(res.files)}
+
+    def locate(self, base: str, name: str) -> str | None:
+        """``name`` relative to ``base`` (then the root) as a repository path; None outside it, for symlinks, or missing."""
+        if "$" in name or name.startswith("/"):
+            return None
+        for folder in (base, ""):
+            rel = os.path.normpath(os.path.join(folder, name)).replace(os.sep, "/")
+            full = os.path.join(self.root, rel)
+            if rel.startswith("../") or not os.path.realpath(full).startswith(self.root_real + os.sep):
+                continue
+            if os.path.isfile(full) and not os.path.islink(full):
+                return rel
+        return None
+
+    def read(self, base: str, name: str) -> dict[str, str]:
+        """The variables of env file ``name`` (empty when it cannot be read); scanned into the result once."""
+        rel = self.locate(base, name)
+        if rel is None:
+            return {}
+        data = _read_capped(os.path.join(self.root, rel))
+        if not isinstance(data, bytes) or b"\0" in data:
+            return {}
+        text = data.decode("utf-8", "replace")
+        if rel not in self.by_path:
+            self.by_path[rel] = len(self.res.files)
+            self.res.files.append(scan_text(rel, text, "dotenv"))
+            if rel in self.res.mentions:  # an unrecognised file naming a needle: recognised now
+                self.res.mentions.remove(rel)
+        return _parse_dotenv(text)
 
 
 def _symlink_skip(rel: str, path: str, root_real: str) -> ScanSkip | None:
