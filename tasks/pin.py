@@ -306,6 +306,9 @@ def _plan_indirect(plan: PinPlan, f: Found, advisory: Advisory) -> None:
     if f.resolved is not None and _WHOLE_VAR.fullmatch(f.text):
         reason = (f"held by a variable set outside this file (resolves to {f.resolved.familiar()}, e.g. from the "
                   "Compose .env); pin it where the variable is set")
+    elif f.resolved is not None and f.context.endswith("(continued-lines)"):
+        reason = (f"written across lines with \\ continuations (reads {f.resolved.familiar()}); rewriting it in place "
+                  "would change its layout: pin it by hand")
     elif f.resolved is not None:
         reason = (f"built from variables (resolves to {f.resolved.familiar()}); no one place holds the whole "
                   "reference and rewriting a part would break the rest: pin it where the variables are set")

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from digestguard.errors import InputError
-from digestguard.reference import ImageReference, try_parse_reference
+from digestguard.reference import ImageReference, is_digest, try_parse_reference
 from tasks.scan.ci_files import PROSE_SUFFIXES, YAML_KINDS, classify
 from tasks.scan.files import walk_files
 
@@ -656,14 +656,23 @@ def _helm_pair(path: str, frame: _Frame) -> HelmImage | None:
     """The Helm-style ``repository:``/``tag:`` mapping a closed YAML mapping holds, if it is one."""
     ch = frame.children
     repo = ch.get("repository")
-    if repo is None or "tag" not in ch or not repo.text:
+    tag = ch.get("tag")
+    if tag is None and (frame.key or "").lower().endswith("image"):
+        tag = ch.get("version")  # ``coreImage: {repository, version}`` (Bitnami charts)
+    if repo is None or tag is None or not repo.text:
         return None
     reg = ch.get("registry")
     name = f"{reg.text}/{repo.text}" if reg and reg.text else repo.text
     ref = try_parse_reference(name) if "$" not in name and "{" not in name else None
     if ref is not None and (ref.tag or ref.digest):
         return None  # repository already carries a tag/digest: not the Helm pair shape
-    return HelmImage(path, repo.line, repo, ch.get("tag"), ch.get("digest"), reg, ref)
+    digest = ch.get("digest")
+    at = tag.text.find("@")
+    if digest is None and at > 0 and is_digest(tag.text[at + 1:].lower()):
+        # ``tag: 11.5.0@sha256:...``: pinned inside the tag; the digest part is its own span
+        digest = Span(tag.start + at + 1, tag.end, tag.text[at + 1:], tag.line, tag.col + at + 1, tag.quote)
+        tag = Span(tag.start, tag.start + at, tag.text[:at], tag.line, tag.col, tag.quote)
+    return HelmImage(path, repo.line, repo, tag, digest, reg, ref)
 
 
 def _kustomize_image(path: str, frame: _Frame) -> HelmImage | None:
@@ -750,7 +759,8 @@ def _scan_yaml(t: _Text, kind: str, only_image_keys: bool = False) -> list[HelmI
     maps = _Mappings(t.path)
     siblings: list[tuple[_Frame, int, int, str]] = []
     block_indent: int | None = None
-    for lineno, ls, line in t.lines():
+    lines = list(t.lines())
+    for idx, (lineno, ls, line) in enumerate(lines):
         stripped = line.strip()
         if block_indent is not None:
             indent = len(line) - len(line.lstrip(" \t"))
@@ -774,6 +784,13 @@ def _scan_yaml(t: _Text, kind: str, only_image_keys: bool = False) -> list[HelmI
             rest = line[m.end():].lstrip()
             if key and _BLOCK_SCALAR.match(rest):
                 block_indent = key_indent if not dash else ws
+                one = _block_single_line(lines, idx, block_indent) if rest.startswith((">-", "|-")) else None
+                if one is not None:  # ``bundle: >-`` + one line: that line is the value
+                    _yaml_value(t, kind, key, maps, one, siblings,
+                                (bool(dash), t.text[one[0]:one[1]], azure_aliases, only_image_keys))
+            elif key and rest[:1] in "\"'":
+                _yaml_continued(t, kind, key, maps.parents(), lines, idx, ls + len(line) - len(rest),
+                                (bool(dash), azure_aliases, only_image_keys))
             continue
         s, e, quote = sc
         value = line[s:e]
@@ -799,6 +816,47 @@ def _scan_yaml(t: _Text, kind: str, only_image_keys: bool = False) -> list[HelmI
 
 
 _GITLAB_PROXY = re.compile(r"\$(?:CI_DEPENDENCY_PROXY_(?:DIRECT_)?GROUP_IMAGE_PREFIX|\{CI_DEPENDENCY_PROXY_(?:DIRECT_)?GROUP_IMAGE_PREFIX\})/")
+
+
+def _block_single_line(lines: list[tuple[int, int, str]], idx: int, indent: int) -> tuple[int, int] | None:
+    """The span of the one content line of the block scalar opened on ``lines[idx]``; None for 0 or 2+ lines."""
+    found: tuple[int, int] | None = None
+    for _, ls, line in lines[idx + 1:]:
+        stripped = line.strip()
+        if stripped and len(line) - len(line.lstrip(" \t")) <= indent:
+            break
+        if not stripped:
+            continue
+        if found is not None:
+            return None
+        lead = len(line) - len(line.lstrip(" \t"))
+        found = (ls + lead, ls + lead + len(stripped))
+    return found
+
+
+_CONTINUATION = re.compile(r"\\\r?\n[ \t]*")
+
+
+def _yaml_continued(t: _Text, kind: str, key: str, parents: list[str], lines: list[tuple[int, int, str]], idx: int,
+                    start: int, rule_args: tuple[bool, set[str], bool]) -> None:
+    """A quoted image value continued over lines with ``\\`` (Drone's ``image: "node:10\\`` + ``@sha256:..."``):
+    found, judged by what it reads as, never rewritten in place (``indirect`` with no definition: a person pins it)."""
+    quote = t.text[start]
+    close = t.text.find(quote, start + 1)
+    last = lines[min(idx + 6, len(lines) - 1)]
+    if close == -1 or close > last[1] + len(last[2]):
+        return
+    raw = t.text[start + 1:close]
+    value = _CONTINUATION.sub("", raw)
+    if "\n" in value or value == raw:
+        return
+    dash, aliases, only_image_keys = rule_args
+    rule = _yaml_rule(kind, key, parents, dash, value, aliases, only_image_keys)
+    ref = try_parse_reference(value)
+    if rule is None or rule[1] is not True or ref is None:
+        return
+    s, e = start + 1, close
+    t.hits[(s, e)] = t._found(s, e, None, rule[0] + "(continued-lines)", True, "indirect", ref, None)
 
 
 def _yaml_value(t: _Text, kind: str, key: str | None, maps: _Mappings, span: tuple[int, int],
@@ -843,7 +901,7 @@ def _yaml_siblings(t: _Text, siblings: list[tuple[_Frame, int, int, str]]) -> No
 # --------------------------------------------------------------------------------------------
 # Dockerfile, Jenkinsfile
 
-_DIRECTIVE = re.compile(r"^\ufeff?#[ \t]*(?P<k>[A-Za-z]+)[ \t]*=[ \t]*(?P<v>\S+)[ \t]*$")
+_DIRECTIVE = re.compile(r"^\ufeff?[ \t]*#[ \t]*(?P<k>[A-Za-z]+)[ \t]*=[ \t]*(?P<v>\S+)[ \t]*$")
 _HEREDOC = re.compile(r"<<-?[ \t]*(?P<q>[\"']?)(?P<w>[A-Za-z_][A-Za-z0-9_]*)(?P=q)")
 
 
@@ -882,6 +940,8 @@ def _df_instructions(t: _Text) -> Iterator[tuple[str, int, int]]:
         word_end = lead
         while word_end < len(body) and not body[word_end].isspace():
             word_end += 1
+        while word_end > lead + 1 and body[word_end - 1] == escape:  # ``FROM\`` continues at once
+            word_end -= 1
         instr = body[lead:word_end].upper()
         args = off + word_end
         j = i
