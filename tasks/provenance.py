@@ -26,7 +26,11 @@ from tasks.scan.references import ActionUse, scan_tree
 from tasks.watch.state import WatchState
 
 _SHA1 = re.compile(r"^[0-9a-fA-F]{40}$")
-_COMMENT = re.compile(r"#[ \t]*(?:tag[=:][ \t]*)?(?P<v>[A-Za-z0-9][\w.+-]*)")
+# the version-comment forms pinning tools write (``# v1.2.3``, ``# tag=v1.2.3``, ``# renovate: tag=v1``,
+# ``# pin @v2.1.0``, ``# ratchet:owner/repo@v2``, ``# prettier/v2.0.1``, ``# name-0.23.5``); any other
+# comment (``# needed for X``, ``# ratchet:exclude``) names no version and is not judged
+_COMMENT = re.compile(r"#[ \t]*(?:renovate[ \t]*:[ \t]*)?(?:pin[ \t]+|tag[ \t]*[=:][ \t]*|ratchet:[\w-]+/[\w.-]+(?:/[\w.-]+)*)?"
+                      r"@?(?P<v>(?:[\w-]*[-/])?v?\d+(?:\.\d+(?:\.\d+)?)?(?:-[A-Za-z0-9.]+)?)(?![\w.+/-])")
 
 
 class ProvenanceFinding(Model):
@@ -42,7 +46,8 @@ def version_comment(text: str, use: ActionUse) -> str | None:
     """The ``# v1.2.3`` after a ``uses:`` value, if any."""
     line_end = text.find("\n", use.value_end)
     rest = text[use.value_end:line_end if line_end != -1 else len(text)]
-    m = _COMMENT.search(rest)
+    hash_at = rest.find("#")
+    m = _COMMENT.match(rest, hash_at) if hash_at != -1 else None
     return m.group("v") if m else None
 
 
