@@ -1109,6 +1109,53 @@ def _scan_devcontainer(t: _Text) -> None:
             t.emit(m.start("v"), m.end("v"), "devcontainer:image", True)
 
 
+_TF_BLOCK = re.compile(r'^[ \t]*(?P<what>resource|data)[ \t]+"(?P<type>[\w-]+)"[ \t]+"[^"]*"[ \t]*\{')
+_TF_ATTR = re.compile(r'^[ \t]*(?P<k>image|name)[ \t]*=[ \t]*"(?P<v>[^"\n]*)"')
+_TF_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+
+
+def _scan_terraform(t: _Text) -> None:
+    """Terraform: the images the Docker and Kubernetes providers pull.
+
+    ``image = "..."`` anywhere inside a ``docker_container``/``docker_service``/``kubernetes_*``
+    block (containers, init containers, job templates); ``name = "..."`` of a ``docker_image``
+    resource and a ``docker_registry_image`` data source (the image read); a ``docker_registry_image``
+    *resource* is the image this configuration pushes (``built-here``). ``image`` in other
+    resources (a cloud VM's boot image) is not an OCI image and is not read. ``"${var.x}"`` values
+    are indirect; bare expressions (``var.image``) hold no text to read.
+    """
+    block: tuple[str, str] | None = None
+    depth = 0
+    for _, ls, line in t.lines():
+        code = line.split("#", 1)[0] if "#" in line and '"' not in line.split("#", 1)[0] else line
+        if code.lstrip().startswith(("//", "#", "/*", "*")):
+            continue
+        if depth == 0:
+            bm = _TF_BLOCK.match(code)
+            if bm:
+                block = (bm.group("what"), bm.group("type"))
+        am = _TF_ATTR.match(code)
+        if am and block is not None:
+            what, typ = block
+            key = am.group("k")
+            s, e = ls + am.start("v"), ls + am.end("v")
+            if key == "image" and typ.startswith(("docker_container", "docker_service", "kubernetes_")):
+                t.emit(s, e, f"terraform:{typ}.image", True)
+            elif key == "name" and depth == 1 and typ == "docker_image" and what == "resource":
+                t.emit(s, e, "terraform:docker_image.name", True)
+            elif key == "name" and depth == 1 and typ == "docker_registry_image":
+                if what == "data":
+                    t.emit(s, e, "terraform:docker_registry_image.name", True)
+                else:
+                    t.emit(s, e, "terraform:docker_registry_image.name", False, classification="built-here")
+        bare = _TF_STRING.sub('""', code)
+        depth += bare.count("{") - bare.count("}")
+        if depth <= 0:
+            depth = 0
+            if "}" in bare:
+                block = None
+
+
 _QUADLET_TRANSPORTS = ("dir:", "docker-archive:", "oci-archive:", "oci:", "containers-storage:", "sif:")
 
 
@@ -1162,6 +1209,8 @@ def scan_text(path: str, text: str, kind: str, env: dict[str, str] | None = None
         _scan_devcontainer(t)
     elif kind == "quadlet":
         _scan_quadlet(t)
+    elif kind == "terraform":
+        _scan_terraform(t)
     elif kind == "dotenv":
         # only image-named variables: a .env holds secrets too, and no other value is read as a reference
         for _, ls, line in t.lines():

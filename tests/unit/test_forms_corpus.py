@@ -60,7 +60,7 @@ def test_every_classification_and_every_recognised_form_is_covered():
     kinds = {fs.kind for fs in scan_tree(FORMS / "input").files}
     assert kinds >= {"dockerfile", "compose", "helm-values", "github-workflow", "github-action", "gitlab-ci", "circleci",
                      "bitbucket", "azure", "tekton", "drone", "woodpecker", "cloudbuild", "jenkinsfile", "makefile",
-                     "shell", "devcontainer", "quadlet", "dotenv", "yaml"}
+                     "shell", "devcontainer", "quadlet", "dotenv", "yaml", "terraform"}
 
 
 def test_gitlab_includes_are_read_as_gitlab_ci():
@@ -157,7 +157,7 @@ def test_lint_flags_what_pin_rewrites_in_variables_makefiles_and_scripts(tmp_pat
     # ``COPY --from=${HELPER_IMAGE}`` before the stage re-declares the global ARG, and ``FROM ${STAGE_ONLY}``
     # (an ARG of another stage; FROM sees only global ARGs): empty at build time, so findings, never silence
     assert unresolved == {(".gitlab-ci.yml", 13), ("compose/docker-compose.yml", 12),
-                          ("build/Dockerfile.stages", 8), ("build/Dockerfile.stages", 12)}
+                          ("build/Dockerfile.stages", 8), ("build/Dockerfile.stages", 12), ("infra/main.tf", 28)}
 
 
 def test_compose_env_files_beyond_dotenv(tmp_path: Path):
