@@ -370,7 +370,7 @@ def lint_cmd(
                     clients[host] = stack.enter_context(RegistryClient(host))
                 return clients[host]
 
-            images = ImagePushTimes(hub=stack.enter_context(DockerHub(api_url=dockerhub_api)),
+            images = ImagePushTimes(hub=stack.enter_context(DockerHub(api_url=dockerhub_api, max_retries=2, timeout=15)),
                                     registry=registry_for if registry_times else None,
                                     state=stack.enter_context(WatchState(state)) if state else None)
             actions = None
@@ -386,6 +386,8 @@ def lint_cmd(
 
             refused, allowed = check(updates_since(path, check_updates), packs,
                                      load_allow_list(allow) if allow else (), pushed_at)
+        for err in images.errors:  # a push-time source that did not answer (the gate failed closed where it mattered)
+            typer.echo(f"push time source: {redact(err)}", err=True)
         offenders += refused
     if check_actions:
         if not github_api:
