@@ -333,12 +333,13 @@ def _resolve_indirect(t: _Text, start: int, end: int, context: str, parts: set[s
         name = m.group("b") or m.group("p") or m.group("n")
         whole.add(t.vars.get(name, ("", -1, -1))[1:])
         got, span = _lookup(t, name)
-        if m.group("op") in (":+", "+", ":?", "?"):
-            alt = m.group("op").endswith("+") and bool(got)
+        op = m.group("op") or ""
+        if op.endswith("+"):  # ``${X:+alt}``: the alternative when X is set, else nothing
             ds = start + m.start("d")
-            got, span = (m.group("d"), (ds, ds + len(m.group("d")))) if alt else (None if "+" in m.group("op") else got,
-                                                                               None if "+" in m.group("op") else span)
-        elif got is None and m.group("d") is not None and m.group("op") in (":-", "-"):
+            got, span = (m.group("d"), (ds, ds + len(m.group("d")))) if got else (None, None)
+        elif op.endswith("?"):
+            pass  # ``${X:?message}``: X's value or an error; the message is no default
+        elif got is None and m.group("d") is not None and op in (":-", "-"):
             ds = start + m.start("d")
             got, span = m.group("d"), (ds, ds + len(m.group("d")))
         ref = try_parse_reference(got) if got is not None and "$" not in got else None

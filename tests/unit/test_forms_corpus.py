@@ -181,3 +181,26 @@ def test_compose_env_files_beyond_dotenv(tmp_path: Path):
     compose = {f.line: f for f in files["deploy/compose.yaml"].found}
     assert str(compose[3].resolved) == "docker.io/checkmarx/kics:v2.1.20"
     assert compose[6].resolved is None  # B_IMAGE has no value anywhere: an unresolved finding
+
+
+@pytest.mark.parametrize("kind,text,line,want,via", [
+    # ``: "${X:=default}"`` defines X; its default is the reference pin rewrites
+    ("shell", ': "${KICS:=checkmarx/kics:v1}"\ndocker run --rm "$KICS"\n', 2, "docker.io/checkmarx/kics:v1", True),
+    # ``IMG=${IMG-default}`` names the environment's IMG, not itself
+    ("shell", "IMG=${IMG-checkmarx/kics:v2}\npodman pull \"${IMG}\"\n", 2, "docker.io/checkmarx/kics:v2", True),
+    # Make ``$(VAR)`` parts inside a value: resolved, never rewritten in part
+    ("makefile", "REG := docker.io\nTAG ::= v3\nSCANNER_IMAGE ?= $(REG)/checkmarx/kics:$(TAG)\nscan:\n\tdocker run $(SCANNER_IMAGE)\n",
+     5, "docker.io/checkmarx/kics:v3", False),
+    # ``${X:+alt}`` whole: the alternative only when X is set
+    ("shell", "USE=1\ndocker run \"${USE:+checkmarx/kics:v4}\"\n", 2, "docker.io/checkmarx/kics:v4", False),
+    ("shell", "docker run \"${USE:+checkmarx/kics:v4}\"\n", 1, None, False),
+])
+def test_shell_and_make_variable_forms(kind, text, line, want, via):
+    fs = scan_text("f", text, kind)
+    hit = next(f for f in fs.found if f.line == line)
+    if want is None:
+        assert hit.classification == "indirect" and hit.resolved is None
+        return
+    target = hit.target or hit.resolved
+    assert str(target) == want
+    assert (hit.via is not None) == via or hit.classification == "image"
