@@ -348,7 +348,10 @@ def _plan_image(p: _Planner, plan: PinPlan, f: Found, img: AffectedImage, fhash:
         if new_digest is None:
             plan.needs_decision.append(PinDecision(path=f.path, line=f.line, reference=f.text, reason=reason))
             return
-    new_tag = None if p.digest_only else (tag_written if tag_written else (None if ref.digest else tag))
+    feature = f.context == "devcontainer:feature"
+    new_tag = None if p.digest_only or feature else (tag_written if tag_written else (None if ref.digest else tag))
+    if feature and tag_written:  # the devcontainer CLI refuses name:tag@digest for a feature (devcontainers/cli#825)
+        reason += f"; written as name@digest (a Dev Container feature cannot carry tag {tag_written} with a digest)"
     after = name_written + (f":{new_tag}" if new_tag else "") + "@" + new_digest
     check = try_parse_reference(after)
     if check is None or img.matches(check) is False:  # pragma: no cover - a bug guard, never expected

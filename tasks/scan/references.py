@@ -1103,11 +1103,49 @@ _JSON_IMAGE = re.compile(r'"image"[ \t]*:[ \t]*"(?P<v>[^"\\\n]*)"')
 _QUADLET_IMAGE = re.compile(r"^[ \t]*Image[ \t]*=[ \t]*(?P<v>[^\s#;]+)[ \t]*$", re.M)
 
 
+_JSON_FEATURES = re.compile(r'"features"[ \t\r\n]*:[ \t\r\n]*\{')
+_JSON_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+
+
 def _scan_devcontainer(t: _Text) -> None:
-    """devcontainer.json: ``"image"``; its ``//`` comments are skipped (the format is JSON with comments)."""
+    """devcontainer.json: ``"image"`` and the OCI features (``"features": {"ghcr.io/org/f/node:1": {...}}``);
+    its ``//`` and ``/* */`` comments are skipped (the format is JSON with comments).
+
+    A feature is an OCI artifact whose install script runs in the build, so it is an ``image``
+    reference; pin writes it as ``name@digest`` (the devcontainer CLI refuses a tag with a digest).
+    Only keys naming a registry (``host.tld/...``) are features of that kind; local (``./f``) and
+    URL features name no registry artifact.
+    """
     for m in _JSON_IMAGE.finditer(t.text):
         if not t.in_comment(m.start(), ("//",)):
             t.emit(m.start("v"), m.end("v"), "devcontainer:image", True)
+    text = t.text
+    for fm in _JSON_FEATURES.finditer(text):
+        if t.in_comment(fm.start(), ("//",)):
+            continue
+        depth, i = 1, fm.end()
+        while i < len(text) and depth > 0:
+            c = text[i]
+            if c == '"':
+                sm = _JSON_STRING.match(text, i)
+                if sm is None:
+                    break
+                after = text[sm.end():sm.end() + 64].lstrip()
+                key = sm.group(0)[1:-1]
+                if depth == 1 and after.startswith(":") and "." in key.split("/", 1)[0] and "/" in key:
+                    t.emit(sm.start() + 1, sm.end() - 1, "devcontainer:feature", True)
+                i = sm.end()
+                continue
+            if text.startswith("//", i):
+                nl = text.find("\n", i)
+                i = len(text) if nl == -1 else nl
+                continue
+            if text.startswith("/*", i):
+                close = text.find("*/", i + 2)
+                i = len(text) if close == -1 else close + 2
+                continue
+            depth += 1 if c == "{" else -1 if c == "}" else 0
+            i += 1
 
 
 _TF_BLOCK = re.compile(r'^[ \t]*(?P<what>resource|data)[ \t]+"(?P<type>[\w-]+)"[ \t]+"[^"]*"[ \t]*\{')

@@ -204,3 +204,17 @@ def test_shell_and_make_variable_forms(kind, text, line, want, via):
     target = hit.target or hit.resolved
     assert str(target) == want
     assert (hit.via is not None) == via or hit.classification == "image"
+
+
+def test_devcontainer_features_are_pinned_as_name_at_digest(tmp_path: Path):
+    """A Dev Container feature is an OCI artifact; the devcontainer CLI refuses ``name:tag@digest`` for one
+    (devcontainers/cli#825), so pin writes ``name@digest`` and says why; lint flags it like any image."""
+    adv = load_advisory("kics-2026-04")
+    dc = tmp_path / ".devcontainer" / "devcontainer.json"
+    dc.parent.mkdir()
+    dc.write_text('{\n  "features": {\n    "docker.io/checkmarx/kics:alpine": {},\n    "ghcr.io/devcontainers/features/node:1": {}\n  }\n}\n')
+    good = DEFAULTS["to"][3].split("=", 1)[1]
+    plan = plan_pins(tmp_path, adv, to=DEFAULTS["to"])
+    assert [(c.before, c.after) for c in plan.changes] == [("docker.io/checkmarx/kics:alpine", f"docker.io/checkmarx/kics@{good}")]
+    assert "cannot carry tag alpine with a digest" in plan.changes[0].reason
+    assert {(o.line, o.kind) for o in lint_tree(tmp_path, [adv])} >= {(3, "unpinned")}
