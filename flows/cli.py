@@ -334,7 +334,14 @@ def lint_cmd(
     check_actions: bool = typer.Option(
         False, "--check-actions", help="action provenance through --github-api: impostor commits, version comments "
                                        "that do not match their tag, tags moved since first seen (--state)"),
-    state: Optional[Path] = typer.Option(None, "--state", help="watch state file remembering action tags"),
+    state: Optional[Path] = typer.Option(None, "--state", help="watch state file remembering action tags"
+                                                                 " (and, for --check-updates, when each digest was first seen)"),
+    dockerhub_api: str = typer.Option(
+        "https://hub.docker.com", "--dockerhub-api",
+        help="Docker Hub API for image push times in --check-updates (tag_last_pushed / last_pushed)"),
+    registry_times: bool = typer.Option(
+        True, "--registry-times/--no-registry-times",
+        help="--check-updates: also read an image config's created time from its registry"),
 ) -> None:
     """Policy gate: fail when an image reference uses a tag without a digest, or a malicious digest."""
     import os
@@ -348,15 +355,39 @@ def lint_cmd(
     offenders: list[Any] = list(found)
     allowed: list[Any] = []
     if check_updates:
-        from tasks.quarantine import check_updates as check, github_pushed_at, load_allow_list, updates_since
+        from contextlib import ExitStack
 
-        pushed_at = None
-        if github_api:
-            from integrations.github import GitHubClient
+        from integrations.dockerhub import DockerHub
+        from integrations.registry import RegistryClient
+        from tasks.quarantine import ImagePushTimes, check_updates as check, github_pushed_at, load_allow_list, updates_since
+        from tasks.watch.state import WatchState
 
-            pushed_at = github_pushed_at(GitHubClient(os.environ.get("GITHUB_TOKEN", ""), api_url=github_api))
-        refused, allowed = check(updates_since(path, check_updates), packs,
-                                 load_allow_list(allow) if allow else (), pushed_at)
+        with ExitStack() as stack:
+            clients: dict[str, RegistryClient] = {}
+
+            def registry_for(host: str) -> RegistryClient:
+                if host not in clients:
+                    clients[host] = stack.enter_context(RegistryClient(host))
+                return clients[host]
+
+            images = ImagePushTimes(hub=stack.enter_context(DockerHub(api_url=dockerhub_api, max_retries=2, timeout=15)),
+                                    registry=registry_for if registry_times else None,
+                                    state=stack.enter_context(WatchState(state)) if state else None)
+            actions = None
+            if github_api:
+                from integrations.github import GitHubClient
+
+                actions = github_pushed_at(GitHubClient(os.environ.get("GITHUB_TOKEN", ""), api_url=github_api))
+
+            def pushed_at(u: Any) -> Any:
+                if u.kind == "action":
+                    return actions(u) if actions else None
+                return images.for_update(u)
+
+            refused, allowed = check(updates_since(path, check_updates), packs,
+                                     load_allow_list(allow) if allow else (), pushed_at)
+        for err in images.errors:  # a push-time source that did not answer (the gate failed closed where it mattered)
+            typer.echo(f"push time source: {redact(err)}", err=True)
         offenders += refused
     if check_actions:
         if not github_api:

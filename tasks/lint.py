@@ -114,7 +114,8 @@ def _lint_found(f: Found, advisories: Sequence[Advisory]) -> Offender | None:
                         target=hint.name if hint else None,
                         reason="built from variables with no value in this file (or its .env): "
                                "cannot tell which image it pulls; pin where the variables are set")
-    return _lint_image(f, f.resolved, advisories, via=f"built from variables, resolves to {f.resolved.familiar()}: ")
+    how = "written across lines, reads" if f.context.endswith("(continued-lines)") else "built from variables, resolves to"
+    return _lint_image(f, f.resolved, advisories, via=f"{how} {f.resolved.familiar()}: ")
 
 
 def _lint_file(fs: FileScan, advisories: Sequence[Advisory]) -> list[Offender]:

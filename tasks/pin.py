@@ -47,10 +47,12 @@ from digestguard.markdown import md_table
 from digestguard.reference import ImageReference, parse_digest, try_parse_reference
 from tasks.connect import Connections
 from tasks.pull_requests import open_pin_pull_request
+from tasks.quarantine import PushTime, judge_push, push_times
 from tasks.scan.references import ActionUse, Found, HelmImage, ScanResult, name_hint, scan_tree
 
 Resolver = Callable[[ImageReference], str]
-ImagePushedAt = Callable[[ImageReference, str], datetime | None]  # (tag reference, digest) -> push time
+ImagePushedAt = Callable[[ImageReference, str], "datetime | PushTime | Sequence[PushTime] | None"]
+#   (tag reference, digest) -> push time(s): ``tasks.quarantine.ImagePushTimes`` gathers them
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
 _VERSION_COMMENT = re.compile(r"[ \t]+#[ \t]*(?:tag[=:][ \t]*)?(?P<v>[\w][\w.+-]*)[ \t]*")
 _WHOLE_VAR = re.compile(r"\$(?:\{\w+\}|\(\w+\)|\w+)")
@@ -258,15 +260,16 @@ class _Planner:
         """Refuse a resolved digest pushed inside the advisory's window (the attacker's "digest update")."""
         if self.pushed_at is None:
             return None
-        when = self.pushed_at(ImageReference(ref.registry, ref.repository, tag, None), dig)
+        times = push_times(self.pushed_at(ImageReference(ref.registry, ref.repository, tag, None), dig))
         img = self.adv.image_for(ref)
-        windows = [self.adv.window, *(img.windows if img else [])]
-        if when is None:
+        verdict, t = judge_push(times, [self.adv.window, *(img.windows if img else [])])
+        if verdict == "unknown":
             return None, (f"quarantined: tag {tag} resolves to {dig}, and when it was pushed is unknown while "
                           f"{self.adv.id} covers this image; never proposed: choose with --to {tag}=sha256:...")
-        if any(w.contains(when) for w in windows):
-            return None, (f"quarantined: tag {tag} resolves to {dig}, pushed {when:%Y-%m-%d %H:%M}Z inside "
-                          f"{self.adv.id}'s window; never proposed: choose with --to {tag}=sha256:...")
+        if verdict == "inside" and t is not None:
+            return None, (f"quarantined: tag {tag} resolves to {dig}, {'first seen' if t.upper_bound else 'pushed'} "
+                          f"{t.at:%Y-%m-%d %H:%M}Z ({t.source}) inside {self.adv.id}'s window; never proposed: "
+                          f"choose with --to {tag}=sha256:...")
         return None
 
 
@@ -303,6 +306,9 @@ def _plan_indirect(plan: PinPlan, f: Found, advisory: Advisory) -> None:
     if f.resolved is not None and _WHOLE_VAR.fullmatch(f.text):
         reason = (f"held by a variable set outside this file (resolves to {f.resolved.familiar()}, e.g. from the "
                   "Compose .env); pin it where the variable is set")
+    elif f.resolved is not None and f.context.endswith("(continued-lines)"):
+        reason = (f"written across lines with \\ continuations (reads {f.resolved.familiar()}); rewriting it in place "
+                  "would change its layout: pin it by hand")
     elif f.resolved is not None:
         reason = (f"built from variables (resolves to {f.resolved.familiar()}); no one place holds the whole "
                   "reference and rewriting a part would break the rest: pin it where the variables are set")
@@ -342,7 +348,10 @@ def _plan_image(p: _Planner, plan: PinPlan, f: Found, img: AffectedImage, fhash:
         if new_digest is None:
             plan.needs_decision.append(PinDecision(path=f.path, line=f.line, reference=f.text, reason=reason))
             return
-    new_tag = None if p.digest_only else (tag_written if tag_written else (None if ref.digest else tag))
+    feature = f.context == "devcontainer:feature"
+    new_tag = None if p.digest_only or feature else (tag_written if tag_written else (None if ref.digest else tag))
+    if feature and tag_written:  # the devcontainer CLI refuses name:tag@digest for a feature (devcontainers/cli#825)
+        reason += f"; written as name@digest (a Dev Container feature cannot carry tag {tag_written} with a digest)"
     after = name_written + (f":{new_tag}" if new_tag else "") + "@" + new_digest
     check = try_parse_reference(after)
     if check is None or img.matches(check) is False:  # pragma: no cover - a bug guard, never expected

@@ -26,7 +26,11 @@ from tasks.scan.references import ActionUse, scan_tree
 from tasks.watch.state import WatchState
 
 _SHA1 = re.compile(r"^[0-9a-fA-F]{40}$")
-_COMMENT = re.compile(r"#[ \t]*(?:tag[=:][ \t]*)?(?P<v>[A-Za-z0-9][\w.+-]*)")
+# the version-comment forms pinning tools write (``# v1.2.3``, ``# tag=v1.2.3``, ``# renovate: tag=v1``,
+# ``# pin @v2.1.0``, ``# ratchet:owner/repo@v2``, ``# prettier/v2.0.1``, ``# name-0.23.5``); any other
+# comment (``# needed for X``, ``# ratchet:exclude``) names no version and is not judged
+_COMMENT = re.compile(r"#[ \t]*(?:renovate[ \t]*:[ \t]*)?(?:pin[ \t]+|tag[ \t]*[=:][ \t]*|ratchet:[\w-]+/[\w.-]+(?:/[\w.-]+)*)?"
+                      r"@?(?P<v>(?:[\w-]*[-/])?v?\d+(?:\.\d+(?:\.\d+)?)?(?:-[A-Za-z0-9.]+)?)(?![\w.+/-])")
 
 
 class ProvenanceFinding(Model):
@@ -42,7 +46,8 @@ def version_comment(text: str, use: ActionUse) -> str | None:
     """The ``# v1.2.3`` after a ``uses:`` value, if any."""
     line_end = text.find("\n", use.value_end)
     rest = text[use.value_end:line_end if line_end != -1 else len(text)]
-    m = _COMMENT.search(rest)
+    hash_at = rest.find("#")
+    m = _COMMENT.match(rest, hash_at) if hash_at != -1 else None
     return m.group("v") if m else None
 
 
@@ -111,17 +116,34 @@ def _check_use(text: str, use: ActionUse, sha: str, r: _Repo) -> list[Provenance
     return out
 
 
+_RELEASE_TAG = re.compile(r"^v?\d+\.\d+\.\d+(?:[-+][\w.+-]*)?$")
+
+
+def is_release_tag(tag: str) -> bool:
+    """True for a full version tag (``v1.2.3``, ``0.34.0``, ``v2.0.0-rc.1``): one that should never move.
+    Floating tags (``v4``, ``v4.1``, ``latest``) are moved on purpose by every release."""
+    return bool(_RELEASE_TAG.match(tag))
+
+
+def tag_moves(repository: str, tags: dict[str, str], state: WatchState) -> list[tuple[str, str, str]]:
+    """``[(tag, first-seen commit, current commit)]`` for every tag of ``repository`` (owner/repo) that points
+    elsewhere than when the watch state first saw it; tags not seen before are remembered (first one wins).
+    The one rule behind ``lint --check-actions`` and the watch cycle."""
+    first = state.action_tags(repository)
+    out = [(tag, first[tag], sha.lower()) for tag, sha in sorted(tags.items())
+           if tag in first and first[tag] != sha.lower()]
+    state.remember_action_tags(repository, tags)
+    return out
+
+
 def _moved_tags(use: ActionUse, r: _Repo, state: WatchState | None, reported: set[tuple[str, str]]) -> list[ProvenanceFinding]:
     """Tags of the repository that point elsewhere than when first seen; remembers new ones."""
     if state is None:
         return []
-    first = state.action_tags(use.repository)
     out = []
-    for tag, sha in sorted(r.tags.items()):
-        was = first.get(tag)
-        if was is not None and was != sha.lower() and (use.repository, tag) not in reported:
+    for tag, was, sha in tag_moves(use.repository, r.tags, state):
+        if (use.repository, tag) not in reported:
             reported.add((use.repository, tag))
             out.append(_finding(use, "moved-tag", f"tag {tag} of {use.repository} moved from {was[:12]} "
                                                   f"(first seen) to {sha[:12]}: force-pushed"))
-    state.remember_action_tags(use.repository, r.tags)
     return out

@@ -11,30 +11,45 @@ digest or commit that changed against the base is checked:
   checks it and allow-lists it with a reason);
 - unless an allow-list entry names that digest/SHA with a reason.
 
-Push times come from the caller's ``pushed_at`` (``github_pushed_at`` asks the GitHub API for
-an action commit's committer date; images need a registry-side time the caller supplies).
-Both are hints an attacker can set, which is why the malicious lists come first and an
-unknown time fails closed.
+Push times come from the caller's ``pushed_at``: ``github_pushed_at`` asks the GitHub API for
+an action commit's committer date; :class:`ImagePushTimes` gathers every source there is for an
+image digest (each a :class:`PushTime` naming where it came from):
+
+- Docker Hub's API: the platform image's ``last_pushed`` or the tag's ``tag_last_pushed`` when the
+  tag (or another tag of the repository) names the digest - a registry-side time;
+- the watch state: when the watch first saw a reference at this digest - the image was pushed
+  *at or before* then (an upper bound: it proves "before the window" only when it is earlier);
+- the registry: the image config's ``created`` (for an index, its first linux child's) - set by
+  whoever built the image, so the weakest; used alongside the others, never instead of them.
+
+The update is refused when any source puts it inside a window (or an upper bound cannot rule that
+out), passes when at least one source places it outside, and fails closed when none knows.
+Commit dates and ``created`` are hints an attacker can set, which is why the malicious lists come
+first and an unknown time fails closed.
 
     digestguard lint . --check-updates origin/main --allow quarantine-allow.yaml
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field
 
 from digestguard._model import Model
 from digestguard.advisory import Advisory, Window
-from digestguard.errors import InputError
-from digestguard.reference import is_digest, try_parse_reference
+from digestguard.errors import DigestguardError, InputError, NotFound
+from digestguard.reference import DOCKER_HUB, ImageReference, is_digest, try_parse_reference
+from digestguard.timeutil import parse_time, utc
+from integrations.registry import index_children
 from tasks.scan.ci_files import classify
 from tasks.scan.references import FileScan, scan_text
 
@@ -70,7 +85,132 @@ class QuarantineFinding(Model):
     target: str | None = None
 
 
-PushedAt = Callable[[Update], datetime | None]
+@dataclass(frozen=True)
+class PushTime:
+    """One source's answer to "when was this digest pushed?": ``at``, ``source`` (for the reason text);
+    ``upper_bound``: pushed at or before ``at`` (the watch's first sighting), not exactly then."""
+
+    at: datetime
+    source: str
+    upper_bound: bool = False
+
+
+PushedAt = Callable[[Update], "datetime | PushTime | Sequence[PushTime] | None"]
+
+
+def push_times(value: "datetime | PushTime | Sequence[PushTime] | None") -> list[PushTime]:
+    """A ``pushed_at`` answer as a list of :class:`PushTime` (a bare datetime is an exact time from the caller)."""
+    if value is None:
+        return []
+    if isinstance(value, datetime):
+        return [PushTime(utc(value), "given")]
+    if isinstance(value, PushTime):
+        return [value]
+    return list(value)
+
+
+def judge_push(times: Sequence[PushTime], windows: Sequence[Window]) -> tuple[str, PushTime | None]:
+    """(``inside`` | ``outside`` | ``unknown``, the time that decided) for a digest's push times against windows.
+
+    Any exact time inside a window, or a first sighting inside one: ``inside`` (the attacker's
+    push cannot be ruled out). Else an exact time, or a sighting before every window starts:
+    ``outside``. Else ``unknown``.
+    """
+    for t in times:
+        if any(w.contains(t.at) for w in windows):
+            return "inside", t
+    for t in times:
+        if not t.upper_bound or all(utc(t.at) < w.start for w in windows):
+            return "outside", t
+    return "unknown", None
+
+
+class ImagePushTimes:
+    """Every push-time source there is for an image digest (see the module docstring).
+
+    ``hub``: an ``integrations.dockerhub.DockerHub`` (for ``docker.io`` images); ``registry``:
+    ``registry host -> integrations.registry.RegistryClient``; ``state``: a ``WatchState``.
+    A source that fails (unreachable, not found, malformed) answers nothing: the others decide,
+    and with none the gate fails closed. Callable as pin's ``(tag reference, digest)`` lookup
+    and, through :meth:`for_update`, as the gate's ``pushed_at``.
+    """
+
+    def __init__(self, *, hub: Any = None, registry: Callable[[str], Any] | None = None, state: Any = None) -> None:
+        self.hub = hub
+        self.registry = registry
+        self.state = state
+        self.errors: list[str] = []  # what each failed source said (for the report; no secrets in these)
+
+    def __call__(self, ref: ImageReference, digest: str) -> list[PushTime]:
+        digest = digest.lower()
+        out: list[PushTime] = []
+        for source in (self._hub, self._seen, self._created):
+            try:
+                t = source(ref, digest)
+            except (DigestguardError, ValueError, KeyError, TypeError) as e:
+                self.errors.append(f"{ref.name}@{digest[:19]}: {e}")
+                continue
+            if t is not None:
+                out.append(t)
+        return out
+
+    def for_update(self, u: Update) -> list[PushTime]:
+        ref = try_parse_reference(u.reference)
+        if ref is None:
+            return []
+        return self(ImageReference(ref.registry, ref.repository, ref.tag, None), u.new)
+
+    def _hub(self, ref: ImageReference, digest: str) -> PushTime | None:
+        if self.hub is None or ref.registry != DOCKER_HUB:
+            return None
+        tags = []
+        if ref.tag:
+            try:
+                tags.append(self.hub.get_tag(ref.repository, ref.tag))
+            except NotFound:
+                pass
+        if not any(_hub_time(t, digest) for t in tags):
+            tags = self.hub.list_tags(ref.repository)
+        for t in tags:
+            when = _hub_time(t, digest)
+            if when is not None:
+                return PushTime(when, f"Docker Hub ({t.name})")
+        return None
+
+    def _seen(self, ref: ImageReference, digest: str) -> PushTime | None:
+        if self.state is None:
+            return None
+        when = self.state.digest_first_seen(digest)
+        return PushTime(when, "first seen by the watch", upper_bound=True) if when is not None else None
+
+    def _created(self, ref: ImageReference, digest: str) -> PushTime | None:
+        if self.registry is None:
+            return None
+        client = self.registry(ref.registry)
+        m = client.get_manifest(ref.repository, digest)
+        if m.is_index:
+            children = index_children(m)
+            child = next((c for c in children if (c.platform or "").startswith("linux/amd64")), None) or \
+                next((c for c in children if c.platform and not c.platform.startswith("unknown")), None)
+            if child is None:
+                return None
+            m = client.get_manifest(ref.repository, child.digest)
+        cfg = (m.json().get("config") or {}).get("digest")
+        if not isinstance(cfg, str):
+            return None
+        created = parse_time(json.loads(client.get_blob(ref.repository, cfg, max_bytes=4 * 1024 * 1024)).get("created"))
+        return PushTime(created, "image config created (set by the builder)") if created is not None else None
+
+
+def _hub_time(tag: Any, digest: str) -> datetime | None:
+    """When Docker Hub says ``digest`` was pushed under ``tag``: a platform image's ``last_pushed``, else
+    ``tag_last_pushed`` when the tag itself names the digest."""
+    for im in tag.images:
+        if (im.digest or "").lower() == digest and im.last_pushed is not None:
+            return im.last_pushed
+    if (tag.digest or "").lower() == digest:
+        return tag.tag_last_pushed
+    return None
 
 
 def load_allow_list(path: str | Path) -> list[AllowEntry]:
@@ -199,15 +339,19 @@ def _why_refused(u: Update, advisories: Sequence[Advisory], pushed_at: PushedAt 
             related.append((adv, windows))
     if not related:
         return None
-    when = pushed_at(u) if pushed_at is not None else None
-    if when is None:
-        adv = related[0][0]
-        return (f"{change}; {adv.id} covers {u.name} and when this was pushed is unknown: check it, then allow-list "
-                "it with a reason"), adv.id
+    times = push_times(pushed_at(u)) if pushed_at is not None else []
     for adv, windows in related:
-        for w in windows:
-            if w.contains(when):
-                return f"{change}, pushed {when:%Y-%m-%d %H:%M}Z inside {adv.id}'s window ({_span(w)})", adv.id
+        verdict, t = judge_push(times, windows)
+        if verdict == "inside" and t is not None:
+            w = next((w for w in windows if w.contains(t.at)), windows[0])
+            how = "first seen" if t.upper_bound else "pushed"
+            return (f"{change}, {how} {t.at:%Y-%m-%d %H:%M}Z ({t.source}) inside {adv.id}'s window ({_span(w)})",
+                    adv.id)
+        if verdict == "unknown":
+            known = "; ".join(f"first seen {t.at:%Y-%m-%d %H:%M}Z ({t.source})" for t in times)
+            return (f"{change}; {adv.id} covers {u.name} and when this was pushed is unknown"
+                    f"{' (' + known + ', which does not rule the window out)' if known else ''}: check it, "
+                    "then allow-list it with a reason"), adv.id
     return None
 
 

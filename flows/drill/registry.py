@@ -256,12 +256,13 @@ def _platform_dict(platform: str) -> dict[str, str]:
 
 def push_image(base_url: str, repo: str, tag: str | None = "latest", *, platform: str = "linux/amd64",
                docker: bool = False, layer_size: int = 256, payload: bytes | None = None,
-               client: httpx.Client | None = None) -> PushedImage:
+               client: httpx.Client | None = None, created: str | None = None) -> PushedImage:
     """Push a small fake single-platform image; ``tag=None`` pushes it by digest only (an index child).
 
     ``payload`` (default random) is the one file of a real gzipped tar layer, so two
     calls give two different digests and engines can apply the layer.
-    ``docker=True`` writes Docker v2 media types instead of OCI.
+    ``docker=True`` writes Docker v2 media types instead of OCI. ``created``: the config's
+    ``created`` time (RFC 3339), as a builder writes it.
     """
     c = client or httpx.Client(timeout=30)
     try:
@@ -271,7 +272,8 @@ def push_image(base_url: str, repo: str, tag: str | None = "latest", *, platform
         layer_digest = push_blob(base_url, repo, layer, c)
         plat = _platform_dict(platform)
         config = json.dumps({**plat, "config": {"Cmd": ["/payload.bin"]},
-                             "rootfs": {"type": "layers", "diff_ids": [sha256_digest(tar)]}},
+                             "rootfs": {"type": "layers", "diff_ids": [sha256_digest(tar)]},
+                             **({"created": created} if created else {})},
                             sort_keys=True).encode()
         config_digest = push_blob(base_url, repo, config, c)
         mt = DOCKER_MANIFEST if docker else OCI_MANIFEST

@@ -97,8 +97,10 @@ def classify(relpath: str) -> str | None:
         return "dotenv"  # a Compose project's variables (``KEY=value``)
     if low in ("devcontainer.json", ".devcontainer.json"):
         return "devcontainer"
-    if low.endswith(".container"):
-        return "quadlet"
+    if low.endswith(".tf"):
+        return "terraform"  # docker_* and kubernetes_* resources name images (``image = "..."``)
+    if low.endswith((".container", ".image", ".volume")):
+        return "quadlet"  # Podman Quadlet units that name an image (``Image=``)
     return None
 
 

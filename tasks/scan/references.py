@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from digestguard.errors import InputError
-from digestguard.reference import ImageReference, try_parse_reference
+from digestguard.reference import ImageReference, is_digest, try_parse_reference
 from tasks.scan.ci_files import PROSE_SUFFIXES, YAML_KINDS, classify
 from tasks.scan.files import walk_files
 
@@ -176,7 +176,10 @@ class _Text:
         self.hits: dict[tuple[int, int], Found] = {}
         self.actions: list[ActionUse] = []
         self.vars: dict[str, tuple[str, int, int]] = {}  # name -> (value, start, end) of its first definition
-        self.pending: list[tuple[int, int, str]] = []  # indirect references to resolve once the file is read
+        self.pending: list[tuple[int, int, str, dict[str, tuple[str, int, int]] | None]] = []
+        #   indirect references to resolve once the file is read, each with the variables in its scope
+        #   (None: the whole file's; a Dockerfile ``FROM`` sees only global ``ARG``s, a stage its own)
+        self.scope: dict[str, tuple[str, int, int]] | None = None  # set while a Dockerfile instruction is read
         self.env: dict[str, str] = {}  # values from outside the file (a Compose ``.env``): resolvable, not rewritable
 
     def define(self, name: str, value_start: int, value_end: int) -> None:
@@ -221,7 +224,7 @@ class _Text:
         value = self.text[start:end]
         if "$" in value or "{" in value:
             if certain and classification is None:
-                self.pending.append((start, end, context))
+                self.pending.append((start, end, context, None if self.scope is None else dict(self.scope)))
             return
         else:
             ref = try_parse_reference(value)
@@ -241,14 +244,18 @@ class _Text:
 
     def resolve_indirect(self) -> None:
         """Classify every queued reference built from variables (see :func:`_resolve_indirect`)."""
-        parts_of_composites: set[str] = set()
-        whole: set[str] = set()
-        for start, end, context in self.pending:
-            _resolve_indirect(self, start, end, context, parts_of_composites, whole)
+        parts_of_composites: set[tuple[int, int]] = set()
+        whole: set[tuple[int, int]] = set()
+        file_vars = self.vars
+        for start, end, context, scope in self.pending:
+            self.vars = file_vars if scope is None else scope
+            try:
+                _resolve_indirect(self, start, end, context, parts_of_composites, whole)
+            finally:
+                self.vars = file_vars
         # a definition used only as a *part* of a composite reference is no reference of its own:
         # rewriting it would break the composite (``FROM ${IMAGE}:${TAG}`` with ``ARG IMAGE=kics``)
-        for name in parts_of_composites - whole:
-            _, s, e = self.vars.get(name, ("", -1, -1))
+        for s, e in parts_of_composites - whole:
             hit = self.hits.get((s, e))
             if hit is not None and hit.classification in ("image", "uncertain"):
                 del self.hits[(s, e)]
@@ -257,7 +264,7 @@ class _Text:
         return [self.hits[k] for k in sorted(self.hits)]
 
 
-_VAR = re.compile(r"\$(?:\{(?P<b>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-=])(?P<d>[^}]*))?\}|\((?P<p>[A-Za-z_][A-Za-z0-9_]*)\)"
+_VAR = re.compile(r"\$(?:\{(?P<b>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-=+?])(?P<d>(?:[^${}]|\$\{[^{}]*\}|\$(?!\{))*))?\}|\((?P<p>[A-Za-z_][A-Za-z0-9_]*)\)"
                   r"|(?P<n>[A-Za-z_][A-Za-z0-9_]*))")
 
 
@@ -268,10 +275,17 @@ def _lookup(t: _Text, name: str, depth: int = 0) -> tuple[str | None, tuple[int,
         m = _VAR.fullmatch(value)
         if m and depth < 3:  # ``KICS="${KICS_IMAGE:-checkmarx/kics:latest}"``: the default is the definition
             inner = m.group("b") or m.group("p") or m.group("n")
-            got, span = _lookup(t, inner, depth + 1)
+            # ``IMG=${IMG:-default}`` refers to the environment's IMG, not to itself
+            got, span = _lookup(t, inner, depth + 1) if inner != name else (None, None)
+            op = m.group("op") or ""
+            if op.endswith("+"):  # ``${X:+alt}``: the alternative when X is set, else nothing
+                if not got:
+                    return None, None
+                ds = s + m.start("d")
+                return m.group("d"), (ds, ds + len(m.group("d")))
             if got is not None:
                 return got, span
-            if m.group("d") is not None:
+            if m.group("d") is not None and not op.endswith("?"):  # ``${X:?msg}``: an error, not a default
                 ds = s + m.start("d")
                 return m.group("d"), (ds, ds + len(m.group("d")))
             return None, None
@@ -292,7 +306,9 @@ def _expand(t: _Text, value: str, depth: int = 0) -> str | None:
         out.append(value[pos:m.start()])
         name = m.group("b") or m.group("p") or m.group("n")
         got = _lookup(t, name, depth)[0] if depth < 4 else None
-        if got is None:
+        if m.group("op") in (":+", "+"):  # ``${REGISTRY:+${REGISTRY}/}``: alternative or nothing
+            got = (_expand(t, m.group("d"), depth + 1) if "$" in m.group("d") else m.group("d")) if got else ""
+        elif got is None:
             got = m.group("d") if m.group("d") is not None and m.group("op") in (":-", "-", ":=", "=") else None
         if got is None:
             return None
@@ -315,9 +331,15 @@ def _resolve_indirect(t: _Text, start: int, end: int, context: str, parts: set[s
     m = _VAR.fullmatch(value)
     if m:
         name = m.group("b") or m.group("p") or m.group("n")
-        whole.add(name)
+        whole.add(t.vars.get(name, ("", -1, -1))[1:])
         got, span = _lookup(t, name)
-        if got is None and m.group("d") is not None and m.group("op") in (":-", "-"):
+        op = m.group("op") or ""
+        if op.endswith("+"):  # ``${X:+alt}``: the alternative when X is set, else nothing
+            ds = start + m.start("d")
+            got, span = (m.group("d"), (ds, ds + len(m.group("d")))) if got else (None, None)
+        elif op.endswith("?"):
+            pass  # ``${X:?message}``: X's value or an error; the message is no default
+        elif got is None and m.group("d") is not None and op in (":-", "-"):
             ds = start + m.start("d")
             got, span = m.group("d"), (ds, ds + len(m.group("d")))
         ref = try_parse_reference(got) if got is not None and "$" not in got else None
@@ -334,7 +356,7 @@ def _resolve_indirect(t: _Text, start: int, end: int, context: str, parts: set[s
                                         span if ref is not None else None)
         return
     for vm in _VAR.finditer(value):
-        parts.add(vm.group("b") or vm.group("p") or vm.group("n"))
+        parts.add(t.vars.get(vm.group("b") or vm.group("p") or vm.group("n"), ("", -1, -1))[1:])
     got = _expand(t, value)
     ref = try_parse_reference(got) if got is not None else None
     t.hits[(start, end)] = t._found(start, end, None, context, True, "indirect", ref, None)
@@ -507,28 +529,49 @@ def _assignment(t: _Text, line_start: int, line: str, context: str) -> None:
     else:
         e = pos
         while e < len(line) and line[e] not in " \t;#)\"'":
-            if line[e] == "$" and line.startswith("{", e + 1):  # ``${VAR:-image:tag}`` is one word
-                close = line.find("}", e)
+            if line[e] == "$" and line[e + 1:e + 2] in ("{", "("):  # ``${VAR:-image:tag}``, ``$(REG)`` are one word
+                close = line.find("}" if line[e + 1] == "{" else ")", e)
                 e = close + 1 if close != -1 else len(line)
                 continue
             e += 1
         s = pos
     name = m.group("name")
     t.define(name, line_start + s, line_start + e)
+    _definition(t, name, line_start + s, line_start + e, context)
+
+
+_ASSIGN_DEFAULT = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*):?=(?P<d>[^${}\s\"']+)\}")
+
+
+def _shell_assign_defaults(t: _Text) -> None:
+    """``: "${KICS:=checkmarx/kics:latest}"`` (or any ``${X:=d}``/``${X=d}``) sets X when unset: a definition
+    of X (when the file has none before it) whose value is the default, rewritten in place."""
+    for m in _ASSIGN_DEFAULT.finditer(t.text):
+        if t.in_comment(m.start(), ("#",)):
+            continue
+        name = m.group("name")
+        if name not in t.vars:
+            t.define(name, m.start("d"), m.end("d"))
+            _definition(t, name, m.start("d"), m.end("d"), "shell:assign-default")
+
+
+def _definition(t: _Text, name: str, s: int, e: int, context: str) -> None:
+    """The value ``text[s:e]`` of variable ``name``: an image reference when its name says so, or when
+    it merely parses as one with a ``/`` and a tag (``uncertain``); ``${X:-default}`` judged by its default."""
     certain = is_image_name(name)
-    value = line[s:e]
+    value = t.text[s:e]
     vm = _VAR.fullmatch(value)
     if vm and vm.group("d") is not None:
         inner = vm.group("b")
         if certain or is_image_name(inner):
-            t.emit(line_start + s, line_start + e, context, True)
-        elif "/" in vm.group("d"):
-            ds = line_start + s + vm.start("d")
+            t.emit(s, e, context, True)
+        elif "/" in vm.group("d") and vm.group("op") in (":-", "-", ":=", "="):
+            ds = s + vm.start("d")
             t.emit(ds, ds + len(vm.group("d")), context, False, need_tag=True)
         return
     if not certain and "/" not in value:
         return
-    t.emit(line_start + s, line_start + e, context, certain, need_tag=not certain)
+    t.emit(s, e, context, certain, need_tag=not certain)
 
 
 # --------------------------------------------------------------------------------------------
@@ -583,7 +626,8 @@ class _Mappings:
         self.helm: list[HelmImage] = []
 
     def _close(self, frame: _Frame) -> None:
-        pair = _helm_pair(self.path, frame)
+        parent = self.stack[-1].key if self.stack and self.stack[-1] is not frame else None
+        pair = _helm_pair(self.path, frame) or (_kustomize_image(self.path, frame) if parent == "images" else None)
         if pair is not None:
             self.helm.append(pair)
 
@@ -613,14 +657,38 @@ def _helm_pair(path: str, frame: _Frame) -> HelmImage | None:
     """The Helm-style ``repository:``/``tag:`` mapping a closed YAML mapping holds, if it is one."""
     ch = frame.children
     repo = ch.get("repository")
-    if repo is None or "tag" not in ch or not repo.text:
+    tag = ch.get("tag")
+    if tag is None and (frame.key or "").lower().endswith("image"):
+        tag = ch.get("version")  # ``coreImage: {repository, version}`` (Bitnami charts)
+    if repo is None or tag is None or not repo.text:
         return None
     reg = ch.get("registry")
     name = f"{reg.text}/{repo.text}" if reg and reg.text else repo.text
     ref = try_parse_reference(name) if "$" not in name and "{" not in name else None
     if ref is not None and (ref.tag or ref.digest):
         return None  # repository already carries a tag/digest: not the Helm pair shape
-    return HelmImage(path, repo.line, repo, ch.get("tag"), ch.get("digest"), reg, ref)
+    digest = ch.get("digest")
+    at = tag.text.find("@")
+    if digest is None and at > 0 and is_digest(tag.text[at + 1:].lower()):
+        # ``tag: 11.5.0@sha256:...``: pinned inside the tag; the digest part is its own span
+        digest = Span(tag.start + at + 1, tag.end, tag.text[at + 1:], tag.line, tag.col + at + 1, tag.quote)
+        tag = Span(tag.start, tag.start + at, tag.text[:at], tag.line, tag.col, tag.quote)
+    return HelmImage(path, repo.line, repo, tag, digest, reg, ref)
+
+
+def _kustomize_image(path: str, frame: _Frame) -> HelmImage | None:
+    """A Kustomize ``images:`` entry (``name`` + ``newName``/``newTag``/``digest``): the image it makes
+    is ``newName`` (else ``name``) with ``newTag`` and ``digest``, split across keys like Helm's."""
+    ch = frame.children
+    if frame.key != "-" or "name" not in ch or not any(k in ch for k in ("newName", "newTag", "digest")):
+        return None
+    repo = ch.get("newName") or ch["name"]
+    if not repo.text or "$" in repo.text:
+        return None
+    ref = try_parse_reference(repo.text)
+    if ref is None or ref.tag or ref.digest:
+        return None
+    return HelmImage(path, repo.line, repo, ch.get("newTag"), ch.get("digest"), None, ref)
 
 
 def _action_use(path: str, lineno: int, line: str, line_start: int, scalar: tuple[int, int, str]) -> ActionUse | None:
@@ -692,7 +760,8 @@ def _scan_yaml(t: _Text, kind: str, only_image_keys: bool = False) -> list[HelmI
     maps = _Mappings(t.path)
     siblings: list[tuple[_Frame, int, int, str]] = []
     block_indent: int | None = None
-    for lineno, ls, line in t.lines():
+    lines = list(t.lines())
+    for idx, (lineno, ls, line) in enumerate(lines):
         stripped = line.strip()
         if block_indent is not None:
             indent = len(line) - len(line.lstrip(" \t"))
@@ -716,6 +785,13 @@ def _scan_yaml(t: _Text, kind: str, only_image_keys: bool = False) -> list[HelmI
             rest = line[m.end():].lstrip()
             if key and _BLOCK_SCALAR.match(rest):
                 block_indent = key_indent if not dash else ws
+                one = _block_single_line(lines, idx, block_indent) if rest.startswith((">-", "|-")) else None
+                if one is not None:  # ``bundle: >-`` + one line: that line is the value
+                    _yaml_value(t, kind, key, maps, one, siblings,
+                                (bool(dash), t.text[one[0]:one[1]], azure_aliases, only_image_keys))
+            elif key and rest[:1] in "\"'":
+                _yaml_continued(t, kind, key, maps.parents(), lines, idx, ls + len(line) - len(rest),
+                                (bool(dash), azure_aliases, only_image_keys))
             continue
         s, e, quote = sc
         value = line[s:e]
@@ -740,6 +816,50 @@ def _scan_yaml(t: _Text, kind: str, only_image_keys: bool = False) -> list[HelmI
     return helm
 
 
+_GITLAB_PROXY = re.compile(r"\$(?:CI_DEPENDENCY_PROXY_(?:DIRECT_)?GROUP_IMAGE_PREFIX|\{CI_DEPENDENCY_PROXY_(?:DIRECT_)?GROUP_IMAGE_PREFIX\})/")
+
+
+def _block_single_line(lines: list[tuple[int, int, str]], idx: int, indent: int) -> tuple[int, int] | None:
+    """The span of the one content line of the block scalar opened on ``lines[idx]``; None for 0 or 2+ lines."""
+    found: tuple[int, int] | None = None
+    for _, ls, line in lines[idx + 1:]:
+        stripped = line.strip()
+        if stripped and len(line) - len(line.lstrip(" \t")) <= indent:
+            break
+        if not stripped:
+            continue
+        if found is not None:
+            return None
+        lead = len(line) - len(line.lstrip(" \t"))
+        found = (ls + lead, ls + lead + len(stripped))
+    return found
+
+
+_CONTINUATION = re.compile(r"\\\r?\n[ \t]*")
+
+
+def _yaml_continued(t: _Text, kind: str, key: str, parents: list[str], lines: list[tuple[int, int, str]], idx: int,
+                    start: int, rule_args: tuple[bool, set[str], bool]) -> None:
+    """A quoted image value continued over lines with ``\\`` (Drone's ``image: "node:10\\`` + ``@sha256:..."``):
+    found, judged by what it reads as, never rewritten in place (``indirect`` with no definition: a person pins it)."""
+    quote = t.text[start]
+    close = t.text.find(quote, start + 1)
+    last = lines[min(idx + 6, len(lines) - 1)]
+    if close == -1 or close > last[1] + len(last[2]):
+        return
+    raw = t.text[start + 1:close]
+    value = _CONTINUATION.sub("", raw)
+    if "\n" in value or value == raw:
+        return
+    dash, aliases, only_image_keys = rule_args
+    rule = _yaml_rule(kind, key, parents, dash, value, aliases, only_image_keys)
+    ref = try_parse_reference(value)
+    if rule is None or rule[1] is not True or ref is None:
+        return
+    s, e = start + 1, close
+    t.hits[(s, e)] = t._found(s, e, None, rule[0] + "(continued-lines)", True, "indirect", ref, None)
+
+
 def _yaml_value(t: _Text, kind: str, key: str | None, maps: _Mappings, span: tuple[int, int],
                 siblings: list[tuple[_Frame, int, int, str]], rule_args: tuple[bool, str, set[str], bool]) -> None:
     """One non-empty YAML scalar at ``span``: a variable definition, a sibling rule's candidate, a reference.
@@ -757,6 +877,11 @@ def _yaml_value(t: _Text, kind: str, key: str | None, maps: _Mappings, span: tup
     rule = _yaml_rule(kind, key, parents, *rule_args)
     if rule is None:
         return
+    if kind == "gitlab-ci" and rule[1] is True:
+        pm = _GITLAB_PROXY.match(t.text, s, e)
+        if pm:  # the GitLab Dependency Proxy serves Docker Hub images under this prefix
+            t.emit(pm.end(), e, rule[0] + "+dependency-proxy", True)
+            return
     if rule[1] is None or isinstance(rule[1], str):
         t.emit(s, e, rule[0], False, classification=rule[1] or "not-an-image")
     else:
@@ -777,7 +902,7 @@ def _yaml_siblings(t: _Text, siblings: list[tuple[_Frame, int, int, str]]) -> No
 # --------------------------------------------------------------------------------------------
 # Dockerfile, Jenkinsfile
 
-_DIRECTIVE = re.compile(r"^\ufeff?#[ \t]*(?P<k>[A-Za-z]+)[ \t]*=[ \t]*(?P<v>\S+)[ \t]*$")
+_DIRECTIVE = re.compile(r"^\ufeff?[ \t]*#[ \t]*(?P<k>[A-Za-z]+)[ \t]*=[ \t]*(?P<v>\S+)[ \t]*$")
 _HEREDOC = re.compile(r"<<-?[ \t]*(?P<q>[\"']?)(?P<w>[A-Za-z_][A-Za-z0-9_]*)(?P=q)")
 
 
@@ -816,6 +941,8 @@ def _df_instructions(t: _Text) -> Iterator[tuple[str, int, int]]:
         word_end = lead
         while word_end < len(body) and not body[word_end].isspace():
             word_end += 1
+        while word_end > lead + 1 and body[word_end - 1] == escape:  # ``FROM\`` continues at once
+            word_end -= 1
         instr = body[lead:word_end].upper()
         args = off + word_end
         j = i
@@ -877,6 +1004,8 @@ def _scan_dockerfile(t: _Text) -> None:
     """
     instrs = list(_df_instructions(t))
     stages: set[str] = set()
+    global_args: dict[str, tuple[str, int, int]] = {}
+    stage_vars: dict[str, tuple[str, int, int]] | None = None  # None: before the first FROM
     for instr, a, e in instrs:
         if instr == "FROM":
             words = _df_words(t, a, e)
@@ -889,14 +1018,29 @@ def _scan_dockerfile(t: _Text) -> None:
             instr = words[0][2].upper()
             words = words[1:]
         if instr in ("ARG", "ENV"):
-            line_start = t.starts[t.line_of(a) - 1]
-            _assignment(t, line_start, t.text[line_start:e], "dockerfile:" + instr)
+            scope = global_args if stage_vars is None else stage_vars
+            for name, vs, ve in _df_definitions(t, instr, words):
+                if vs < 0:  # ``ARG NAME``: a global ARG made visible in this stage, else empty
+                    if stage_vars is not None and name in global_args:
+                        scope[name] = global_args[name]
+                    else:
+                        scope.pop(name, None)
+                    continue
+                scope[name] = (t.text[vs:ve], vs, ve)
+                t.define(name, vs, ve)
+                t.scope = scope
+                _definition(t, name, vs, ve, "dockerfile:" + instr)
+                t.scope = None
             continue
         if instr == "FROM":
             img = next((w for w in words if not w[2].startswith("--")), None)
             if img is not None:
+                t.scope = global_args  # FROM sees only the ARGs declared before the first FROM
                 _df_source(t, img[0], img[1], stages, "dockerfile:FROM")
+                t.scope = None
+            stage_vars = {}
             continue
+        t.scope = stage_vars if stage_vars is not None else global_args
         for ws, _, w in words:
             if not w.startswith("--"):
                 break
@@ -908,7 +1052,33 @@ def _scan_dockerfile(t: _Text) -> None:
                     if field_.startswith("from="):
                         _df_source(t, off + 5, off + len(field_), stages, "dockerfile:RUN--mount")
                     off += len(field_) + 1
+        t.scope = None
     _scan_commands(t)
+
+
+def _df_definitions(t: _Text, instr: str, words: list[tuple[int, int, str]]) -> Iterator[tuple[str, int, int]]:
+    """(name, value start, value end) of each variable an ``ARG``/``ENV`` instruction defines.
+
+    ``ARG A=x B="y"`` defines two; ``ARG A`` yields (A, -1, -1); ``ENV NAME value`` (the legacy
+    form) takes the rest of the instruction as the value. Quotes around a value are not part of it.
+    """
+    if instr == "ENV" and len(words) >= 2 and "=" not in words[0][2]:
+        if re.fullmatch(r"[A-Za-z_]\w*", words[0][2]):
+            yield words[0][2], words[1][0], words[-1][1]
+        return
+    for ws, we, w in words:
+        name, eq, value = w.partition("=")
+        if not re.fullmatch(r"[A-Za-z_]\w*", name):
+            continue
+        if not eq:
+            if instr == "ARG":
+                yield name, -1, -1
+            continue
+        vs = ws + len(name) + 1
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            yield name, vs + 1, we - 1
+        else:
+            yield name, vs, we
 
 
 _GROOVY_IMAGE = re.compile(r"\bimage[ \t]*(?::|\()?[ \t]*(['\"])(?P<v>[^'\"\n]*)\1")
@@ -933,11 +1103,123 @@ _JSON_IMAGE = re.compile(r'"image"[ \t]*:[ \t]*"(?P<v>[^"\\\n]*)"')
 _QUADLET_IMAGE = re.compile(r"^[ \t]*Image[ \t]*=[ \t]*(?P<v>[^\s#;]+)[ \t]*$", re.M)
 
 
+_JSON_FEATURES = re.compile(r'"features"[ \t\r\n]*:[ \t\r\n]*\{')
+_JSON_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+
+
 def _scan_devcontainer(t: _Text) -> None:
-    """devcontainer.json: ``"image"``; its ``//`` comments are skipped (the format is JSON with comments)."""
+    """devcontainer.json: ``"image"`` and the OCI features (``"features": {"ghcr.io/org/f/node:1": {...}}``);
+    its ``//`` and ``/* */`` comments are skipped (the format is JSON with comments).
+
+    A feature is an OCI artifact whose install script runs in the build, so it is an ``image``
+    reference; pin writes it as ``name@digest`` (the devcontainer CLI refuses a tag with a digest).
+    Only keys naming a registry (``host.tld/...``) are features of that kind; local (``./f``) and
+    URL features name no registry artifact.
+    """
     for m in _JSON_IMAGE.finditer(t.text):
         if not t.in_comment(m.start(), ("//",)):
             t.emit(m.start("v"), m.end("v"), "devcontainer:image", True)
+    text = t.text
+    for fm in _JSON_FEATURES.finditer(text):
+        if t.in_comment(fm.start(), ("//",)):
+            continue
+        depth, i = 1, fm.end()
+        while i < len(text) and depth > 0:
+            c = text[i]
+            if c == '"':
+                sm = _JSON_STRING.match(text, i)
+                if sm is None:
+                    break
+                after = text[sm.end():sm.end() + 64].lstrip()
+                key = sm.group(0)[1:-1]
+                if depth == 1 and after.startswith(":") and "." in key.split("/", 1)[0] and "/" in key:
+                    t.emit(sm.start() + 1, sm.end() - 1, "devcontainer:feature", True)
+                i = sm.end()
+                continue
+            if text.startswith("//", i):
+                nl = text.find("\n", i)
+                i = len(text) if nl == -1 else nl
+                continue
+            if text.startswith("/*", i):
+                close = text.find("*/", i + 2)
+                i = len(text) if close == -1 else close + 2
+                continue
+            depth += 1 if c == "{" else -1 if c == "}" else 0
+            i += 1
+
+
+_TF_BLOCK = re.compile(r'^[ \t]*(?P<what>resource|data)[ \t]+"(?P<type>[\w-]+)"[ \t]+"[^"]*"[ \t]*\{')
+_TF_ATTR = re.compile(r'^[ \t]*(?P<k>image|name)[ \t]*=[ \t]*"(?P<v>[^"\n]*)"')
+_TF_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+
+
+def _scan_terraform(t: _Text) -> None:
+    """Terraform: the images the Docker and Kubernetes providers pull.
+
+    ``image = "..."`` anywhere inside a ``docker_container``/``docker_service``/``kubernetes_*``
+    block (containers, init containers, job templates); ``name = "..."`` of a ``docker_image``
+    resource and a ``docker_registry_image`` data source (the image read); a ``docker_registry_image``
+    *resource* is the image this configuration pushes (``built-here``). ``image`` in other
+    resources (a cloud VM's boot image) is not an OCI image and is not read. ``"${var.x}"`` values
+    are indirect; bare expressions (``var.image``) hold no text to read.
+    """
+    block: tuple[str, str] | None = None
+    depth = 0
+    for _, ls, line in t.lines():
+        code = line.split("#", 1)[0] if "#" in line and '"' not in line.split("#", 1)[0] else line
+        if code.lstrip().startswith(("//", "#", "/*", "*")):
+            continue
+        if depth == 0:
+            bm = _TF_BLOCK.match(code)
+            if bm:
+                block = (bm.group("what"), bm.group("type"))
+        am = _TF_ATTR.match(code)
+        if am and block is not None:
+            what, typ = block
+            key = am.group("k")
+            s, e = ls + am.start("v"), ls + am.end("v")
+            if key == "image" and typ.startswith(("docker_container", "docker_service", "kubernetes_")):
+                t.emit(s, e, f"terraform:{typ}.image", True)
+            elif key == "name" and depth == 1 and typ == "docker_image" and what == "resource":
+                t.emit(s, e, "terraform:docker_image.name", True)
+            elif key == "name" and depth == 1 and typ == "docker_registry_image":
+                if what == "data":
+                    t.emit(s, e, "terraform:docker_registry_image.name", True)
+                else:
+                    t.emit(s, e, "terraform:docker_registry_image.name", False, classification="built-here")
+        bare = _TF_STRING.sub('""', code)
+        depth += bare.count("{") - bare.count("}")
+        if depth <= 0:
+            depth = 0
+            if "}" in bare:
+                block = None
+
+
+_QUADLET_TRANSPORTS = ("dir:", "docker-archive:", "oci-archive:", "oci:", "containers-storage:", "sif:")
+
+
+def _scan_quadlet(t: _Text) -> None:
+    """Quadlet units (``.container``, ``.image``, ``.volume``): ``Image=`` in any section.
+
+    ``docker://`` and ``docker-daemon:`` prefixes are transports (the reference follows them);
+    local transports (``oci-archive:``, ``containers-storage:``...) name no registry image;
+    ``Image=app.build`` is the image another unit builds here, ``Image=app.image`` names an
+    ``.image`` unit (scanned as a file of its own).
+    """
+    for m in _QUADLET_IMAGE.finditer(t.text):
+        v, s, e = m.group("v"), m.start("v"), m.end("v")
+        if v.startswith(_QUADLET_TRANSPORTS):
+            continue
+        for prefix in ("docker://", "docker-daemon:"):
+            if v.startswith(prefix):
+                s += len(prefix)
+                v = v[len(prefix):]
+        if v.endswith(".build"):
+            t.emit(s, e, "quadlet:Image", False, classification="built-here")
+        elif v.endswith(".image"):
+            t.emit(s, e, "quadlet:Image", False, classification="not-an-image")
+        else:
+            t.emit(s, e, "quadlet:Image", True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -965,8 +1247,9 @@ def scan_text(path: str, text: str, kind: str, env: dict[str, str] | None = None
     elif kind == "devcontainer":
         _scan_devcontainer(t)
     elif kind == "quadlet":
-        for m in _QUADLET_IMAGE.finditer(text):
-            t.emit(m.start("v"), m.end("v"), "quadlet:Image", True)
+        _scan_quadlet(t)
+    elif kind == "terraform":
+        _scan_terraform(t)
     elif kind == "dotenv":
         # only image-named variables: a .env holds secrets too, and no other value is read as a reference
         for _, ls, line in t.lines():
@@ -977,6 +1260,8 @@ def scan_text(path: str, text: str, kind: str, env: dict[str, str] | None = None
         for _, ls, line in t.lines():
             if not line.lstrip().startswith("#"):
                 _assignment(t, ls, line, f"{kind}:assignment")
+        if kind == "shell":
+            _shell_assign_defaults(t)
         _scan_commands(t)
     t.resolve_indirect()
     fs.actions = t.actions
@@ -1025,6 +1310,7 @@ def scan_tree(
         elif out is not None:
             res.mentions.append(out)
     _gitlab_includes(res, root_s)
+    _compose_env_files(res, root_s)
     res.files.sort(key=lambda f: f.path)
     res.skipped.sort(key=lambda s: (s.path, s.line or 0))
     res.mentions.sort()
@@ -1083,6 +1369,140 @@ def _gitlab_includes(res: ScanResult, root: str) -> None:
                 seen.add(rel)
                 res.files[i] = scan_text(rel, res.files[i].text, "gitlab-ci")
                 todo.append(res.files[i])
+
+
+_COMPOSE_CMD = re.compile(r"(?<![\w/.-])(?:docker[ \t]+compose|docker-compose|podman[ \t]+compose|podman-compose)"
+                          r"(?P<args>(?:[ \t]+[^\s;|&#]+)*)")
+_COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
+
+
+def _compose_env_refs(text: str) -> list[str]:
+    """The files a Compose file's services name under ``env_file:`` (a string, a list, or ``- path:`` items)."""
+    out: list[str] = []
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"^(?P<ws>[ \t]*)env_file:[ \t]*(?P<v>.*?)[ \t]*(?:#.*)?$", line)
+        if not m:
+            continue
+        v = m.group("v")
+        if v.startswith("["):
+            out += [x.strip().strip("'\"") for x in v.strip("[]").split(",") if x.strip()]
+            continue
+        if v:
+            out.append(v.strip("'\""))
+            continue
+        indent = len(m.group("ws"))
+        for nxt in lines[i + 1:]:
+            if not nxt.strip() or nxt.lstrip().startswith("#"):
+                continue
+            if len(nxt) - len(nxt.lstrip()) <= indent and not nxt.lstrip().startswith("-"):
+                break
+            im = re.match(r"^[ \t]*(?:-[ \t]+)?(?:path:[ \t]*)?['\"]?(?P<p>[^\s'\"#]+)['\"]?[ \t]*(?:#.*)?$", nxt)
+            if im and not re.match(r"^[ \t]*(?:-[ \t]+)?(?:required|format):", nxt):
+                out.append(im.group("p"))
+    return out
+
+
+def _compose_commands(text: str) -> list[tuple[list[str], list[str]]]:
+    """``[(compose files, env files)]`` of each ``docker compose ... --env-file X [-f F]`` command in ``text``."""
+    out = []
+    for m in _COMPOSE_CMD.finditer(text):
+        words = [w.strip("'\"") for w in m.group("args").split()]
+        files: list[str] = []
+        envs: list[str] = []
+        k = 0
+        while k < len(words):
+            w = words[k]
+            for opt, into in (("--env-file", envs), ("--file", files), ("-f", files)):
+                if w == opt and k + 1 < len(words):
+                    into.append(words[k + 1])
+                    k += 1
+                    break
+                if w.startswith(opt + "=") and opt != "-f":
+                    into.append(w[len(opt) + 1:])
+                    break
+            k += 1
+        if envs:
+            out.append((files, envs))
+    return out
+
+
+def _compose_env_files(res: ScanResult, root: str) -> None:
+    """Env files beyond a Compose project's ``.env``, read the way Compose and its callers use them.
+
+    - ``env_file:`` of a service: the container's environment (not interpolation): the file is
+      scanned for image-named variables like a ``.env``, so a reference it holds is found and pinned;
+    - ``docker compose --env-file X [-f F]`` in a script, Makefile or CI file: X is F's interpolation
+      environment (before its ``.env``), so ``image: ${KICS_IMAGE}`` resolves; X is scanned as well.
+
+    Paths are taken relative to the naming file's folder, then the repository root; files outside the
+    repository and symlinks are never read.
+    """
+    env = _EnvFiles(res, root)
+    env_for: dict[str, dict[str, str]] = {}
+    for fs in list(res.files):
+        base = os.path.dirname(fs.path)
+        if fs.kind == "compose":
+            for name in _compose_env_refs(fs.text):
+                env.read(base, name)
+        if fs.kind == "dotenv" or "compose" not in fs.text:
+            continue
+        for files, envs in _compose_commands(fs.text):
+            values: dict[str, str] = {}
+            for name in envs:
+                for k, v in env.read(base, name).items():
+                    values.setdefault(k, v)
+            targets = [env.locate(base, f) for f in files] if files else \
+                [env.locate(base, n) or env.locate("", n) for n in _COMPOSE_NAMES]
+            for rel in targets if values else ():
+                if rel is not None:
+                    merged = env_for.setdefault(rel, {})
+                    for k, v in values.items():
+                        merged.setdefault(k, v)
+    for rel, values in env_for.items():
+        i = env.by_path.get(rel)
+        if i is not None and res.files[i].kind == "compose":
+            folder = os.path.dirname(os.path.join(root, rel))
+            res.files[i] = scan_text(rel, res.files[i].text, "compose", env={**read_dotenv(folder), **values})
+
+
+class _EnvFiles:
+    """Env files named by Compose files and commands: located inside the repository, scanned once as dotenv."""
+
+    def __init__(self, res: ScanResult, root: str) -> None:
+        self.res = res
+        self.root = root
+        self.root_real = os.path.realpath(root)
+        self.by_path = {fs.path: i for i, fs in enumerate(res.files)}
+
+    def locate(self, base: str, name: str) -> str | None:
+        """``name`` relative to ``base`` (then the root) as a repository path; None outside it, for symlinks, or missing."""
+        if "$" in name or name.startswith("/"):
+            return None
+        for folder in (base, ""):
+            rel = os.path.normpath(os.path.join(folder, name)).replace(os.sep, "/")
+            full = os.path.join(self.root, rel)
+            if rel.startswith("../") or not os.path.realpath(full).startswith(self.root_real + os.sep):
+                continue
+            if os.path.isfile(full) and not os.path.islink(full):
+                return rel
+        return None
+
+    def read(self, base: str, name: str) -> dict[str, str]:
+        """The variables of env file ``name`` (empty when it cannot be read); scanned into the result once."""
+        rel = self.locate(base, name)
+        if rel is None:
+            return {}
+        data = _read_capped(os.path.join(self.root, rel))
+        if not isinstance(data, bytes) or b"\0" in data:
+            return {}
+        text = data.decode("utf-8", "replace")
+        if rel not in self.by_path:
+            self.by_path[rel] = len(self.res.files)
+            self.res.files.append(scan_text(rel, text, "dotenv"))
+            if rel in self.res.mentions:  # an unrecognised file naming a needle: recognised now
+                self.res.mentions.remove(rel)
+        return _parse_dotenv(text)
 
 
 def _symlink_skip(rel: str, path: str, root_real: str) -> ScanSkip | None:
@@ -1147,8 +1567,13 @@ def read_dotenv(folder: str) -> dict[str, str]:
     data = _read_capped(os.path.join(folder, ".env"))
     if not isinstance(data, bytes):
         return {}
+    return _parse_dotenv(data.decode("utf-8", "replace"))
+
+
+def _parse_dotenv(text: str) -> dict[str, str]:
+    """``KEY=value`` lines of an env file (quotes removed, first definition wins)."""
     out: dict[str, str] = {}
-    for line in data.decode("utf-8", "replace").splitlines():
+    for line in text.splitlines():
         m = _DOTENV.match(line)
         if m and not line.lstrip().startswith("#"):
             v = m.group(2)

@@ -19,6 +19,7 @@ from digestguard.inventory import Inventory
 from digestguard.markdown import mrkdwn
 from integrations.slack import SlackClient
 from tasks.watch.events import (
+    ActionTagMovedEvent,
     DriftEvent,
     MaliciousEvent,
     NetworkHitEvent,
@@ -77,6 +78,12 @@ def _event_detail(ev: Any) -> str:
                 f"before: `{ev.before or 'first seen'}`\n"
                 f"pushed: {ev.pushed_at.isoformat() if ev.pushed_at else 'unknown'} by {ev.pushed_by or 'unknown'}\n{inc}\n"
                 "Do not pull it; pin the previous digest.")
+    if isinstance(ev, ActionTagMovedEvent):
+        used = "\n".join(f"• `{u}`" for u in ev.used_in[:10])
+        return (f"tag `{ev.tag}` of `{ev.repository}` moved (force-pushed) since first seen\n"
+                f"before: `{ev.before}`\nafter:  `{ev.after}`\n"
+                + ("A release tag should never move: pin the first-seen commit by SHA.\n" if ev.severity == "critical"
+                   else "A floating tag moves with releases: check the new commit.\n") + used)
     if isinstance(ev, SignatureEvent):
         return f"`{ev.reference}@{ev.digest}` is *{ev.status}*: {ev.reason}"
     if isinstance(ev, SourceDownEvent):

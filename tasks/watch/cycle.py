@@ -10,6 +10,8 @@ re-alerts. Per cycle, :func:`watch_cycle` turns what changed into typed events:
 * :class:`MaliciousEvent`   a tag now names a digest an advisory pack lists (the caller starts a dry-run incident)
 * :class:`SignatureEvent`   a new digest is unsigned, or its cosign signature does not verify against the pinned key
 * :class:`NetworkHitEvent`  a network log grew a line naming an advisory indicator (only new bytes are read)
+* :class:`ActionTagMovedEvent` a tag of a GitHub Action the watched repositories use points elsewhere than
+  when first seen (``include_repositories``; the GitHub API through the inventory's github repository)
 * :class:`SourceDownEvent` / :class:`SourceRecoveredEvent`  once per outage of a registry, image, log or API
 
 Nothing here posts or starts anything: :func:`run_watch` loops cycles and
@@ -43,8 +45,10 @@ from digestguard.inventory import Inventory, NetworkLogSource
 from digestguard.timeutil import now
 from integrations.cosign import RegistrySignatureSource, SignatureCheck, verify_signature
 from integrations.registry import Resolution, resolve_many
+from tasks.provenance import is_release_tag, tag_moves
 from tasks.watch.alerts import Alert
 from tasks.watch.events import (
+    ActionTagMovedEvent,
     AllowedChange,
     CycleReport,
     DriftEvent,
@@ -63,6 +67,7 @@ from tasks.watch.sources import (
     compile_indicators,
     dockerhub_push_info,
     follow_log,
+    github_tags_source,
     inventory_targets,
     load_packs,
     log_files,
@@ -166,6 +171,7 @@ def watch_cycle(
     push_info: PushInfoSource | None = None,
     concurrency: int = 64,
     check_children: bool = True,
+    github: Any | None = None,
 ) -> CycleReport:
     """One watch cycle: resolve every watched tag, compare, verify, follow logs; return the events.
 
@@ -173,7 +179,9 @@ def watch_cycle(
     the malicious digests and network indicators. ``registries`` is reused
     across cycles by :func:`run_watch`; one is made (and closed) here when
     omitted. ``push_info`` answers who/when for moved tags (default: the
-    Docker Hub API for ``docker.io`` references).
+    Docker Hub API for ``docker.io`` references). ``github`` (a client with
+    ``list_tags(owner, repo)``; default: the inventory's first github repository's
+    API) lists the tags of the actions the repositories use, with ``include_repositories``.
 
     The state is updated before returning: a digest is remembered once its
     events are in the report, so the same change is never alerted twice.
@@ -190,16 +198,27 @@ def watch_cycle(
     if push_info is None:
         own_push, found = _default_push_info(inventory)
         push_info = own_push
+    own_github = None
     try:
-        targets, found_targets = _targets(inventory, include_repositories)
+        actions: dict[str, list[str]] = {}
+        targets, found_targets = _targets(inventory, include_repositories, actions)
         cycle = _Cycle(inventory, state, packs, pool, push_info, concurrency, check_children)
         found.merge(found_targets).merge(_check_images(cycle, targets)).merge(_follow_logs(cycle))
+        if actions:
+            if github is None:
+                github, found_gh = _default_github(inventory)
+                own_github = github
+                found.merge(found_gh)
+            if github is not None:
+                found.merge(_action_tags(state, github, actions))
         found.events += _outage_events(state, found)
     finally:
         if own_pool:
             pool.close()
         if own_push is not None:
             own_push.close()
+        if own_github is not None:
+            own_github.close()
     return CycleReport(started_at=started, finished_at=now(), references=len(targets), events=found.events,
                        notes=found.notes, allowed=found.allowed, **found.counts)
 
@@ -212,13 +231,48 @@ def _default_push_info(inventory: Inventory) -> tuple[PushInfoSource | None, Fou
         return None, Found(failed={"push info docker hub": _error_text(e)})
 
 
-def _targets(inventory: Inventory, include_repositories: bool) -> tuple[list[Target], Found]:
-    """The inventory's watched tags, plus (optionally) those found in its repositories."""
+def _default_github(inventory: Inventory) -> tuple[Any | None, Found]:
+    """The GitHub client for action tags, or none and why (a note, or a source down for a bad credential)."""
+    try:
+        client, why = github_tags_source(inventory)
+    except DigestguardError as e:
+        return None, Found(failed={"github action tags": _error_text(e)})
+    return client, Found(notes=[why] if why else [])
+
+
+def _action_tags(state: WatchState, github: Any, actions: dict[str, list[str]]) -> Found:
+    """Tags of each used action repository against the state's first sightings: a move is an event, once
+    (the state keeps the first commit, so the move is reported on the cycle that sees it and not again)."""
+    found = Found()
+    reported = state.reported_action_moves()
+    for repository in sorted(actions):
+        owner, _, name = repository.partition("/")
+        src = f"github {repository} tags"
+        try:
+            tags = github.list_tags(owner, name)
+        except DigestguardError as e:
+            found.failed[src] = _error_text(e)
+            continue
+        found.ok.add(src)
+        found.counts["action_tags"] += len(tags)
+        for tag, before, after in tag_moves(repository, tags, state):
+            if (repository, tag, after) in reported:
+                continue
+            found.events.append(ActionTagMovedEvent(
+                repository=repository, tag=tag, before=before, after=after, used_in=sorted(actions[repository]),
+                severity="critical" if is_release_tag(tag) else "warning"))
+            state.remember_action_move(repository, tag, after)
+    return found
+
+
+def _targets(inventory: Inventory, include_repositories: bool, actions: dict[str, list[str]] | None = None,
+             ) -> tuple[list[Target], Found]:
+    """The inventory's watched tags, plus (optionally) those found in its repositories (and the actions they use)."""
     targets, notes = inventory_targets(inventory)
     found = Found(notes=notes)
     if include_repositories:
         known = {t.key for t in targets}
-        more, failures = repository_targets(inventory)
+        more, failures = repository_targets(inventory, actions)
         found.failed.update(failures)
         found.ok.update(f"repository {r.name}" for r in inventory.repositories if f"repository {r.name}" not in failures)
         targets += [t for t in more if t.key not in known]

@@ -114,6 +114,26 @@ class NetworkHitEvent(_Event):
         return f"network indicator {self.indicator} ({', '.join(self.advisories)}) in {self.path}:{self.line}"
 
 
+class ActionTagMovedEvent(_Event):
+    """A tag of a GitHub Action the watched repositories use points at another commit than when first seen.
+
+    A full version tag (``v1.2.3``) that moves is a force-push (the trivy-action attack moved 75 of
+    them): critical. A floating tag (``v4``) moves with every release: a warning, so it is seen.
+    """
+
+    kind: Literal["action-tag-moved"] = "action-tag-moved"
+    severity: Severity = "critical"
+    repository: str
+    tag: str
+    before: str
+    after: str
+    used_in: list[str] = Field(default_factory=list, description="repository:path:line of the uses that name it")
+
+    def summary(self) -> str:
+        where = f" (used in {', '.join(self.used_in[:3])}{'…' if len(self.used_in) > 3 else ''})" if self.used_in else ""
+        return f"action tag moved: {self.repository}@{self.tag} {self.before[:12]} -> {self.after[:12]}{where}"
+
+
 class SourceDownEvent(_Event):
     """A source (registry, image, log, API) failed; said once per outage."""
 
@@ -140,7 +160,8 @@ class SourceRecoveredEvent(_Event):
 
 
 WatchEvent = Annotated[
-    Union[DriftEvent, MaliciousEvent, SignatureEvent, NetworkHitEvent, SourceDownEvent, SourceRecoveredEvent],
+    Union[DriftEvent, MaliciousEvent, SignatureEvent, NetworkHitEvent, ActionTagMovedEvent, SourceDownEvent,
+          SourceRecoveredEvent],
     Field(discriminator="kind"),
 ]
 WATCH_EVENT: TypeAdapter[Any] = TypeAdapter(WatchEvent)
@@ -163,6 +184,7 @@ class CycleReport(Model):
     resolved: int = 0
     unchanged: int = 0
     first_seen: int = 0
+    action_tags: int = 0
     allowed: list[AllowedChange] = Field(default_factory=list)
     signatures_checked: int = 0
     log_files: int = 0

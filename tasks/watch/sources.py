@@ -114,11 +114,13 @@ def inventory_targets(inventory: Inventory, include_repositories: bool = False) 
     return list(out.values()), notes
 
 
-def repository_targets(inventory: Inventory) -> tuple[list[Target], dict[str, str]]:
+def repository_targets(inventory: Inventory, actions: dict[str, list[str]] | None = None,
+                       ) -> tuple[list[Target], dict[str, str]]:
     """Tagged, unpinned image references found in the inventory's repositories (``certain`` hits only).
 
     Returns ``(targets, failures)`` where failures maps ``repository NAME`` to
-    the reason its checkout could not be scanned.
+    the reason its checkout could not be scanned. ``actions``, when given, is filled with
+    ``{owner/repo: ["REPOSITORY:path:line", ...]}`` of every GitHub Action the checkouts use.
     """
     out: dict[str, Target] = {}
     failures: dict[str, str] = {}
@@ -129,6 +131,9 @@ def repository_targets(inventory: Inventory) -> tuple[list[Target], dict[str, st
             failures[f"repository {repo.name}"] = str(e)
             continue
         for fs in res.files:
+            if actions is not None:
+                for a in fs.actions:
+                    actions.setdefault(a.repository, []).append(f"{repo.name}:{a.path}:{a.line}")
             # the scanner's one classification: images, and what resolvable indirect references pull
             refs = [f.target for f in fs.found if f.classification in ("image", "indirect") and f.target is not None]
             for h in fs.helm:
@@ -393,3 +398,15 @@ def _read_appended(path: Path, st: os.stat_result, since: LogPosition | None, in
             lines += n
             offset += len(chunk)
     return raw, LogPosition(offset, lines, st.st_ino), offset - start
+
+
+def github_tags_source(inventory: Inventory) -> tuple[Any | None, str | None]:
+    """``(client, None)``: an ``integrations.github.GitHubClient`` for the first ``github`` repository of the
+    inventory (its ``api_url`` and ``token``), for watching action tags; ``(None, why)`` when there is none."""
+    from integrations.github import DEFAULT_API_URL, GitHubClient
+
+    entry = next((r for r in inventory.repositories if r.kind == "github"), None)
+    if entry is None:
+        return None, "action tags not watched: no github repository in the inventory"
+    token = resolve(entry.token, f"repository {entry.name} token") or ""
+    return GitHubClient(token, api_url=entry.api_url or DEFAULT_API_URL, max_retries=2), None

@@ -52,6 +52,8 @@ CREATE TABLE IF NOT EXISTS log_positions(path TEXT PRIMARY KEY, offset INTEGER N
 CREATE TABLE IF NOT EXISTS outages(source TEXT PRIMARY KEY, since TEXT NOT NULL, error TEXT);
 CREATE TABLE IF NOT EXISTS action_tags(repository TEXT NOT NULL, tag TEXT NOT NULL, commit_sha TEXT NOT NULL,
     first_seen TEXT NOT NULL, PRIMARY KEY(repository, tag));
+CREATE TABLE IF NOT EXISTS action_moves(repository TEXT NOT NULL, tag TEXT NOT NULL, commit_sha TEXT NOT NULL,
+    reported_at TEXT NOT NULL, PRIMARY KEY(repository, tag, commit_sha));
 CREATE TABLE IF NOT EXISTS pending_alerts(id INTEGER PRIMARY KEY AUTOINCREMENT, event TEXT NOT NULL, queued_at TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0);
 """
@@ -110,6 +112,11 @@ class WatchState(AbstractContextManager["WatchState"]):
             [(r, d, at, at) for r, d in changes.items()],
         )
 
+    def digest_first_seen(self, digest: str) -> datetime | None:
+        """When the watch first saw a reference at ``digest`` (it was pushed at or before then); None if never."""
+        row = self._db.execute("SELECT min(changed_at) FROM digests WHERE digest = ?", (digest.lower(),)).fetchone()
+        return parse_time(row[0]) if row and row[0] else None
+
     # -- action tags (the commit each tag pointed at when first seen: a later move is a force-push)
 
     def action_tags(self, repository: str) -> dict[str, str]:
@@ -122,6 +129,14 @@ class WatchState(AbstractContextManager["WatchState"]):
         at = _stamp(when)
         self._write("INSERT OR IGNORE INTO action_tags(repository, tag, commit_sha, first_seen) VALUES(?, ?, ?, ?)",
                     [(repository.lower(), t, sha.lower(), at) for t, sha in tags.items()])
+
+    def reported_action_moves(self) -> set[tuple[str, str, str]]:
+        """``{(repository, tag, commit)}`` moves the watch already alerted (a tag moving again is new)."""
+        return {tuple(r) for r in self._db.execute("SELECT repository, tag, commit_sha FROM action_moves")}  # type: ignore[misc]
+
+    def remember_action_move(self, repository: str, tag: str, commit: str) -> None:
+        self._write("INSERT OR IGNORE INTO action_moves(repository, tag, commit_sha, reported_at) VALUES(?, ?, ?, ?)",
+                    [(repository.lower(), tag, commit.lower(), _stamp())])
 
     # -- signatures
     def signatures(self) -> dict[str, tuple[str, str]]:

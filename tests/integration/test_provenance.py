@@ -90,3 +90,19 @@ def test_pin_writes_sha_and_version_comment_replacing_the_old_one(tmp_path: Path
     assert f"uses: aquasecurity/trivy-action@{safe} # 0.35.0\n" in text
     assert f"uses: aquasecurity/trivy-action@{safe} # 0.35.0  # moving branch\n" in text  # a note is kept
     assert plan_pins(tmp_path, trivy).changes == []
+
+
+@pytest.mark.parametrize("comment,judged", [
+    ("# v1.0.0", True), ("# tag=v1.0.0", True), ("# renovate: tag=v1.0.0", True), ("# pin @v1.0.0", True),
+    ("# @v1.0.0", True), ("# ratchet:acme/setup-tool@v1.0.0", True), ("#v1.0.0", True),
+    ("# v1.0.0 pinned by the platform team", True),
+    # not a version: not judged (no comment-mismatch for prose or markers)
+    ("# needed for the 2.1.0 migration", False), ("# ratchet:exclude", False), ("# keep", False),
+])
+def test_version_comment_forms_pinning_tools_write(tmp_path: Path, github, comment: str, judged: bool):
+    """The comment forms Renovate, pinact and ratchet write; a wrong version in any of them is a mismatch."""
+    client = GitHubClient(DEFAULT_TOKEN, api_url=github.url)
+    _workflow(tmp_path, f"acme/setup-tool@{V1} {comment}", f"acme/setup-tool@{V2} {comment}")
+    found = [(f.line, f.kind) for f in check_actions(tmp_path, client)]
+    # V1 is what v1.0.0 points at; V2 is not: exactly the second use is a mismatch when the comment names a version
+    assert found == ([(5, "comment-mismatch")] if judged else [])

@@ -156,3 +156,140 @@ def test_pin_never_proposes_a_quarantined_digest_and_says_why(tmp_path: Path):
 def test_update_model_round_trips():
     u = Update(path="a", line=1, kind="image", name="docker.io/library/alpine", reference="alpine@x", new=NEW)
     assert Update.model_validate(u.model_dump()) == u
+
+
+# ------------------------------------------------------------------ image push times (issue 17)
+# Docker Hub's API is tests/fakes/dockerhub.py (a local server speaking hub.docker.com's documented
+# /v2/namespaces/{ns}/repositories/{repo}/tags wire format to integrations.dockerhub.DockerHub);
+# the registry is the real Debian docker-registry (tests/support/registry.py); the watch state is
+# the real SQLite file.
+
+@pytest.fixture()
+def hub():
+    from tests.fakes.dockerhub import start_dockerhub
+
+    srv = start_dockerhub()
+    yield srv
+    srv.stop()
+
+
+def _times(**kw):
+    from tasks.quarantine import ImagePushTimes
+
+    return ImagePushTimes(**kw)
+
+
+def test_docker_hub_push_time_refuses_the_attackers_digest_update_and_passes_a_legitimate_one(repo: Path, hub):
+    """The tag was overwritten at 13:05 on April 22: the digest update a bot proposes is the attacker's."""
+    from integrations.dockerhub import DockerHub
+
+    hub.add_tag("checkmarx/kics", "latest", NEW, "2026-04-22T13:05:00Z", platforms={"linux/amd64": "sha256:" + "4" * 64})
+    (repo / "Dockerfile").write_text(f"FROM checkmarx/kics:latest@{NEW}\nFROM alpine:3.20@{OLD}\n")
+    with DockerHub(api_url=hub.url) as client:
+        times = _times(hub=client)
+        refused, _ = check_updates(updates_since(repo, "main"), [KICS], pushed_at=times.for_update)
+        assert len(refused) == 1
+        assert "pushed 2026-04-22 13:05Z (Docker Hub (latest)) inside kics-2026-04's window" in refused[0].reason
+        # a legitimate update: the digest of a tag pushed in March (found by listing the tags)
+        legit = "sha256:" + "5" * 64
+        hub.add_tag("checkmarx/kics", "v2.1.19", legit, "2026-03-03T09:00:00Z")
+        (repo / "Dockerfile").write_text(f"FROM checkmarx/kics:latest@{legit}\nFROM alpine:3.20@{OLD}\n")
+        assert check_updates(updates_since(repo, "main"), [KICS], pushed_at=times.for_update) == ([], [])
+        # a platform digest is matched through the tag's images (its own last_pushed)
+        assert [t.source for t in times(ref=load_ref("checkmarx/kics:latest"), digest="sha256:" + "4" * 64)] == [
+            "Docker Hub (latest)"]
+
+
+def load_ref(text: str):
+    from digestguard.reference import parse_reference
+
+    return parse_reference(text)
+
+
+def test_a_hub_that_does_not_answer_fails_closed_and_says_so(repo: Path):
+    from integrations.dockerhub import DockerHub
+
+    (repo / "Dockerfile").write_text(f"FROM checkmarx/kics:latest@{NEW}\nFROM alpine:3.20@{OLD}\n")
+    with DockerHub(api_url="http://127.0.0.1:9", max_retries=0, timeout=2) as client:
+        times = _times(hub=client)
+        refused, _ = check_updates(updates_since(repo, "main"), [KICS], pushed_at=times.for_update)
+    assert len(refused) == 1 and "when this was pushed is unknown" in refused[0].reason
+    assert times.errors and "checkmarx/kics" in times.errors[0]
+
+
+def test_watch_first_seen_is_an_upper_bound(repo: Path, tmp_path: Path):
+    """Seen before the window: pushed before it (passes). Seen inside: cannot be ruled out (refused).
+    Seen only after the window opened and no other source: unknown (fails closed)."""
+    from tasks.watch.state import WatchState
+
+    (repo / "Dockerfile").write_text(f"FROM checkmarx/kics:latest@{NEW}\nFROM alpine:3.20@{OLD}\n")
+    with WatchState(tmp_path / "w.sqlite") as st:
+        times = _times(state=st)
+        refused, _ = check_updates(updates_since(repo, "main"), [KICS], pushed_at=times.for_update)
+        assert "unknown" in refused[0].reason  # never seen
+        st.record_digests({"docker.io/checkmarx/kics:latest": NEW}, when=datetime(2026, 4, 22, 13, 0, tzinfo=timezone.utc))
+        refused, _ = check_updates(updates_since(repo, "main"), [KICS], pushed_at=times.for_update)
+        assert "first seen 2026-04-22 13:00Z (first seen by the watch) inside kics-2026-04's window" in refused[0].reason
+    with WatchState(tmp_path / "w2.sqlite") as st:
+        st.record_digests({"docker.io/checkmarx/kics:v2.1.19": NEW}, when=datetime(2026, 3, 10, tzinfo=timezone.utc))
+        assert check_updates(updates_since(repo, "main"), [KICS], pushed_at=_times(state=st).for_update) == ([], [])
+
+
+def test_registry_config_created_time(registry, tmp_path: Path):
+    """The real registry: a single image's config ``created`` and an index's first linux child's."""
+    from digestguard.reference import ImageReference
+    from integrations.registry import RegistryClient
+    from tests.support.registry import push_image, put_manifest
+
+    one = push_image(registry.base_url, "checkmarx/kics", "created-one", created="2026-04-22T14:00:00Z")
+    child = push_image(registry.base_url, "checkmarx/kics", None, created="2026-03-01T08:00:00Z")
+    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
+        {"mediaType": child.media_type, "digest": child.digest, "size": len(child.manifest),
+         "platform": {"os": "linux", "architecture": "amd64"}}]}).encode()
+    idx = put_manifest(registry.base_url, "checkmarx/kics", "created-index", index, "application/vnd.oci.image.index.v1+json")
+    bare = push_image(registry.base_url, "checkmarx/kics", "no-created")
+    with RegistryClient("docker.io", base_url=registry.base_url) as client:
+        times = _times(registry=lambda host: client)
+        ref = ImageReference("docker.io", "checkmarx/kics", "x", None)
+        got = times(ref, one.digest)
+        assert [(t.at, t.source) for t in got] == [(datetime(2026, 4, 22, 14, 0, tzinfo=timezone.utc),
+                                                     "image config created (set by the builder)")]
+        assert times(ref, idx)[0].at == datetime(2026, 3, 1, 8, 0, tzinfo=timezone.utc)
+        assert times(ref, bare.digest) == []  # no created: no answer from this source
+        assert times(ref, "sha256:" + "9" * 64) == [] and times.errors  # unknown digest: an error, not a time
+
+
+def test_cli_check_updates_with_hub_and_github_stand_ins(repo: Path, hub, github, monkeypatch, tmp_path: Path):
+    """The Done-when flow: an advisory image's digest update pushed inside the window is refused (exit 1),
+    an action SHA pushed inside the window too; updates pushed before the window pass (exit 0)."""
+    monkeypatch.setenv("GITHUB_TOKEN", DEFAULT_TOKEN)
+    hub.add_tag("checkmarx/kics", "latest", NEW, "2026-04-22T13:05:00Z")
+    legit = "sha256:" + "5" * 64
+    hub.add_tag("checkmarx/kics", "v2.1.19", legit, "2026-03-03T09:00:00Z")
+    args = ["lint", str(repo), "--json", "--check-updates", "main", "--github-api", github.url,
+            "--dockerhub-api", hub.url, "--no-registry-times"]
+    (repo / "Dockerfile").write_text(f"FROM checkmarx/kics:latest@{NEW}\nFROM alpine:3.20@{OLD}\n")
+    (repo / ".github/workflows/ci.yml").write_text(
+        f"jobs:\n  a:\n    steps:\n      - uses: aquasecurity/trivy-action@{IN_WINDOW} # 0.34.0\n")
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1, r.output
+    got = {(o["path"], o["kind"]): o["reason"] for o in json.loads(r.stdout)["offenders"]}
+    assert "Docker Hub" in got[("Dockerfile", "quarantined")]
+    assert "inside trivy-2026-03's window" in got[(".github/workflows/ci.yml", "quarantined")]
+    (repo / "Dockerfile").write_text(f"FROM checkmarx/kics:latest@{legit}\nFROM alpine:3.20@{OLD}\n")
+    (repo / ".github/workflows/ci.yml").write_text(
+        f"jobs:\n  a:\n    steps:\n      - uses: aquasecurity/trivy-action@{SAFE_ACTION} # 0.35.0\n")
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+
+
+def test_pin_refuses_a_resolved_digest_the_hub_says_was_pushed_inside_the_window(tmp_path: Path, hub):
+    from integrations.dockerhub import DockerHub
+
+    resolved = "sha256:" + "3" * 64
+    hub.add_tag("checkmarx/kics", "v2.1.19", resolved, "2026-04-22T14:30:00Z")
+    (tmp_path / "Dockerfile").write_text("FROM checkmarx/kics:v2.1.19\n")
+    with DockerHub(api_url=hub.url) as client:
+        plan = plan_pins(tmp_path, KICS, resolve=lambda r: resolved, pushed_at=_times(hub=client))
+    assert plan.changes == []
+    assert "pushed 2026-04-22 14:30Z (Docker Hub (v2.1.19)) inside kics-2026-04's window" in plan.needs_decision[0].reason
