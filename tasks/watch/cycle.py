@@ -36,10 +36,12 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from digestguard.errors import DigestguardError, InputError, NotFound, RateLimited, Unavailable
 from digestguard.inventory import Inventory, NetworkLogSource
+from digestguard.timeline import Observation
 from digestguard.timeutil import now
 from integrations.cosign import RegistrySignatureSource, SignatureCheck, verify_signature
 from integrations.registry import Resolution, resolve_many
@@ -69,6 +71,7 @@ from tasks.watch.sources import (
     repository_targets,
 )
 from tasks.watch.state import WatchState
+from tasks.watch.timeline import push_observation, record as record_sightings
 
 # ================================================================= what a step finds
 
@@ -238,6 +241,7 @@ def _check_images(cycle: _Cycle, targets: list[Target]) -> Found:
     clients, found = _clients(cycle.pool, sorted({t.ref.registry for t in targets}))
     live = [t for t in targets if t.ref.registry in clients]
     results = resolve_many([t.ref for t in live], concurrency=cycle.concurrency, clients=clients)
+    seen_at = now()
     resolved, found_resolved = _by_host(live, results)
     found.merge(found_resolved).counts["resolved"] += len(resolved)
 
@@ -262,6 +266,42 @@ def _check_images(cycle: _Cycle, targets: list[Target]) -> Found:
         cycle.state.record_digests(changed)
     if verdicts:
         cycle.state.record_signatures(verdicts)
+    return found.merge(_record_timeline(cycle, resolved, seen_at, new, details))
+
+
+def _record_timeline(cycle: _Cycle, resolved: list[tuple[Target, str]], seen_at: datetime, new: list[_Seen],
+                     details: list[_Detail]) -> Found:
+    """This cycle's sightings (and Docker Hub push times of moved tags) into the tag timelines in the journal.
+
+    A push time Hub gives for another digest than the one resolved (a mirror that lags) is not used.
+    The journal being unreachable is a source down: the cycle's alerts still go out.
+    """
+    if not resolved:
+        return Found()
+    obs = [Observation(reference=t.key, digest=d, source="watch", detail=_registry_source(t.ref.registry),
+                       first_at=seen_at, last_at=seen_at) for t, d in resolved]
+    found = Found()
+    for seen, d in zip(new, details, strict=True):
+        push = d.push
+        if push is None or push.pushed_at is None or cycle.push_info is None:
+            continue
+        if push.digest and push.digest != seen.digest:
+            found.notes.append(f"{seen.target.key}: {cycle.push_info.name} names {push.digest[:19]}, the registry "
+                               f"{seen.digest[:19]}: its push time is not used for the timeline")
+            continue
+        p = push_observation(seen.target.key, seen.digest, push.pushed_at, seen_at, cycle.push_info.name)
+        if p is not None:
+            obs.append(p)
+    src = "timeline journal"
+    try:
+        record_sightings(cycle.state.journal(), obs)
+    except DigestguardError as e:
+        found.failed[src] = _error_text(e)
+        return found
+    except Exception as e:  # noqa: BLE001 - sqlite3/psycopg errors below the journal: the watch goes on
+        found.failed[src] = f"{type(e).__name__}: {_error_text(e)}"
+        return found
+    found.ok.add(src)
     return found
 
 

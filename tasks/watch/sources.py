@@ -216,6 +216,7 @@ class PushInfo(Model):
 
     pushed_at: datetime | None = None
     pushed_by: str | None = None
+    digest: str | None = None  # the digest the push-info source says the tag names (None: not said)
 
 
 class PushInfoSource(Protocol):
@@ -249,7 +250,7 @@ class DockerHubPushInfo:
             tag = self.hub.get_tag(f"{DOCKER_HUB}/{name}", ref.effective_tag)
         except NotFound:
             return None  # Hub does not know the tag (yet): "when" and "who" stay unknown, the alert still goes
-        info = PushInfo(pushed_at=tag.tag_last_pushed)
+        info = PushInfo(pushed_at=tag.tag_last_pushed, digest=tag.digest)
         if self.audit and not name.startswith("library/"):
             account = name.split("/", 1)[0]
             try:
