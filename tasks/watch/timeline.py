@@ -242,11 +242,12 @@ def ci_observations(logs: Sequence[JobLog], references: Iterable[str] | None = N
     return out
 
 
-def live_observations(keys: Sequence[str], clients: dict[str, Any], push_info: Any | None = None
+def live_observations(keys: Sequence[str], clients: Any, push_info: Any | None = None
                       ) -> tuple[list[Observation], list[str]]:
     """What the registry serves for each tag now, and (Docker Hub) since when; failures become notes.
 
-    ``clients``: a registry client per host (``RegistryPool.client``); ``push_info``: a ``PushInfoSource``.
+    ``clients``: ``{host: registry client}`` or a function of the host (``RegistryPool.client``);
+    ``push_info``: a ``PushInfoSource``.
     """
     obs: list[Observation] = []
     notes: list[str] = []
@@ -296,3 +297,41 @@ def stored_timeline(journal: Journal, reference: str, *, extra: Iterable[Observa
 def record(journal: Journal, observations: Sequence[Observation], max_gap: timedelta = DEFAULT_MAX_GAP) -> int:
     """Store sightings in the journal (runs extended); returns rows added or extended."""
     return journal.record_tag_observations(list(observations), max_gap.total_seconds()) if observations else 0
+
+
+def current_timeline(inventory: Any, reference: str, *, live: bool = True, max_gap: timedelta = DEFAULT_MAX_GAP,
+                     journal: Journal | None = None) -> tuple[TagTimeline, list[str]]:
+    """What ``digestguard timeline`` prints: the journal's sightings of the tag, plus (``live``) what the registry
+    serves now and Docker Hub's push time, which are stored too. Returns the timeline (as of now) and the notes
+    of every source that could not answer. Raises :class:`InputError` for a reference that names no tag."""
+    from digestguard.errors import InputError
+    from digestguard.reference import parse_reference
+    from tasks.watch.sources import RegistryPool, dockerhub_push_info
+
+    ref = parse_reference(reference, "reference")
+    if ref.digest:
+        raise InputError("reference", f"{reference!r} is pinned to a digest: there is no tag to follow")
+    key = tag_key(ref)
+    own = journal is None
+    j = journal or Journal(inventory.journal_location())
+    notes: list[str] = []
+    try:
+        if live:
+            hub = None
+            try:
+                hub = dockerhub_push_info(inventory) if ref.registry == "docker.io" else None
+            except DigestguardError as e:
+                notes.append(f"docker hub: not asked: {str(e)[:200]}")
+            try:
+                with RegistryPool(inventory, max_retries=1) as pool:
+                    obs, live_notes = live_observations([key], pool.client, hub)
+            finally:
+                if hub is not None:
+                    hub.close()
+            notes += live_notes
+            record(j, obs, max_gap)
+        tl = stored_timeline(j, key, max_gap=max_gap, as_of=now())
+    finally:
+        if own:
+            j.close()
+    return tl, notes
