@@ -469,13 +469,15 @@ class Journal:
 
         A sighting of the digest a source's previous row for the tag shows, within ``max_gap_seconds`` of its
         end and with no other digest seen in between (by any source), extends that row; anything else is a new
-        row. Each tag's rows are written under one lock, so two watchers at the same moment neither lose a
+        row. One transaction under one lock per batch, so two watchers at the same moment neither lose a
         sighting nor split a run twice.
         """
+        ordered = sorted(observations, key=lambda o: (o.reference, o.first_at))
         changed = 0
-        for o in observations:
-            with self._lock, self._db.transaction():
-                self._db.lock(f"digestguard:tag:{o.reference}")
+        with self._lock, self._db.transaction():
+            # one lock for the batch (a lock per tag would fill PostgreSQL's lock table for thousands of tags)
+            self._db.lock("digestguard:tag-timelines")
+            for o in ordered:
                 changed += self._record_tag_observation(o, max_gap_seconds)
         return changed
 

@@ -381,7 +381,7 @@ def _tag_marks(f: _Frame, timelines: Sequence[TagTimeline], malicious: set[str])
         for i, iv in enumerate(shown):
             x0, x1 = f.x(max(iv.start, f.t0)), f.x(min(iv.end, f.t1))
             kind = "hole" if iv.digest is None else "malicious" if iv.digest in malicious else "known"
-            colour = {"hole": "#d0d7de", "malicious": "#cf222e", "known": "#2da44e"}[kind]
+            colour = {"hole": "#d0d7de", "malicious": VERDICT_COLOURS["confirmed"], "known": VERDICT_COLOURS["clear"]}[kind]
             what = iv.digest or f"unknown: {iv.reason}"
             out.append(f'<rect id="tag-{row}-{i}" class="tag-interval {kind}" x="{x0}" y="{y + 2}" '
                        f'width="{max(round(x1 - x0, 2), 1)}" height="12" fill="{colour}"'
@@ -417,7 +417,8 @@ def _legend_marks(f: _Frame) -> list[str]:
               ("clear job", VERDICT_COLOURS["clear"]), ("network hit", _HIT_COLOUR), ("action done", OUTCOME_COLOURS["done"]),
               ("action failed", OUTCOME_COLOURS["failed"])]
     if "tags" in f.lane_y:
-        legend += [("tag: malicious digest", "#cf222e"), ("tag: other digest", "#2da44e"), ("tag: unknown", "#d0d7de")]
+        legend += [("tag: malicious digest", VERDICT_COLOURS["confirmed"]), ("tag: other digest", VERDICT_COLOURS["clear"]),
+                   ("tag: unknown", "#d0d7de")]
     lx, ly = _LEFT, f.height - 14
     out = ['<g class="legend">']
     for label, colour in legend:
