@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -166,3 +167,47 @@ def test_two_watchers_at_the_same_time_keep_one_history(registry, hub, tmp_path)
     assert {r.digest for r in rows} == {pushed.digest} and len(rows) <= 2  # one run (two when both began it at once)
     assert [iv.digest for iv in tl.intervals] == [pushed.digest] and not tl.notes
     assert tl.intervals[0].end - tl.intervals[0].start > timedelta(0)
+
+
+def test_digestguard_assess_judges_a_digest_less_pull_by_what_the_watch_saw(registry, hub, tmp_path):
+    """From outside: the watch records the overwrite, then `digestguard assess` (a separate process) reads the
+    journal and judges two digest-less pulls in a CI log folder: after the push confirmed, before it clear."""
+    from tests.unit.test_assess import gh_log
+
+    inv_path = _inventory(tmp_path, registry, hub)
+    inv = load_inventory(inv_path)
+    start = now() - timedelta(minutes=1)
+    push_index(registry.base_url, REPO, "v2")
+    _cycle(inv, tmp_path)
+    _cycle(inv, tmp_path)
+    last_old = now()
+    time.sleep(2.5)  # a job log's lines span 1.5 s: keep each pull well inside its interval
+    overwrite = now()
+    after = push_index(registry.base_url, REPO, "v2")
+    hub.add_tag(REPO, "v2", after.digest, overwrite.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    time.sleep(2.5)
+    _cycle(inv, tmp_path)
+    _cycle(inv, tmp_path)
+
+    logs = tmp_path / "ci-logs"
+    logs.mkdir()
+    (logs / "before.log").write_text(gh_log(last_old + timedelta(milliseconds=200), f"{REPO}:v2", None))
+    (logs / "after.log").write_text(gh_log(overwrite + timedelta(milliseconds=200), f"{REPO}:v2", None))
+    data = yaml.safe_load(inv_path.read_text())
+    data["ci_logs"] = [{"name": "exported", "kind": "folder", "path": "./ci-logs"}]
+    inv_path.write_text(yaml.safe_dump(data))
+    pack = tmp_path / "pack.yaml"
+    pack.write_text(yaml.safe_dump({
+        "id": "scanner-test", "title": "scanner:v2 overwritten",
+        "images": [{"repository": f"docker.io/{REPO}", "tags_overwritten": ["v2"],
+                    "malicious": [{"digest": after.digest, "source": "test"}]}],
+        "window": {"start": iso_z(start), "source": "test"}}))
+
+    out = _cli("assess", "-a", str(pack), "-i", str(inv_path), "--json", cwd=tmp_path)
+    assert out.returncode == 1, out.stderr  # found
+    rep = json.loads(out.stdout)
+    jobs = {j["job"]: j for j in rep["jobs"]}
+    assert {n: j["verdict"] for n, j in jobs.items()} == {"after.log": "confirmed", "before.log": "clear"}
+    assert jobs["after.log"]["digest"] == after.digest and "docker hub tag_last_pushed" in jobs["after.log"]["reason"]
+    assert any(e.startswith(f"timeline {KEY}") for e in jobs["before.log"]["evidence"])
+    assert [tl["reference"] for tl in rep["tag_timelines"]] == [KEY]
