@@ -211,3 +211,18 @@ def test_digestguard_assess_judges_a_digest_less_pull_by_what_the_watch_saw(regi
     assert jobs["after.log"]["digest"] == after.digest and "docker hub tag_last_pushed" in jobs["after.log"]["reason"]
     assert any(e.startswith(f"timeline {KEY}") for e in jobs["before.log"]["evidence"])
     assert [tl["reference"] for tl in rep["tag_timelines"]] == [KEY]
+
+
+def test_an_unreachable_journal_is_a_source_down_and_the_watch_goes_on(registry, hub, tmp_path, monkeypatch):
+    from tests.support.registry import free_port
+
+    monkeypatch.setenv(JOURNAL_ENV, f"postgresql://watch@127.0.0.1:{free_port()}/nowhere?connect_timeout=2")
+    inv = load_inventory(_inventory(tmp_path, registry, hub))
+    push_index(registry.base_url, REPO, "v2")
+    packs = load_packs(write_pack(tmp_path / "adv", "none").parent)
+    with WatchState.for_inventory(inv) as state:
+        first, second = run_watch(inv, state, cycles=2, packs=packs, **FAST)
+        assert state.digests() == {KEY: state.digests()[KEY]}  # the drift memory was kept
+    (down,) = first.by_kind("source-down")
+    assert down.source == "timeline journal" and ("nowhere" in down.error or "127.0.0.1" in down.error)
+    assert first.resolved == 1 and second.by_kind("source-down") == []  # said once per outage
