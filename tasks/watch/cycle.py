@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 
 from digestguard.errors import DigestguardError, InputError, NotFound, RateLimited, Unavailable
 from digestguard.inventory import Inventory, NetworkLogSource
+from digestguard.reference import DOCKER_HUB
 from digestguard.timeline import Observation
 from digestguard.timeutil import now
 from integrations.cosign import RegistrySignatureSource, SignatureCheck, verify_signature
@@ -144,6 +145,7 @@ class _Lookups:
     child_hit: dict[str, tuple[Pack, str] | None]
     child_err: dict[str, str]
     push_info: PushInfoSource | None
+    first_push: bool = False  # also ask when a first-seen Docker Hub tag was pushed (the start of its timeline)
     sig_cache: dict[tuple[str, str, str], SignatureCheck] = field(default_factory=dict)
 
 
@@ -252,7 +254,9 @@ def _check_images(cycle: _Cycle, targets: list[Target]) -> Found:
     child_hit, child_err = {}, {}
     if cycle.check_children and children_matter:
         child_hit, child_err = _child_matches(clients, new, malicious)
-    look = _Lookups(clients, malicious, child_hit, child_err, cycle.push_info)
+    first_push = cycle.push_info is not None and hasattr(cycle.push_info, "push_time") and \
+        any(r.kind == "dockerhub" for r in cycle.inventory.registries)
+    look = _Lookups(clients, malicious, child_hit, child_err, cycle.push_info, first_push)
     details = _examine_all(look, new)
 
     verdicts: list[tuple[str, str, str, str]] = []
@@ -408,15 +412,28 @@ def _child_matches(clients: dict[str, Any], new: list[_Seen], malicious: dict[st
 
 def _examine_all(look: _Lookups, new: list[_Seen]) -> list[_Detail]:
     """A :class:`_Detail` per item, in order; those needing a request (push facts, signatures) in parallel."""
-    heavy = [i for i, s in enumerate(new) if s.target.public_keys or (s.before is not None and look.push_info is not None)]
+    heavy = [i for i, s in enumerate(new) if s.target.public_keys or (s.before is not None and look.push_info is not None)
+             or _asks_first_push(look, s)]
     details: dict[int, _Detail] = dict(zip(heavy, _parallel(lambda i: _examine(look, new[i]), heavy), strict=True))
     return [details[i] if i in details else _examine(look, s) for i, s in enumerate(new)]
 
 
+def _asks_first_push(look: _Lookups, seen: _Seen) -> bool:
+    """A first-seen Docker Hub tag, with a ``dockerhub`` inventory entry: its push time starts its timeline."""
+    return look.first_push and seen.before is None and seen.target.ref.registry == DOCKER_HUB
+
+
 def _examine(look: _Lookups, seen: _Seen) -> _Detail:
-    """Malicious match and push facts for a moved tag; the signature verdict when the image pins a key."""
+    """Malicious match and push facts for a moved tag (push time only for a first-seen Hub tag); the signature
+    verdict when the image pins a key."""
     t, digest, before = seen
     d = _Detail()
+    if _asks_first_push(look, seen):
+        try:
+            d.push = look.push_info.push_time(t.ref)  # type: ignore[union-attr]
+            d.push_answered = True
+        except DigestguardError as e:
+            d.push_error = _error_text(e)
     if before != digest:
         d.malicious = look.malicious.get(digest) or look.child_hit.get(digest)
         d.children_error = look.child_err.get(digest)

@@ -242,6 +242,16 @@ class DockerHubPushInfo:
         self.audit = audit
         self.name = f"docker hub api {hub.api_url}"
 
+    def push_time(self, ref: ImageReference) -> PushInfo | None:
+        """When the tag was last pushed and which digest Hub says it names (no audit log); None when Hub does not know it."""
+        if ref.registry != DOCKER_HUB:
+            return None
+        try:
+            tag = self.hub.get_tag(f"{DOCKER_HUB}/{ref.repository}", ref.effective_tag)
+        except NotFound:
+            return None
+        return PushInfo(pushed_at=tag.tag_last_pushed, digest=tag.digest)
+
     def push_info(self, ref: ImageReference, digest: str) -> PushInfo | None:
         if ref.registry != DOCKER_HUB:
             return None

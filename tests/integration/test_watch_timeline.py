@@ -226,3 +226,21 @@ def test_an_unreachable_journal_is_a_source_down_and_the_watch_goes_on(registry,
     (down,) = first.by_kind("source-down")
     assert down.source == "timeline journal" and ("nowhere" in down.error or "127.0.0.1" in down.error)
     assert first.resolved == 1 and second.by_kind("source-down") == []  # said once per outage
+
+
+def test_a_first_seen_hub_tag_starts_its_timeline_at_its_push_time(registry, hub, tmp_path):
+    """Docker Hub says when the digest the watch first sees was pushed: the timeline reaches back to it."""
+    inv = load_inventory(_inventory(tmp_path, registry, hub))
+    pushed = push_index(registry.base_url, REPO, "v2")
+    at = now() - timedelta(hours=1)
+    hub.add_tag(REPO, "v2", pushed.digest, at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    _cycle(inv, tmp_path)
+    j = Journal(inv.journal_location())
+    tl = stored_timeline(j, KEY)
+    j.close()
+    (iv,) = tl.intervals
+    assert iv.digest == pushed.digest and abs((iv.start - at).total_seconds()) < 0.01
+    assert iv.start_source.startswith("docker hub tag_last_pushed")
+    assert tl.at(at + timedelta(minutes=30)).digest == pushed.digest and not tl.at(at - timedelta(minutes=1)).known
+    assert any("tags/v2" in path for _, path, _ in hub.calls)
+    assert not any("auditlogs" in path for _, path, _ in hub.calls)  # only the tag's push time, no audit log
