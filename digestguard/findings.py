@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from digestguard.timeline import TagTimeline
+
 Verdict = Literal["compromised", "suspect", "clean", "unknown"]
 JobVerdict = Literal["confirmed", "probable", "clear"]
 CoverageState = Literal["checked", "partial", "unchecked"]
@@ -151,6 +153,7 @@ class ExposureReport(_Model):
     unparsable: dict[str, int] = Field(default_factory=dict, description="lines that could not be parsed, per source")
     errors: list[str] = Field(default_factory=list)
     coverage: list[SourceCoverage] = Field(default_factory=list, description="per CI / network source")
+    tag_timelines: list[TagTimeline] = Field(default_factory=list, description="what each affected tag served, around the window")
 
     def jobs_by(self, verdict: JobVerdict) -> list[ExposedJob]:
         return [j for j in self.jobs if j.verdict == verdict]

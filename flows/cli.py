@@ -217,11 +217,19 @@ def assess_cmd(
 
     from digestguard.advisory import load_advisory
     from digestguard.inventory import load_inventory
+    from digestguard.journal import Journal, is_postgres_url
     from tasks.assess import assess, exposure_markdown
 
-    rep = assess(load_advisory(advisory), load_inventory(inventory), detected_at=datetime.now(timezone.utc),
-                 start_override=_when(window_start, "--window-start"),
-                 end_override=_when(window_end, "--window-end"))
+    inv = load_inventory(inventory)
+    where = inv.journal_location()  # the watch's tag timelines live there (an absent file: none yet)
+    journal = Journal(where) if is_postgres_url(where) or Path(where).exists() else None
+    try:
+        rep = assess(load_advisory(advisory), inv, detected_at=datetime.now(timezone.utc),
+                     start_override=_when(window_start, "--window-start"),
+                     end_override=_when(window_end, "--window-end"), journal=journal)
+    finally:
+        if journal is not None:
+            journal.close()
     _coverage_first(rep.coverage)
     if as_json:
         _echo_json({"verdict": rep.verdict, **rep.model_dump(mode="json")})
@@ -708,6 +716,49 @@ def watch_cmd(
     if as_json:
         _echo_json(summarize(reports))
     raise typer.Exit(1 if any(r.events for r in reports) else 0)
+
+
+@app.command("timeline")
+def timeline_cmd(
+    reference: str = typer.Argument(..., metavar="IMAGE:TAG", help="the tag, e.g. checkmarx/kics:latest"),
+    inventory: Path = typer.Option(..., "--inventory", "-i", help="inventory file (its journal and registries)"),
+    live: bool = typer.Option(True, "--live/--no-live", help="also ask the registry and Docker Hub now (and store it)"),
+    max_gap: float = typer.Option(15.0, "--max-gap", min=0.1,
+                                  help="minutes: sightings further apart leave a hole (the tag may have moved and back)"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object: the intervals and the notes"),
+) -> None:
+    """Which digest a watched tag served over time, from the watch's history, the registry, Docker Hub and CI pulls.
+
+    Unknown stretches (holes) are printed as such. Exit 0 when every source asked answered, 3 when one did not
+    (or nothing is known of the tag), 2 on bad input.
+    """
+    from datetime import timedelta
+
+    from digestguard.inventory import load_inventory
+    from digestguard.timeutil import fmt_utc
+    from tasks.watch.timeline import current_timeline
+
+    try:
+        tl, notes = current_timeline(load_inventory(inventory), reference, live=live, max_gap=timedelta(minutes=max_gap))
+    except InputError as e:
+        _fail(e)
+    incomplete = bool(notes) or not any(iv.known for iv in tl.intervals)
+    if as_json:
+        _echo_json({**tl.model_dump(mode="json"), "source_errors": notes, "complete": not incomplete})
+    else:
+        typer.echo(f"{tl.reference}  (holes where sightings are more than {max_gap:g} min apart; as of {fmt_utc(tl.as_of)})")
+        if not tl.intervals:
+            typer.echo("no evidence about this tag yet: unknown at every time")
+        for iv in tl.intervals:
+            what = iv.digest or f"UNKNOWN ({iv.reason})"
+            typer.echo(f"{fmt_utc(iv.start)} .. {fmt_utc(iv.end)}  {what}")
+            if iv.digest:
+                typer.echo(f"    from: {iv.start_source}; to: {iv.end_source}; evidence: {'; '.join(iv.sources)}")
+        for n in tl.notes:
+            typer.echo(f"note: {n}")
+        for n in notes:
+            typer.echo(f"not answered: {n}", err=True)
+    raise typer.Exit(3 if incomplete else 0)
 
 
 def main() -> None:

@@ -217,7 +217,11 @@ def _detect(r: Response) -> DetectResult:
 
 def _assess(r: Response, window_start: datetime | None, window_end: datetime | None) -> ExposureReport:
     r.report.exposure = exposure = assess_exposure_task(r.advisory, r.inventory, detected_at=r.report.started_at,
-                                                        start_override=window_start, end_override=window_end)
+                                                        start_override=window_start, end_override=window_end,
+                                                        journal=r.journal)
+    if exposure.tag_timelines:
+        r.report = r.report.with_timelines(exposure.tag_timelines, r.advisory)
+        r.journal.event(r.incident, "assess", "tag-timelines", r.report.timelines_journal_detail())
     r.notifier.coverage_note = r.report.coverage_note()
     jobs = f"{len(exposure.jobs_by('confirmed'))} confirmed, {len(exposure.jobs_by('probable'))} probable job(s)"
     r.notifier.stage_update("assess", "done" if exposure.verdict != "incomplete" else "partial",

@@ -19,6 +19,12 @@ Verdicts (per job; the worst of its pulls of an affected image wins):
 * ``clear``: it ran a digest that is not malicious (known-good or otherwise), or
   used the tag outside the window, or used a tag the attacker never wrote.
 
+A pull that logged no digest is looked up in the tag's timeline (``tasks/watch/timeline.py``: the watch's
+sightings, Docker Hub push times and pulls in these same CI logs) at the pull's time: ``confirmed`` when the
+tag served a malicious digest then, ``clear`` when it provably served another digest then (a covered
+interval), and only when the timeline has a hole there does the window decide (``probable`` inside it).
+The evidence names the timeline interval and its sources.
+
 Jobs that never used an affected repository are not listed. Sources that
 cannot be read become lines in ``ExposureReport.errors``, never a silent skip.
 """
@@ -26,7 +32,7 @@ cannot be read become lines in ``ExposureReport.errors``, never a silent skip.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
 from prefect import get_run_logger, task
@@ -46,12 +52,15 @@ from digestguard.findings import (
     coverage_summary,
 )
 from digestguard.inventory import Inventory
+from digestguard.journal import Journal
 from digestguard.markdown import md_cell
 from digestguard.reference import try_parse_reference
+from digestguard.timeline import TagTimeline
 from digestguard.timeutil import fmt_utc, utc
 from tasks.ci_logs import advisory_span, read_ci_sources
 from tasks.scan.ci_secrets import exposed_secrets
 from tasks.sweep.run import sweep_paths
+from tasks.watch.timeline import DEFAULT_MAX_GAP, ci_observations, stored_timeline, tag_key
 
 __all__ = [
     "ExposureWindow",
@@ -62,6 +71,7 @@ __all__ = [
     "exposure_markdown",
     "exposure_window",
     "run_network_sweep",
+    "tag_timelines",
 ]
 
 MAX_EVIDENCE = 6
@@ -172,7 +182,47 @@ def _pull_verdict(p: PullEvent, img: Any, started_at: datetime | None, window: E
     return "clear", f"used tag {tag!r} at {_fmt(when)}, outside the window {_fmt(window.start)} .. {_fmt(window.end)}"
 
 
-def _classify_one(log: JobLog, advisory: Advisory, window: ExposureWindow) -> ExposedJob | None:
+class _TimelineSays(NamedTuple):
+    verdict: JobVerdict
+    reason: str
+    digest: str | None
+    evidence: str
+
+
+def _timeline_verdict(p: PullEvent, img: Any, when: datetime | None, window: ExposureWindow,
+                      timelines: Mapping[str, TagTimeline], malicious: Mapping[str, Any]) -> _TimelineSays | None:
+    """What the tag's timeline says of a digest-less pull of an affected tag at ``when`` (None: no timeline)."""
+    tag = p.effective_tag
+    ref = try_parse_reference(p.name) if p.name else None
+    if ref is None or tag is None or when is None or img is None or tag not in img.affected_tags:
+        return None
+    key = tag_key(ref.__class__(ref.registry, ref.repository, tag, None))
+    tl = timelines.get(key)
+    if tl is None:
+        return None
+    iv = tl.at(when)
+    evidence = f"timeline {key} at {_fmt(when)}: {iv.describe()}"[:400]
+    if iv.digest is None:
+        where = "inside" if window.contains(when) else "outside"
+        verdict: JobVerdict = "probable" if where == "inside" else "clear"
+        return _TimelineSays(verdict, f"used affected tag {tag!r} at {_fmt(when)} with no digest in the log; the tag "
+                                      f"timeline has a hole then ({iv.reason or 'unknown'}), {where} the window", None, evidence)
+    sources = "; ".join(iv.sources) or "timeline"
+    if iv.digest in malicious:
+        reason = (f"pulled {tag!r} at {_fmt(when)} with no digest in the log; the tag timeline shows it served "
+                  f"malicious digest {iv.digest} then ({sources})")
+        if not window.contains(when):
+            reason += f"; OUTSIDE the window {_fmt(window.start)} .. {_fmt(window.end)}: the window is too narrow"
+        return _TimelineSays("confirmed", reason, iv.digest, evidence)
+    kg = img.known_good_for(tag)
+    label = "known-good" if (kg and kg.digest == iv.digest) or any(k.digest == iv.digest for k in img.known_good) \
+        else "non-malicious"
+    return _TimelineSays("clear", f"pulled {tag!r} at {_fmt(when)} with no digest in the log; the tag timeline shows it "
+                                  f"served {label} digest {iv.digest} then ({sources})", iv.digest, evidence)
+
+
+def _classify_one(log: JobLog, advisory: Advisory, window: ExposureWindow,
+                  timelines: Mapping[str, TagTimeline] | None = None) -> ExposedJob | None:
     malicious = advisory.malicious_index()
     affected: list[tuple[PullEvent, Any]] = []
     for p in log.pulls:
@@ -206,36 +256,85 @@ def _classify_one(log: JobLog, advisory: Advisory, window: ExposureWindow) -> Ex
         extra = [(m.line_no, m.line) for m in mentions]
         return base("confirmed", reason, bad, bad[0].reference if bad else img.repository, digest, extra)
 
-    worst: tuple[int, str, PullEvent] | None = None
+    worst: tuple[int, str, PullEvent, _TimelineSays | None] | None = None
     for p, img in affected:
-        verdict, reason = _pull_verdict(p, img, log.started_at, window)
+        said = None if p.digest else _timeline_verdict(p, img, p.at or log.started_at, window, timelines or {}, malicious)
+        verdict, reason = (said.verdict, said.reason) if said else _pull_verdict(p, img, log.started_at, window)
         rank = _ORDER[verdict]
         if worst is None or rank > worst[0]:
-            worst = (rank, reason, p)
+            worst = (rank, reason, p, said)
     assert worst is not None
-    verdict_s: JobVerdict = "probable" if worst[0] == 1 else "clear"
+    verdict_s: JobVerdict = ("clear", "probable", "confirmed")[worst[0]]  # type: ignore[assignment]
     chosen = [p for p, _ in affected if p.name == worst[2].name and (p.tag == worst[2].tag)]
-    return base(verdict_s, worst[1], chosen or [worst[2]], worst[2].reference, worst[2].digest)
+    said = worst[3]
+    job = base(verdict_s, worst[1], chosen or [worst[2]], worst[2].reference, worst[2].digest or (said.digest if said else None))
+    if said is not None:
+        job.evidence.append(said.evidence)
+    return job
 
 
 def classify_jobs(
-    job_logs: Sequence[JobLog], advisory: Advisory, window: ExposureWindow | tuple[Any, ...]
+    job_logs: Sequence[JobLog], advisory: Advisory, window: ExposureWindow | tuple[Any, ...],
+    timelines: Mapping[str, TagTimeline] | None = None,
 ) -> list[ExposedJob]:
     """Every job that used an affected repository (or shows a malicious digest), with its verdict and evidence.
 
-    Ordered confirmed, probable, clear, then by start time and job identity.
+    ``timelines`` (by tag key, ``registry/repository:tag``) decide digest-less pulls where they cover the
+    pull's time. Ordered confirmed, probable, clear, then by start time and job identity.
     """
     w = _as_window(window)
-    out = [j for log in job_logs if (j := _classify_one(log, advisory, w)) is not None]
+    out = [j for log in job_logs if (j := _classify_one(log, advisory, w, timelines)) is not None]
     far = datetime.max.replace(tzinfo=timezone.utc)
     out.sort(key=lambda j: (-_ORDER[j.verdict], j.started_at or far, j.source, j.job))
     return out
 
 
-def _exposed(log: JobLog, advisory: Advisory, window: ExposureWindow) -> bool:
-    """True when the job is confirmed/probable: only then is its definition fetched (saves API calls)."""
-    job = _classify_one(log, advisory, window)
-    return job is not None and job.verdict != "clear"
+def _exposed(log: JobLog, advisory: Advisory, window: ExposureWindow,
+             timelines: Mapping[str, TagTimeline] | None = None) -> bool:
+    """True when the job is confirmed/probable with or without the stored timelines: only then is its definition
+    fetched (saves API calls; the timelines gain the CI logs' own pulls later, so both readings count)."""
+    for tls in (None, timelines) if timelines else (None,):
+        job = _classify_one(log, advisory, window, tls)
+        if job is not None and job.verdict != "clear":
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------- tag timelines
+
+
+def affected_tag_keys(advisory: Advisory) -> list[str]:
+    """``registry/repository:tag`` of every tag the advisory says the attacker wrote."""
+    out: list[str] = []
+    for img in advisory.images:
+        ref = try_parse_reference(img.repository)
+        if ref is None:
+            continue
+        out += [tag_key(ref.__class__(ref.registry, ref.repository, t, None)) for t in img.affected_tags]
+    return list(dict.fromkeys(out))
+
+
+def tag_timelines(journal: Journal, advisory: Advisory, window: ExposureWindow, job_logs: Sequence[JobLog] = (),
+                  max_gap: timedelta = DEFAULT_MAX_GAP) -> dict[str, TagTimeline]:
+    """The timeline of every affected tag: the journal's sightings plus the pulls these CI logs show with a digest.
+
+    Tags nobody has any evidence about are left out (a pull of one stays with the window's verdict).
+    """
+    keys = affected_tag_keys(advisory)
+    ci = ci_observations(job_logs, keys)
+    since = window.start - timedelta(days=1)
+    out: dict[str, TagTimeline] = {}
+    for key in keys:
+        tl = stored_timeline(journal, key, extra=[o for o in ci if o.reference == key], since=since, max_gap=max_gap)
+        if tl.intervals:
+            out[key] = tl
+    return out
+
+
+def _shown(timelines: Mapping[str, TagTimeline], window: ExposureWindow) -> list[TagTimeline]:
+    """The timelines as the report keeps them: a day either side of the window, bounded in size."""
+    end = window.end + timedelta(days=1) if window.end else None
+    return [tl.clip(window.start - timedelta(days=1), end) for _, tl in sorted(timelines.items())]
 
 
 # --------------------------------------------------------------------------- network sweep
@@ -307,6 +406,7 @@ def build_exposure_report(
     unparsable: Mapping[str, int] | None = None,
     errors: Sequence[str] = (),
     coverage: Sequence[SourceCoverage] = (),
+    timelines: Mapping[str, TagTimeline] | None = None,
 ) -> ExposureReport:
     """Combine everything into one ``ExposureReport``.
 
@@ -332,6 +432,7 @@ def build_exposure_report(
     return ExposureReport(
         advisory=advisory.id, window_start=w.start, window_end=w.end, window_source=w.source,
         jobs=list(jobs), secrets=list(secrets), network_hits=hits, unparsable=unp, errors=errs, coverage=cov,
+        tag_timelines=_shown(timelines or {}, w),
     )
 
 
@@ -345,16 +446,24 @@ def assess(
     clients: Mapping[str, Any] | None = None,
     network_hits: Sequence[NetworkHit] | None = None,
     scan_contents: bool = True,
+    journal: Journal | None = None,
 ) -> ExposureReport:
-    """The whole stage: window, CI logs, verdicts, secrets, network sweep -> ``ExposureReport``."""
+    """The whole stage: window, CI logs, verdicts, secrets, network sweep -> ``ExposureReport``.
+
+    ``journal``: where the watch keeps its tag timelines (digest-less pulls are judged by them); without
+    one, such pulls are judged by the window alone.
+    """
     window = exposure_window(advisory, detected_at, start_override, end_override)
+    stored = tag_timelines(journal, advisory, window) if journal is not None else {}
     read = read_ci_sources(inventory, advisory, window, clients=clients,
-                           wants_definition=lambda log: _exposed(log, advisory, window))
-    jobs = classify_jobs(read.jobs, advisory, window)
+                           wants_definition=lambda log: _exposed(log, advisory, window, stored))
+    timelines = tag_timelines(journal, advisory, window, read.jobs) if journal is not None else {}
+    jobs = classify_jobs(read.jobs, advisory, window, timelines)
     secrets, secret_errors = exposed_secrets(jobs, inventory, read.origins, scan_contents=scan_contents)
     return build_exposure_report(advisory, window, jobs, secrets, network_hits=network_hits, inventory=inventory,
                                  unparsable=read.unparsable, errors=read.errors + secret_errors,
-                                 coverage=[read.coverage[e.name] for e in inventory.ci_logs if e.name in read.coverage])
+                                 coverage=[read.coverage[e.name] for e in inventory.ci_logs if e.name in read.coverage],
+                                 timelines=timelines)
 
 
 # --------------------------------------------------------------------------- Markdown
@@ -432,10 +541,11 @@ def assess_exposure_task(
     start_override: datetime | None = None,
     end_override: datetime | None = None,
     scan_contents: bool = True,
+    journal: Journal | None = None,
 ) -> ExposureReport:
     """The assess stage as one coarse Prefect task (it fans out inside). Logs counts, never values."""
     report = assess(advisory, inventory, detected_at=detected_at, start_override=start_override,
-                    end_override=end_override, scan_contents=scan_contents)
+                    end_override=end_override, scan_contents=scan_contents, journal=journal)
     logger = get_run_logger()
     logger.info("assess %s: window %s .. %s; jobs confirmed=%d probable=%d clear=%d; secrets=%d (unmapped %d); "
                 "hits=%d; errors=%d",

@@ -1,7 +1,8 @@
 """The incident report rebuilt from the journal: what the CLI's ``report`` writes when the run's own file is gone.
 
 The journal holds actions, approvals and pull requests, not findings or exposure, so those
-tables come out empty and the report says so.
+tables come out empty and the report says so. The tag timelines assess judged by are journaled
+(``assess``/``tag-timelines`` event) and come back as they were.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from digestguard.advisory import Advisory, Window, load_advisory
 from digestguard.errors import InputError
 from digestguard.findings import ActionOutcome, StageResult
 from digestguard.journal import Entry, Journal
+from digestguard.timeline import TagTimeline
 from digestguard.timeutil import parse_time
 from tasks.report.model import ApprovalRecord, IncidentReport, PullRequestLink
 
@@ -50,6 +52,10 @@ def report_from_journal(journal: Journal, incident: str, advisory: Advisory | No
         window=window, rotate=results.get("rotate"), purge=results.get("purge"), pin=results.get("pin"),
         pull_requests=prs, approvals=approvals, started_at=started_at, finished_at=finished_at, needs_person=[_REBUILT],
     )
+    tl = [e["detail"] for e in events if e["stage"] == "assess" and e["kind"] == "tag-timelines"]
+    if tl:  # the last assess of the run: the timelines it judged by
+        report = report.model_copy(update={"tag_timelines": [TagTimeline.model_validate(t) for t in tl[-1].get("timelines", [])],
+                                           "malicious_digests": list(tl[-1].get("malicious", []))})
     return report.with_journal(journal)
 
 

@@ -20,6 +20,7 @@ from digestguard.advisory import Window
 from digestguard.findings import ExposedJob, NetworkHit
 from digestguard.markdown import html_text
 from digestguard.redact import redact
+from digestguard.timeline import TagTimeline
 from digestguard.timeutil import fmt_utc, now, utc
 from tasks.report.model import ROW_LIMIT, TABLE_TITLES, ActionMark, ApprovalRecord, IncidentReport
 
@@ -154,6 +155,7 @@ def write_report(report: IncidentReport, path: str | Path) -> Path:
 _W, _LEFT, _RIGHT, _TOP = 1300, 150, 30, 46  # canvas width and margins
 _LANES = [("jobs", "CI jobs", 110), ("hits", "Network hits", 70), ("actions", "Response", 130)]  # key, label, height
 _STAGE_ROWS = {"rotate": 0, "purge": 1, "pin": 2}  # rows of the response lane; any other stage goes below them
+_TAG_ROW, MAX_TAG_ROWS, MAX_TAG_MARKS = 26, 8, 60  # a tag timeline's row height; at most 8 tags, 60 intervals each
 _NICE_STEPS = [60, 300, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800, 2592000]
 
 
@@ -165,6 +167,7 @@ class _Frame:
     t1: datetime
     lane_y: dict[str, tuple[float, float]]
     axis_y: float
+    lanes: tuple[tuple[str, str, float], ...] = tuple(_LANES)
 
     @property
     def height(self) -> float:
@@ -183,24 +186,27 @@ class _Frame:
         return round(_LEFT + (_W - _LEFT - _RIGHT) * (utc(t) - self.t0).total_seconds() / self.span, 2)
 
 
-def _frame(times: list[datetime]) -> _Frame:
-    """A frame spanning ``times`` (at least ten minutes, padded by 4% each side), lanes stacked from the top."""
+def _frame(times: list[datetime], tag_rows: int = 0) -> _Frame:
+    """A frame spanning ``times`` (at least ten minutes, padded by 4% each side), lanes stacked from the top
+    (a tag-timeline lane with ``tag_rows`` rows below the others when there are any)."""
     t0, t1 = min(times), max(times)
     if (t1 - t0).total_seconds() < 600:
         t1 = t0 + timedelta(minutes=10)
     pad = (t1 - t0) * 0.04
+    lanes = list(_LANES) + ([("tags", "Tag timelines", 16 + _TAG_ROW * tag_rows)] if tag_rows else [])
     y = _TOP
     lane_y: dict[str, tuple[float, float]] = {}
-    for key, _, h in _LANES:
+    for key, _, h in lanes:
         lane_y[key] = (y, y + h)
         y += h
-    return _Frame(t0=t0 - pad, t1=t1 + pad, lane_y=lane_y, axis_y=y)
+    return _Frame(t0=t0 - pad, t1=t1 + pad, lane_y=lane_y, axis_y=y, lanes=tuple(lanes))
 
 
 def render_timeline_svg(report: IncidentReport) -> str:
     """The incident on one time axis: window band, CI jobs (by verdict), network hits, response actions.
 
     Stable hooks: ``svg#timeline``, ``rect.window``, ``.job.confirmed|probable|clear``, ``.hit``,
+    ``g.tag-timeline`` with ``rect.tag-interval.malicious|known|hole`` (each affected tag's timeline),
     ``.action`` (with the outcome as a second class), ``.approval``; every mark has a ``<title>``.
     Marks without a time are not drawn but counted in a note, so none disappears silently.
     """
@@ -216,7 +222,10 @@ def render_timeline_svg(report: IncidentReport) -> str:
     times += [utc(h.timestamp) for h in hits if h.timestamp]
     times += [utc(a.at) for a in actions if a.at]
     times += [utc(a.at) for a in approvals]
-    f = _frame(times)
+    tags = report.tag_timelines[:MAX_TAG_ROWS]
+    bad = set(report.malicious_digests)
+    times += [utc(iv.start) for tl in tags for iv in tl.intervals if iv.digest in bad]  # the overwrite stays in view
+    f = _frame(times, len(tags))
 
     job_marks, undated_jobs = _job_marks(f, jobs)
     hit_marks, undated_hits = _hit_marks(f, hits)
@@ -228,11 +237,14 @@ def render_timeline_svg(report: IncidentReport) -> str:
         notes.append(f"{undated_hits} network hit(s) without a timestamp")
     if undated_actions:
         notes.append(f"{undated_actions} action(s) without a time")
+    tag_marks = _tag_marks(f, tags, bad)
+    if len(report.tag_timelines) > len(tags):
+        notes.append(f"{len(report.tag_timelines) - len(tags)} more tag timeline(s) not drawn")
     out = [f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_W} {f.height}" width="{_W}" '
            f'height="{f.height}" role="img" aria-labelledby="timeline-title">'
            f'<title id="timeline-title">Timeline of incident {html_text(report.incident)}</title>',
            *_lane_marks(f), *_window_marks(f, w), *_run_marks(f, report), *job_marks, *hit_marks,
-           *_approval_marks(f, approvals), *action_marks, *_axis_marks(f), *_legend_marks(f)]
+           *_approval_marks(f, approvals), *action_marks, *tag_marks, *_axis_marks(f), *_legend_marks(f)]
     if notes:
         out.append(f'<text class="note" x="{f.right_edge}" y="{f.height - 14}" text-anchor="end">'
                    f'{html_text("; ".join(notes))}</text>')
@@ -243,7 +255,7 @@ def render_timeline_svg(report: IncidentReport) -> str:
 def _lane_marks(f: _Frame) -> list[str]:
     """The lanes' bands, alternately shaded, with their labels."""
     out = []
-    for i, (key, label, _) in enumerate(_LANES):
+    for i, (key, label, _) in enumerate(f.lanes):
         y0, y1 = f.lane_y[key]
         out.append(f'<rect class="lane lane-{key}" x="{_LEFT}" y="{y0}" width="{_W - _LEFT - _RIGHT}" height="{y1 - y0}" '
                    f'fill="{"#f6f8fa" if i % 2 == 0 else "#ffffff"}"/>')
@@ -353,6 +365,35 @@ def _action_marks(f: _Frame, actions: Sequence[ActionMark]) -> tuple[list[str], 
     return out, undated
 
 
+def _tag_marks(f: _Frame, timelines: Sequence[TagTimeline], malicious: set[str]) -> list[str]:
+    """A row per affected tag: its intervals clipped to the frame, red where it served a malicious digest,
+    green where another digest, grey and dashed where the timeline has a hole. Each row keeps its newest
+    ``MAX_TAG_MARKS`` intervals inside the frame; ``rect.tag-interval`` carries ``data-digest`` and the evidence."""
+    if not timelines:
+        return []
+    y0, _ = f.lane_y["tags"]
+    out = []
+    for row, tl in enumerate(timelines):
+        y = y0 + 10 + row * _TAG_ROW
+        shown = [iv for iv in tl.intervals if iv.end >= f.t0 and iv.start <= f.t1][-MAX_TAG_MARKS:]
+        out.append(f'<g class="tag-timeline" data-reference="{html_text(tl.reference)}">'
+                   f'<text class="tag-label" x="{_LEFT + 2}" y="{y - 1}" fill="#57606a">{html_text(tl.reference[-60:])}</text>')
+        for i, iv in enumerate(shown):
+            x0, x1 = f.x(max(iv.start, f.t0)), f.x(min(iv.end, f.t1))
+            kind = "hole" if iv.digest is None else "malicious" if iv.digest in malicious else "known"
+            colour = {"hole": "#d0d7de", "malicious": VERDICT_COLOURS["confirmed"], "known": VERDICT_COLOURS["clear"]}[kind]
+            what = iv.digest or f"unknown: {iv.reason}"
+            out.append(f'<rect id="tag-{row}-{i}" class="tag-interval {kind}" x="{x0}" y="{y + 2}" '
+                       f'width="{max(round(x1 - x0, 2), 1)}" height="12" fill="{colour}"'
+                       + (' stroke="#57606a" stroke-dasharray="3 2" fill-opacity="0.6"' if kind == "hole" else "")
+                       + f' data-digest="{html_text(iv.digest or "")}" data-start="{iv.start.isoformat()}" '
+                       f'data-end="{iv.end.isoformat()}"><title>{html_text(tl.reference)} {html_text(fmt_utc(iv.start))} .. '
+                       f'{html_text(fmt_utc(iv.end))}: {html_text(what[:200])} (from: {html_text(iv.start_source[:120])}; '
+                       f'to: {html_text(iv.end_source[:120])}; evidence: {html_text("; ".join(iv.sources)[:300])})</title></rect>')
+        out.append("</g>")
+    return out
+
+
 def _axis_marks(f: _Frame) -> list[str]:
     """The time axis: ticks at a round step (at most about ten), and the span's first and last times in full."""
     out = [f'<g class="axis"><line x1="{_LEFT}" x2="{f.right_edge}" y1="{f.axis_y}" y2="{f.axis_y}"/>']
@@ -375,6 +416,9 @@ def _legend_marks(f: _Frame) -> list[str]:
     legend = [("confirmed job", VERDICT_COLOURS["confirmed"]), ("probable job", VERDICT_COLOURS["probable"]),
               ("clear job", VERDICT_COLOURS["clear"]), ("network hit", _HIT_COLOUR), ("action done", OUTCOME_COLOURS["done"]),
               ("action failed", OUTCOME_COLOURS["failed"])]
+    if "tags" in f.lane_y:
+        legend += [("tag: malicious digest", VERDICT_COLOURS["confirmed"]), ("tag: other digest", VERDICT_COLOURS["clear"]),
+                   ("tag: unknown", "#d0d7de")]
     lx, ly = _LEFT, f.height - 14
     out = ['<g class="legend">']
     for label, colour in legend:

@@ -31,6 +31,7 @@ from digestguard.findings import ActionOutcome, DetectResult, ExposureReport, So
 from digestguard.journal import Journal
 from digestguard.markdown import md_cell, md_table
 from digestguard.plan import Approval
+from digestguard.timeline import TagTimeline
 from digestguard.timeutil import fmt_utc, parse_time
 
 __all__ = ["ROW_LIMIT", "TABLE_TITLES", "ActionMark", "ApprovalRecord", "IncidentReport", "PullRequestLink", "safe_detail"]
@@ -124,6 +125,9 @@ class IncidentReport(Model):
     needs_person: list[str] = Field(default_factory=list,
                                     description="explicit items; derived ones are added by all_needs_person()")
     flow_run_url: str | None = None
+    tag_timelines: list[TagTimeline] = Field(default_factory=list,
+                                             description="what each affected tag served around the window (assess)")
+    malicious_digests: list[str] = Field(default_factory=list, description="the advisory's, to colour the timelines")
 
     # -- helpers for the flow -------------------------------------------------------------
     @classmethod
@@ -131,6 +135,15 @@ class IncidentReport(Model):
         """A report for ``advisory`` with its id, title and window filled in."""
         return cls(incident=incident, advisory_id=advisory.id, advisory_title=advisory.title, window=advisory.window,
                    started_at=started_at, **kw)
+
+    def with_timelines(self, timelines: list[TagTimeline], advisory: Advisory | None) -> "IncidentReport":
+        """A copy carrying the tag timelines assess used, and the advisory's malicious digests to colour them."""
+        bad = sorted(advisory.malicious_index()) if advisory is not None and timelines else []
+        return self.model_copy(update={"tag_timelines": list(timelines), "malicious_digests": bad})
+
+    def timelines_journal_detail(self) -> dict[str, Any]:
+        """What the journal keeps of the timelines, so a report rebuilt from it draws the same ones."""
+        return {"timelines": [t.model_dump(mode="json") for t in self.tag_timelines], "malicious": self.malicious_digests}
 
     def with_journal(self, journal: Journal) -> "IncidentReport":
         """A copy whose timeline actions come from the journal (times and approvers as recorded)."""

@@ -38,10 +38,13 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from digestguard.errors import DigestguardError, InputError, NotFound, RateLimited, Unavailable
 from digestguard.inventory import Inventory, NetworkLogSource
+from digestguard.reference import DOCKER_HUB
+from digestguard.timeline import Observation
 from digestguard.timeutil import now
 from integrations.cosign import RegistrySignatureSource, SignatureCheck, verify_signature
 from integrations.registry import Resolution, resolve_many
@@ -74,6 +77,7 @@ from tasks.watch.sources import (
     repository_targets,
 )
 from tasks.watch.state import WatchState
+from tasks.watch.timeline import push_observation, record as record_sightings
 
 # ================================================================= what a step finds
 
@@ -146,6 +150,7 @@ class _Lookups:
     child_hit: dict[str, tuple[Pack, str] | None]
     child_err: dict[str, str]
     push_info: PushInfoSource | None
+    first_push: bool = False  # also ask when a first-seen Docker Hub tag was pushed (the start of its timeline)
     sig_cache: dict[tuple[str, str, str], SignatureCheck] = field(default_factory=dict)
 
 
@@ -292,6 +297,7 @@ def _check_images(cycle: _Cycle, targets: list[Target]) -> Found:
     clients, found = _clients(cycle.pool, sorted({t.ref.registry for t in targets}))
     live = [t for t in targets if t.ref.registry in clients]
     results = resolve_many([t.ref for t in live], concurrency=cycle.concurrency, clients=clients)
+    seen_at = now()
     resolved, found_resolved = _by_host(live, results)
     found.merge(found_resolved).counts["resolved"] += len(resolved)
 
@@ -302,7 +308,9 @@ def _check_images(cycle: _Cycle, targets: list[Target]) -> Found:
     child_hit, child_err = {}, {}
     if cycle.check_children and children_matter:
         child_hit, child_err = _child_matches(clients, new, malicious)
-    look = _Lookups(clients, malicious, child_hit, child_err, cycle.push_info)
+    first_push = cycle.push_info is not None and hasattr(cycle.push_info, "push_time") and \
+        any(r.kind == "dockerhub" for r in cycle.inventory.registries)
+    look = _Lookups(clients, malicious, child_hit, child_err, cycle.push_info, first_push)
     details = _examine_all(look, new)
 
     verdicts: list[tuple[str, str, str, str]] = []
@@ -316,6 +324,42 @@ def _check_images(cycle: _Cycle, targets: list[Target]) -> Found:
         cycle.state.record_digests(changed)
     if verdicts:
         cycle.state.record_signatures(verdicts)
+    return found.merge(_record_timeline(cycle, resolved, seen_at, new, details))
+
+
+def _record_timeline(cycle: _Cycle, resolved: list[tuple[Target, str]], seen_at: datetime, new: list[_Seen],
+                     details: list[_Detail]) -> Found:
+    """This cycle's sightings (and Docker Hub push times of moved tags) into the tag timelines in the journal.
+
+    A push time Hub gives for another digest than the one resolved (a mirror that lags) is not used.
+    The journal being unreachable is a source down: the cycle's alerts still go out.
+    """
+    if not resolved:
+        return Found()
+    obs = [Observation(reference=t.key, digest=d, source="watch", detail=_registry_source(t.ref.registry),
+                       first_at=seen_at, last_at=seen_at) for t, d in resolved]
+    found = Found()
+    for seen, d in zip(new, details, strict=True):
+        push = d.push
+        if push is None or push.pushed_at is None or cycle.push_info is None:
+            continue
+        if push.digest and push.digest != seen.digest:
+            found.notes.append(f"{seen.target.key}: {cycle.push_info.name} names {push.digest[:19]}, the registry "
+                               f"{seen.digest[:19]}: its push time is not used for the timeline")
+            continue
+        p = push_observation(seen.target.key, seen.digest, push.pushed_at, seen_at, cycle.push_info.name)
+        if p is not None:
+            obs.append(p)
+    src = "timeline journal"
+    try:
+        record_sightings(cycle.state.journal(), obs)
+    except DigestguardError as e:
+        found.failed[src] = _error_text(e)
+        return found
+    except Exception as e:  # noqa: BLE001 - sqlite3/psycopg errors below the journal: the watch goes on
+        found.failed[src] = f"{type(e).__name__}: {_error_text(e)}"
+        return found
+    found.ok.add(src)
     return found
 
 
@@ -422,15 +466,28 @@ def _child_matches(clients: dict[str, Any], new: list[_Seen], malicious: dict[st
 
 def _examine_all(look: _Lookups, new: list[_Seen]) -> list[_Detail]:
     """A :class:`_Detail` per item, in order; those needing a request (push facts, signatures) in parallel."""
-    heavy = [i for i, s in enumerate(new) if s.target.public_keys or (s.before is not None and look.push_info is not None)]
+    heavy = [i for i, s in enumerate(new) if s.target.public_keys or (s.before is not None and look.push_info is not None)
+             or _asks_first_push(look, s)]
     details: dict[int, _Detail] = dict(zip(heavy, _parallel(lambda i: _examine(look, new[i]), heavy), strict=True))
     return [details[i] if i in details else _examine(look, s) for i, s in enumerate(new)]
 
 
+def _asks_first_push(look: _Lookups, seen: _Seen) -> bool:
+    """A first-seen Docker Hub tag, with a ``dockerhub`` inventory entry: its push time starts its timeline."""
+    return look.first_push and seen.before is None and seen.target.ref.registry == DOCKER_HUB
+
+
 def _examine(look: _Lookups, seen: _Seen) -> _Detail:
-    """Malicious match and push facts for a moved tag; the signature verdict when the image pins a key."""
+    """Malicious match and push facts for a moved tag (push time only for a first-seen Hub tag); the signature
+    verdict when the image pins a key."""
     t, digest, before = seen
     d = _Detail()
+    if _asks_first_push(look, seen):
+        try:
+            d.push = look.push_info.push_time(t.ref)  # type: ignore[union-attr]
+            d.push_answered = True
+        except DigestguardError as e:
+            d.push_error = _error_text(e)
     if before != digest:
         d.malicious = look.malicious.get(digest) or look.child_hit.get(digest)
         d.children_error = look.child_err.get(digest)

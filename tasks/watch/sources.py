@@ -221,6 +221,7 @@ class PushInfo(Model):
 
     pushed_at: datetime | None = None
     pushed_by: str | None = None
+    digest: str | None = None  # the digest the push-info source says the tag names (None: not said)
 
 
 class PushInfoSource(Protocol):
@@ -246,6 +247,16 @@ class DockerHubPushInfo:
         self.audit = audit
         self.name = f"docker hub api {hub.api_url}"
 
+    def push_time(self, ref: ImageReference) -> PushInfo | None:
+        """When the tag was last pushed and which digest Hub says it names (no audit log); None when Hub does not know it."""
+        if ref.registry != DOCKER_HUB:
+            return None
+        try:
+            tag = self.hub.get_tag(f"{DOCKER_HUB}/{ref.repository}", ref.effective_tag)
+        except NotFound:
+            return None
+        return PushInfo(pushed_at=tag.tag_last_pushed, digest=tag.digest)
+
     def push_info(self, ref: ImageReference, digest: str) -> PushInfo | None:
         if ref.registry != DOCKER_HUB:
             return None
@@ -254,7 +265,7 @@ class DockerHubPushInfo:
             tag = self.hub.get_tag(f"{DOCKER_HUB}/{name}", ref.effective_tag)
         except NotFound:
             return None  # Hub does not know the tag (yet): "when" and "who" stay unknown, the alert still goes
-        info = PushInfo(pushed_at=tag.tag_last_pushed)
+        info = PushInfo(pushed_at=tag.tag_last_pushed, digest=tag.digest)
         if self.audit and not name.startswith("library/"):
             account = name.split("/", 1)[0]
             try:

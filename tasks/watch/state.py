@@ -14,6 +14,7 @@ from typing import Any
 
 from digestguard.errors import InputError
 from digestguard.inventory import Inventory
+from digestguard.journal import Journal
 from digestguard.timeutil import now, parse_time
 from tasks.watch.events import WATCH_EVENT
 
@@ -65,10 +66,15 @@ class WatchState(AbstractContextManager["WatchState"]):
     Why SQLite: it survives restarts and crashes mid-cycle (each batch is one
     transaction), and a scheduled deployment run on another worker can share
     the file. Nothing secret is stored: digests, paths, offsets, error texts.
+    Each cycle's sightings (the tag timelines, ``tasks/watch/timeline.py``) go to the journal instead
+    (:meth:`journal`: the inventory's, so SQLite or PostgreSQL; default ``journal.sqlite`` beside this file),
+    where assess and the report read them.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], journal: str | None = None) -> None:
         self.path = Path(path)
+        self.journal_location = journal or str(self.path.parent / "journal.sqlite")
+        self._journal: Journal | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
@@ -81,10 +87,20 @@ class WatchState(AbstractContextManager["WatchState"]):
     @classmethod
     def for_inventory(cls, inventory: Inventory, path: str | os.PathLike[str] | None = None) -> "WatchState":
         """The state file named by ``path`` or ``.digestguard/watch.sqlite`` next to the inventory."""
-        return cls(inventory.resolve_path(os.fspath(path)) if path else inventory.resolve_path(DEFAULT_STATE))
+        return cls(inventory.resolve_path(os.fspath(path)) if path else inventory.resolve_path(DEFAULT_STATE),
+                   journal=inventory.journal_location())
+
+    def journal(self) -> Journal:
+        """The journal the tag timelines live in (the inventory's; opened on first use, closed with the state)."""
+        with self._lock:
+            if self._journal is None:
+                self._journal = Journal(self.journal_location)
+            return self._journal
 
     def close(self) -> None:
         self._db.close()
+        if self._journal is not None:
+            self._journal.close()
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -59,6 +59,7 @@ def test_dry_run_changes_nothing(sandbox):
     from flows.incident_response import incident_response
 
     before = _backend_state(sandbox)
+    _seed_tag_timeline(sandbox)
     summary = incident_response(advisory=str(sandbox.advisory_path), inventory=str(sandbox.inventory_path), mode="dry-run")
     assert summary["detect_compromised"] and summary["assess"]["confirmed"] == 1
     assert summary["rotate"].get("planned", 0) >= 5 and summary["purge"].get("planned", 0) >= 10
@@ -67,6 +68,32 @@ def test_dry_run_changes_nothing(sandbox):
     # what a dry run did write is only its own record
     j = Journal(sandbox.root / "journal.sqlite")
     assert {e.stage for e in j.entries(summary["incident"])} <= {"notify"}
+    # issue 19: assess read the watch's tag timeline from the journal; the report draws it, and journals it
+    (tl,) = [e["detail"] for e in j.events(summary["incident"]) if e["kind"] == "tag-timelines"]
+    assert [t["reference"] for t in tl["timelines"]] == ["docker.io/checkmarx/kics:latest"]
+    html = Path(summary["report"]).read_text()
+    assert 'class="tag-interval malicious"' in html and 'class="tag-interval known"' in html
+
+
+def _seed_tag_timeline(sb) -> None:
+    """What a watch would have recorded for kics:latest: the clean image until the attack, then Docker Hub's push time."""
+    from datetime import timedelta
+
+    from digestguard.timeline import Observation
+    from tasks.watch.timeline import record
+
+    key, attack = "docker.io/checkmarx/kics:latest", sb.advisory.window.start
+
+    def seen(minutes: int, digest: str, **kw) -> Observation:
+        t = attack + timedelta(minutes=minutes)
+        return Observation(reference=key, digest=digest, source=kw.pop("source", "watch"), detail="drill", first_at=t,
+                           last_at=t, **kw)
+
+    j = Journal(sb.root / "journal.sqlite")
+    record(j, [seen(m, sb.clean["latest"].digest) for m in (-20, -15, -10, -5)]
+           + [seen(m, sb.attacker["latest"].digest) for m in (4, 9)]
+           + [seen(4, sb.attacker["latest"].digest, source="dockerhub", began_at=attack)])
+    j.close()
 
 
 def _run_in_thread(**kw):

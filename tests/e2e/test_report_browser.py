@@ -125,3 +125,18 @@ def test_browser_dom_has_the_timeline(report_file: Path, tmp_path: Path):
     assert sum(1 for c in classes if "window" in c) == 1
     assert not any(tag == "script" for tag, _, _ in p.found)  # the hostile job name stayed text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom
+
+
+def test_browser_draws_each_affected_tags_timeline(tmp_path: Path):
+    """Issue 19: the tag timeline lane (known digest, malicious digest, hole) renders in the real browser."""
+    from digestguard.advisory import load_advisory
+    from tests.unit.test_report_timelines import _timeline
+
+    report = sample_report().with_timelines([_timeline()], load_advisory("kics-2026-04"))
+    page = write_report(report, tmp_path / "timelines.html")
+    dom = _chromium(tmp_path, "--dump-dom", page.as_uri()).stdout.decode("utf-8")
+    p = _Classes()
+    p.feed(dom)
+    kinds = [c.split()[1] for tag, _, c in p.found if tag == "rect" and c.startswith("tag-interval")]
+    assert kinds == ["known", "malicious", "hole", "known"]
+    assert "tag-timeline" in dom and "docker.io/checkmarx/kics:latest" in dom
