@@ -96,6 +96,10 @@ def advisories_show(advisory_id: str = typer.Argument(..., metavar="ID"), as_jso
             typer.echo(f"  malicious {m.digest} ({what}){tags}  [{m.source}]")
         for kg in img.known_good:
             typer.echo(f"  known good {kg.tag or '-'}: {kg.digest or 'digest unknown'}  [{kg.source}]")
+            if kg.replaces:
+                typer.echo(f"    replaces attacker tags: {', '.join(kg.replaces)}")
+            if kg.method:
+                typer.echo(f"    established by: {kg.method}")
     for ind in a.network:
         typer.echo(f"indicator {ind.kind:10} {ind.value}  [{ind.source}]")
     for act in a.actions:
