@@ -201,6 +201,7 @@ def detect_cmd(
         for f in sorted(res.findings, key=lambda f: ("compromised", "suspect", "unknown", "clean").index(f.verdict)):
             extra = f"  matches {f.matched} ({f.match_kind})" if f.matched else ""
             err = f"  ! {f.error}" if f.error else ""
+            extra += f"  via public mirror {f.mirror}" if f.mirror else ""
             typer.echo(f"{f.verdict:12} {f.kind:16} {f.location}  {f.digest or '-'}{extra}{err}")
         typer.echo(f"\n{len(res.findings)} finding(s): " + ", ".join(f"{v} {k}" for k, v in res.counts().items()))
         checked = sum(1 for c in res.coverage if c.state == "checked")

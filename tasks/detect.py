@@ -369,19 +369,23 @@ def detect_config(entry: Repository, advisory: Advisory, inventory: Inventory) -
     out: list[Finding] = []
     for fs in res.files:
         rel = os.path.relpath(fs.path, root) if os.path.isabs(fs.path) else fs.path
-        refs = [(f.ref, f.text, f.line, f.context) for f in fs.found if f.ref is not None]
+        # (reference, text, line, context, tag unknown): Helm values split registry/repository/tag/digest
+        refs = [(f.ref, f.text, f.line, f.context, False) for f in fs.found if f.ref is not None]
         refs += [(ImageReference(h.ref.registry, h.ref.repository, h.tag.text if h.tag and h.tag.text else None,
                                  h.digest.text if h.digest and is_digest(h.digest.text) else None),
-                  h.text, h.line, "helm") for h in fs.helm if h.ref is not None]
-        for ref, text, line, context in refs:
+                  h.text, h.line, "helm", not (h.tag and h.tag.text)) for h in fs.helm if h.ref is not None]
+        for ref, text, line, context, no_tag in refs:
             hit = advisory.match(ref)
             if hit is None:
                 continue
             pinned = ref.digest
-            verdict_f = _finding(entry.name, "config", f"{rel}:{line}", text, pinned, advisory,
-                                 detail={"tag": ref.effective_tag, "context": context}, mirror=hit.mirror)
+            detail: dict[str, Any] = {"tag": None if no_tag else ref.effective_tag, "context": context}
+            if no_tag:
+                detail["note"] = "empty tag: the chart's appVersion decides which image is pulled"
+            verdict_f = _finding(entry.name, "config", f"{rel}:{line}", text, pinned, advisory, detail=detail,
+                                 mirror=hit.mirror)
             if not pinned:  # a tag reference: its content is whatever the tag says now
-                verdict_f = verdict_f.model_copy(update={"verdict": "suspect" if ref.effective_tag in
+                verdict_f = verdict_f.model_copy(update={"verdict": "suspect" if no_tag or ref.effective_tag in
                                                          hit.image.affected_tags else "clean"})
             out.append(verdict_f)
     return out

@@ -232,7 +232,8 @@ class IncidentReport(Model):
         t: dict[str, list[dict[str, Any]]] = {}
         t["findings"] = [
             {"verdict": f.verdict, "kind": f.kind, "source": f.source, "location": f.location, "reference": f.reference or "",
-             "digest": f.digest or "", "matched": f.matched or "", "platform": f.platform or "", "error": f.error or ""}
+             "digest": f.digest or "", "matched": f.matched or "", "platform": f.platform or "",
+             "mirror": f.mirror or "", "error": f.error or ""}
             for f in (self.detect.findings if self.detect else [])
         ]
         exp = self.exposure

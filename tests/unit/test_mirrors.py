@@ -47,9 +47,13 @@ jobs:
 # trivy-operator's chart: trivy.image.registry / repository / tag, no digest key
 HELM = """trivy:
   image:
+    # -- registry of the Trivy image
     registry: mirror.gcr.io
+    # -- repository of the Trivy image
     repository: aquasec/trivy
+    # -- tag version of the Trivy image
     tag: 0.69.6
+    # -- imagePullSecret is the secret name to be used when pulling trivy image from private registries
     imagePullSecret: ~
 """
 
@@ -145,7 +149,7 @@ def test_lint_flags_workflow_and_helm_through_the_mirror_as_the_advisorys_image(
     assert wf.mirror == "mirror.gcr.io" and "mirror.gcr.io" in wf.reason
     assert wf.suggestion == f"mirror.gcr.io/aquasec/trivy:0.69.3@{GOOD}"
     assert off[(".github/workflows/scan.yml", 9)].suggestion == f"mirror.gcr.io/aquasec/trivy:0.69.3@{GOOD}"
-    helm = off[("charts/trivy-operator/values.yaml", 4)]
+    helm = off[("charts/trivy-operator/values.yaml", 6)]
     assert helm.advisory == trivy.id and helm.mirror == "mirror.gcr.io" and helm.target == "docker.io/aquasec/trivy"
     assert helm.suggestion == f"tag: 0.69.3 and digest: {GOOD}"
 
@@ -200,6 +204,9 @@ def test_pr_body_escapes_pack_text(tmp_path, trivy):
 
 def test_detect_finds_workflow_helm_and_ci_log_through_the_mirror(tmp_path, trivy):
     root = checkout(tmp_path / "repo")
+    (root / "charts/appversion").mkdir(parents=True)
+    (root / "charts/appversion/values.yaml").write_text(
+        "image:\n  registry: mirror.gcr.io\n  repository: aquasec/trivy\n  tag: \"\"\n")
     logs = tmp_path / "logs"
     logs.mkdir()
     at = datetime(2026, 3, 22, 16, 0, tzinfo=UTC)
@@ -210,8 +217,10 @@ def test_detect_finds_workflow_helm_and_ci_log_through_the_mirror(tmp_path, triv
     by = {(f.kind, f.location): f for f in res.findings}
     wf = by[("config", ".github/workflows/scan.yml:7")]
     assert wf.verdict == "suspect" and wf.mirror == "mirror.gcr.io" and wf.detail["tag"] == "0.69.6"
-    helm = by[("config", "charts/trivy-operator/values.yaml:4")]
+    helm = by[("config", "charts/trivy-operator/values.yaml:6")]
     assert helm.verdict == "suspect" and helm.mirror == "mirror.gcr.io" and helm.reference == "mirror.gcr.io/aquasec/trivy:0.69.6"
+    empty = by[("config", "charts/appversion/values.yaml:3")]  # no tag: the chart's appVersion decides, not "clean"
+    assert empty.verdict == "suspect" and empty.detail["tag"] is None and "appVersion" in empty.detail["note"]
     ci = [f for f in res.findings if f.kind == "ci-log"]
     assert len(ci) == 1 and ci[0].verdict == "compromised" and ci[0].digest == BAD_0696 and ci[0].mirror == "mirror.gcr.io"
     assert all(c.state == "checked" for c in res.coverage) and res.verdict == "found"
@@ -241,7 +250,7 @@ def _detected() -> DetectResult:
     return DetectResult(advisory="trivy-2026-03", findings=[
         Finding(source="exported", kind="ci-log", location="scan-1.log:6", reference="mirror.gcr.io/aquasec/trivy:0.69.6",
                 digest=BAD_0696, matched=BAD_0696, match_kind="index", verdict="compromised", mirror="mirror.gcr.io"),
-        Finding(source="acme/infra", kind="config", location="charts/trivy-operator/values.yaml:4",
+        Finding(source="acme/infra", kind="config", location="charts/trivy-operator/values.yaml:6",
                 reference="mirror.gcr.io/aquasec/trivy:0.69.6", verdict="suspect", mirror="mirror.gcr.io"),
         Finding(source="acme/infra", kind="config", location="Dockerfile:1", reference="aquasec/trivy:0.69.6",
                 verdict="suspect")])
@@ -253,7 +262,7 @@ def test_purge_plan_apply_and_verify_say_a_person_must_deal_with_the_mirror(tmp_
     mirror = [i for i in plan.items if i.action == "report-mirror"]
     assert len(mirror) == 1 and mirror[0].target == "mirror.gcr.io/aquasec/trivy" and mirror[0].kind == "mirror"
     assert "Ask the mirror's operator" in mirror[0].reason and "stop pulling through it" in mirror[0].reason
-    assert mirror[0].params["seen"] == ["ci-log exported scan-1.log:6", "config acme/infra charts/trivy-operator/values.yaml:4"]
+    assert mirror[0].params["seen"] == ["ci-log exported scan-1.log:6", "config acme/infra charts/trivy-operator/values.yaml:6"]
     assert "Ask the mirror's operator" in plan.markdown()
     dry = dry_run_result(plan)
     assert [a.outcome for a in dry.actions if a.action == "report-mirror"] == ["needs-person"]
