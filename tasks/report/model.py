@@ -239,7 +239,7 @@ class IncidentReport(Model):
         exp = self.exposure
         t["exposed-jobs"] = [
             {"verdict": j.verdict, "job": j.job, "source": j.source, "started": fmt_utc(j.started_at),
-             "reference": j.reference or "",
+             "reference": j.reference or "", "mirror": j.mirror or "",
              "digest": j.digest or "", "reason": j.reason, "url": j.url or ""}
             for j in (exp.jobs if exp else [])
         ]

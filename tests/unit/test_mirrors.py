@@ -241,6 +241,13 @@ def test_assess_confirms_the_mirror_pull_and_does_not_clear_it_after_the_window(
     assert jobs["a-during.log"].verdict == "confirmed" and jobs["a-during.log"].mirror == "mirror.gcr.io"
     assert jobs["b-after-mirror.log"].verdict == "probable" and "public mirror mirror.gcr.io" in jobs["b-after-mirror.log"].reason
     assert jobs["c-after-hub.log"].verdict == "clear" and jobs["c-after-hub.log"].mirror is None
+    from digestguard.findings import ExposureReport
+
+    rep = IncidentReport.for_advisory("inc-20", trivy, started_at=during, detect=DetectResult(advisory=trivy.id),
+                                      exposure=ExposureReport(advisory=trivy.id, window_start=window.start,
+                                                              jobs=list(jobs.values())))
+    rows = {Path(r["job"]).name: r for r in rep.tables()["exposed-jobs"]}
+    assert rows["a-during.log"]["mirror"] == "mirror.gcr.io" and rows["c-after-hub.log"]["mirror"] == ""
 
 
 # --------------------------------------------------------------------------- purge and verify
