@@ -327,3 +327,15 @@ def test_purge_verification_and_watch_alerts_know_the_replacement_and_the_mirror
                         advisory=trivy.id, mirror="mirror.gcr.io")
     assert "through the public mirror mirror.gcr.io" in ev.summary()
     assert "nobody here can purge it" in _event_detail(ev)
+
+
+def test_the_quarantine_gate_lets_the_packs_known_good_through_and_nothing_else(trivy):
+    """The pin PR moves trivy to 0.69.3@bcc376de: the gate on that PR must not refuse the pack's own reviewed digest,
+    through the mirror or not; any other new trivy digest of unknown push time is still refused."""
+    from tasks.quarantine import Update, check_updates
+
+    ups = [Update(path="Dockerfile", line=1, kind="image", name=n, reference=f"{n}:0.69.3@{d}", new=d)
+           for n in ("mirror.gcr.io/aquasec/trivy", "docker.io/aquasec/trivy") for d in (GOOD, "sha256:" + "7" * 64)]
+    refused, _ = check_updates(ups, [trivy])
+    assert sorted((r.target, r.reference.rsplit("@", 1)[1]) for r in refused) == [
+        ("docker.io/aquasec/trivy", "sha256:" + "7" * 64), ("mirror.gcr.io/aquasec/trivy", "sha256:" + "7" * 64)]
