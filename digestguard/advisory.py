@@ -17,6 +17,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,7 +28,16 @@ from pydantic import AfterValidator, Field, ValidationError, field_validator, mo
 from digestguard._model import Model
 from digestguard.credentials import refuse_literal_credentials
 from digestguard.errors import InputError
-from digestguard.reference import DOCKER_HUB, DOCKER_HUB_ALIASES, ImageReference, normalise_repository, parse_digest
+from digestguard.reference import (
+    DOCKER_HUB,
+    DOCKER_HUB_ALIASES,
+    PUBLIC_MIRRORS,
+    ImageReference,
+    fold_public_mirror,
+    normalise_repository,
+    parse_digest,
+    public_mirror,
+)
 from digestguard.safe_yaml import load_yaml_file
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -88,13 +99,33 @@ class MaliciousDigest(Model):
 
 
 class KnownGood(Model):
-    """A digest believed clean for a tag. ``digest`` may be None: known-good exists but was never published."""
+    """A digest believed clean for a tag. ``digest`` may be None: known-good exists but was never published.
+
+    ``replaces``: tags the attacker wrote that have no clean image of their own (``0.69.4``-``0.69.6``,
+    ``latest``); a reference to one is pinned to this entry's tag and digest, so the tag itself changes.
+    ``method`` says how a digest was established (signature identity, transparency-log times) besides its
+    ``source``; every shipped pack records one (tests/unit/test_mirrors.py), so the on-call can re-check it.
+    """
 
     tag: str | None = None
     digest: Digest | None = None
     version: str | None = None
+    repository: str | None = Field(None, description="the name the digest was verified at (canonical)")
+    replaces: list[str] = Field(default_factory=list, description="attacker-written tags pinned to this one")
     source: str
+    method: str | None = Field(None, description="how the digest was established (shipped packs always say)")
     note: str | None = None
+
+    @field_validator("repository")
+    @classmethod
+    def _canonical(cls, v: str | None) -> str | None:
+        return normalise_repository(v, "known_good.repository") if v else v
+
+    @model_validator(mode="after")
+    def _established(self) -> "KnownGood":
+        if self.replaces and not (self.tag and self.digest):
+            raise ValueError("'replaces' needs the tag and digest the replaced tags are pinned to")
+        return self
 
 
 class Window(Model):
@@ -161,7 +192,7 @@ class AffectedImage(Model):
         return [self.repository, *[a for a in self.aliases if a != self.repository]]
 
     def spellings(self) -> list[str]:
-        """Every way people write the name: canonical, familiar and each Docker Hub host alias."""
+        """Every way people write the name: canonical, familiar, each Docker Hub host alias and each public mirror."""
         out: list[str] = []
         for name in self.names:
             reg, _, repo = name.partition("/")
@@ -171,20 +202,20 @@ class AffectedImage(Model):
                 if short != repo:
                     out.append(repo)
                 out.extend(f"{host}/{repo}" for host in sorted(DOCKER_HUB_ALIASES))
+                out.extend(f"{host}/{p}" for host in sorted(PUBLIC_MIRRORS) for p in dict.fromkeys((repo, short)))
             else:
                 out.append(name)
         return list(dict.fromkeys(out))
 
     def matches(self, ref: ImageReference) -> bool:
-        """True when ``ref`` names this repository under any alias."""
-        return ref.name in self.names
+        """True when ``ref`` names this repository under any alias or through a public Docker Hub mirror."""
+        return ref.name in self.names or fold_public_mirror(ref)[0].name in self.names
 
     def known_good_for(self, tag: str) -> KnownGood | None:
-        """The known-good entry with a digest for ``tag`` (None when unknown)."""
-        for kg in self.known_good:
-            if kg.tag == tag and kg.digest:
-                return kg
-        return None
+        """The known-good entry with a digest for ``tag``: its own, or the one that ``replaces`` it (whose ``tag``
+        then differs from ``tag``: the pin changes the tag too). None when unknown."""
+        own = next((kg for kg in self.known_good if kg.tag == tag and kg.digest), None)
+        return own or next((kg for kg in self.known_good if tag in kg.replaces and kg.digest), None)
 
 
 class Indicator(Model):
@@ -240,6 +271,26 @@ class ActionRefs(Model):
     source: str
 
 
+@dataclass(frozen=True)
+class ImageMatch:
+    """A reference that is one of an advisory's images, and what it was reached through.
+
+    ``via``: the host between the estate and the image's own registry: a public Docker Hub mirror
+    (``public=True``: only its operator can purge it) or an inventory pull-through cache; None when the
+    reference names the image (or one of its publisher aliases) directly.
+    """
+
+    image: AffectedImage
+    via: str | None = None
+    public: bool = False
+    operator: str | None = None
+
+    @property
+    def mirror(self) -> str | None:
+        """The public mirror's host, when the reference went through one."""
+        return self.via if self.public else None
+
+
 class Advisory(Model):
     """One incident's indicators. See ``advisories/*.yaml`` and ``digestguard advisories show``."""
 
@@ -261,12 +312,36 @@ class Advisory(Model):
     def is_malicious(self, digest: str | None) -> bool:
         return bool(digest) and digest in self.malicious_index()
 
-    def image_for(self, ref: ImageReference) -> AffectedImage | None:
-        """The affected image ``ref`` names, if any."""
+    def match(self, ref: ImageReference | None, caches: Iterable[str] = ()) -> ImageMatch | None:
+        """THE one answer to "is this reference one of the advisory's images?", and through what.
+
+        In order: the image's own names and pack aliases; a public Docker Hub mirror folded into the Docker
+        Hub name (``mirror.gcr.io/aquasec/trivy`` is ``docker.io/aquasec/trivy``); an inventory pull-through
+        cache (``caches``: hosts; ``127.0.0.1:5000/mirror/checkmarx/kics`` ends with ``checkmarx/kics``).
+        """
+        if ref is None:
+            return None
+        pm = public_mirror(ref.registry)
         for img in self.images:
-            if img.matches(ref):
-                return img
+            if ref.name in img.names:  # a pack alias may itself be a public mirror's spelling
+                return ImageMatch(img, pm.host if pm else None, pm is not None, pm.operator if pm else None)
+        folded, pm = fold_public_mirror(ref)
+        if pm is not None:
+            for img in self.images:
+                if folded.name in img.names:
+                    return ImageMatch(img, pm.host, True, pm.operator)
+        hosts = {h.lower() for h in caches}
+        if ref.registry.lower() in hosts:
+            for img in self.images:
+                paths = {n.split("/", 1)[1] for n in img.names}
+                if any(ref.repository == p or ref.repository.endswith("/" + p) for p in paths):
+                    return ImageMatch(img, ref.registry, False, None)
         return None
+
+    def image_for(self, ref: ImageReference | None, caches: Iterable[str] = ()) -> AffectedImage | None:
+        """The affected image ``ref`` names, if any (see :meth:`match`)."""
+        m = self.match(ref, caches)
+        return m.image if m else None
 
     def windows(self) -> list[Window]:
         """Every window: the pack's, then per-image ones."""

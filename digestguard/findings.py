@@ -83,6 +83,8 @@ class Finding(_Model):
     error: str | None = None
     detail: dict[str, Any] = Field(default_factory=dict)
     seen_at: datetime | None = None
+    mirror: str | None = Field(None, description="the public Docker Hub mirror the reference went through "
+                                                 "(e.g. mirror.gcr.io): only its operator can purge it")
 
 
 class DetectResult(_Model):
@@ -118,6 +120,7 @@ class ExposedJob(_Model):
     evidence: list[str] = Field(default_factory=list)
     workflow: str | None = Field(None, description="the workflow/pipeline definition file, when known")
     url: str | None = None
+    mirror: str | None = Field(None, description="the public Docker Hub mirror the job pulled through")
 
 
 class ExposedSecret(_Model):

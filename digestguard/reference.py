@@ -222,6 +222,43 @@ def try_parse_reference(value: str) -> ImageReference | None:
         return None
 
 
+@dataclass(frozen=True)
+class PublicMirror:
+    """A public mirror of Docker Hub: it serves Docker Hub's images under its own host, and nobody in the
+    estate can purge it (only its operator can, or the estate stops pulling through it)."""
+
+    host: str
+    operator: str
+    docs: str
+
+
+# Only mirrors whose operator documents them as a copy of Docker Hub's namespaces, path for path.
+# (``public.ecr.aws/docker/library/`` is not here: no stored AWS page confirmed it, see issue 20's report.)
+PUBLIC_MIRRORS: dict[str, PublicMirror] = {
+    "mirror.gcr.io": PublicMirror(
+        "mirror.gcr.io", "Google (Artifact Registry's cache of Docker Hub)",
+        "https://cloud.google.com/artifact-registry/docs/pull-cached-dockerhub-images"),
+}
+
+
+def public_mirror(registry: str | None) -> PublicMirror | None:
+    """The public Docker Hub mirror ``registry`` is, if it is one."""
+    return PUBLIC_MIRRORS.get((registry or "").lower())
+
+
+def fold_public_mirror(ref: ImageReference) -> tuple[ImageReference, PublicMirror | None]:
+    """A reference through a public Docker Hub mirror -> the same reference on Docker Hub, and the mirror.
+
+    ``mirror.gcr.io/aquasec/trivy:0.69.6`` -> (``docker.io/aquasec/trivy:0.69.6``, mirror.gcr.io);
+    ``mirror.gcr.io/alpine`` is Docker Hub's ``library/alpine``. Any other reference comes back as it is.
+    """
+    m = public_mirror(ref.registry)
+    if m is None:
+        return ref, None
+    repo = ref.repository if "/" in ref.repository else f"library/{ref.repository}"
+    return ImageReference(DOCKER_HUB, repo, ref.tag, ref.digest), m
+
+
 def normalise_repository(value: str, source: str = "repository") -> str:
     """Canonical repository name (``docker.io/checkmarx/kics``) for any alias spelling; tag/digest refused."""
     ref = parse_reference(value, source)

@@ -96,6 +96,10 @@ def advisories_show(advisory_id: str = typer.Argument(..., metavar="ID"), as_jso
             typer.echo(f"  malicious {m.digest} ({what}){tags}  [{m.source}]")
         for kg in img.known_good:
             typer.echo(f"  known good {kg.tag or '-'}: {kg.digest or 'digest unknown'}  [{kg.source}]")
+            if kg.replaces:
+                typer.echo(f"    replaces attacker tags: {', '.join(kg.replaces)}")
+            if kg.method:
+                typer.echo(f"    established by: {kg.method}")
     for ind in a.network:
         typer.echo(f"indicator {ind.kind:10} {ind.value}  [{ind.source}]")
     for act in a.actions:
@@ -197,6 +201,7 @@ def detect_cmd(
         for f in sorted(res.findings, key=lambda f: ("compromised", "suspect", "unknown", "clean").index(f.verdict)):
             extra = f"  matches {f.matched} ({f.match_kind})" if f.matched else ""
             err = f"  ! {f.error}" if f.error else ""
+            extra += f"  via public mirror {f.mirror}" if f.mirror else ""
             typer.echo(f"{f.verdict:12} {f.kind:16} {f.location}  {f.digest or '-'}{extra}{err}")
         typer.echo(f"\n{len(res.findings)} finding(s): " + ", ".join(f"{v} {k}" for k, v in res.counts().items()))
         checked = sum(1 for c in res.coverage if c.state == "checked")

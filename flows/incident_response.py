@@ -69,6 +69,8 @@ def known_good_map(advisory: Advisory, to: list[str] | None) -> dict[str, str]:
         for kg in img.known_good:
             if kg.tag and kg.digest:
                 out.setdefault(kg.tag, kg.digest)
+                for t in kg.replaces:  # an attacker tag with no clean image of its own: its replacement's digest
+                    out.setdefault(t, kg.digest)
     return out
 
 

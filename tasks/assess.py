@@ -164,8 +164,12 @@ _DIGEST_SOURCE = {"log": "printed in the log", "reference": "pinned in the refer
                   "inherited": "from the job's earlier pull"}
 
 
-def _pull_verdict(p: PullEvent, img: Any, started_at: datetime | None, window: ExposureWindow) -> tuple[JobVerdict, str]:
-    """(verdict, reason) for one pull of an affected image that shows no malicious digest."""
+def _pull_verdict(p: PullEvent, img: Any, started_at: datetime | None, window: ExposureWindow,
+                  mirror: str | None = None) -> tuple[JobVerdict, str]:
+    """(verdict, reason) for one pull of an affected image that shows no malicious digest.
+
+    Through a public Docker Hub mirror (``mirror``) the window's end does not clear a tag: the mirror kept
+    serving the attacker's image after the origin was fixed (mirror.gcr.io and trivy 0.69.6)."""
     when = p.at or started_at
     tag = p.effective_tag
     if p.digest:
@@ -179,6 +183,9 @@ def _pull_verdict(p: PullEvent, img: Any, started_at: datetime | None, window: E
         return "probable", f"used affected tag {tag!r} with no digest in the log and no time: cannot rule out the window"
     if window.contains(when):
         return "probable", f"used affected tag {tag!r} at {_fmt(when)}, inside the window, with no digest in the log"
+    if mirror and when >= window.start:
+        return "probable", (f"used affected tag {tag!r} at {_fmt(when)} through the public mirror {mirror}, which can "
+                            "serve the attacker's image after the window closed, with no digest in the log")
     return "clear", f"used tag {tag!r} at {_fmt(when)}, outside the window {_fmt(window.start)} .. {_fmt(window.end)}"
 
 
@@ -225,11 +232,14 @@ def _classify_one(log: JobLog, advisory: Advisory, window: ExposureWindow,
                   timelines: Mapping[str, TagTimeline] | None = None) -> ExposedJob | None:
     malicious = advisory.malicious_index()
     affected: list[tuple[PullEvent, Any]] = []
+    mirrors: dict[int, str | None] = {}
     for p in log.pulls:
         ref = try_parse_reference(p.name) if p.name else None
-        img = advisory.image_for(ref) if ref else None
+        hit = advisory.match(ref)
+        img = hit.image if hit else None
         if img is not None or (p.digest and p.digest in malicious):
             affected.append((p, img))
+            mirrors[id(p)] = hit.mirror if hit else None
     mentions = [m for m in log.digests if m.digest in malicious]
     if not affected and not mentions:
         return None
@@ -237,7 +247,8 @@ def _classify_one(log: JobLog, advisory: Advisory, window: ExposureWindow,
     def base(verdict: JobVerdict, reason: str, pulls: Sequence[PullEvent], ref: str | None, digest: str | None,
              extra: Sequence[tuple[int, str]] = ()) -> ExposedJob:
         return ExposedJob(source=log.source, job=log.job, started_at=log.started_at, reference=ref, digest=digest,
-                          verdict=verdict, reason=reason, evidence=_evidence(pulls, extra), workflow=log.workflow, url=log.url)
+                          verdict=verdict, reason=reason, evidence=_evidence(pulls, extra), workflow=log.workflow, url=log.url,
+                          mirror=next((mirrors.get(id(p)) for p in pulls if mirrors.get(id(p))), None))
 
     # confirmed: a malicious digest in a pull, else anywhere in the log
     bad = [p for p, _ in affected if p.digest and p.digest in malicious]
@@ -259,7 +270,7 @@ def _classify_one(log: JobLog, advisory: Advisory, window: ExposureWindow,
     worst: tuple[int, str, PullEvent, _TimelineSays | None] | None = None
     for p, img in affected:
         said = None if p.digest else _timeline_verdict(p, img, p.at or log.started_at, window, timelines or {}, malicious)
-        verdict, reason = (said.verdict, said.reason) if said else _pull_verdict(p, img, log.started_at, window)
+        verdict, reason = (said.verdict, said.reason) if said else _pull_verdict(p, img, log.started_at, window, mirrors.get(id(p)))
         rank = _ORDER[verdict]
         if worst is None or rank > worst[0]:
             worst = (rank, reason, p, said)

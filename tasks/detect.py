@@ -22,11 +22,11 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from digestguard.advisory import Advisory, AffectedImage
+from digestguard.advisory import Advisory, AffectedImage, ImageMatch
 from digestguard.errors import DigestguardError, NotFound
 from digestguard.findings import DetectResult, Finding, SourceCoverage
 from digestguard.inventory import CISource, DockerEngine, Inventory, KubernetesCluster, Registry, Repository
-from digestguard.reference import DOCKER_HUB, try_parse_reference
+from digestguard.reference import DOCKER_HUB, ImageReference, is_digest, public_mirror, try_parse_reference
 from integrations import ecr, kubernetes
 from tasks.ci_logs import read_one_source
 from tasks.connect import Connections, cluster_config, gar_package, host_of
@@ -147,7 +147,13 @@ def detect_registry(entry: Registry, advisory: Advisory, client) -> list[Finding
             findings.append(_unknown(entry.name, "registry", where,
                                      f"tag list cut at {len(listed)} tags (bound reached); the rest were not checked"))
         findings += _detect_repository(entry, repo, img, listed, advisory, client)
-    return findings
+    return _through_public_mirror(entry, findings)
+
+
+def _through_public_mirror(entry: Registry, findings: list[Finding]) -> list[Finding]:
+    """An inventory registry that is a public Docker Hub mirror (``https://mirror.gcr.io``): every finding names it."""
+    pm = public_mirror(host_of(entry.url)) if entry.url else None
+    return [f.model_copy(update={"mirror": pm.host}) for f in findings] if pm else findings
 
 
 def _detect_repository(entry: Registry, repo: str, img: AffectedImage, listed: list[str], advisory: Advisory,
@@ -278,14 +284,15 @@ def detect_engine(entry: DockerEngine, advisory: Advisory, mirrors: Iterable[str
     bad_ids: dict[str, Finding] = {}
     for im in images:
         names = [*im.repo_digests, *im.repo_tags]
-        relevant = [n for n in names if _affected_name(advisory, n, mirrors)]
+        relevant = [(n, m) for n in names if (m := _affected_name(advisory, n, mirrors))]
         digests = [*sorted(im.digests), im.id]
         hit = next((d for d in digests if match_digest(advisory, d)), None)
         if hit or relevant:
-            ref = next((n for n in im.repo_tags if _affected_name(advisory, n, mirrors)), None) or (names[0] if names else im.id)
+            ref = next((n for n, _ in relevant if n in im.repo_tags), None) or (names[0] if names else im.id)
             shown = hit or (sorted(im.digests)[0] if im.digests else None)
             f = _finding(entry.name, "engine-image", f"{entry.name}/{ref}", ref, shown, advisory,
-                         detail={"image_id": im.id, "repo_digests": list(im.repo_digests), "repo_tags": list(im.repo_tags)})
+                         detail={"image_id": im.id, "repo_digests": list(im.repo_digests), "repo_tags": list(im.repo_tags)},
+                         mirror=next((m.mirror for _, m in relevant if m.mirror), None))
             findings.append(f)
             if f.verdict == "compromised":
                 bad_ids[im.id] = f
@@ -294,23 +301,16 @@ def detect_engine(entry: DockerEngine, advisory: Advisory, mirrors: Iterable[str
         if f:
             findings.append(Finding(source=entry.name, kind="engine-container", location=f"{entry.name}/{c.name}",
                                     reference=c.image, digest=f.digest, matched=f.matched, match_kind=f.match_kind,
+                                    mirror=f.mirror,
                                     verdict="compromised", detail={"container_id": c.id, "status": c.status,
                                                                     "image_id": c.image_id}))
     return findings
 
 
-def _affected_name(advisory: Advisory, text: str, mirror_hosts: Iterable[str] = ()) -> bool:
-    """True when ``text`` names an affected repository, directly or through one of the estate's mirrors
-    (``127.0.0.1:5000/checkmarx/kics`` is ``checkmarx/kics`` when that registry is in the inventory)."""
-    ref = try_parse_reference(text)
-    if not ref:
-        return False
-    if advisory.image_for(ref):
-        return True
-    if ref.registry in mirror_hosts:
-        paths = {n.split("/", 1)[1] for img in advisory.images for n in img.names}
-        return any(ref.repository == p or ref.repository.endswith("/" + p) for p in paths)
-    return False
+def _affected_name(advisory: Advisory, text: str | None, mirror_hosts: Iterable[str] = ()) -> ImageMatch | None:
+    """The match when ``text`` names an affected repository: directly, through a public Docker Hub mirror, or
+    through one of the estate's caches (``127.0.0.1:5000/checkmarx/kics`` when that registry is in the inventory)."""
+    return advisory.match(try_parse_reference(text), mirror_hosts) if text else None
 
 
 def mirror_hosts(inventory: Inventory) -> set[str]:
@@ -331,7 +331,7 @@ def detect_kubernetes(entry: KubernetesCluster, advisory: Advisory, inventory: I
             continue
         out.append(_finding(entry.name, "pod", f"{c.namespace}/{c.pod}/{c.container}", c.image, c.digest, advisory,
                             detail={"namespace": c.namespace, "pod": c.pod, "workload": f"{c.workload_kind}/{c.workload_name}",
-                                    "node": c.node}))
+                                    "node": c.node}, mirror=named.mirror if named else None))
     return out
 
 
@@ -347,14 +347,16 @@ def detect_ci_logs(entry: CISource, advisory: Advisory, inventory: Inventory) ->
         seen: set[tuple[str | None, str | None]] = set()
         for p in job.pulls:
             ref = try_parse_reference(p.reference) if p.reference else None
-            if not (ref and advisory.image_for(ref)) and not match_digest(advisory, p.digest):
+            hit = advisory.match(ref)
+            if not hit and not match_digest(advisory, p.digest):
                 continue
             key = (ref.name if ref else p.reference, p.digest)
             if key in seen:  # the same pull told twice (pull line, digest line, status line): one finding per job
                 continue
             seen.add(key)
             out.append(_finding(entry.name, "ci-log", f"{job.job}:{p.line_no}", p.reference, p.digest, advisory,
-                                detail={"job": job.job, "tag": p.tag}, seen_at=p.at or job.started_at))
+                                detail={"job": job.job, "tag": p.tag}, seen_at=p.at or job.started_at,
+                                mirror=hit.mirror if hit else None))
     return out
 
 
@@ -367,15 +369,24 @@ def detect_config(entry: Repository, advisory: Advisory, inventory: Inventory) -
     out: list[Finding] = []
     for fs in res.files:
         rel = os.path.relpath(fs.path, root) if os.path.isabs(fs.path) else fs.path
-        for f in fs.found:
-            if f.ref is None or not advisory.image_for(f.ref):
+        # (reference, text, line, context, tag unknown): Helm values split registry/repository/tag/digest
+        refs = [(f.ref, f.text, f.line, f.context, False) for f in fs.found if f.ref is not None]
+        refs += [(ImageReference(h.ref.registry, h.ref.repository, h.tag.text if h.tag and h.tag.text else None,
+                                 h.digest.text if h.digest and is_digest(h.digest.text) else None),
+                  h.text, h.line, "helm", not (h.tag and h.tag.text)) for h in fs.helm if h.ref is not None]
+        for ref, text, line, context, no_tag in refs:
+            hit = advisory.match(ref)
+            if hit is None:
                 continue
-            pinned = f.ref.digest
-            verdict_f = _finding(entry.name, "config", f"{rel}:{f.line}", f.text, pinned, advisory,
-                                 detail={"tag": f.ref.effective_tag, "context": f.context})
+            pinned = ref.digest
+            detail: dict[str, Any] = {"tag": None if no_tag else ref.effective_tag, "context": context}
+            if no_tag:
+                detail["note"] = "empty tag: the chart's appVersion decides which image is pulled"
+            verdict_f = _finding(entry.name, "config", f"{rel}:{line}", text, pinned, advisory, detail=detail,
+                                 mirror=hit.mirror)
             if not pinned:  # a tag reference: its content is whatever the tag says now
-                verdict_f = verdict_f.model_copy(update={"verdict": "suspect" if f.ref.effective_tag in
-                                                         advisory.image_for(f.ref).affected_tags else "clean"})
+                verdict_f = verdict_f.model_copy(update={"verdict": "suspect" if no_tag or ref.effective_tag in
+                                                         hit.image.affected_tags else "clean"})
             out.append(verdict_f)
     return out
 

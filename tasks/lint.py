@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from digestguard._model import Model
-from digestguard.advisory import Advisory
+from digestguard.advisory import Advisory, KnownGood
 from digestguard.errors import InputError
 from digestguard.findings import SourceCoverage
 from digestguard.reference import ImageReference
@@ -49,33 +49,51 @@ class Offender(Model):
     suggestion: str | None = None
     advisory: str | None = None
     target: str | None = None  # canonical repository (or owner/repo for actions) the reference pulls
+    mirror: str | None = None  # the public Docker Hub mirror it pulls through (mirror.gcr.io): purge cannot reach it
 
 
-def _known_good(ref: ImageReference, advisories: Sequence[Advisory]) -> tuple[str | None, str | None]:
-    """(known-good digest, advisory id) for the reference's tag, when an advisory knows one."""
+def _known_good(ref: ImageReference, advisories: Sequence[Advisory]) -> tuple[KnownGood | None, str | None]:
+    """(known-good entry, advisory id) for the reference's tag, when an advisory knows one (its ``tag`` may
+    differ: an attacker-created tag is replaced by the last clean release)."""
     tag = ref.tag or "latest"
     for adv in advisories:
         img = adv.image_for(ref)
         if img is not None:
-            kg = img.known_good_for(tag)
-            return (kg.digest if kg else None), adv.id
+            return img.known_good_for(tag), adv.id
     return None, None
 
 
-def _pinned(text: str, digest: str) -> str:
-    return text.split("@", 1)[0] + "@" + digest
+def _pinned(text: str, good: KnownGood) -> str:
+    """``text`` pinned to ``good``: its digest, and its tag when the tag changes (``:0.69.6`` -> ``:0.69.3``)."""
+    name = text.split("@", 1)[0]
+    slash, colon = name.rfind("/"), name.rfind(":")
+    tag = name[colon + 1:] if colon > slash else None
+    base = name[:colon] if colon > slash else name
+    if good.tag and good.tag != (tag or "latest"):
+        tag = good.tag  # another release replaces the attacker's tag
+    return f"{base}:{tag}@{good.digest}" if tag else f"{base}@{good.digest}"
+
+
+def _mirror(ref: ImageReference, advisories: Sequence[Advisory]) -> tuple[str, str | None]:
+    """(canonical target, public mirror) of a reference: through a mirror, the target is the image's own name."""
+    for adv in advisories:
+        hit = adv.match(ref)
+        if hit is not None:
+            return (hit.image.repository if hit.mirror else ref.name), hit.mirror
+    return ref.name, None
 
 
 def _lint_image(f: Found, ref: ImageReference, advisories: Sequence[Advisory], via: str = "") -> Offender | None:
     """The offence of one reference that pulls ``ref`` (``via``: how variables made it, for indirect ones)."""
-    target = ref.name
+    target, mirror = _mirror(ref, advisories)
+    through = f"; pulled through the public mirror {mirror}" if mirror else ""
     if ref.digest:
         for adv in advisories:
             if adv.is_malicious(ref.digest):
                 good, _ = _known_good(ref, [adv])
                 return Offender(
                     path=f.path, line=f.line, reference=f.text, kind="malicious", advisory=adv.id, target=target,
-                    reason=f"{via}pinned to {ref.digest}, listed as malicious by {adv.id}",
+                    reason=f"{via}pinned to {ref.digest}, listed as malicious by {adv.id}{through}", mirror=mirror,
                     suggestion=_pinned(f.text, good) if good and not via else None)
         return None
     good, adv_id = _known_good(ref, advisories)
@@ -88,8 +106,8 @@ def _lint_image(f: Found, ref: ImageReference, advisories: Sequence[Advisory], v
     why = "tag without a digest" if ref.tag else "no tag (means latest) and no digest"
     return Offender(
         path=f.path, line=f.line, reference=f.text, kind="unpinned", advisory=adv_id if affected else None,
-        target=target, reason=via + why + affected,
-        suggestion=(f"{f.text if ref.tag else f.text + ':latest'}@{good}" if good and not via else None))
+        target=target, reason=via + why + affected + through, mirror=mirror,
+        suggestion=(_pinned(f.text if ref.tag else f.text + ":latest", good) if good and not via else None))
 
 
 def _lint_found(f: Found, advisories: Sequence[Advisory]) -> Offender | None:
@@ -124,18 +142,27 @@ def _lint_file(fs: FileScan, advisories: Sequence[Advisory]) -> list[Offender]:
         if h.ref is None or not (h.tag and h.tag.text):
             continue
         ref = ImageReference(h.ref.registry, h.ref.repository, h.tag.text, None)
+        target, mirror = _mirror(ref, advisories)
+        through = f"; pulled through the public mirror {mirror}" if mirror else ""
         dig = h.digest.text if h.digest else ""
         if dig:
             bad = next((a for a in advisories if a.is_malicious(dig)), None)
             if bad:
                 out.append(Offender(path=h.path, line=h.line, reference=h.text, kind="malicious", advisory=bad.id,
-                                    target=ref.name, reason=f"digest {dig} is listed as malicious by {bad.id}"))
+                                    target=target, mirror=mirror,
+                                    reason=f"digest {dig} is listed as malicious by {bad.id}{through}"))
             continue
-        good, _ = _known_good(ref, advisories)
+        good, adv_id = _known_good(ref, advisories)
+        img = next((a.image_for(ref) for a in advisories if a.id == adv_id), None)
+        affected = f"; tag {ref.tag} was written by the attacker in {adv_id}" if img and ref.tag in img.affected_tags else ""
+        sug = None
+        if good:
+            sug = f"digest: {good.digest}" if good.tag in (None, ref.tag) else f"tag: {good.tag} and digest: {good.digest}"
         out.append(Offender(
-            path=h.path, line=h.line, reference=h.text, kind="unpinned", target=ref.name,
-            reason="Helm image with a tag and no digest" + ("" if h.digest else " key"),
-            suggestion=f"digest: {good}" if good else None))
+            path=h.path, line=h.line, reference=h.text, kind="unpinned", target=target, mirror=mirror,
+            advisory=adv_id if affected else None,
+            reason="Helm image with a tag and no digest" + ("" if h.digest else " key") + affected + through,
+            suggestion=sug))
     for a in fs.actions:
         for adv in advisories:
             ar = next((x for x in adv.actions if x.repository.lower() == a.repository), None)

@@ -70,7 +70,7 @@ class PinChange(Model):
     col: int
     before: str
     after: str
-    kind: Literal["image", "helm-digest", "action"]
+    kind: Literal["image", "helm-digest", "helm-tag", "action"]
     context: str
     target: str = Field(description="canonical repository (image) or owner/repo (action)")
     tag: str | None = None
@@ -81,6 +81,9 @@ class PinChange(Model):
     old: str
     new: str
     file_sha256: str
+    tag_changed_from: str | None = Field(None, description="the attacker-written tag replaced by the known-good "
+                                                           "release's tag (``0.69.6`` -> ``0.69.3``)")
+    mirror: str | None = Field(None, description="the public Docker Hub mirror the reference pulls through")
 
 
 class PinSkip(Model):
@@ -99,6 +102,7 @@ class PinDecision(Model):
     reference: str
     reason: str
     suggestion: str | None = None
+    mirror: str | None = None
 
 
 class PinPlan(Model):
@@ -221,9 +225,15 @@ class _Planner:
         self.resolve = resolve
         self.pushed_at = pushed_at
         self.resolved: dict[tuple[str, str], tuple[str | None, str]] = {}
+        self.retags: dict[tuple[str, str], str] = {}  # (image, attacker tag) -> the known-good release's tag
+
+    def new_tag(self, img: AffectedImage, tag: str | None) -> str | None:
+        """The tag that replaces ``tag`` when the chosen digest is another release's (None: the tag stays)."""
+        return self.retags.get((img.repository, tag)) if tag else None
 
     def target(self, img: AffectedImage, ref: ImageReference, tag: str) -> tuple[str | None, str]:
-        """(digest or None, why) for ``tag`` of ``img``."""
+        """(digest or None, why) for ``tag`` of ``img``; a known-good of another release records its tag in
+        ``retags`` (the rewrite changes the tag too)."""
         if tag in self.pairs:
             return self.pairs[tag], f"--to for tag {tag}"
         affected = tag in img.affected_tags
@@ -232,9 +242,18 @@ class _Planner:
                 return self.single, f"tag {tag} was written by the attacker ({self.adv.id}); --to digest"
             kg = img.known_good_for(tag)
             if kg and kg.digest and not self.adv.is_malicious(kg.digest):
+                if kg.tag and kg.tag != tag:
+                    self.retags[(img.repository, tag)] = kg.tag
+                    how = "created" if tag in img.tags_created and tag not in img.tags_overwritten else "overwritten"
+                    return kg.digest, (f"tag {tag} was {how} by the attacker ({self.adv.id}) and has no clean image; "
+                                       f"pinned to {kg.tag}, the last clean release, whose digest the advisory "
+                                       f"records (source: {kg.source})")
                 return kg.digest, f"tag {tag} was written by the attacker ({self.adv.id}); known-good from the advisory"
             return None, (f"tag {tag} was written by the attacker ({self.adv.id}) and no known-good digest is known; "
                           f"choose one with --to {tag}=sha256:...")
+        kg = img.known_good_for(tag)
+        if kg and kg.digest and kg.tag == tag and not self.adv.is_malicious(kg.digest):
+            return kg.digest, f"tag {tag} is not affected; known-good digest from the advisory (source: {kg.source})"
         key = (ref.name, tag)
         if key in self.resolved:
             return self.resolved[key]
@@ -349,7 +368,8 @@ def _plan_image(p: _Planner, plan: PinPlan, f: Found, img: AffectedImage, fhash:
             plan.needs_decision.append(PinDecision(path=f.path, line=f.line, reference=f.text, reason=reason))
             return
     feature = f.context == "devcontainer:feature"
-    new_tag = None if p.digest_only or feature else (tag_written if tag_written else (None if ref.digest else tag))
+    retag = p.new_tag(img, tag)
+    new_tag = None if p.digest_only or feature else (retag or (tag_written if tag_written else (None if ref.digest else tag)))
     if feature and tag_written:  # the devcontainer CLI refuses name:tag@digest for a feature (devcontainers/cli#825)
         reason += f"; written as name@digest (a Dev Container feature cannot carry tag {tag_written} with a digest)"
     after = name_written + (f":{new_tag}" if new_tag else "") + "@" + new_digest
@@ -357,10 +377,12 @@ def _plan_image(p: _Planner, plan: PinPlan, f: Found, img: AffectedImage, fhash:
     if check is None or img.matches(check) is False:  # pragma: no cover - a bug guard, never expected
         plan.skipped.append(PinSkip(path=f.path, line=f.line, reason=f"internal: rewrite of {f.text!r} did not parse"))
         return
+    hit = p.adv.match(ref)
     plan.changes.append(PinChange(
         path=f.path, line=f.line, col=f.col_start, before=f.text, after=after, kind="image", context=f.context,
-        target=img.repository, tag=tag, digest=new_digest, reason=reason, start=f.start, end=f.end,
-        old=f.text, new=after, file_sha256=fhash))
+        target=img.repository, tag=retag or tag, digest=new_digest, reason=reason, start=f.start, end=f.end,
+        old=f.text, new=after, file_sha256=fhash, tag_changed_from=tag if retag else None,
+        mirror=hit.mirror if hit else None))
 
 
 def _plan_helm(p: _Planner, plan: PinPlan, h: HelmImage, img: AffectedImage, text: str, fhash: str) -> None:
@@ -375,16 +397,26 @@ def _plan_helm(p: _Planner, plan: PinPlan, h: HelmImage, img: AffectedImage, tex
     if current and not p.adv.is_malicious(current):
         plan.unchanged.append(PinSkip(path=h.path, line=h.line, reason=f"{h.text}: digest is not listed as malicious"))
         return
+    hit = p.adv.match(ref)
+    mirror = hit.mirror if hit else None
     new_digest, reason = p.target(img, ref, tag)
     if new_digest is None:
-        plan.needs_decision.append(PinDecision(path=h.path, line=h.line, reference=h.text, reason=reason))
+        plan.needs_decision.append(PinDecision(path=h.path, line=h.line, reference=h.text, reason=reason, mirror=mirror))
         return
+    retag = p.new_tag(img, tag)
     if h.digest is None:
         plan.needs_decision.append(PinDecision(
-            path=h.path, line=h.line, reference=h.text,
-            reason="Helm values with repository/tag but no digest key; add one only if the chart supports it",
-            suggestion=f"digest: {new_digest}"))
+            path=h.path, line=h.line, reference=h.text, mirror=mirror,
+            reason="Helm values with repository/tag but no digest key; add one only if the chart supports it"
+                   + (f"; {reason}" if retag else ""),
+            suggestion=(f"tag: {retag} and digest: {new_digest}" if retag else f"digest: {new_digest}")))
         return
+    if retag and h.tag is not None:
+        t = h.tag
+        plan.changes.append(PinChange(
+            path=h.path, line=t.line, col=t.col, before=h.text, after=f"{_split_written(h.text)[0]}:{retag}@{new_digest}",
+            kind="helm-tag", context="helm:tag", target=img.repository, tag=retag, digest=new_digest, reason=reason,
+            start=t.start, end=t.end, old=t.text, new=retag, file_sha256=fhash, tag_changed_from=tag, mirror=mirror))
     d = h.digest
     new = new_digest
     if not d.quote and d.start == d.end and (d.start == 0 or text[d.start - 1] not in " \t"):
@@ -394,9 +426,11 @@ def _plan_helm(p: _Planner, plan: PinPlan, h: HelmImage, img: AffectedImage, tex
     if current:
         reason = f"digest {current[:19]}... is malicious; " + reason
     plan.changes.append(PinChange(
-        path=h.path, line=d.line, col=d.col, before=h.text, after=f"{_split_written(h.text)[0]}:{tag}@{new_digest}",
-        kind="helm-digest", context="helm:digest", target=img.repository, tag=tag, digest=new_digest, reason=reason,
-        start=d.start, end=d.end, old=d.text, new=new, file_sha256=fhash))
+        path=h.path, line=d.line, col=d.col, before=h.text,
+        after=f"{_split_written(h.text)[0]}:{retag or tag}@{new_digest}",
+        kind="helm-digest", context="helm:digest", target=img.repository, tag=retag or tag, digest=new_digest,
+        reason=reason, start=d.start, end=d.end, old=d.text, new=new, file_sha256=fhash,
+        tag_changed_from=tag if retag else None, mirror=mirror))
 
 
 def _choose_safe(ar: ActionRefs, ref: str) -> tuple[SafeCommit | None, str]:

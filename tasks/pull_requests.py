@@ -14,7 +14,8 @@ from digestguard.errors import DigestguardError
 from digestguard.findings import ActionOutcome
 from digestguard.inventory import Inventory, Repository
 from digestguard.journal import Journal
-from digestguard.markdown import md_table
+from digestguard.markdown import md_cell, md_table
+from digestguard.reference import public_mirror
 from integrations import git
 from integrations.github import open_or_update_pull_request
 from integrations.gitlab import open_or_update_merge_request
@@ -37,18 +38,69 @@ def pull_request_body(plan, advisory: Advisory, incident: str) -> str:
         "",
         f"Incident `{incident}`: {advisory.title}.",
         "Tags are mutable and were overwritten in this attack; a digest names exactly one image. "
-        "This change keeps the tag for readers and adds the digest that decides what is pulled.",
+        "This change adds the digest that decides what is pulled and keeps the tag for readers, except where a tag "
+        "the attacker wrote is replaced (see below).",
         "",
     ]
     rows = [{"file": f"`{c.path}`", "line": c.line, "before": f"`{c.before}`", "after": f"`{c.after}`"} for c in plan.changes]
     lines += md_table(rows, len(rows))
+    lines += _tag_changes(plan, advisory)
+    lines += _mirrors(plan)
     if plan.needs_decision:
         lines += ["", "### Needs a decision (not changed)"]
-        lines += [f"- `{d.path}`:{d.line or '-'} `{d.reference}`: {d.reason}" for d in plan.needs_decision]
+        lines += [f"- `{md_cell(d.path)}`:{d.line or '-'} `{md_cell(d.reference)}`: {md_cell(d.reason)}"
+                  + (f" Suggested: `{md_cell(d.suggestion)}`." if d.suggestion else "") for d in plan.needs_decision]
     if refs:
         lines += ["", "### Advisory", *[f"- {r}" for r in refs]]
     lines += ["", "_Opened by digestguard. Review and merge by hand; nothing is merged automatically._"]
     return "\n".join(lines)
+
+
+def _tag_changes(plan, advisory: Advisory) -> list[str]:
+    """Why a tag itself changes: the attacker wrote it and no clean image of it exists; where the digest comes from."""
+    changed: dict[tuple[str, str, str], None] = {}
+    for c in plan.changes:
+        if c.tag_changed_from and c.tag:
+            changed.setdefault((c.target, c.tag_changed_from, c.tag), None)
+    if not changed:
+        return []
+    out = ["", "### The tag itself changes",
+           "A tag the attacker created or overwrote has no clean image of its own: pinning it to the digest it shows "
+           "now would pin the attack, and no earlier digest of it is safe. These references move to the last clean "
+           "release instead, so the version you run changes; check it still does what you need before merging."]
+    told: set[tuple[str, str]] = set()
+    for target, old, new in changed:
+        img = next((i for i in advisory.images if i.repository == target), None)
+        how = "created" if img and old in img.tags_created and old not in img.tags_overwritten else "overwritten"
+        out.append(f"- `{md_cell(target)}`: `{md_cell(old)}` → `{md_cell(new)}`: `{md_cell(old)}` was {how} by the "
+                   f"attacker ({md_cell(advisory.id)}).")
+    for target, old, new in changed:
+        img = next((i for i in advisory.images if i.repository == target), None)
+        kg = img.known_good_for(old) if img else None
+        if kg is None or (target, new) in told:
+            continue
+        told.add((target, new))
+        where = f" at `{md_cell(kg.repository)}`" if kg.repository else ""
+        out += ["", f"Why `{md_cell(new)}` at `{md_cell(kg.digest)}`: it was established{where} by: {md_cell(kg.method)}",
+                f"Source: {md_cell(kg.source)}." + (f" Note: {md_cell(kg.note)}" if kg.note else "")]
+    return out
+
+
+def _mirrors(plan) -> list[str]:
+    """References through a public Docker Hub mirror: which form the pin keeps, and what nobody here can fix."""
+    hosts = sorted({c.mirror for c in [*plan.changes, *plan.needs_decision] if getattr(c, "mirror", None)})
+    if not hosts:
+        return []
+    out = ["", "### Pulled through a public mirror"]
+    for host in hosts:
+        pm = public_mirror(host)
+        operator = f" ({md_cell(pm.operator)})" if pm else ""
+        out.append(f"- `{md_cell(host)}`{operator} copies Docker Hub and can keep serving the attacker's image after "
+                   "Docker Hub is fixed (it still served trivy 0.69.6 on 2026-03-25); nobody in this estate can purge it.")
+    out.append("The pin keeps the mirror in the name as the file wrote it: a digest fixes the content, so the mirror "
+               "can serve exactly that image or fail the pull, never a stale tag. Whether to keep pulling through the "
+               "mirror, or switch to the canonical name, is the owner's decision (the incident report lists it).")
+    return out
 
 
 def open_pin_pull_request(repo: Repository, plan, advisory: Advisory, incident: str, inventory: Inventory,

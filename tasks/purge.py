@@ -28,6 +28,7 @@ from digestguard.findings import ActionOutcome, DetectResult, StageResult
 from digestguard.inventory import Inventory
 from digestguard.journal import Journal
 from digestguard.plan import Approval, Plan, PlanItem, require_approved
+from digestguard.reference import fold_public_mirror, public_mirror, try_parse_reference
 from integrations import ecr
 from tasks.connect import Connections, gar_package
 
@@ -46,6 +47,8 @@ def plan_purge(incident: str, advisory: Advisory, detected: DetectResult, invent
             if m.parent:
                 by_parent.setdefault(m.parent, []).append(m.digest)
     for f in detected.findings:
+        if f.mirror and f.verdict in ("compromised", "suspect"):
+            _mirror_item(items, f, advisory)
         if f.verdict != "compromised" or not f.digest:
             continue
         evidence.append(f"{f.kind} {f.location}: {f.digest} ({f.match_kind} of {f.matched})")
@@ -88,9 +91,35 @@ def plan_purge(incident: str, advisory: Advisory, detected: DetectResult, invent
             t = f"{eng.name}/dangling"
             items.setdefault(("prune-dangling", t), PlanItem(target=t, action="prune-dangling", kind="engine",
                              reason="layers the removed images left", params={"engine": eng.name}))
-    order = {"delete-manifest": 0, "delete-image": 1, "remove-image": 2, "prune-dangling": 3, "report-pod": 4}
+    order = {"delete-manifest": 0, "delete-image": 1, "remove-image": 2, "prune-dangling": 3, "report-pod": 4,
+             "report-mirror": 5}
     ordered = sorted(items.values(), key=lambda i: (order[i.action], i.target))
     return Plan(stage="purge", incident=incident, advisory=advisory.id, items=ordered, evidence=evidence, notes=notes)
+
+
+PERSON_ACTIONS = ("report-pod", "report-mirror")  # items a person acts on; apply and verify say so, never silence
+
+
+def _mirror_item(items: dict[tuple[str, str], PlanItem], f, advisory: Advisory) -> None:
+    """A public Docker Hub mirror served (or may serve) the attack: one needs-person item per mirror and image."""
+    pm = public_mirror(f.mirror)
+    ref = try_parse_reference(f.reference) if f.reference else None
+    folded = fold_public_mirror(ref)[0] if ref else None
+    image = (advisory.image_for(ref) or advisory.image_for(folded)) if ref else None
+    repo = image.repository if image else (folded.name if folded else f.reference or f.location)
+    t = f"{f.mirror}/{repo.partition('/')[2] or repo}"
+    item = items.get(("report-mirror", t))
+    where = f"{f.kind} {f.source} {f.location}"
+    if item is None:
+        item = PlanItem(target=t, action="report-mirror", kind="mirror",
+                        reason=(f"{f.mirror} is a public mirror of Docker Hub{f' run by {pm.operator}' if pm else ''}: "
+                                "nobody here can purge it. Ask the mirror's operator to drop the malicious "
+                                f"digests of {repo}, or stop pulling through it (pin by digest, or pull {repo} "
+                                "directly)"),
+                        params={"mirror": f.mirror, "image": repo, "docs": pm.docs if pm else None, "seen": []})
+        items[("report-mirror", t)] = item
+    if where not in item.params["seen"]:
+        item.params["seen"] = sorted([*item.params["seen"], where])
 
 
 def known_good_targets(detected: DetectResult, known_good: Mapping[str, str]) -> dict[str, str]:
@@ -157,9 +186,10 @@ def apply_purge(plan: Plan, approval: Approval | None, inventory: Inventory, jou
     result = StageResult(stage=STAGE, plan_hash=plan.hash, approved_by=approval.approvers)
     approver = ",".join(approval.approvers)
     for item in plan.items:
-        if item.action == "report-pod":
+        if item.action in PERSON_ACTIONS:
             result.actions.append(ActionOutcome(stage=STAGE, target=item.target, action=item.action, outcome="needs-person",
-                                                detail={"reason": item.reason}))
+                                                detail={"reason": item.reason},
+                                                error=item.reason if item.action == "report-mirror" else None))
             journal.record(plan.incident, STAGE, item.target, item.action, "skipped", detail={"needs": "person"}, approver=approver)
             continue
         if journal.is_done(plan.incident, STAGE, item.target, item.action):
@@ -201,6 +231,11 @@ def verify_purge(plan: Plan, targets: Connections, known_good: dict[str, str]) -
                 left = targets.engine(p["engine"]).images_with_digest(p["digest"]) if p.get("digest") else []
                 left += [i for i in targets.engine(p["engine"]).list_images() if i.id == p["image_id"]]
                 out.append(_verdict(item.target, "verify-absent", not left, f"engine still lists {len(left)} image(s)"))
+            elif item.action == "report-mirror":  # cannot be checked from here: say so, never count it as verified
+                out.append(ActionOutcome(stage=STAGE, target=item.target, action="verify-absent", outcome="needs-person",
+                                         error=f"{p['mirror']} cannot be purged or checked by this run: confirm with its "
+                                               "operator that the malicious digests are gone, or stop pulling through it",
+                                         detail={"mirror": p["mirror"], "image": p["image"]}))
         except DigestguardError as e:
             out.append(ActionOutcome(stage=STAGE, target=item.target, action="verify-absent", outcome="failed", error=str(e)))
     for where, digest in sorted(known_good.items()):
@@ -251,7 +286,10 @@ def _verdict(target: str, action: str, ok: bool, problem: str, detail: dict | No
 def dry_run_result(plan: Plan) -> StageResult:
     """What a dry run reports: every action planned, nothing done."""
     return StageResult(stage=STAGE, dry_run=True, plan_hash=plan.hash,
-                       actions=[ActionOutcome(stage=STAGE, target=i.target, action=i.action, outcome="planned") for i in plan.items])
+                       actions=[ActionOutcome(stage=STAGE, target=i.target, action=i.action,
+                                              outcome="needs-person" if i.action == "report-mirror" else "planned",
+                                              error=i.reason if i.action == "report-mirror" else None)
+                                for i in plan.items])
 
 
 @task(name="purge", cache_policy=NO_CACHE, persist_result=False)

@@ -305,6 +305,12 @@ def _related(u: Update, adv: Advisory) -> tuple[bool, bool, list[Window]]:
     return False, True, [adv.window, *img.windows]
 
 
+def _pack_known_good(u: Update, adv: Advisory) -> bool:
+    """True when the advisory lists ``u.new`` as a known-good digest of the image ``u`` names."""
+    img = adv.image_for(try_parse_reference(u.name))
+    return img is not None and any(k.digest == u.new for k in img.known_good)
+
+
 def _span(w: Window) -> str:
     return f"{w.start:%Y-%m-%d %H:%M}Z - " + (f"{w.end:%Y-%m-%d %H:%M}Z" if w.end else "open")
 
@@ -339,6 +345,8 @@ def _why_refused(u: Update, advisories: Sequence[Advisory], pushed_at: PushedAt 
             related.append((adv, windows))
     if not related:
         return None
+    if u.kind == "image" and any(_pack_known_good(u, adv) for adv, _ in related):
+        return None  # the pack's own known-good digest (with its source and method): what pin moves references to
     times = push_times(pushed_at(u)) if pushed_at is not None else []
     for adv, windows in related:
         verdict, t = judge_push(times, windows)

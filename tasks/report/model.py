@@ -245,13 +245,14 @@ class IncidentReport(Model):
         t: dict[str, list[dict[str, Any]]] = {}
         t["findings"] = [
             {"verdict": f.verdict, "kind": f.kind, "source": f.source, "location": f.location, "reference": f.reference or "",
-             "digest": f.digest or "", "matched": f.matched or "", "platform": f.platform or "", "error": f.error or ""}
+             "digest": f.digest or "", "matched": f.matched or "", "platform": f.platform or "",
+             "mirror": f.mirror or "", "error": f.error or ""}
             for f in (self.detect.findings if self.detect else [])
         ]
         exp = self.exposure
         t["exposed-jobs"] = [
             {"verdict": j.verdict, "job": j.job, "source": j.source, "started": fmt_utc(j.started_at),
-             "reference": j.reference or "",
+             "reference": j.reference or "", "mirror": j.mirror or "",
              "digest": j.digest or "", "reason": j.reason, "url": j.url or ""}
             for j in (exp.jobs if exp else [])
         ]

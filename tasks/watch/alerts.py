@@ -74,6 +74,9 @@ def _event_detail(ev: Any) -> str:
     if isinstance(ev, MaliciousEvent):
         inc = f"dry-run incident `{ev.incident}` started" if ev.incident else f"incident NOT started: {ev.incident_error}"
         via = "" if ev.matched == ev.digest else f" (platform child `{ev.matched}`)"
+        if ev.mirror:
+            via += (f" through the public mirror `{mrkdwn(ev.mirror)}` (nobody here can purge it: ask its operator, "
+                    "or stop pulling through it)")
         return (f"`{ev.reference}` now names `{ev.digest}`{via}, listed as malicious by *{ev.advisory}* {ev.advisory_title}\n"
                 f"before: `{ev.before or 'first seen'}`\n"
                 f"pushed: {ev.pushed_at.isoformat() if ev.pushed_at else 'unknown'} by {ev.pushed_by or 'unknown'}\n{inc}\n"

@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 
 from digestguard.errors import DigestguardError, InputError, NotFound, RateLimited, Unavailable
 from digestguard.inventory import Inventory, NetworkLogSource
-from digestguard.reference import DOCKER_HUB
+from digestguard.reference import DOCKER_HUB, public_mirror
 from digestguard.timeline import Observation
 from digestguard.timeutil import now
 from integrations.cosign import RegistrySignatureSource, SignatureCheck, verify_signature
@@ -522,7 +522,8 @@ def _judge(seen: _Seen, d: _Detail, sigs: dict[str, tuple[str, str]]
         found.events.append(MaliciousEvent(
             reference=t.key, digest=digest, matched=matched, before=before, advisory=pack.advisory.id,
             advisory_title=pack.advisory.title, advisory_source=pack.source,
-            pushed_at=push.pushed_at if push else None, pushed_by=push.pushed_by if push else None))
+            pushed_at=push.pushed_at if push else None, pushed_by=push.pushed_by if push else None,
+            mirror=pm.host if (pm := public_mirror(t.ref.registry)) else None))
     elif before != digest and before is not None and digest in t.allow:
         found.allowed.append(AllowedChange(reference=t.key, before=before, after=digest))
     elif before != digest and before is not None:

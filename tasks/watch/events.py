@@ -74,9 +74,11 @@ class MaliciousEvent(_Event):
     pushed_by: str | None = None
     incident: str | None = None
     incident_error: str | None = None
+    mirror: str | None = Field(None, description="the public Docker Hub mirror the tag was read through")
 
     def summary(self) -> str:
         via = "" if self.matched == self.digest else f" (platform child {self.matched})"
+        via += f" through the public mirror {self.mirror}" if self.mirror else ""
         inc = f"; dry-run incident {self.incident} started" if self.incident else ""
         err = f"; incident NOT started: {self.incident_error}" if self.incident_error else ""
         return f"MALICIOUS digest: {self.reference} -> {self.digest}{via} matches advisory {self.advisory}{inc}{err}"
