@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from digestguard.credentials import check_reference, refuse_literal_credentials
+from digestguard.egress import EgressSettings, RunnerGroup, check_runner_groups
 from digestguard.errors import InputError
 from digestguard.journal import JOURNAL_ENV, check_location, is_postgres_url
 from digestguard.safe_yaml import load_yaml_file
@@ -419,6 +420,9 @@ class Inventory(_Model):
     backends: Backends = Field(default_factory=Backends)
     approvals: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     images: list[WatchedImage] = Field(default_factory=list)
+    runners: list[RunnerGroup] = Field(default_factory=list, description="CI runner groups: hosts and address ranges "
+                                                                         "(egress baselines, tasks/egress/)")
+    egress: EgressSettings = Field(default_factory=EgressSettings)
     journal: str | None = Field(None, description="journal: a SQLite path (default .digestguard/journal.sqlite next to the "
                                                   "inventory) or a postgresql:// URL, password by reference; "
                                                   "DIGESTGUARD_JOURNAL overrides it")
@@ -436,7 +440,13 @@ class Inventory(_Model):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{section}: duplicate names {dupes}")
+        problems = check_runner_groups(self.runners, self.egress, [s.name or "" for s in self.network_logs])
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
+
+    def runner_group(self, name: str) -> RunnerGroup | None:
+        return next((g for g in self.runners if g.name == name), None)
 
     def resolve_path(self, p: str) -> Path:
         """A path from the file, resolved against the inventory's folder."""
