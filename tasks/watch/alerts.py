@@ -22,6 +22,7 @@ from tasks.watch.events import (
     DriftEvent,
     MaliciousEvent,
     NetworkHitEvent,
+    NewDestinationEvent,
     SignatureEvent,
     SourceDownEvent,
     SourceRecoveredEvent,
@@ -77,6 +78,8 @@ def _event_detail(ev: Any) -> str:
                 f"before: `{ev.before or 'first seen'}`\n"
                 f"pushed: {ev.pushed_at.isoformat() if ev.pushed_at else 'unknown'} by {ev.pushed_by or 'unknown'}\n{inc}\n"
                 "Do not pull it; pin the previous digest.")
+    if isinstance(ev, NewDestinationEvent):
+        return _new_destination(ev)
     if isinstance(ev, SignatureEvent):
         return f"`{ev.reference}@{ev.digest}` is *{ev.status}*: {ev.reason}"
     if isinstance(ev, SourceDownEvent):
@@ -84,6 +87,24 @@ def _event_detail(ev: Any) -> str:
     if isinstance(ev, SourceRecoveredEvent):
         return f"`{ev.source}` answers again" + (f" (down since {ev.down_since.isoformat()})" if ev.down_since else "")
     return ev.summary()
+
+
+def _new_destination(ev: NewDestinationEvent) -> str:
+    """Job, images and destination first; then why it matters (young, rare) and the one command to run."""
+    job = (f"job `{ev.job}`" + (f" (workflow `{ev.workflow}`)" if ev.workflow else "")
+           + (f" {ev.job_url}" if ev.job_url else "")) if ev.job else \
+        f"job unknown ({ev.candidate_jobs} job(s) of the group were running)"
+    images = ", ".join(f"`{i}`" for i in ev.images[:6]) or "none logged"
+    actions = ", ".join(f"`{a}`" for a in ev.actions[:6]) or "none logged"
+    where = f"host `{ev.runner_host}`" if ev.runner_host else "an address in the group's ranges"
+    flags = (f"{'*young*' if ev.young else 'not young'} (first seen in the estate "
+             f"{ev.estate_first_seen.isoformat() if ev.estate_first_seen else 'unknown'}), "
+             f"{'*rare*' if ev.rare else 'common'} ({ev.groups_seen} runner group(s) reach it)")
+    step = (f"dry run: `{ev.dry_run_command}`" if ev.dry_run_command else f"no dry run offered: {ev.draft_error}")
+    return (f"runner group `{ev.group}` reached `{ev.destination}` (`{ev.host}`) for the first time, at "
+            f"{ev.first_at.isoformat()}, from `{ev.client}` ({where})\n"
+            f"{job}\nimages used before: {images}\nactions used before: {actions}\n{flags}\n"
+            f"first connection: `{redact_line(ev.source)}:{ev.line}`\n{step}")
 
 
 def slack_alerter(inventory: Inventory, **client_options: Any) -> tuple[Alert | None, str | None]:

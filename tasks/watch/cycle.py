@@ -166,8 +166,9 @@ def watch_cycle(
     push_info: PushInfoSource | None = None,
     concurrency: int = 64,
     check_children: bool = True,
+    inventory_path: str | None = None,
 ) -> CycleReport:
-    """One watch cycle: resolve every watched tag, compare, verify, follow logs; return the events.
+    """One watch cycle: resolve every watched tag, compare, verify, follow logs, check egress; return the events.
 
     ``packs`` (default: loaded from ``advisories_dir`` or the shipped packs) give
     the malicious digests and network indicators. ``registries`` is reused
@@ -194,6 +195,7 @@ def watch_cycle(
         targets, found_targets = _targets(inventory, include_repositories)
         cycle = _Cycle(inventory, state, packs, pool, push_info, concurrency, check_children)
         found.merge(found_targets).merge(_check_images(cycle, targets)).merge(_follow_logs(cycle))
+        found.merge(_check_egress(inventory, inventory_path))
         found.events += _outage_events(state, found)
     finally:
         if own_pool:
@@ -493,6 +495,40 @@ def _follow_source(cycle: _Cycle, src: NetworkLogSource, indicators: Indicators)
         found.failed[name] = f"{getattr(e, 'filename', '')}: {e.strerror or e}"
         return found
     found.ok.add(name)
+    return found
+
+
+def _check_egress(inventory: Inventory, inventory_path: str | None) -> Found:
+    """The egress baseline (``tasks/egress/``): new destinations of CI runner groups, state in the journal.
+
+    A network or CI source it could not read is a source down (once per outage), like every other source.
+    """
+    if not inventory.runners:
+        return Found()
+    from tasks.egress.check import check_egress, journal_for  # deferred: only inventories with runners pay for it
+
+    name = "egress baseline journal"
+    try:
+        journal = journal_for(inventory)
+    except DigestguardError as e:
+        return Found(failed={name: _error_text(e)})
+    try:
+        rep = check_egress(inventory, journal, inventory_path=inventory_path)
+    except DigestguardError as e:
+        return Found(failed={name: _error_text(e)})
+    finally:
+        journal.close()
+    found = Found(events=list(rep.events), ok={name}, notes=list(rep.notes))
+    for c in rep.coverage:
+        src = f"egress {c.source}"
+        if c.state == "checked":
+            found.ok.add(src)
+        else:
+            found.failed[src] = f"{c.state}: {c.reason or 'not read'}"
+    found.notes += [f"egress: runner group {g} learning until {u}" for g, u in sorted(rep.learning.items())]
+    found.notes.append(f"egress: {rep.lines} line(s), {rep.malformed} malformed, {rep.attributed} connection(s) from "
+                       f"runners, {rep.learned} destination(s) learnt, {len(rep.suppressed)} suppressed, "
+                       f"{len(rep.events)} new")
     return found
 
 
