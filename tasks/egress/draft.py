@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
-from digestguard.advisory import parse_advisory
+from digestguard.advisory import Indicator, parse_advisory
 from digestguard.inventory import Inventory
 from digestguard.reference import try_parse_reference
 from tasks.watch.events import NewDestinationEvent
@@ -53,16 +54,31 @@ def suspects(images: list[str]) -> dict[str, list[str]]:
     return out
 
 
+def _indicator(ev: NewDestinationEvent) -> dict[str, str] | None:
+    """The host as logged when it is a valid domain or address, else its registrable domain (a log line may hold
+    anything), else None."""
+    for value in (ev.host, ev.destination):
+        try:
+            ipaddress.ip_address(value)
+            return {"kind": "ip", "value": value}
+        except ValueError:
+            pass
+        try:
+            Indicator(kind="domain", value=value, source="egress alert")
+            return {"kind": "domain", "value": value}
+        except ValidationError:
+            continue
+    return None
+
+
 def draft_advisory(ev: NewDestinationEvent) -> dict[str, Any] | None:
     """The pack as data (None when the alert names no image digest)."""
     found = suspects(ev.images)
     if not found:
         return None
-    try:
-        ipaddress.ip_address(ev.host)
-        indicator = {"kind": "ip", "value": ev.host}
-    except ValueError:
-        indicator = {"kind": "domain", "value": ev.host}
+    indicator = _indicator(ev)
+    if indicator is None:
+        return None
     where = f"egress alert: runner group {ev.group}, {ev.source}:{ev.line}"
     job = f"job {ev.job}" + (f" of {ev.workflow}" if ev.workflow else "") if ev.job else "an unattributed job"
     start = ev.first_at - timedelta(hours=1)
@@ -85,6 +101,9 @@ def write_draft(ev: NewDestinationEvent, inventory: Inventory, inventory_path: s
     data = draft_advisory(ev)
     if data is None:
         why = "no job could be attributed" if not ev.job else f"job {ev.job} logged no image digest"
+        if suspects(ev.images) and _indicator(ev) is None:
+            return ev.model_copy(update={"draft_error": "the destination is neither a domain name nor an address: "
+                                                        "no network indicator to build a draft advisory from"})
         return ev.model_copy(update={"draft_error": f"{why}: no suspect image to build a draft advisory from"})
     folder = inventory.resolve_path(DRAFT_DIR)
     folder.mkdir(parents=True, exist_ok=True)

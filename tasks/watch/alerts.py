@@ -52,6 +52,8 @@ def alert_messages(events: Sequence[Any]) -> list[tuple[str, list[dict[str, Any]
         title = f"{_ICON[ev.severity]} *[{ev.severity.upper()}] watch: {ev.kind}*"
         lines = [mrkdwn(_event_detail(ev))]  # the templates use no & < >: only outside text is affected
         text = f"[{ev.severity}] {ev.summary()}"
+        if isinstance(ev, NewDestinationEvent):  # its host comes straight from a log line: no ping, no forged link
+            text = mrkdwn(text)
         out.append((text, [{"type": "section", "text": {"type": "mrkdwn", "text": title + "\n" + "\n".join(lines)}}]))
     for path, hs in hits.items():
         advs = sorted({a for h in hs for a in h.advisories})
