@@ -208,37 +208,67 @@ def clean_host(raw: str | None) -> str | None:
     """A host as logs write it (``HOST:443``, ``[v6]:443``, ``http://HOST/path``, ``HOST.``) -> lowercase name or address."""
     if not raw:
         return None
-    v = raw.strip().lower()
-    if "://" in v:
-        v = v.split("://", 1)[1]
-    v = v.split("/", 1)[0].split("?", 1)[0]
-    if "@" in v:
-        v = v.rsplit("@", 1)[1]
-    if v.startswith("["):
-        v = v[1:].split("]", 1)[0]
-    elif v.count(":") == 1:
-        v = v.split(":", 1)[0]
+    v = raw.lower()
+    if ":" in v or "/" in v or "@" in v or "[" in v or " " in v:
+        v = v.strip()
+        if "://" in v:
+            v = v.split("://", 1)[1]
+        v = v.split("/", 1)[0].split("?", 1)[0]
+        if "@" in v:
+            v = v.rsplit("@", 1)[1]
+        if v.startswith("["):
+            v = v[1:].split("]", 1)[0]
+        elif v.count(":") == 1:
+            v = v.split(":", 1)[0]
     v = v.rstrip(".")
     if not v or v == "-":
         return None
     return v
 
 
-@lru_cache(maxsize=262144)
+_REGISTRABLE: dict[str, str | None] = {}
+"""name -> its registrable domain (None: the name is itself a public suffix). Bounded: cleared past _CACHE_MAX."""
+_CACHE_MAX = 500_000
+
+
+def _registrable(host: str) -> str | None:
+    try:
+        return _REGISTRABLE[host]
+    except KeyError:
+        pass
+    # a CDN hands out a fresh subdomain per lookup: the nearest known parent answers without the PSL walk
+    dot = host.find(".")
+    while dot > 0:
+        parent = host[dot + 1:]
+        known = _REGISTRABLE.get(parent, "")
+        if known:
+            return known
+        dot = host.find(".", dot + 1)
+    found = _psl().privatesuffix(host)
+    if len(_REGISTRABLE) > _CACHE_MAX:
+        _REGISTRABLE.clear()
+    _REGISTRABLE[host] = found
+    if found:
+        _REGISTRABLE[found] = found
+    return found
+
+
 def destination_key(host: str) -> str:
     """The destination a baseline compares: an address as itself, a name as its registrable domain.
 
     ``d1234.cloudfront.net`` -> ``cloudfront.net``; ``files.pythonhosted.org`` -> ``pythonhosted.org``;
-    ``a.b.example.co.uk`` -> ``example.co.uk``. A name that is itself a public suffix, or a single
-    label (``localhost``, ``metadata``), stays as it is.
+    ``a.b.example.co.uk`` -> ``example.co.uk`` (the ICANN section of the Public Suffix List: a CDN's customer
+    subdomains group under the CDN). A name that is itself a public suffix, or a single label
+    (``localhost``, ``metadata``), stays as it is.
     """
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        pass
+    if host[-1:].isdigit() or ":" in host:
+        try:
+            return str(ipaddress.ip_address(host))
+        except ValueError:
+            pass
     if "." not in host:
         return host
-    return _psl().privatesuffix(host) or host
+    return _registrable(host) or host
 
 
 def destination_matches(rule: str, host: str) -> bool:

@@ -113,60 +113,72 @@ class _First:
     line: int
 
 
+_NONE = Origin("", None, "none")
+
+
 class _Batch:
-    """Per (group, destination): first connection, last time, count; per group and destination the earliest time."""
+    """Per (group, destination): the first connection, last time, count (per line: one dict lookup and a compare)."""
 
     def __init__(self, attributor: Attributor, jobs: JobIndex) -> None:
         self.attributor = attributor
         self.jobs = jobs
-        self.pairs: dict[tuple[str, str], list[Any]] = {}  # (group, dest) -> [first: _First, last, count]
+        # (group, dest) -> [first t, last t, count, host, client, origin, source, line]
+        self.pairs: dict[tuple[str, str], list[Any]] = {}
         self.workflows: dict[tuple[str, str, str], list[float]] = {}  # (group, wf, dest) -> [first, last, count]
-        self.groups: dict[str, list[float]] = {}
-        self.dest_first: dict[str, tuple[float, str]] = {}
         self.attributed = 0
         self.unattributed = 0
         self.source = ""
-        self._jobs_by = set(jobs.by_group) | {g for g in jobs.by_group}
-        self._with_jobs = bool(jobs.by_group)
+        self._origins: dict[str, Origin] = {}
+        self._with_jobs = set(jobs.by_group)
 
     def observe(self, t: float, client: str, host: str, line: int) -> None:
-        origin = self.attributor.origin(client)
+        origin = self._origins.get(client)
         if origin is None:
+            origin = self.attributor.origin(client) or _NONE
+            self._origins[client] = origin
+        if origin is _NONE:
             self.unattributed += 1
             return
         self.attributed += 1
-        group = origin.group
-        dest = destination_key(host)
-        key = (group, dest)
+        key = (origin.group, destination_key(host))
         rec = self.pairs.get(key)
         if rec is None:
-            self.pairs[key] = [_First(t, host, client, origin, self.source, line), t, 1]
+            self.pairs[key] = [t, t, 1, host, client, origin, self.source, line]
         else:
-            if t < rec[0].t:
-                rec[0] = _First(t, host, client, origin, self.source, line)
-            if t > rec[1]:
+            if t < rec[0]:
+                rec[0], rec[3], rec[4], rec[5], rec[6], rec[7] = t, host, client, origin, self.source, line
+            elif t > rec[1]:
                 rec[1] = t
             rec[2] += 1
-        g = self.groups.get(group)
-        if g is None:
-            self.groups[group] = [t, t]
-        else:
-            if t < g[0]:
-                g[0] = t
-            if t > g[1]:
-                g[1] = t
-        d = self.dest_first.get(dest)
-        if d is None or t < d[0]:
-            self.dest_first[dest] = (t, group)
-        if self._with_jobs and group in self._jobs_by:
+        if origin.group in self._with_jobs:
             wf = self.jobs.workflow(origin, t)
             if wf:
-                wk = (group, wf, dest)
+                wk = (origin.group, wf, key[1])
                 w = self.workflows.get(wk)
                 if w is None:
                     self.workflows[wk] = [t, t, 1]
                 else:
                     w[0], w[1], w[2] = min(w[0], t), max(w[1], t), w[2] + 1
+
+    def firsts(self) -> dict[tuple[str, str], tuple[_First, float, int]]:
+        return {k: (_First(r[0], r[3], r[4], r[5], r[6], r[7]), r[1], r[2]) for k, r in self.pairs.items()}
+
+    def groups(self) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
+        for (g, _), r in self.pairs.items():
+            cur = out.get(g)
+            if cur is None:
+                out[g] = [r[0], r[1]]
+            else:
+                cur[0], cur[1] = min(cur[0], r[0]), max(cur[1], r[1])
+        return out
+
+    def dest_first(self) -> dict[str, tuple[float, str]]:
+        out: dict[str, tuple[float, str]] = {}
+        for (g, d), r in self.pairs.items():
+            if d not in out or r[0] < out[d][0]:
+                out[d] = (r[0], g)
+        return out
 
 
 # ================================================================= inputs
@@ -354,17 +366,18 @@ def _decide(inventory: Inventory, snap: Snapshot, batch: _Batch, index: JobIndex
     groups: dict[str, RunnerGroup] = {g.name: g for g in inventory.runners}
     ch = Changes()
     first_seen: dict[str, float] = {}
-    for g, (lo, hi) in batch.groups.items():
+    pairs = batch.firsts()
+    for g, (lo, hi) in batch.groups().items():
         first_seen[g] = min(lo, snap.groups.get(g, lo))
         ch.groups[g] = (first_seen[g], hi)
     for g in groups:
         if g in snap.groups:
             first_seen.setdefault(g, snap.groups[g])
-    for dest, (t, g) in batch.dest_first.items():
+    for dest, (t, g) in batch.dest_first().items():
         if dest not in snap.destinations or t < snap.destinations[dest][0]:
             ch.destinations[dest] = (t, g)
     batch_groups: dict[str, set[str]] = {}
-    for (g, dest) in batch.pairs:
+    for (g, dest) in pairs:
         batch_groups.setdefault(dest, set()).add(g)
     now = datetime.now(timezone.utc).timestamp()
     for g, start in first_seen.items():
@@ -372,7 +385,7 @@ def _decide(inventory: Inventory, snap: Snapshot, batch: _Batch, index: JobIndex
         if start + learn > now and mode == "check":
             report.learning[g] = datetime.fromtimestamp(start + learn, tz=timezone.utc).isoformat()
 
-    for (g, dest), (first, last, count) in sorted(batch.pairs.items(), key=lambda kv: kv[1][0].t):
+    for (g, dest), (first, last, count) in sorted(pairs.items(), key=lambda kv: kv[1][0].t):
         scope = f"group:{g}"
         state = snap.known.get((scope, dest))
         if state in KNOWN_STATES:
