@@ -689,12 +689,15 @@ def watch_cmd(
 # ---------------------------------------------------------------------------------- egress baselines
 def _egress(mode: str, inventory: Path, journal_path: Optional[str], as_json: bool) -> None:
     from digestguard.inventory import load_inventory
+    from digestguard.journal import LeaseHeld
     from tasks.egress.check import check_egress, journal_for
 
     inv = load_inventory(inventory)
     journal = journal_for(inv, journal_path)
     try:
         rep = check_egress(inv, journal, mode=mode, inventory_path=str(inventory.resolve()))
+    except LeaseHeld as e:  # another check kept the baseline busy past the wait: no answer this time
+        _fail(e, 3)
     finally:
         journal.close()
     _coverage_first(rep.coverage)

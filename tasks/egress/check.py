@@ -43,7 +43,7 @@ from digestguard.egress import EgressRule, RunnerGroup, destination_key
 from digestguard.errors import DigestguardError
 from digestguard.findings import SourceCoverage, overall_verdict
 from digestguard.inventory import Inventory, NetworkLogSource
-from digestguard.journal import Journal
+from digestguard.journal import Holder, Journal, lease_wait_default
 from digestguard.redact import redact_data
 from tasks.egress.attribution import Attributor, JobIndex, Origin
 from tasks.egress.baseline import KNOWN_STATES, BaselineStore, Changes, Snapshot
@@ -323,6 +323,17 @@ def check_egress(
         report.notes.append("no runners in the inventory: nothing to attribute egress to")
         report.finished_at = datetime.now(timezone.utc)
         return report
+    # one check at a time per journal: a second one (another watch, a CLI call) waits, then reads what the first
+    # learnt, so a destination is never flagged twice
+    with journal.lease(LEASE, Holder.here(), ttl=60, wait=lease_wait_default(300.0)):
+        return _check_locked(inventory, journal, report, mode, jobs, draft, inventory_path, cloudwatch_client)
+
+
+LEASE = "egress:baseline"
+
+
+def _check_locked(inventory: Inventory, journal: Journal, report: EgressReport, mode: str, jobs: list[JobLog] | None,
+                  draft: DraftWriter | None, inventory_path: str | None, cloudwatch_client: Any) -> EgressReport:
     store = BaselineStore(journal)
     snap = store.load()
     ci_cov: list[SourceCoverage] = []

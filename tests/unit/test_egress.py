@@ -270,3 +270,28 @@ def test_cilog_reads_runner_machine_end_and_actions():
     assert (log.runner, log.machine) == ("runner-a-1", "runner-a-1")
     assert log.ended_at == datetime.fromtimestamp(T0 + 90, tz=timezone.utc)
     assert log.actions[0].action == "actions/checkout@v4" and log.actions[0].sha == CHECKOUT_SHA
+
+
+def test_two_checks_at_the_same_time_flag_a_destination_once(tmp_path: Path):
+    """Two journals (two processes' worth) check the same logs at once: the lease makes the second wait and then
+    find the destination already flagged."""
+    import threading
+
+    inv = _inventory(tmp_path, ci=False)
+    _write(tmp_path / "logs" / "dns.log", zeek_dns(daily(range(8), "10.0.0.11", NORMAL)
+                                                   + [(T0 + 9 * DAY, "10.0.0.11", "x.once-only.com")]))
+    events: list[list] = []
+
+    def one() -> None:
+        j = Journal(tmp_path / "journal.sqlite")
+        try:
+            events.append(check_egress(inv, j).events)
+        finally:
+            j.close()
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(len(e) for e in events) == [0, 1]
