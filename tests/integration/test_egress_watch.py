@@ -65,3 +65,44 @@ def test_new_destination_event_survives_the_pending_queue(tmp_path: Path):
         state.queue_alerts([ev])
         ((_, back),) = state.pending_alerts()
     assert back == ev
+
+
+def test_cloudwatch_resolver_log_group_is_followed(moto_server: str, tmp_path: Path):
+    """Route 53 Resolver events in a CloudWatch log group on the session moto server (boto3, filter_log_events):
+    learnt, then the new destination flagged; the next check reads only events after the last one read."""
+    import uuid
+    from datetime import datetime, timedelta, timezone
+
+    import boto3
+
+    from digestguard.journal import Journal
+    from tasks.egress.check import check_egress
+
+    logs = boto3.client("logs", endpoint_url=moto_server, region_name="us-east-1")
+    group = f"/aws/route53/egress-{uuid.uuid4().hex[:8]}"
+    logs.create_log_group(logGroupName=group)
+    logs.create_log_stream(logGroupName=group, logStreamName="vpc-a")
+    base = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=3)  # CloudWatch keeps 14 days
+
+    def put(rows: list[tuple[datetime, str]]) -> None:
+        logs.put_log_events(logGroupName=group, logStreamName="vpc-a", logEvents=[
+            {"timestamp": int(t.timestamp() * 1000), "message": json.dumps({
+                "query_timestamp": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "query_name": q + ".", "query_type": "A",
+                "rcode": "NOERROR", "srcaddr": "10.9.0.33"})} for t, q in rows])
+
+    put([(base + timedelta(minutes=m), h) for m in range(0, 50, 5) for h in ("pypi.org", "github.com")]
+        + [(base + timedelta(hours=2), "new.cw-only.net")])
+    inv_path = write_inventory(tmp_path, network_logs=[{"name": "resolver", "kind": "cloudwatch", "log_group": group,
+                                                        "region": "us-east-1", "endpoint_url": moto_server}],
+                               runners=[{"name": "eph", "cidrs": ["10.9.0.0/24"]}], egress={"learning_days": 1 / 24})
+    inv = load_inventory(inv_path)
+    j = Journal(tmp_path / "journal.sqlite")
+    try:
+        rep = check_egress(inv, j)
+        assert [e.destination for e in rep.events] == ["cw-only.net"]
+        assert rep.coverage[0].state == "checked" and rep.files[0].lines == 21
+        put([(base + timedelta(hours=2, minutes=10), "second.cw-late.org")])
+        rep2 = check_egress(inv, j)
+        assert [e.destination for e in rep2.events] == ["cw-late.org"] and rep2.files[0].lines == 1
+    finally:
+        j.close()
