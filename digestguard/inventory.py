@@ -493,6 +493,10 @@ def parse_inventory(data: Any, source: str, base_dir: Path) -> Inventory:
         for err in e.errors():
             loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            if loc == "(top level)" and msg.removeprefix("Value error, ").startswith(("runners", "egress")):
+                # checks across sections (runner groups): each problem names its own field, one line each
+                lines += [f"{source}: {part.removeprefix('Value error, ')}" for part in msg.split("\n")]
+                continue
             lines.append(f"{source}: {loc}: {msg}")
         raise InputError(source, "invalid inventory\n" + "\n".join(lines)) from None
     except InputError as e:

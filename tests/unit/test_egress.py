@@ -99,6 +99,10 @@ def test_job_images_and_actions_just_before_the_connection(tmp_path: Path):
     assert ev.actions == [f"actions/checkout@v4 ({CHECKOUT_SHA})"]
     assert ev.line == len(rows) and ev.source.endswith("proxy.log")
     assert ev.dry_run_command and ev.draft_advisory and Path(ev.draft_advisory).is_file()
+    j = Journal(tmp_path / "journal.sqlite")  # the job's own baseline (a workflow, or the job name without one)
+    rows = j.query("SELECT destination FROM egress_known WHERE scope = ?", ("workflow:build/acme/scan.log",))
+    j.close()
+    assert {r[0] for r in rows} == {"checkmarx.cx"}
 
 
 def test_range_job_named_only_when_one_job_ran(tmp_path: Path):
@@ -295,3 +299,20 @@ def test_two_checks_at_the_same_time_flag_a_destination_once(tmp_path: Path):
     for t in threads:
         t.join(120)
     assert sorted(len(e) for e in events) == [0, 1]
+
+
+def test_cross_group_problems_one_line_each(tmp_path: Path):
+    p = write_inventory(tmp_path, network_logs=[{"name": "zeek", "path": "logs"}],
+                        runners=[{"name": "a", "hosts": [{"name": "r1", "address": "10.0.0.1"}]},
+                                 {"name": "b", "hosts": [{"name": "R1", "address": "10.0.0.2"}]}, {"name": "c"}],
+                        egress={"sources": ["nope"], "suppress": [{"destination": "x.org", "reason": "r",
+                                                                   "groups": ["ghost"]}]})
+    with pytest.raises(InputError) as e:
+        load_inventory(p)
+    lines = str(e.value).splitlines()[1:]
+    assert lines == [
+        f"{p}: runners.1.hosts.0.name: 'R1' is already a host of group 'a'",
+        f"{p}: runners.2: group 'c' needs hosts or cidrs (nothing could be attributed to it)",
+        f"{p}: egress.suppress.0.groups: 'ghost' is not a runner group",
+        f"{p}: egress.sources.0: 'nope' is not a network_logs name",
+    ]
