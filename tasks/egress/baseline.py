@@ -44,6 +44,7 @@ class Snapshot:
     destinations: dict[str, tuple[float, str]] = field(default_factory=dict)  # destination -> (first seen, group)
     offsets: dict[str, Position] = field(default_factory=dict)
     alerts: set[tuple[str, str]] = field(default_factory=set)
+    last_check: float | None = None  # when a check last saved (the latest offset update)
 
     def groups_knowing(self, destination: str) -> set[str]:
         return {s[6:] for (s, d), st in self.known.items() if d == destination and s.startswith("group:")
@@ -79,6 +80,8 @@ class BaselineStore:
         snap.offsets = {p: Position(int(o), int(n), int(i) if i is not None else None) for p, o, n, i in
                         j.query("SELECT path, byte_offset, lines, inode FROM egress_offsets")}
         snap.alerts = {(g, d) for g, d in j.query("SELECT group_name, destination FROM egress_alerts")}
+        (last,) = j.query("SELECT MAX(updated_at) FROM egress_offsets")[0]
+        snap.last_check = epoch(last) if last else None
         return snap
 
     def save(self, ch: Changes) -> None:

@@ -275,7 +275,7 @@ class _Span:
 
 
 def read_jobs(inventory: Inventory, since: datetime | None, until: datetime | None) -> tuple[list[JobLog], list[SourceCoverage]]:
-    """Every CI source's jobs (folders whole; GitHub/GitLab runs listed over the connections' span)."""
+    """Every CI source's jobs (folders whole; GitHub/GitLab runs listed from ``since`` to ``until`` or now)."""
     if not inventory.ci_logs:
         return [], []
     from tasks.ci_logs import read_one_source  # deferred: forge clients only when CI sources exist
@@ -366,9 +366,11 @@ def _check_locked(inventory: Inventory, journal: Journal, report: EgressReport, 
 
 
 def _earliest(snap: Snapshot) -> datetime | None:
-    if not snap.groups:
-        return None
-    return datetime.fromtimestamp(min(snap.groups.values()), tz=timezone.utc) - timedelta(hours=6)
+    """From when GitHub/GitLab runs are listed: 6 h before the last check (a job may have started before its
+    connections reached the log), or a day back on the first check. Folder sources are read whole."""
+    if snap.last_check is None:
+        return datetime.now(timezone.utc) - timedelta(days=1)
+    return datetime.fromtimestamp(snap.last_check, tz=timezone.utc) - timedelta(hours=6)
 
 
 def _decide(inventory: Inventory, snap: Snapshot, batch: _Batch, index: JobIndex, report: EgressReport,

@@ -10,6 +10,8 @@ re-alerts. Per cycle, :func:`watch_cycle` turns what changed into typed events:
 * :class:`MaliciousEvent`   a tag now names a digest an advisory pack lists (the caller starts a dry-run incident)
 * :class:`SignatureEvent`   a new digest is unsigned, or its cosign signature does not verify against the pinned key
 * :class:`NetworkHitEvent`  a network log grew a line naming an advisory indicator (only new bytes are read)
+* :class:`NewDestinationEvent`  a CI runner group reached a destination it never reached (egress baselines,
+  ``tasks/egress/``, when the inventory names ``runners``; state in the journal)
 * :class:`SourceDownEvent` / :class:`SourceRecoveredEvent`  once per outage of a registry, image, log or API
 
 Nothing here posts or starts anything: :func:`run_watch` loops cycles and
