@@ -39,7 +39,7 @@ from pydantic import Field
 
 from digestguard._model import Model
 from digestguard.cilog import JobLog
-from digestguard.egress import EgressRule, RunnerGroup, destination_key
+from digestguard.egress import EgressRule, RunnerGroup
 from digestguard.errors import DigestguardError
 from digestguard.findings import SourceCoverage, overall_verdict
 from digestguard.inventory import Inventory, NetworkLogSource
@@ -131,7 +131,7 @@ class _Batch:
         self._origins: dict[str, Origin] = {}
         self._with_jobs = set(jobs.by_group)
 
-    def observe(self, t: float, client: str, host: str, line: int) -> None:
+    def observe(self, t: float, client: str, host: str, dest: str, line: int) -> None:
         origin = self._origins.get(client)
         if origin is None:
             origin = self.attributor.origin(client) or _NONE
@@ -140,7 +140,7 @@ class _Batch:
             self.unattributed += 1
             return
         self.attributed += 1
-        key = (origin.group, destination_key(host))
+        key = (origin.group, dest)
         rec = self.pairs.get(key)
         if rec is None:
             self.pairs[key] = [t, t, 1, host, client, origin, self.source, line]
