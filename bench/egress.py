@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -179,17 +180,22 @@ def main() -> None:
                     pass
         inv = load_inventory(_inventory(root, logs, plant["runners"], args.learning_days))
         ours, rg, rep, rg_count = [], [], None, None
+        ours_cpu, rg_cpu = [], []
         for _ in range(args.repeat):
             (root / "journal.sqlite").unlink(missing_ok=True)
             j = Journal(root / "journal.sqlite")
-            t = time.monotonic()
+            t, c = time.monotonic(), time.process_time()
             rep = check_egress(inv, j, jobs=[], draft=lambda ev, _inv: ev)
             ours.append(time.monotonic() - t)
+            ours_cpu.append(time.process_time() - c)
             j.close()
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t = time.monotonic()
             out = subprocess.run(["rg", "-c", "-F", "--no-filename", PLANTED, *map(str, files)], capture_output=True,
                                  text=True)
             rg.append(time.monotonic() - t)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            rg_cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
             rg_count = sum(int(x) for x in out.stdout.split())
         assert rep is not None
         lines = rep.lines
@@ -214,6 +220,8 @@ def main() -> None:
             "ours_mb_per_s": round(size / best_ours / 1e6, 1),
             "rg_s": round(best_rg, 2), "rg_mb_per_s": round(size / best_rg / 1e6, 1), "rg_matches": rg_count,
             "ratio_ours_to_rg": round(best_rg / best_ours, 3), "malformed": rep.malformed, "uptime": _uptime(),
+            "ours_cpu_s": round(min(ours_cpu), 2), "rg_cpu_s": round(min(rg_cpu), 2),
+            "ours_cpu_us_per_line": round(min(ours_cpu) / max(1, lines) * 1e6, 2),
         }
         if args.json:
             print(json.dumps(result, indent=2))
@@ -228,6 +236,8 @@ def main() -> None:
         print(f"egress check: {best_ours:.2f} s = {lines / best_ours:,.0f} lines/s, {size / best_ours / 1e6:.1f} MB/s")
         print(f"rg -c -F:     {best_rg:.2f} s = {size / best_rg / 1e6:.1f} MB/s ({rg_count} match)   "
               f"ours/rg speed = {best_rg / best_ours:.3f}")
+        print(f"CPU: egress check {result['ours_cpu_s']} s ({result['ours_cpu_us_per_line']} us/line), "
+              f"rg {result['rg_cpu_s']} s (all threads)")
         print(f"uptime: {result['uptime']}")
     finally:
         if args.keep:

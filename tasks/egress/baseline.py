@@ -45,10 +45,16 @@ class Snapshot:
     offsets: dict[str, Position] = field(default_factory=dict)
     alerts: set[tuple[str, str]] = field(default_factory=set)
     last_check: float | None = None  # when a check last saved (the latest offset update)
+    _knowing: dict[str, set[str]] | None = field(default=None, repr=False)
 
     def groups_knowing(self, destination: str) -> set[str]:
-        return {s[6:] for (s, d), st in self.known.items() if d == destination and s.startswith("group:")
-                and st in KNOWN_STATES}
+        """The groups that reach ``destination`` normally (indexed on first use)."""
+        if self._knowing is None:
+            self._knowing = {}
+            for (s, d), st in self.known.items():
+                if s.startswith("group:") and st in KNOWN_STATES:
+                    self._knowing.setdefault(d, set()).add(s[6:])
+        return self._knowing.get(destination, set())
 
 
 @dataclass
