@@ -16,7 +16,7 @@ egress baseline (``tasks/egress/``) needs from the inventory to do better:
   fetched) so ``d1234.cloudfront.net`` and ``d5678.cloudfront.net`` are one
   destination; addresses stay themselves.
 
-Pure data and pure functions: no I/O here.
+Pure data and pure functions; the only file read is the Public Suffix List that ``publicsuffixlist`` bundles.
 """
 
 from __future__ import annotations

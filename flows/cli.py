@@ -656,7 +656,8 @@ def watch_cmd(
                                          help="state file (default .digestguard/watch.sqlite next to the inventory)"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object at the end (events and per-cycle counts)"),
 ) -> None:
-    """Watch image tags for digest drift, signatures and network indicators; alert Slack; start a dry-run incident on a match.
+    """Watch image tags for digest drift, signatures and network indicators, and CI runners' egress for new
+    destinations (inventory `runners`); alert Slack; start a dry-run incident on a match.
 
     Exit code 1 when any cycle raised an alert, 0 when all was quiet, 2 on bad input.
     """
