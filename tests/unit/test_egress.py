@@ -316,3 +316,19 @@ def test_cross_group_problems_one_line_each(tmp_path: Path):
         f"{p}: egress.suppress.0.groups: 'ghost' is not a runner group",
         f"{p}: egress.sources.0: 'nope' is not a network_logs name",
     ]
+
+
+def test_gzip_log_reread_only_new_lines_judged(tmp_path: Path):
+    """A rotated-and-compressed Zeek log that grows (rewritten whole): lines already read are not judged again."""
+    import gzip
+
+    inv = _inventory(tmp_path, ci=False)
+    rows = daily(range(8), "10.0.0.11", NORMAL) + [(T0 + 9 * DAY, "10.0.0.11", "gz.first-new.com")]
+    (tmp_path / "logs").mkdir()
+    gz = tmp_path / "logs" / "dns.log.gz"
+    gz.write_bytes(gzip.compress(zeek_dns(rows).encode()))
+    assert [e.destination for e in _check(inv, tmp_path).events] == ["first-new.com"]
+    assert _check(inv, tmp_path).files[0].lines == 0  # unchanged: not even decompressed again
+    gz.write_bytes(gzip.compress(zeek_dns(rows + [(T0 + 10 * DAY, "10.0.0.11", "gz.second-new.com")]).encode()))
+    rep = _check(inv, tmp_path)
+    assert [e.destination for e in rep.events] == ["second-new.com"] and rep.files[0].lines == 1
