@@ -93,6 +93,15 @@ class DigestMention(Model):
     at: datetime | None = None
 
 
+class ActionUse(Model):
+    """An action a GitHub job downloaded: ``Download action repository 'owner/name@ref' (SHA:...)``."""
+
+    action: str = Field(description="owner/name[/path]@ref as the log names it")
+    sha: str | None = None
+    line_no: int
+    at: datetime | None = None
+
+
 class JobLog(Model):
     """One parsed job log. ``source``/``workflow``/``url``/``repository`` are set by the caller (metadata)."""
 
@@ -107,6 +116,10 @@ class JobLog(Model):
     workflow: str | None = Field(None, description="workflow/pipeline file that defined the job, when known")
     url: str | None = None
     repository: str | None = Field(None, description="inventory repository name the job belongs to, when known")
+    ended_at: datetime | None = Field(None, description="the log's last timestamp (the job ran until then)")
+    runner: str | None = Field(None, description="runner name the log prints (GitHub 'Runner name', GitLab 'Running on')")
+    machine: str | None = Field(None, description="machine name the log prints (GitHub 'Machine name')")
+    actions: list[ActionUse] = Field(default_factory=list, description="actions the job downloaded, in order")
 
 
 # --------------------------------------------------------------------------- line cleaning
@@ -505,9 +518,44 @@ def parse_job_log(
     flush()
 
     log = parser.log
+    _runner_facts(log, decoded)
     log.started_at = first_ts or (started_at.astimezone(timezone.utc) if started_at and started_at.tzinfo else started_at)
     log.source = source
     log.workflow = workflow
     log.url = url
     log.repository = repository
     return log
+
+
+# --------------------------------------------------------------------------- where and with what the job ran
+
+_RUNNER_NAME = re.compile(r"^Runner name: '([^']{1,200})'")
+_MACHINE_NAME = re.compile(r"^Machine name: '([^']{1,200})'")
+_GITLAB_ON = re.compile(r"^Running on (\S{1,200}) via (\S{1,200})")
+_ACTION = re.compile(r"^Download action repository '([^'@\s]{1,200}@[^'\s]{1,200})'(?: \(SHA:([0-9a-fA-F]{40})\))?")
+
+
+def _runner_facts(log: JobLog, decoded: list[tuple[str, bool]]) -> None:
+    """The log's last timestamp, the runner and machine it names, and the actions it downloaded (egress context)."""
+    last: datetime | None = None
+    for index, (raw, bad) in enumerate(decoded, start=1):
+        if bad:
+            continue
+        at, rest, _cont, broken = _split_prefix(raw.rstrip("\r"))
+        if broken:
+            continue
+        if at is not None:
+            last = at
+        text = _visible(rest)
+        if not text or text[0] not in "RMD":
+            continue
+        if m := _RUNNER_NAME.match(text):
+            log.runner = log.runner or m[1]
+        elif m := _MACHINE_NAME.match(text):
+            log.machine = log.machine or m[1]
+        elif m := _GITLAB_ON.match(text):
+            log.runner = log.runner or m[1]
+            log.machine = log.machine or m[2]
+        elif m := _ACTION.match(text):
+            log.actions.append(ActionUse(action=m[1], sha=m[2].lower() if m[2] else None, line_no=index, at=at))
+    log.ended_at = last

@@ -19,8 +19,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from digestguard.credentials import check_reference, refuse_literal_credentials
+from digestguard.egress import EgressSettings, RunnerGroup, check_runner_groups
 from digestguard.errors import InputError
 from digestguard.journal import JOURNAL_ENV, check_location, is_postgres_url
+from digestguard.netlog import FORMATS
 from digestguard.safe_yaml import load_yaml_file
 
 _log = logging.getLogger("digestguard.inventory")
@@ -115,7 +117,7 @@ class NetworkLogSource(_Model):
     name: str | None = None
     kind: Literal["file", "cloudwatch"] = "file"
     path: str | None = None
-    format: str | None = Field(None, description="zeek-dns, zeek-http, route53, squid, jsonl, text; auto when omitted")
+    format: str | None = Field(None, description="zeek-tsv, zeek-json, route53, squid, combined, jsonl, text; auto when omitted")
     log_group: str | None = None
     region: str | None = None
     endpoint_url: str | None = None
@@ -126,6 +128,8 @@ class NetworkLogSource(_Model):
             raise ValueError("a file network-log source needs 'path'")
         if self.kind == "cloudwatch" and not self.log_group:
             raise ValueError("a cloudwatch network-log source needs 'log_group'")
+        if self.format is not None and self.format not in FORMATS:
+            raise ValueError(f"format {self.format!r} is not a log format digestguard reads ({', '.join(FORMATS)})")
         if self.name is None:
             self.name = self.path or self.log_group
         return self
@@ -419,6 +423,9 @@ class Inventory(_Model):
     backends: Backends = Field(default_factory=Backends)
     approvals: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     images: list[WatchedImage] = Field(default_factory=list)
+    runners: list[RunnerGroup] = Field(default_factory=list, description="CI runner groups: hosts and address ranges "
+                                                                         "(egress baselines, tasks/egress/)")
+    egress: EgressSettings = Field(default_factory=EgressSettings)
     journal: str | None = Field(None, description="journal: a SQLite path (default .digestguard/journal.sqlite next to the "
                                                   "inventory) or a postgresql:// URL, password by reference; "
                                                   "DIGESTGUARD_JOURNAL overrides it")
@@ -436,7 +443,13 @@ class Inventory(_Model):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{section}: duplicate names {dupes}")
+        problems = check_runner_groups(self.runners, self.egress, [s.name or "" for s in self.network_logs])
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
+
+    def runner_group(self, name: str) -> RunnerGroup | None:
+        return next((g for g in self.runners if g.name == name), None)
 
     def resolve_path(self, p: str) -> Path:
         """A path from the file, resolved against the inventory's folder."""
@@ -483,6 +496,10 @@ def parse_inventory(data: Any, source: str, base_dir: Path) -> Inventory:
         for err in e.errors():
             loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            if loc == "(top level)" and msg.removeprefix("Value error, ").startswith(("runners", "egress")):
+                # checks across sections (runner groups): each problem names its own field, one line each
+                lines += [f"{source}: {part.removeprefix('Value error, ')}" for part in msg.split("\n")]
+                continue
             lines.append(f"{source}: {loc}: {msg}")
         raise InputError(source, "invalid inventory\n" + "\n".join(lines)) from None
     except InputError as e:

@@ -130,6 +130,46 @@ _TAG_OBSERVATIONS = """CREATE TABLE IF NOT EXISTS tag_observations (
 _TAG_OBSERVATIONS_INDEX = "CREATE INDEX IF NOT EXISTS tag_observations_at ON tag_observations (reference, first_at)"
 
 
+# Egress baselines (tasks/egress/): per runner group when it started learning, every destination each scope
+# (a group, or a group's workflow) has reached, where each followed log was read up to, and every alert raised.
+_EGRESS = [
+    """CREATE TABLE IF NOT EXISTS egress_groups (
+    group_name TEXT PRIMARY KEY,
+    first_seen TEXT NOT NULL,
+    last_seen  TEXT NOT NULL
+)""",
+    """CREATE TABLE IF NOT EXISTS egress_known (
+    scope       TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    first_seen  TEXT NOT NULL,
+    last_seen   TEXT NOT NULL,
+    hits        BIGINT NOT NULL DEFAULT 0,
+    state       TEXT NOT NULL,
+    PRIMARY KEY (scope, destination)
+)""",
+    """CREATE TABLE IF NOT EXISTS egress_destinations (
+    destination TEXT PRIMARY KEY,
+    first_seen  TEXT NOT NULL,
+    first_group TEXT NOT NULL
+)""",
+    """CREATE TABLE IF NOT EXISTS egress_offsets (
+    path       TEXT PRIMARY KEY,
+    byte_offset BIGINT NOT NULL,
+    lines      BIGINT NOT NULL,
+    inode      BIGINT,
+    updated_at TEXT NOT NULL
+)""",
+    """CREATE TABLE IF NOT EXISTS egress_alerts (
+    group_name  TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    at          TEXT NOT NULL,
+    detail      TEXT NOT NULL,
+    raised_at   TEXT NOT NULL,
+    PRIMARY KEY (group_name, destination)
+)""",
+]
+
+
 def _pg(ddl: str) -> str:
     """The PostgreSQL spelling of a portable DDL: byte-order text comparison, as SQLite's default BINARY collation."""
     return ddl.replace(" TEXT", ' TEXT COLLATE "C"')
@@ -144,6 +184,7 @@ MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
     (2, "leases", {"sqlite": [_LEASES], "postgresql": [_pg(_LEASES)]}),
     (3, "tag timelines", {"sqlite": [_TAG_OBSERVATIONS, _TAG_OBSERVATIONS_INDEX],
                           "postgresql": [_pg(_TAG_OBSERVATIONS), _TAG_OBSERVATIONS_INDEX]}),
+    (4, "egress baselines", {"sqlite": _EGRESS, "postgresql": [_pg(t) for t in _EGRESS]}),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -314,6 +355,19 @@ class Journal:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    # -- tables other modules own (egress baselines): plain statements, one transaction ---------
+    def query(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement (``?`` placeholders on both backends) and return its rows."""
+        with self._lock:
+            return self._db.execute(sql, args)
+
+    @contextmanager
+    def transaction(self, lock_key: str) -> Iterator[None]:
+        """One write transaction holding ``lock_key`` (so two processes writing the same rows take turns)."""
+        with self._lock, self._db.transaction():
+            self._db.lock(lock_key)
+            yield
 
     # -- queries -------------------------------------------------------------------------
     def get(self, incident: str, stage: str, target: str, action: str) -> Entry | None:

@@ -27,6 +27,9 @@ from digestguard.redact import install as install_redaction, redact
 app = typer.Typer(help="Container-image supply-chain incident playbook (Prefect).", no_args_is_help=True, add_completion=False)
 advisories_app = typer.Typer(help="IOC packs: list, show, validate.", no_args_is_help=True)
 app.add_typer(advisories_app, name="advisories")
+egress_app = typer.Typer(help="Egress baselines: CI runners' normal destinations, and the first new one.",
+                         no_args_is_help=True)
+app.add_typer(egress_app, name="egress")
 
 
 def _echo_json(obj: Any) -> None:
@@ -510,6 +513,7 @@ def respond_cmd(
     advisory: str = typer.Option(..., "--advisory", "-a", help="advisory id or pack file"),
     inventory: Path = typer.Option(..., "--inventory", "-i"),
     execute: bool = typer.Option(False, "--execute", help="act (after approvals); without it: a dry run that changes nothing"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="plan only, change nothing (the default; says so explicitly)"),
     incident: Optional[str] = typer.Option(None, "--incident", help="resume this incident id (default: a new one)"),
     known_good: List[str] = typer.Option([], "--known-good", "--to", help="sha256:... or TAG=sha256:... (repeat)"),
     window_start: Optional[str] = typer.Option(None, "--window-start"),
@@ -527,6 +531,9 @@ def respond_cmd(
     import os
 
     from flows.local_server import ensure_server, remember_incident, use_server
+
+    if dry_run and execute:
+        _fail(InputError("respond", "--dry-run and --execute exclude each other", "--dry-run"))
 
     if not os.environ.get("PREFECT_API_URL"):
         use_server(ensure_server())
@@ -693,7 +700,8 @@ def watch_cmd(
                                          help="state file (default .digestguard/watch.sqlite next to the inventory)"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object at the end (events and per-cycle counts)"),
 ) -> None:
-    """Watch image tags for digest drift, signatures and network indicators; alert Slack; start a dry-run incident on a match.
+    """Watch image tags for digest drift, signatures and network indicators, and CI runners' egress for new
+    destinations (inventory `runners`); alert Slack; start a dry-run incident on a match.
 
     Exit code 1 when any cycle raised an alert, 0 when all was quiet, 2 on bad input.
     """
@@ -764,6 +772,92 @@ def timeline_cmd(
         for n in notes:
             typer.echo(f"not answered: {n}", err=True)
     raise typer.Exit(3 if incomplete else 0)
+
+
+# ---------------------------------------------------------------------------------- egress baselines
+def _egress(mode: str, inventory: Path, journal_path: Optional[str], as_json: bool) -> None:
+    from digestguard.inventory import load_inventory
+    from digestguard.journal import LeaseHeld
+    from tasks.egress.check import check_egress, journal_for
+
+    inv = load_inventory(inventory)
+    journal = journal_for(inv, journal_path)
+    try:
+        rep = check_egress(inv, journal, mode=mode, inventory_path=str(inventory.resolve()))
+    except LeaseHeld as e:  # another check kept the baseline busy past the wait: no answer this time
+        _fail(e, 3)
+    finally:
+        journal.close()
+    _coverage_first(rep.coverage)
+    if as_json:
+        _echo_json(rep.to_json_dict())
+    else:
+        for ev in rep.events:
+            typer.echo(f"{ev.severity:8} {ev.summary()}")
+            typer.echo(f"         first connection: {ev.source}:{ev.line} from {ev.client}"
+                       + (f" (host {ev.runner_host})" if ev.runner_host else " (address range)"))
+            if ev.job:
+                typer.echo(f"         job: {ev.job}" + (f" workflow {ev.workflow}" if ev.workflow else "")
+                           + (f" {ev.job_url}" if ev.job_url else ""))
+            else:
+                typer.echo(f"         job: unknown ({ev.candidate_jobs} job(s) of the group running then)")
+            for img in ev.images:
+                typer.echo(f"         image used before: {img}")
+            for act in ev.actions:
+                typer.echo(f"         action used before: {act}")
+            typer.echo(f"         destination {'YOUNG' if ev.young else 'not young'} (first seen in the estate "
+                       f"{ev.estate_first_seen.isoformat() if ev.estate_first_seen else '?'}), "
+                       f"{'RARE' if ev.rare else 'common'} ({ev.groups_seen} group(s))")
+            typer.echo(f"         dry run: {ev.dry_run_command}" if ev.dry_run_command else f"         {ev.draft_error}")
+        for note in rep.notes:
+            typer.echo(f"note: {note}", err=True)
+        for g, until in sorted(rep.learning.items()):
+            typer.echo(f"note: runner group {g} is learning until {until}", err=True)
+        typer.echo(f"{mode}: {rep.lines} line(s) in {len(rep.files)} file(s), {rep.malformed} malformed, "
+                   f"{rep.connections} connection(s), {rep.attributed} from runners, {rep.learned} destination(s) "
+                   f"learnt, {rep.allowed} allowed, {len(rep.suppressed)} suppressed, {len(rep.events)} new")
+    _verdict_exit(rep.verdict)
+
+
+@egress_app.command("check")
+def egress_check_cmd(
+    inventory: Path = typer.Option(..., "--inventory", "-i", help="inventory (runners, network_logs, ci_logs, egress)"),
+    journal_path: Optional[str] = typer.Option(None, "--journal", help="journal (default: the inventory's)"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object"),
+) -> None:
+    """Read what the network logs gained; flag each runner group's first connection to a new destination.
+
+    Exit 0 clean and complete, 1 a new destination, 2 bad input, 3 a source could not be read.
+    """
+    _egress("check", inventory, journal_path, as_json)
+
+
+@egress_app.command("learn")
+def egress_learn_cmd(
+    inventory: Path = typer.Option(..., "--inventory", "-i"),
+    journal_path: Optional[str] = typer.Option(None, "--journal", help="journal (default: the inventory's)"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object"),
+) -> None:
+    """Take every destination in the logs read now as normal (seed a baseline from history). Exit 0, 2 or 3."""
+    _egress("learn", inventory, journal_path, as_json)
+
+
+@egress_app.command("alerts")
+def egress_alerts_cmd(
+    inventory: Path = typer.Option(..., "--inventory", "-i"),
+    journal_path: Optional[str] = typer.Option(None, "--journal", help="journal (default: the inventory's)"),
+) -> None:
+    """Every new-destination alert raised so far (JSON)."""
+    from digestguard.inventory import load_inventory
+    from tasks.egress.baseline import BaselineStore
+    from tasks.egress.check import journal_for
+
+    inv = load_inventory(inventory)
+    journal = journal_for(inv, journal_path)
+    try:
+        _echo_json(BaselineStore(journal).alerts())
+    finally:
+        journal.close()
 
 
 def main() -> None:

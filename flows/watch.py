@@ -69,6 +69,7 @@ def run(
         reports = run_watch(inv, state, cycles=cycles, interval=interval, alert=alert,
                             start_incident=dry_run_starter(inv_path), cycle=cycle, registries=pool,
                             advisories_dir=advisories_dir, include_repositories=include_repositories,
+                            inventory_path=inv_path,
                             on_report=_with_note(on_report, None if alert else f"alerts not posted to Slack: {why}"))
     return reports
 

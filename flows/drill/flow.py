@@ -200,7 +200,10 @@ def build_sandbox(base: Advisory, root: Path, stack: contextlib.ExitStack, *, sc
                                   attack + timedelta(minutes=50), "clear"),
         }
         for fname, (image, digest, at, verdict) in plan.items():
-            (repo_dir / fname).write_text(github_job_log(image, digest, at, style="container"))
+            text = github_job_log(image, digest, at, style="container")
+            if fname == "inside-malicious.log" and n == 0:
+                text = _on_runner(text, EGRESS_RUNNER)  # the job whose runner then calls home (egress baseline)
+            (repo_dir / fname).write_text(text)
             jobs[str((repo_dir / fname).relative_to(logs))] = verdict
         probable = repo_dir / "inside-no-digest.log"
         probable.write_text(_log_without_digest("checkmarx/kics:alpine", attack + timedelta(minutes=55)))
@@ -216,11 +219,22 @@ def build_sandbox(base: Advisory, root: Path, stack: contextlib.ExitStack, *, sc
                                  (attack + timedelta(minutes=43), "github.com")]) + "\x00\xff truncated line\n")
     sb.planted["network_hits"] = 1
 
+    # -- runner egress through the proxy: a week of normal destinations (the learning window), then the job that
+    #    ran the attacker's image calls a destination no advisory names
+    egress_log = root / "logs" / "runner-proxy" / "access.log"
+    egress_log.parent.mkdir(parents=True, exist_ok=True)
+    call_home = attack + timedelta(minutes=40, seconds=4.8)  # after its pull, before it ends
+    egress_log.write_text(_squid_egress(now, call_home))
+    sb.planted["egress"] = {"group": "ci-runners", "destination": EGRESS_DESTINATION.split(".", 1)[1],
+                            "host": EGRESS_DESTINATION, "job": "acme/infra/inside-malicious.log"}
+
     inventory = {
         "registries": [{"name": "mirror", "kind": "distribution", "url": base_url}],
         "docker_engines": [{"name": "runner-1", "url": sb.podman.url}],
         "ci_logs": [{"name": "exported", "kind": "folder", "path": "./ci-logs"}],
-        "network_logs": [{"path": "./logs/dns.log"}],
+        "network_logs": [{"path": "./logs/dns.log"}, {"name": "runner-proxy", "path": "./logs/runner-proxy"}],
+        "runners": [{"name": "ci-runners", "hosts": [{"name": EGRESS_RUNNER, "address": EGRESS_ADDRESS}]}],
+        "egress": {"learning_days": 7, "sources": ["runner-proxy"]},
         "secrets": secrets_cfg,
         "repositories": repos_cfg,
         "slack": {"channel": "#sec-incident", "token": "env:DRILL_SLACK_TOKEN", "api_url": sb.slack.api_url},
@@ -232,6 +246,37 @@ def build_sandbox(base: Advisory, root: Path, stack: contextlib.ExitStack, *, sc
     sb.inventory_path.write_text(yaml.safe_dump(inventory, sort_keys=False))
     sb.planted["compromised_tags"] = sorted(sb.attacker)
     return sb
+
+
+EGRESS_RUNNER = "drill-runner-1"
+EGRESS_ADDRESS = "10.0.1.21"
+EGRESS_DESTINATION = "upload.drill-exfil.example"
+_NORMAL_EGRESS = ("registry-1.docker.io", "auth.docker.io", "production.cloudflare.docker.com", "pypi.org",
+                  "files.pythonhosted.org", "github.com", "objects.githubusercontent.com", "api.github.com")
+
+
+def _on_runner(log: str, runner: str) -> str:
+    """A GitHub job log that names its runner and machine (the runner prints both in 'Set up job')."""
+    first, _, rest = log.partition("\n")
+    stamp = first.split(" ", 1)[0]
+    return "\n".join([first, f"{stamp} Runner name: '{runner}'", f"{stamp} Machine name: '{runner}'", rest])
+
+
+def _squid_egress(now: datetime, call_home: datetime) -> str:
+    """Squid native access.log lines from the runner: 8 days of normal traffic (CDN subdomains vary every day), then
+    the call home and some more normal traffic."""
+    rows: list[tuple[float, str]] = []
+    start = now - timedelta(days=8)
+    for hour in range(0, 8 * 24, 3):
+        t = start + timedelta(hours=hour)
+        for i, host in enumerate(_NORMAL_EGRESS):
+            rows.append(((t + timedelta(seconds=i)).timestamp(), host))
+        rows.append(((t + timedelta(seconds=30)).timestamp(), f"d{hour:04x}k.cloudfront.net"))
+    rows.append((call_home.timestamp(), EGRESS_DESTINATION))
+    rows += [((call_home + timedelta(minutes=m)).timestamp(), _NORMAL_EGRESS[m % len(_NORMAL_EGRESS)]) for m in range(1, 6)]
+    rows.sort()
+    return "".join(f"{t:.3f}    120 {EGRESS_ADDRESS} TCP_TUNNEL/200 4312 CONNECT {h}:443 - HIER_DIRECT/{h} -\n"
+                   for t, h in rows)
 
 
 def _log_without_digest(image: str, at: datetime) -> str:
@@ -404,6 +449,40 @@ def score(sb: Sandbox, summary: dict[str, Any] | None, error: str | None) -> lis
     return out
 
 
+def watch_egress(sb: Sandbox) -> dict[str, Any]:
+    """One watch cycle over the sandbox (no image tags, no advisory packs: only what the baselines see), alerts to Slack."""
+    from digestguard.inventory import load_inventory
+    from tasks.watch.alerts import slack_alerter
+    from tasks.watch.cycle import run_watch
+    from tasks.watch.state import WatchState
+
+    inv = load_inventory(sb.inventory_path)
+    alert, _why = slack_alerter(inv)
+    with WatchState.for_inventory(inv) as state:
+        reports = run_watch(inv, state, cycles=1, alert=alert, packs=[], inventory_path=str(sb.inventory_path))
+    return {"events": [e for r in reports for e in r.events], "alerts_sent": sum(r.alerts_sent for r in reports)}
+
+
+def score_egress(sb: Sandbox, watched: dict[str, Any] | None, error: str | None = None) -> StageScore:
+    """The watch flagged the planted destination, on its first connection, from the right job, and said so in Slack."""
+    want = sb.planted["egress"]
+    events = [e for e in (watched or {}).get("events", []) if e.kind == "new-destination"]
+    hit = next((e for e in events if e.destination == want["destination"]), None)
+    texts = [c.params.get("text", "") for c in sb.slack.calls_to("chat.postMessage", ok_only=True)] if sb.slack else []
+    draft_ok = False
+    if hit is not None and hit.draft_advisory:
+        from digestguard.advisory import load_advisory_file
+
+        with contextlib.suppress(Exception):
+            draft_ok = any(i.value == want["host"] for i in load_advisory_file(hit.draft_advisory).network)
+    expected = {"destination": want["destination"], "job": want["job"], "slack": True, "draft advisory": True,
+                "other new destinations": 0}
+    actual = {"destination": hit.destination if hit else None, "job": hit.job if hit else None,
+              "slack": any(want["destination"] in t for t in texts), "draft advisory": draft_ok,
+              "other new destinations": len([e for e in events if e is not hit])}
+    return StageScore("egress", expected, actual, actual == expected and error is None, error or "")
+
+
 def _score_rotation(sb: Sandbox, s: dict[str, Any]) -> StageScore:
     """Every planted secret has a new value in its backend, and GitHub holds the same new value."""
 
@@ -465,6 +544,12 @@ def run_drill(advisory: str = "kics-2026-04", *, auto_approve: bool = False, sca
         if on_ready:
             on_ready(sb)
         t1 = time.monotonic()
+        watched, watch_error = None, None
+        try:  # the watch that would have caught it: the runner's first call to a place no advisory names
+            watched = watch_egress(sb)
+        except Exception as e:  # the scorecard says so; the incident still runs
+            watch_error = f"{type(e).__name__}: {str(e)[:300]}"
+        watch_s = time.monotonic() - t1
         try:
             with drill_approver("drill") if auto_approve else contextlib.nullcontext():
                 state = incident_response(advisory=str(sb.advisory_path), inventory=str(sb.inventory_path), mode="execute",
@@ -479,10 +564,12 @@ def run_drill(advisory: str = "kics-2026-04", *, auto_approve: bool = False, sca
             error = f"{type(e).__name__}: {str(e)[:500]}"
         run = time.monotonic() - t1
         stages = score(sb, summary, error)
+        stages.append(score_egress(sb, watched, watch_error))
         card = {
             "advisory": base.id, "incident": (summary or {}).get("incident"), "ok": all(x.ok for x in stages),
             "stages": [{"name": x.name, "expected": x.expected, "actual": x.actual, "ok": x.ok} for x in stages],
             "timings": {"setup_s": round(setup, 2), "playbook_s": round(run, 2), "total_s": round(time.monotonic() - t0, 2),
+                        "watch_egress_s": round(watch_s, 2),
                         **{f"setup_{k}_s": round(v, 2) for k, v in sb.timings.items()},
                         **{f"stage_{k}_s": v for k, v in ((summary or {}).get("timings") or {}).items()}},
             "scale": scale, "sandbox": str(root) if keep else None,

@@ -23,6 +23,7 @@ from tasks.watch.events import (
     DriftEvent,
     MaliciousEvent,
     NetworkHitEvent,
+    NewDestinationEvent,
     SignatureEvent,
     SourceDownEvent,
     SourceRecoveredEvent,
@@ -52,6 +53,8 @@ def alert_messages(events: Sequence[Any]) -> list[tuple[str, list[dict[str, Any]
         title = f"{_ICON[ev.severity]} *[{ev.severity.upper()}] watch: {ev.kind}*"
         lines = [mrkdwn(_event_detail(ev))]  # the templates use no & < >: only outside text is affected
         text = f"[{ev.severity}] {ev.summary()}"
+        if isinstance(ev, NewDestinationEvent):  # its host comes straight from a log line: no ping, no forged link
+            text = mrkdwn(text)
         out.append((text, [{"type": "section", "text": {"type": "mrkdwn", "text": title + "\n" + "\n".join(lines)}}]))
     for path, hs in hits.items():
         advs = sorted({a for h in hs for a in h.advisories})
@@ -87,6 +90,8 @@ def _event_detail(ev: Any) -> str:
                 f"before: `{ev.before}`\nafter:  `{ev.after}`\n"
                 + ("A release tag should never move: pin the first-seen commit by SHA.\n" if ev.severity == "critical"
                    else "A floating tag moves with releases: check the new commit.\n") + used)
+    if isinstance(ev, NewDestinationEvent):
+        return _new_destination(ev)
     if isinstance(ev, SignatureEvent):
         return f"`{ev.reference}@{ev.digest}` is *{ev.status}*: {ev.reason}"
     if isinstance(ev, SourceDownEvent):
@@ -94,6 +99,24 @@ def _event_detail(ev: Any) -> str:
     if isinstance(ev, SourceRecoveredEvent):
         return f"`{ev.source}` answers again" + (f" (down since {ev.down_since.isoformat()})" if ev.down_since else "")
     return ev.summary()
+
+
+def _new_destination(ev: NewDestinationEvent) -> str:
+    """Job, images and destination first; then why it matters (young, rare) and the one command to run."""
+    job = (f"job `{ev.job}`" + (f" (workflow `{ev.workflow}`)" if ev.workflow else "")
+           + (f" {ev.job_url}" if ev.job_url else "")) if ev.job else \
+        f"job unknown ({ev.candidate_jobs} job(s) of the group were running)"
+    images = ", ".join(f"`{i}`" for i in ev.images[:6]) or "none logged"
+    actions = ", ".join(f"`{a}`" for a in ev.actions[:6]) or "none logged"
+    where = f"host `{ev.runner_host}`" if ev.runner_host else "an address in the group's ranges"
+    flags = (f"{'*young*' if ev.young else 'not young'} (first seen in the estate "
+             f"{ev.estate_first_seen.isoformat() if ev.estate_first_seen else 'unknown'}), "
+             f"{'*rare*' if ev.rare else 'common'} ({ev.groups_seen} runner group(s) reach it)")
+    step = (f"dry run: `{ev.dry_run_command}`" if ev.dry_run_command else f"no dry run offered: {ev.draft_error}")
+    return (f"runner group `{ev.group}` reached `{ev.destination}` (`{ev.host}`) for the first time, at "
+            f"{ev.first_at.isoformat()}, from `{ev.client}` ({where})\n"
+            f"{job}\nimages used before: {images}\nactions used before: {actions}\n{flags}\n"
+            f"first connection: `{redact_line(ev.source)}:{ev.line}`\n{step}")
 
 
 def slack_alerter(inventory: Inventory, **client_options: Any) -> tuple[Alert | None, str | None]:

@@ -12,6 +12,8 @@ re-alerts. Per cycle, :func:`watch_cycle` turns what changed into typed events:
 * :class:`NetworkHitEvent`  a network log grew a line naming an advisory indicator (only new bytes are read)
 * :class:`ActionTagMovedEvent` a tag of a GitHub Action the watched repositories use points elsewhere than
   when first seen (``include_repositories``; the GitHub API through the inventory's github repository)
+* :class:`NewDestinationEvent`  a CI runner group reached a destination it never reached (egress baselines,
+  ``tasks/egress/``, when the inventory names ``runners``; state in the journal)
 * :class:`SourceDownEvent` / :class:`SourceRecoveredEvent`  once per outage of a registry, image, log or API
 
 Nothing here posts or starts anything: :func:`run_watch` loops cycles and
@@ -177,8 +179,9 @@ def watch_cycle(
     concurrency: int = 64,
     check_children: bool = True,
     github: Any | None = None,
+    inventory_path: str | None = None,
 ) -> CycleReport:
-    """One watch cycle: resolve every watched tag, compare, verify, follow logs; return the events.
+    """One watch cycle: resolve every watched tag, compare, verify, follow logs, check egress; return the events.
 
     ``packs`` (default: loaded from ``advisories_dir`` or the shipped packs) give
     the malicious digests and network indicators. ``registries`` is reused
@@ -216,6 +219,7 @@ def watch_cycle(
                 found.merge(found_gh)
             if github is not None:
                 found.merge(_action_tags(state, github, actions))
+        found.merge(_check_egress(inventory, inventory_path))
         found.events += _outage_events(state, found)
     finally:
         if own_pool:
@@ -605,6 +609,40 @@ def _follow_source(cycle: _Cycle, src: NetworkLogSource, indicators: Indicators)
         found.failed[name] = f"{getattr(e, 'filename', '')}: {e.strerror or e}"
         return found
     found.ok.add(name)
+    return found
+
+
+def _check_egress(inventory: Inventory, inventory_path: str | None) -> Found:
+    """The egress baseline (``tasks/egress/``): new destinations of CI runner groups, state in the journal.
+
+    A network or CI source it could not read is a source down (once per outage), like every other source.
+    """
+    if not inventory.runners:
+        return Found()
+    from tasks.egress.check import check_egress, journal_for  # deferred: only inventories with runners pay for it
+
+    name = "egress baseline journal"
+    try:
+        journal = journal_for(inventory)
+    except DigestguardError as e:
+        return Found(failed={name: _error_text(e)})
+    try:
+        rep = check_egress(inventory, journal, inventory_path=inventory_path)
+    except DigestguardError as e:
+        return Found(failed={name: _error_text(e)})
+    finally:
+        journal.close()
+    found = Found(events=list(rep.events), ok={name}, notes=list(rep.notes))
+    for c in rep.coverage:
+        src = f"egress {c.source}"
+        if c.state == "checked":
+            found.ok.add(src)
+        else:
+            found.failed[src] = f"{c.state}: {c.reason or 'not read'}"
+    found.notes += [f"egress: runner group {g} learning until {u}" for g, u in sorted(rep.learning.items())]
+    found.notes.append(f"egress: {rep.lines} line(s), {rep.malformed} malformed, {rep.attributed} connection(s) from "
+                       f"runners, {rep.learned} destination(s) learnt, {len(rep.suppressed)} suppressed, "
+                       f"{len(rep.events)} new")
     return found
 
 

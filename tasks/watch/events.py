@@ -136,6 +136,42 @@ class ActionTagMovedEvent(_Event):
         return f"action tag moved: {self.repository}@{self.tag} {self.before[:12]} -> {self.after[:12]}{where}"
 
 
+class NewDestinationEvent(_Event):
+    """A CI runner group reached a destination it never reached before (after its learning period; tasks/egress/)."""
+
+    kind: Literal["new-destination"] = "new-destination"
+    severity: Severity = "high"
+    group: str = Field(description="the runner group")
+    destination: str = Field(description="registrable domain (or address) never seen for this group")
+    host: str = Field(description="the host name or address of the first connection, as logged")
+    first_at: datetime
+    source: str = Field(description="the log file (or log group) and line of the first connection")
+    line: int = 0
+    client: str = Field(description="the connection's source address or name")
+    runner_host: str | None = None
+    attributed_by: str = "host"
+    job: str | None = None
+    workflow: str | None = None
+    repository: str | None = None
+    job_url: str | None = None
+    images: list[str] = Field(default_factory=list, description="images the job pulled before the connection")
+    actions: list[str] = Field(default_factory=list, description="actions the job downloaded before the connection")
+    candidate_jobs: int = Field(0, description="jobs of the group running at that moment (job named only when 1)")
+    young: bool = Field(False, description="first seen anywhere in the estate's logs within egress.young_days")
+    rare: bool = Field(False, description="reached by at most egress.rare_groups groups")
+    estate_first_seen: datetime | None = None
+    groups_seen: int = 1
+    draft_advisory: str | None = Field(None, description="draft advisory file built from this alert")
+    dry_run_command: str | None = Field(None, description="the one command that shows what would be purged and rotated")
+    draft_error: str | None = None
+
+    def summary(self) -> str:
+        job = f" by job {self.job}" + (f" ({self.workflow})" if self.workflow else "") if self.job else ""
+        tags = ", ".join(t for t, on in (("young", self.young), ("rare", self.rare)) if on)
+        return (f"new egress destination for runner group {self.group}: {self.destination} ({self.host}) at "
+                f"{self.first_at.isoformat()}{job}" + (f" [{tags}]" if tags else ""))
+
+
 class SourceDownEvent(_Event):
     """A source (registry, image, log, API) failed; said once per outage."""
 
@@ -162,7 +198,7 @@ class SourceRecoveredEvent(_Event):
 
 
 WatchEvent = Annotated[
-    Union[DriftEvent, MaliciousEvent, SignatureEvent, NetworkHitEvent, ActionTagMovedEvent, SourceDownEvent,
+    Union[DriftEvent, MaliciousEvent, SignatureEvent, NetworkHitEvent, ActionTagMovedEvent, NewDestinationEvent, SourceDownEvent,
           SourceRecoveredEvent],
     Field(discriminator="kind"),
 ]

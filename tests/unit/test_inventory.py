@@ -23,7 +23,7 @@ ci_logs:
     path: ./ci-logs
 network_logs:
   - path: ./logs/dns.log
-    format: zeek-dns
+    format: zeek-tsv
 secrets:
   - name: deploy-key
     backend: aws-iam-access-key
@@ -74,6 +74,9 @@ def test_unknown_key_and_bad_engine_url_named(tmp_path):
         load_inventory(_write(tmp_path, ISSUE_EXAMPLE.replace("kind: distribution", "kind: distribution\n    colour: red")))
     with pytest.raises(InputError, match="docker_engines.0.url"):
         load_inventory(_write(tmp_path, ISSUE_EXAMPLE.replace("unix:///var/run/docker.sock", "/var/run/docker.sock")))
+    # a log format the reader does not know is refused at load, naming the field (not when the sweep runs)
+    with pytest.raises(InputError, match=r"network_logs\.0.*'zeek-dns' is not a log format"):
+        load_inventory(_write(tmp_path, ISSUE_EXAMPLE.replace("format: zeek-tsv", "format: zeek-dns")))
 
 
 def test_credential_references_resolve_at_use(monkeypatch):
