@@ -171,3 +171,30 @@ def test_slack_and_signed_terminal_approvals_through_a_whole_incident(estate, tm
     text = sb.slack.all_text()
     assert text.count("Approved* by bob (slack, verified), carol (ssh, verified)") >= 2
     assert sb.slack.calls_to("apps.connections.open") and all(c.authorized for c in sb.slack.calls_to("apps.connections.open"))
+
+
+def test_a_run_that_does_not_say_who_started_it_is_refused_at_its_gates(estate):
+    """``triggered_by`` null (what a caller that cannot say sends; the deployment form requires it): with
+    distinct_from_trigger, each gate refuses at once with a clear reason, nothing destructive runs, the run ends."""
+    sb, _key, _api = estate
+    incident, jpath = "slack-e2e-no-trigger", sb.root / "journal.sqlite"
+    with RegistryClient(sb.registry.host, base_url=sb.registry.base_url) as reg:
+        present = {b.digest for b in sb.attacker.values() if reg.exists(REPO, b.digest)}
+    t, box = _run_in_thread(advisory=str(sb.advisory_path), inventory=str(sb.inventory_path), mode="execute",
+                            incident_id=incident, triggered_by=None)
+    t.join(300)
+    assert not t.is_alive() and "error" not in box, box.get("error")
+    summary = box["state"].result(raise_on_failure=False)
+    assert isinstance(summary, dict), summary
+    assert set(summary["rotate"]) == {"skipped"} and set(summary["purge"]) == {"skipped"}
+    j = Journal(jpath)
+    for stage in ("rotate", "purge"):
+        (row,) = [e for e in j.entries(incident, "approval") if e.target == stage]
+        assert row.status == "failed"
+    whys = [e["detail"]["why"] for e in _events(jpath, incident, "refused")]
+    assert len(whys) == 2 and all(w == "no triggered_by" for w in whys), whys
+    assert not [e for e in j.entries(incident) if e.stage in ("rotate", "purge") and e.status == "done"]
+    with RegistryClient(sb.registry.host, base_url=sb.registry.base_url) as reg:
+        assert {d for d in present if reg.exists(REPO, d)} == present
+    text = sb.slack.all_text()
+    assert "this run does not say who started it: start it again with triggered_by set" in text
