@@ -80,12 +80,12 @@ class Plan(BaseModel):
                 lines.append(f"| ... | | | {len(self.items) - limit} more |")
             lines += ["", "**Each item**", ""]
             for n, it in enumerate(self.items[:limit], 1):
-                lines.append(f"{n}. **{md_cell(it.action)}** `{md_cell(it.target)}`")
-                lines += [f"   - {label}: {md_cell(text)}" for label, text in item_details(it)]
+                lines.append(f"{n}. **{_line(it.action)}** `{_line(it.target)}`")
+                lines += [f"   - {label}: {_line(text)}" for label, text in item_details(it)]
         if self.evidence:
-            lines += ["", "**Evidence**", *[f"- {md_cell(e)}" for e in self.evidence[:limit]]]
+            lines += ["", "**Evidence**", *[f"- {e}" for e in self.evidence[:limit]]]
         if self.notes:
-            lines += ["", "**Notes**", *[f"- {md_cell(n)}" for n in self.notes]]
+            lines += ["", "**Notes**", *[f"- {n}" for n in self.notes]]
         return "\n".join(lines)
 
 
@@ -95,6 +95,11 @@ _DIGEST = re.compile(r"sha256:([0-9a-f]{12})[0-9a-f]{52}")
 def _short(target: str) -> str:
     """A target with its digests cut to 12 hex (the full target is listed under the table)."""
     return _DIGEST.sub(lambda m: f"sha256:{m.group(1)}…", target)
+
+
+def _line(text: object) -> str:
+    """One list line: no line breaks, no pipes (a pipe would start a table); each output escapes the rest itself."""
+    return str(text).replace("\r", " ").replace("\n", " ").replace("|", "/")
 
 
 def _narrow(text: str, width: int) -> str:
