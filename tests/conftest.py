@@ -8,6 +8,8 @@ import contextlib
 import json
 import os
 import pathlib
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 
@@ -22,6 +24,12 @@ os.environ.setdefault("DIGESTGUARD_PROBE_WAIT_SECONDS", "1")
 # only local Prefect servers that carry this session's mark, never another session's or a person's own.
 SESSION_MARK = "DIGESTGUARD_TEST_SESSION"
 os.environ[SESSION_MARK] = uuid.uuid4().hex
+
+# The session's own PREFECT_HOME (unless one is set): a `respond` subprocess of a test records its local server
+# there, never in the ~/.prefect that a person, or another test session on this machine, shares and reuses.
+_OWN_PREFECT_HOME = None if os.environ.get("PREFECT_HOME") else tempfile.mkdtemp(prefix="digestguard-tests-prefect-")
+if _OWN_PREFECT_HOME:
+    os.environ["PREFECT_HOME"] = _OWN_PREFECT_HOME
 
 pytest.register_assert_rewrite("tests.support")
 
@@ -77,3 +85,11 @@ def _no_local_server_outlives_its_module() -> Iterator[None]:
     yield
     if pathlib.Path("/proc").is_dir():
         stop_left_behind_local_servers()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Remove the session's own PREFECT_HOME once every server in it has been stopped."""
+    if _OWN_PREFECT_HOME:
+        if pathlib.Path("/proc").is_dir():
+            stop_left_behind_local_servers()
+        shutil.rmtree(_OWN_PREFECT_HOME, ignore_errors=True)
