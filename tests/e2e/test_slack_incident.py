@@ -43,13 +43,15 @@ def _keypair(tmp_path: Path, name: str) -> tuple[str, str]:
     return str(key), (tmp_path / f"{name}_ed25519.pub").read_text().strip()
 
 
-@pytest.fixture
-def estate(tmp_path, prefect_harness, monkeypatch):
-    """The sandbox, its inventory given Slack buttons (an app-level token) and a two-person verified policy."""
+@pytest.fixture(scope="module")
+def estate(tmp_path_factory, prefect_harness):
+    """The sandbox (one for this module: it takes ~25 s to build), its inventory given Slack buttons (an app-level
+    token) and a two-person verified policy. The refusal test runs first, on the untouched estate."""
+    tmp_path = tmp_path_factory.mktemp("slack-estate")
     carol_key, carol_pub = _keypair(tmp_path, "carol")
-    with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack, pytest.MonkeyPatch.context() as mp:
         sb = build_sandbox(load_advisory("kics-2026-04"), tmp_path / "sb", stack)
-        monkeypatch.setenv("DG_TEST_SLACK_APP_TOKEN", sb.slack.app_token)
+        mp.setenv("DG_TEST_SLACK_APP_TOKEN", sb.slack.app_token)
         inv = yaml.safe_load(sb.inventory_path.read_text())
         inv["slack"]["app_token"] = "env:DG_TEST_SLACK_APP_TOKEN"
         inv["approvals"] = {"require_verified": True, "two_approvers": True, "distinct_from_trigger": True,
@@ -117,6 +119,33 @@ def _gate(sb, jpath: Path, incident: str, stage: str, api: str, carol_key: str, 
     _cli(api, tmp_path, "approve", run_id, "--approver", "carol", "--sign", carol_key, "--reason", f"{stage}: checked")
 
 
+def test_a_run_that_does_not_say_who_started_it_is_refused_at_its_gates(estate):
+    """``triggered_by`` null (what a caller that cannot say sends; the deployment form requires it): with
+    distinct_from_trigger, each gate refuses at once with a clear reason, nothing destructive runs, the run ends."""
+    sb, _key, _api = estate
+    incident, jpath = "slack-e2e-no-trigger", sb.root / "journal.sqlite"
+    with RegistryClient(sb.registry.host, base_url=sb.registry.base_url) as reg:
+        present = {b.digest for b in sb.attacker.values() if reg.exists(REPO, b.digest)}
+    t, box = _run_in_thread(advisory=str(sb.advisory_path), inventory=str(sb.inventory_path), mode="execute",
+                            incident_id=incident, triggered_by=None)
+    t.join(300)
+    assert not t.is_alive() and "error" not in box, box.get("error")
+    summary = box["state"].result(raise_on_failure=False)
+    assert isinstance(summary, dict), summary
+    assert set(summary["rotate"]) == {"skipped"} and set(summary["purge"]) == {"skipped"}
+    j = Journal(jpath)
+    for stage in ("rotate", "purge"):
+        (row,) = [e for e in j.entries(incident, "approval") if e.target == stage]
+        assert row.status == "failed"
+    whys = [e["detail"]["why"] for e in _events(jpath, incident, "refused")]
+    assert len(whys) == 2 and all(w == "no triggered_by" for w in whys), whys
+    assert not [e for e in j.entries(incident) if e.stage in ("rotate", "purge") and e.status == "done"]
+    with RegistryClient(sb.registry.host, base_url=sb.registry.base_url) as reg:
+        assert {d for d in present if reg.exists(REPO, d)} == present
+    text = sb.slack.all_text()
+    assert "this run does not say who started it: start it again with triggered_by set" in text
+
+
 def test_slack_and_signed_terminal_approvals_through_a_whole_incident(estate, tmp_path):
     sb, carol_key, api = estate
     incident, jpath = "slack-e2e-1", sb.root / "journal.sqlite"
@@ -171,30 +200,3 @@ def test_slack_and_signed_terminal_approvals_through_a_whole_incident(estate, tm
     text = sb.slack.all_text()
     assert text.count("Approved* by bob (slack, verified), carol (ssh, verified)") >= 2
     assert sb.slack.calls_to("apps.connections.open") and all(c.authorized for c in sb.slack.calls_to("apps.connections.open"))
-
-
-def test_a_run_that_does_not_say_who_started_it_is_refused_at_its_gates(estate):
-    """``triggered_by`` null (what a caller that cannot say sends; the deployment form requires it): with
-    distinct_from_trigger, each gate refuses at once with a clear reason, nothing destructive runs, the run ends."""
-    sb, _key, _api = estate
-    incident, jpath = "slack-e2e-no-trigger", sb.root / "journal.sqlite"
-    with RegistryClient(sb.registry.host, base_url=sb.registry.base_url) as reg:
-        present = {b.digest for b in sb.attacker.values() if reg.exists(REPO, b.digest)}
-    t, box = _run_in_thread(advisory=str(sb.advisory_path), inventory=str(sb.inventory_path), mode="execute",
-                            incident_id=incident, triggered_by=None)
-    t.join(300)
-    assert not t.is_alive() and "error" not in box, box.get("error")
-    summary = box["state"].result(raise_on_failure=False)
-    assert isinstance(summary, dict), summary
-    assert set(summary["rotate"]) == {"skipped"} and set(summary["purge"]) == {"skipped"}
-    j = Journal(jpath)
-    for stage in ("rotate", "purge"):
-        (row,) = [e for e in j.entries(incident, "approval") if e.target == stage]
-        assert row.status == "failed"
-    whys = [e["detail"]["why"] for e in _events(jpath, incident, "refused")]
-    assert len(whys) == 2 and all(w == "no triggered_by" for w in whys), whys
-    assert not [e for e in j.entries(incident) if e.stage in ("rotate", "purge") and e.status == "done"]
-    with RegistryClient(sb.registry.host, base_url=sb.registry.base_url) as reg:
-        assert {d for d in present if reg.exists(REPO, d)} == present
-    text = sb.slack.all_text()
-    assert "this run does not say who started it: start it again with triggered_by set" in text
