@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from digestguard.errors import PlanNotApproved
+from digestguard.markdown import md_cell
 
 
 class PlanItem(BaseModel):
@@ -69,16 +70,18 @@ class Plan(BaseModel):
             by_system: dict[str, Counter[str]] = {}
             for it in self.items:
                 by_system.setdefault(item_system(it), Counter())[it.action] += 1
-            lines += ["**By system**", *[f"- {sys_}: " + ", ".join(f"{n} {a}" for a, n in c.most_common())
+            lines += ["**By system**", *[f"- {md_cell(sys_)}: " + ", ".join(f"{n} {a}" for a, n in c.most_common())
                                          for sys_, c in by_system.items()], ""]
             lines += ["| # | action | system | target |", "|---|---|---|---|"]
             for n, it in enumerate(self.items[:limit], 1):
-                lines.append(f"| {n} | {it.action} | {item_system(it)} | `{_short(it.target)}` |")
+                lines.append(f"| {n} | {md_cell(it.action)} | {md_cell(_narrow(item_system(it), 40))} | "
+                             f"`{md_cell(_narrow(_short(it.target), 48))}` |")
             if len(self.items) > limit:
                 lines.append(f"| ... | | | {len(self.items) - limit} more |")
-            lines += ["", "**Each item**"]
+            lines += ["", "**Each item**", ""]
             for n, it in enumerate(self.items[:limit], 1):
-                lines.append(f"{n}. `{it.target}`: {it.reason or it.action}".replace("|", "/") + _where(it))
+                lines.append(f"{n}. **{_line(it.action)}** `{_line(it.target)}`")
+                lines += [f"   - {label}: {_line(text)}" for label, text in item_details(it)]
         if self.evidence:
             lines += ["", "**Evidence**", *[f"- {e}" for e in self.evidence[:limit]]]
         if self.notes:
@@ -94,9 +97,21 @@ def _short(target: str) -> str:
     return _DIGEST.sub(lambda m: f"sha256:{m.group(1)}…", target)
 
 
+def _line(text: object) -> str:
+    """One list line: no line breaks, no pipes (a pipe would start a table); each output escapes the rest itself."""
+    return str(text).replace("\r", " ").replace("\n", " ").replace("|", "/")
+
+
+def _narrow(text: str, width: int) -> str:
+    """A table cell at most ``width`` characters (the full text is under the table)."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def item_system(item: PlanItem) -> str:
-    """The system an item acts on: registry host, engine, or secret backend (with its account or mount)."""
+    """The system an item acts on: registry host, engine, or secret backend (with its account, mount or project)."""
     p = item.params
+    if p.get("system"):
+        return str(p["system"])
     for key in ("registry", "engine", "cluster"):
         if p.get(key):
             return f"{item.kind} {p[key]}"
@@ -105,18 +120,38 @@ def item_system(item: PlanItem) -> str:
     return f"{p.get('backend') or item.kind}{' ' + account if account else ''}"
 
 
-def _where(item: PlanItem) -> str:
-    """`` (at ...; consumers ...)`` from an item's ids: where the credential lives and who holds copies of it."""
-    p, parts = item.params, []
-    ref = p.get("ref") if isinstance(p.get("ref"), dict) else {}
-    if ref:
-        parts.append("at " + ", ".join(f"{k} {v}" for k, v in ref.items()))
-    if p.get("repository"):
-        parts.append(f"repository {p['repository']}")
-    consumers = [str(c.get("id") or c.get("kind")) for c in p.get("consumers") or [] if isinstance(c, dict)]
-    if consumers:
-        parts.append("copies held by " + ", ".join(consumers))
-    return f" ({'; '.join(parts)})" if parts else ""
+def item_details(item: PlanItem) -> list[tuple[str, str]]:
+    """``(label, text)`` lines under an item: where it is (system, account/mount/project, the exact id), where
+    copies live, who uses it, and why. Ids and names only: plans never hold values."""
+    p, out = item.params, []
+    if p.get("where"):
+        out.append(("where", str(p["where"])))
+    elif p.get("registry") and p.get("repository"):
+        out.append(("where", f"registry {p['registry']}, repository {p['repository']}"
+                             + (f", digest {p['digest']}" if p.get("digest") else "")))
+    elif p.get("engine"):
+        out.append(("where", f"engine {p['engine']}" + (f", image id {p['image_id']}" if p.get("image_id") else "")
+                             + (f" (digest {p['digest']})" if p.get("digest") else "")))
+    elif p.get("cluster"):
+        out.append(("where", f"cluster {p['cluster']}, namespace {p.get('namespace') or '?'}, pod {p.get('pod') or '?'}"
+                             + (f", workload {p['workload']}" if p.get("workload") else "")
+                             + (f", node {p['node']}" if p.get("node") else "")))
+    elif isinstance(p.get("ref"), dict) and p["ref"]:
+        out.append(("where", f"{p.get('backend') or item.kind}: " + ", ".join(f"{k} {v}" for k, v in p["ref"].items())))
+    if p.get("issued_by"):
+        out.append(("issued by", str(p["issued_by"])))
+    if "copies" in p or "used_by" in p:
+        out.append(("copies", "; ".join(map(str, p.get("copies") or [])) or "none besides the one above"))
+        out.append(("consumers", "; ".join(map(str, p.get("used_by") or [])) or "none listed in the inventory"))
+    else:
+        consumers = [str(c.get("id") or c.get("kind")) for c in p.get("consumers") or [] if isinstance(c, dict)]
+        if consumers:
+            out.append(("copies held by", ", ".join(consumers)))
+    if p.get("exposed_by"):
+        jobs = [str(j) for j in p["exposed_by"]]
+        out.append(("exposed by", ", ".join(jobs[:10]) + (f" and {len(jobs) - 10} more" if len(jobs) > 10 else "")))
+    out.append(("why", item.reason or item.action))
+    return out
 
 
 class Approval(BaseModel):

@@ -30,6 +30,8 @@ app.add_typer(advisories_app, name="advisories")
 egress_app = typer.Typer(help="Egress baselines: CI runners' normal destinations, and the first new one.",
                          no_args_is_help=True)
 app.add_typer(egress_app, name="egress")
+server_app = typer.Typer(help="The one local Prefect server `respond` starts: status, stop.", no_args_is_help=True)
+app.add_typer(server_app, name="server")
 
 
 def _echo_json(obj: Any) -> None:
@@ -637,6 +639,39 @@ def serve_cmd(port: int = typer.Option(4200, "--port"),
     except NotOurs as e:
         typer.echo(f"digestguard serve: {e}", err=True)
         raise typer.Exit(2) from None
+
+
+@server_app.command("status")
+def server_status_cmd(as_json: bool = typer.Option(False, "--json", help="one JSON object")) -> None:
+    """Where the local Prefect server is (url, pid); exit 0 when it answers, 3 when it does not run or answer."""
+    from flows.local_server import server_status
+
+    st = server_status()
+    env = os.environ.get("PREFECT_API_URL")
+    if env:
+        st["prefect_api_url"] = env  # the commands use this one instead of the local server
+    if as_json:
+        _echo_json(st)
+    elif st["state"] == "not running":
+        typer.echo(f"local Prefect server: not running (state file {st['state_file']})")
+    else:
+        typer.echo(f"local Prefect server: {st['state']}: {st['url']} (pid {st['pid']})")
+    if env and not as_json:
+        typer.echo(f"note: PREFECT_API_URL is set ({env}): the commands use that server, not the local one", err=True)
+    raise typer.Exit(0 if st["state"] == "running" else 3)
+
+
+@server_app.command("stop")
+def server_stop_cmd() -> None:
+    """Stop the local Prefect server (SIGTERM, then SIGKILL); does nothing, exit 0, when none runs."""
+    from flows.local_server import stop_server
+
+    out = stop_server()
+    if out["stopped"]:
+        how = " (killed: it did not stop on SIGTERM)" if out["killed"] else ""
+        typer.echo(f"stopped the local Prefect server {out['url']} (pid {out['pid']}){how}")
+    else:
+        typer.echo("local Prefect server: not running (nothing to stop)")
 
 
 # ---------------------------------------------------------------------------------- drill

@@ -23,11 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Optional
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Failed
+from pydantic import Field
 
 from digestguard.advisory import Advisory, load_advisory
 from digestguard.findings import ActionOutcome, DetectResult, ExposureReport, StageResult, overall_verdict
@@ -50,6 +51,10 @@ from tasks.report.model import ApprovalRecord, IncidentReport, PullRequestLink
 from tasks.rotate.stage import dry_run_result as rotate_dry_run, plan_rotation, rotate_task
 
 Mode = Literal["dry-run", "execute"]
+# Who started the run. Required, with no default, so every deployment's form (the schema Prefect derives from this
+# signature, for `prefect deploy` and `digestguard serve` alike) marks it required and the API refuses a run without
+# it; null stays possible for callers that cannot say (then a policy with distinct_from_trigger refuses at the gate).
+TriggeredBy = Optional[Annotated[str, Field(min_length=1, max_length=200)]]
 Apply = Callable[[Plan, Approval], StageResult]
 
 
@@ -134,12 +139,12 @@ class Response:
 def incident_response(
     advisory: str,
     inventory: str,
+    triggered_by: TriggeredBy,
     mode: Mode = "dry-run",
     incident_id: str | None = None,
     window_start: datetime | None = None,
     window_end: datetime | None = None,
     known_good: list[str] | None = None,
-    triggered_by: str | None = None,
     open_pull_requests: bool = True,
     remove_containers: bool = True,
     report_path: str | None = None,
@@ -148,8 +153,9 @@ def incident_response(
 
     ``mode``: ``dry-run`` plans everything and changes nothing; ``execute`` acts after approvals.
     ``known_good``: ``sha256:...`` for every affected tag, or ``TAG=sha256:...`` pairs (pin and purge verification).
-    ``triggered_by``: who started the run; required when the inventory's approval policy has
-    ``distinct_from_trigger`` (a run without it is refused at its first gate). No parameter skips a gate.
+    ``triggered_by``: who started the run. Always a required field of the form (the policy lives in the
+    inventory, which the form cannot read); when the inventory's approval policy has ``distinct_from_trigger``,
+    a run with it null or blank is refused at its first gate, saying so. No parameter skips a gate.
     ``remove_containers``: the purge plan also removes containers created from a malicious image (shown in the plan).
     Returns a summary with counts, ids and links only; when rotate or purge had failures the run ends
     Failed with that same summary as its data, so the record is never lost.

@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -117,6 +118,112 @@ def ensure_server(timeout: float = 180.0) -> str:
             time.sleep(0.5)
         _write_state({**state, "url": url, "pid": proc.pid, "started_at": time.time()})
         return url
+
+
+def _is_our_server(pid: int, url: str) -> bool:
+    """Whether ``pid`` is still the ``prefect server start`` recorded for ``url`` (not a reused pid)."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc here: trust the pid if it is alive
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+    port = url.rsplit(":", 1)[-1].encode()
+    return b"prefect" in b" ".join(cmd) and b"server" in cmd and port in cmd
+
+
+def _gone(pid: int) -> bool:
+    """Whether the server's process group has no live (non-zombie) member left."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)  # reap it when this process started it
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    for p in proc.iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pid) and fields[0] != "Z":
+            return False
+    return True
+
+
+def server_status() -> dict[str, Any]:
+    """``{"state": "running"|"not answering"|"not running", "url", "pid", "state_file"}`` of the recorded server."""
+    state = read_state()
+    url, pid = state.get("url"), state.get("pid")
+    out: dict[str, Any] = {"state": "not running", "url": url, "pid": pid, "state_file": str(state_path())}
+    if url and healthy(url):
+        out["state"] = "running"
+    elif url and isinstance(pid, int) and _is_our_server(pid, url):
+        out["state"] = "not answering"  # starting, or hung: ``stop`` still ends it
+    if out["state"] == "not running":
+        out["url"] = out["pid"] = None
+    return out
+
+
+def stop_server(timeout: float = 20.0, home: Path | None = None) -> dict[str, Any]:
+    """Stop the recorded local server (its whole process group: SIGTERM, then SIGKILL after ``timeout``).
+
+    Idempotent: with no server recorded, or one already gone, it changes nothing but forgetting its url/pid.
+    The state file keeps the incidents' journals. Returns ``{"stopped": bool, "url", "pid", "killed": bool}``.
+    With ``home``, acts on that PREFECT_HOME instead of this process's.
+    """
+    if home is not None:
+        old = os.environ.get("PREFECT_HOME")
+        os.environ["PREFECT_HOME"] = str(home)
+        try:
+            return stop_server(timeout)
+        finally:
+            if old is None:
+                os.environ.pop("PREFECT_HOME", None)
+            else:
+                os.environ["PREFECT_HOME"] = old
+    if not state_path().exists():
+        return {"stopped": False, "url": None, "pid": None, "killed": False}
+    with _locked():
+        state = read_state()
+        url, pid = state.get("url"), state.get("pid")
+        out = {"stopped": False, "url": url, "pid": pid, "killed": False}
+        if url and isinstance(pid, int) and pid > 1 and _is_our_server(pid, url):
+            _signal_group(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while not _gone(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if not _gone(pid):
+                _signal_group(pid, signal.SIGKILL)
+                out["killed"] = True
+                deadline = time.monotonic() + 5
+                while not _gone(pid) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+            out["stopped"] = True
+        if "url" in state or "pid" in state:
+            _write_state({k: v for k, v in state.items() if k not in ("url", "pid", "started_at")})
+        return out
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    """Signal the server's process group (it was started in a session of its own), else the process."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 def use_server(url: str) -> None:

@@ -18,6 +18,7 @@ lists it, and a named known-good digest resolves with all its blobs present.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -61,13 +62,15 @@ def plan_purge(incident: str, advisory: Advisory, detected: DetectResult, invent
                 t = f"{f.source}/{repo}@{d}"
                 items.setdefault(("delete-manifest", t), PlanItem(target=t, action="delete-manifest", kind="registry",
                                  reason=f"malicious {('index' if d == (f.matched or f.digest) else 'child')} of {f.matched}",
-                                 params={"registry": f.source, "repository": repo, "digest": d}))
+                                 params={"registry": f.source, "repository": repo, "digest": d,
+                                         "where": f"{_registry_where(inventory, f.source)}, repository {repo}, digest {d}"}))
         elif f.kind in ("ecr", "gar"):
             repo = _repo_of(f.location, f.source)
             t = f"{f.source}/{repo}@{f.digest}"
             items.setdefault(("delete-image", t), PlanItem(target=t, action="delete-image", kind=f.kind,
                              reason=f"malicious digest (tags {', '.join(f.detail.get('tags') or []) or 'none'})",
-                             params={"registry": f.source, "repository": repo, "digest": f.digest}))
+                             params={"registry": f.source, "repository": repo, "digest": f.digest,
+                                     "where": f"{_registry_where(inventory, f.source)}, repository {repo}, digest {f.digest}"}))
         elif f.kind == "engine-image":
             image_id = f.detail.get("image_id")
             t = f"{f.source}/{image_id}"
@@ -133,6 +136,25 @@ def known_good_targets(detected: DetectResult, known_good: Mapping[str, str]) ->
             if digest:
                 out.setdefault(f"{f.source}/{_repo_of(f.location, f.source)}", digest)
     return out
+
+
+def _registry_where(inventory: Inventory, name: str) -> str:
+    """``registry mirror (registry.example:5000)``, ``ECR mirror (account 1234, us-east-1)``: the registry precisely."""
+    reg = next((r for r in inventory.registries if r.name == name), None)
+    if reg is None:
+        return f"registry {name}"
+    if reg.kind == "ecr":
+        bits = [f"account {reg.account_id}" if reg.account_id else "", reg.region or ""]
+        return f"ECR {name} ({', '.join(b for b in bits if b) or 'default account and region'})"
+    if reg.kind == "gar":
+        bits = [f"project {reg.project}" if reg.project else "", reg.location or ""]
+        return f"Artifact Registry {name} ({', '.join(b for b in bits if b) or 'default project'})"
+    try:
+        host = urlsplit(reg.url or "").netloc.rsplit("@", 1)[-1]
+    except ValueError:
+        host = ""
+    label = "Docker Hub" if reg.kind == "dockerhub" else "registry"
+    return f"{label} {name}" + (f" ({host})" if host else "")
 
 
 def _repo_of(location: str, source: str) -> str:

@@ -518,6 +518,92 @@ def consumer_id(c: Mapping[str, Any], secret_name: str, backends: Backends | Non
     return str(c.get("note") or c.get("name") or "manual")
 
 
+# --------------------------------------------------------------------------- where (for the plan)
+
+_SYSTEM = {"vault-kv": "Vault KV", "vault-database-static-role": "Vault database", "vault-token": "Vault token",
+           "aws-iam-access-key": "AWS IAM", "aws-secretsmanager": "AWS Secrets Manager", "azure-keyvault": "Azure Key Vault",
+           "gcp-secretmanager": "GCP Secret Manager", "postgres-role": "PostgreSQL", "manual": "by hand",
+           "github-actions-secret": "GitHub Actions secret", "gitlab-variable": "GitLab CI variable"}
+
+
+def _host(url: Any) -> str:
+    """``host[:port]`` of a URL (never its userinfo or path)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(str(url))
+        return parts.hostname + (f":{parts.port}" if parts.port else "") if parts.hostname else ""
+    except ValueError:
+        return ""
+
+
+def _gcp_parts(secret: Any, project: Any, backends: Backends | None) -> tuple[str, str]:
+    text = str(secret or "")
+    if text.startswith("projects/") and "/secrets/" in text:
+        proj, _, name = text.removeprefix("projects/").partition("/secrets/")
+        return proj, name.split("/", 1)[0]
+    return str(project or (backends.gcp_project if backends else "") or "?"), text or "?"
+
+
+def location(kind: str, ref: Mapping[str, Any], backends: Backends | None = None) -> tuple[str, str]:
+    """(system, where) of a credential or a copy, precise enough to find it by hand: ``("AWS IAM account 1234...",
+    "AWS IAM account 1234..., user ci-deployer, access key AKIA...")``. Ids and names only (the inventory holds no
+    values). What the inventory does not say is said to be missing, not guessed."""
+    b = backends or Backends()
+    label = _SYSTEM.get(kind, kind)
+    g = lambda *keys: next((str(ref[k]) for k in keys if ref.get(k)), "")  # noqa: E731
+    if kind == "aws-iam-access-key":
+        account = g("account", "account_id")
+        system = f"{label} account {account}" if account else label
+        key = g("access_key_id")
+        return system, (f"{system}{'' if account else ' (account not named in the inventory)'}, user {g('user', 'username') or '?'}, "
+                        + (f"access key {key}" if key else "every access key of the user (listed when rotation starts)"))
+    if kind in ("vault-kv", "vault-database-static-role", "vault-token"):
+        server = _host(b.vault_url) or "(backends.vault_url)"
+        if kind == "vault-kv":
+            mount = g("mount") or b.vault_kv_mount
+            key = g("key")
+            return f"{label} mount {mount}", (f"{label} {server}, mount {mount}, path {g('path', 'name') or '?'}"
+                                                       + (f", key {key}" if key else ""))
+        if kind == "vault-database-static-role":
+            mount = g("mount") or b.vault_database_mount
+            return f"{label} mount {mount}", f"{label} {server}, mount {mount}, static role {g('role') or '?'}"
+        return f"{label} {server}", f"{label} {server}, accessor {g('accessor') or '?'}"
+    if kind == "aws-secretsmanager":
+        arn = g("arn")
+        account = g("account", "account_id") or (arn.split(":")[4] if arn.count(":") >= 5 else "")
+        region = g("region") or (arn.split(":")[3] if arn.count(":") >= 5 else "") or b.aws_region or "?"
+        return f"{label} {region}", (f"{label} {'account ' + account + ', ' if account else ''}{region}, "
+                                     f"secret {g('secret_id', 'name', 'path') or arn or '?'}")
+    if kind == "azure-keyvault":
+        vault_ = g("vault", "vault_url") or b.azure_vault_url or "(backends.azure_vault_url)"
+        vault_ = _host(vault_) or vault_
+        return f"{label} {vault_}", f"{label} {vault_}, secret {g('name', 'secret') or '?'}"
+    if kind == "gcp-secretmanager":
+        proj, name = _gcp_parts(g("secret", "name", "path"), g("project"), b)
+        return f"{label} project {proj}", f"{label} project {proj}, secret {name}"
+    if kind == "postgres-role":
+        server = f"{g('host') or '?'}:{g('port') or 5432}/{g('dbname') or 'postgres'}"
+        return f"{label} {server}", f"{label} {server}, role {g('role', 'username') or '?'}"
+    if kind == "manual":
+        return label, f"{label}: {g('where', 'note') or 'where it was issued (the inventory does not say)'}"
+    if kind == "github-actions-secret":
+        scope = (f"org {g('org')}" if g("org") else f"repository {g('repo') or '?'}"
+                 + (f", environment {g('environment')}" if g("environment") else ""))
+        return label, f"{label} {g('name') or '?'} in {scope}"
+    if kind == "gitlab-variable":
+        env = f" (environment {g('environment')})" if g("environment") else ""
+        return label, f"{label} {g('key', 'name') or '?'} in project {g('project', 'repo') or '?'}{env}"
+    shown = [f"{k} {v}" for k, v in ref.items() if v and k != "id" and not any(w in k for w in ("password", "token", "secret"))]
+    return label, f"{label}: " + (", ".join(shown) or "(the inventory does not say where)")
+
+
+def copy_text(c: Mapping[str, Any], backends: Backends | None = None) -> str:
+    """One copy or consumer of a credential, as the plan lists it (with the part it holds)."""
+    where = location(str(c.get("kind")), c, backends)[1]
+    return where + (f" (its {c['field']})" if c.get("field") else "")
+
+
 def pick(material: Material, field: str | None, default: str | None, kind: str, where: str) -> SecretStr | Material:
     """The part of the credential a consumer gets: its ``field``, the backend's default, or (copies only) all of it."""
     want = field or default

@@ -68,11 +68,14 @@ from tasks import contain, used
 from tasks.connect import Connections
 from tasks.rotate.backends import (
     BACKENDS,
+    COPY_KINDS,
     AwsIamKey,
     Backend,
     ConsumerSpec,
     Lost,
     consumer_id,
+    copy_text,
+    location,
     pick,
     read_stash,
     write_consumer,
@@ -135,9 +138,16 @@ def plan_rotation(incident: str, advisory: Advisory, exposure: ExposureReport, i
         if sec.backend == "manual":
             where = sec.ref.get("where") or sec.owner or "where it was issued"
             reason = f"rotate by hand ({where}) and confirm; {m['exposure']} exposure by {len(jobs)} job(s)"
+        system, where = location(str(sec.backend), sec.ref, inventory.backends)
         params = {"backend": sec.backend, "ref": dict(sec.ref), "strategy": strategy, "consumers": consumers,
                   "exposed_by": jobs, "exposure": m["exposure"], "names": sorted(m["names"]),
-                  "exposed_from": exposure.window_start.isoformat()}
+                  "exposed_from": exposure.window_start.isoformat(),
+                  # what the approver reads: where it lives, which stores hold copies, who uses it
+                  "system": system, "where": where,
+                  "copies": [copy_text(c, inventory.backends) for c in consumers if c.get("kind") in COPY_KINDS],
+                  "used_by": [copy_text(c, inventory.backends) for c in consumers if c.get("kind") not in COPY_KINDS]}
+        if sec.issuer is not None and sec.issuer.kind != sec.backend:
+            params["issued_by"] = location(sec.issuer.kind, {**sec.issuer.ref, "where": sec.issuer.where}, inventory.backends)[1]
         if sec.issuer is not None:
             params["issuer"] = sec.issuer.model_dump(exclude_none=True)
         items.append(PlanItem(target=f"secret:{sec.name}", action="rotate", kind=str(sec.backend), reason=reason, params=params))

@@ -60,7 +60,8 @@ def test_dry_run_changes_nothing(sandbox):
 
     before = _backend_state(sandbox)
     _seed_tag_timeline(sandbox)
-    summary = incident_response(advisory=str(sandbox.advisory_path), inventory=str(sandbox.inventory_path), mode="dry-run")
+    summary = incident_response(advisory=str(sandbox.advisory_path), inventory=str(sandbox.inventory_path), mode="dry-run",
+                                triggered_by="oncall")
     assert summary["detect_compromised"] and summary["assess"]["confirmed"] == 1
     assert summary["rotate"].get("planned", 0) >= 5 and summary["purge"].get("planned", 0) >= 10
     assert summary["pin"].get("planned", 0) == 3 and summary["pin"]["pull_requests"] == []

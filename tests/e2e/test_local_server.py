@@ -131,3 +131,92 @@ def test_without_a_server_approve_says_how_to_get_one(tmp_path):
     r = subprocess.run([sys.executable, "-m", "flows.cli", "approve", "00000000-0000-0000-0000-000000000001", "--approver", "a"],
                        capture_output=True, text=True, env=_env(tmp_path), cwd=ROOT, timeout=60)
     assert r.returncode == 2 and "no Prefect server found" in r.stderr
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _decoy(home: Path, mark: str | None) -> subprocess.Popen:
+    """A detached process whose command line reads like a local server's, recorded in ``home``'s state file
+    (what a `respond` subprocess leaves behind), with or without this test session's mark."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = 1024 + os.getpid() % 20000
+    env = {k: v for k, v in os.environ.items() if k != "DIGESTGUARD_TEST_SESSION"}
+    env["PREFECT_HOME"] = str(home)
+    if mark:
+        env["DIGESTGUARD_TEST_SESSION"] = mark
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "prefect", "server", "start",
+                             "--port", str(port)], env=env, start_new_session=True)
+    (home / "digestguard-server.json").write_text(json.dumps({"url": f"http://127.0.0.1:{port}", "pid": proc.pid,
+                                                              "incidents": {"inc-1": "/x/journal.sqlite"}}))
+    return proc
+
+
+def test_stop_never_kills_a_reused_pid(tmp_path):
+    """A state file whose pid now belongs to some other process (the server died, the pid was reused): `server stop`
+    forgets the record and leaves that process alone; `status` says not running (exit 3)."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        tmp_path.mkdir(exist_ok=True)
+        (tmp_path / "digestguard-server.json").write_text(json.dumps({"url": "http://127.0.0.1:9", "pid": other.pid}))
+        r, _ = _cli(tmp_path, "server", "status")
+        assert r.returncode == 3 and "not running" in r.stdout, r.stdout + r.stderr
+        r, _ = _cli(tmp_path, "server", "stop")
+        assert r.returncode == 0 and "nothing to stop" in r.stdout, r.stdout + r.stderr
+        assert other.poll() is None
+        assert "pid" not in json.loads((tmp_path / "digestguard-server.json").read_text())
+    finally:
+        other.kill()
+        other.wait(5)
+
+
+def test_server_status_and_stop_end_the_real_server_idempotently(local_server):
+    """Last in this module: it stops the module's server. `status` names url and pid (exit 0); `stop` ends the whole
+    process group and the port is closed; a second `stop` is a no-op (exit 0); `status` then says not running (exit 3);
+    `approve` then says there is no server instead of hanging."""
+    url, home = local_server
+    pid = json.loads((home / "digestguard-server.json").read_text())["pid"]
+    r, _ = _cli(home, "server", "status")
+    assert r.returncode == 0 and f"running: {url} (pid {pid})" in r.stdout, r.stdout + r.stderr
+    r, _ = _cli(home, "server", "status", "--json")
+    assert json.loads(r.stdout)["state"] == "running" and json.loads(r.stdout)["pid"] == pid
+    r, took = _cli(home, "server", "stop")
+    assert r.returncode == 0 and f"stopped the local Prefect server {url} (pid {pid})" in r.stdout, r.stdout + r.stderr
+    assert "killed" not in r.stdout  # it stopped on SIGTERM
+    assert not _pid_alive(pid)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{url}/api/health", timeout=2)
+    assert not any(f.name.isdigit() and _pid_alive(int(f.name))
+                   and (f / "stat").read_text().rsplit(")", 1)[1].split()[2] == str(pid)
+                   for f in Path("/proc").iterdir() if f.name.isdigit() and (f / "stat").exists())
+    r, _ = _cli(home, "server", "stop")
+    assert r.returncode == 0 and "nothing to stop" in r.stdout
+    r, _ = _cli(home, "server", "status")
+    assert r.returncode == 3 and "not running" in r.stdout
+    r, _ = _cli(home, "approve", "00000000-0000-0000-0000-000000000001", "--approver", "alice")
+    assert r.returncode == 2 and "no Prefect server found" in r.stderr
+
+
+def test_session_cleanup_stops_only_this_sessions_left_behind_servers(tmp_path):
+    """Last (it stops every left-behind server of this session, the module's too). The conftest clean-up stops a detached server this session started and leaves one of another session alone."""
+    from tests.conftest import stop_left_behind_local_servers
+
+    ours = _decoy(tmp_path / "ours", os.environ["DIGESTGUARD_TEST_SESSION"])
+    theirs = _decoy(tmp_path / "theirs", "another-session")
+    try:
+        time.sleep(0.3)  # exec done: /proc shows the command line
+        stopped = stop_left_behind_local_servers()
+        assert tmp_path / "ours" in stopped and tmp_path / "theirs" not in stopped
+        assert not _pid_alive(ours.pid)  # (stop_server reaped it: this process is its parent here)
+        assert theirs.poll() is None and _pid_alive(theirs.pid)
+        state = json.loads((tmp_path / "ours" / "digestguard-server.json").read_text())
+        assert state == {"incidents": {"inc-1": "/x/journal.sqlite"}}  # the incidents' journals are kept
+    finally:
+        for p in (ours, theirs):
+            p.kill()
+            p.wait(5)

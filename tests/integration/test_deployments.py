@@ -74,6 +74,27 @@ def test_the_readme_deploy_command_works_from_the_repository_root(prefect_harnes
         assert d.job_variables == {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}}  # heartbeats for zombie detection
     assert "inventory" not in (deps["watch/watch"].parameters or {})
     assert [s.active for s in watch_schedules] == [False]  # no inventory yet: not scheduled
+    _triggered_by_is_required(deps["incident_response/incident-response"])
+
+
+def _triggered_by_is_required(dep) -> None:
+    """The deployment's form (its parameter schema, as the server holds it) requires ``triggered_by``; the API
+    refuses a run without it, or with it blank, naming the field; a run that names who starts it is accepted."""
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    schema = dep.parameter_openapi_schema
+    assert "triggered_by" in schema["required"] and {"advisory", "inventory"} <= set(schema["required"])
+    assert "triggered_by" not in (dep.parameters or {})  # no default the form would pre-fill
+    assert dep.enforce_parameter_schema
+    base = {"advisory": "kics-2026-04", "inventory": "inventory.yaml", "mode": "execute"}
+    with _client() as c:
+        for bad in ({}, {"triggered_by": ""}):
+            with pytest.raises(PrefectHTTPStatusError) as e:
+                c.create_flow_run_from_deployment(dep.id, parameters={**base, **bad})
+            assert e.value.response.status_code == 409 and "triggered_by" in e.value.response.text, e.value.response.text
+        run = c.create_flow_run_from_deployment(dep.id, parameters={**base, "triggered_by": "carol"})
+        assert run.parameters["triggered_by"] == "carol"
+        c.delete_flow_run(run.id)
 
 
 def test_the_zombie_automation_installs_as_the_readme_says(prefect_harness):
@@ -165,6 +186,8 @@ def test_serve_refuses_to_overwrite_a_deployment_it_did_not_create(prefect_harne
     for d in ours:
         d.apply()
     check_not_overwriting(build_deployments(None))  # its own deployments: served again freely
+    with _client() as c:
+        _triggered_by_is_required(c.read_deployment_by_name("incident_response/incident-response"))
     _drop(NAMES)
 
 

@@ -53,7 +53,7 @@ def test_an_echoed_secret_is_found_nowhere(tmp_path, monkeypatch):
         # this shared 2-core machine can take longer than Prefect's default 20 s to start the embedded server
         with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 180}):
             summary = incident_response(advisory=load_advisory("kics-2026-04").id, inventory=str(inv), mode="dry-run",
-                                        report_path=str(tmp_path / "report.html"))
+                                        triggered_by="oncall", report_path=str(tmp_path / "report.html"))
     finally:
         for lg in loggers:
             lg.removeHandler(capture)

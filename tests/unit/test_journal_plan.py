@@ -77,6 +77,7 @@ def test_plan_opens_with_a_per_system_summary_and_cuts_nothing_in_the_table():
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     assert max(len(r) for r in rows) < 90 and all("x" * 20 not in r for r in rows)  # narrow: reasons sit below
     full = f"mirror/checkmarx/kics@sha256:{2:064d}"
-    assert long_reason in md and f"`{full}`: malicious child" in md  # in full, under the table
+    assert long_reason in md and f"`{full}`\n   - where: registry mirror, repository checkmarx/kics" in md  # in full, below
     assert "`mirror/checkmarx/kics@sha256:000000000000…`" in rows[-2] and full not in "\n".join(rows)
-    assert "at account 123456789012, user ci-deployer; copies held by gha:acme/infra:AWS_ACCESS_KEY_ID" in md
+    assert "- where: aws-iam: account 123456789012, user ci-deployer" in md
+    assert "- copies held by: gha:acme/infra:AWS_ACCESS_KEY_ID" in md
