@@ -151,6 +151,7 @@ class ExposureReport(_Model):
     unparsable: dict[str, int] = Field(default_factory=dict, description="lines that could not be parsed, per source")
     errors: list[str] = Field(default_factory=list)
     coverage: list[SourceCoverage] = Field(default_factory=list, description="per CI / network source")
+    link_origins: list[str] = Field(default_factory=list, description="origins a job URL may link to (the inventory's)")
 
     def jobs_by(self, verdict: JobVerdict) -> list[ExposedJob]:
         return [j for j in self.jobs if j.verdict == verdict]

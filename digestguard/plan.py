@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from digestguard.errors import PlanNotApproved
+from digestguard.markdown import md_cell, md_code
 
 
 class PlanItem(BaseModel):
@@ -61,7 +62,8 @@ class Plan(BaseModel):
         """What the approver reads: a per-system summary, a narrow table, then each item in full (where it lives,
         its copies and consumers, why), the evidence, and the hash. Nothing long sits in a table cell, so the
         Prefect UI's form never cuts it."""
-        lines = [f"### {self.stage.capitalize()} plan for incident `{self.incident}` ({self.advisory})", "",
+        lines = [f"### {md_cell(self.stage.capitalize())} plan for incident `{md_code(self.incident)}` "
+                 f"({md_cell(self.advisory)})", "",
                  f"{len(self.items)} action(s). Plan hash `{self.hash}`.", ""]
         if not self.items:
             lines.append("_Nothing to do._")
@@ -69,20 +71,21 @@ class Plan(BaseModel):
             by_system: dict[str, Counter[str]] = {}
             for it in self.items:
                 by_system.setdefault(item_system(it), Counter())[it.action] += 1
-            lines += ["**By system**", *[f"- {sys_}: " + ", ".join(f"{n} {a}" for a, n in c.most_common())
+            lines += ["**By system**", *[f"- {md_cell(sys_)}: " + ", ".join(f"{n} {md_cell(a)}" for a, n in c.most_common())
                                          for sys_, c in by_system.items()], ""]
             lines += ["| # | action | system | target |", "|---|---|---|---|"]
             for n, it in enumerate(self.items[:limit], 1):
-                lines.append(f"| {n} | {it.action} | {item_system(it)} | `{_short(it.target)}` |")
+                lines.append(f"| {n} | {md_cell(it.action)} | {md_cell(item_system(it))} | `{md_code(_short(it.target))}` |")
             if len(self.items) > limit:
                 lines.append(f"| ... | | | {len(self.items) - limit} more |")
             lines += ["", "**Each item**"]
             for n, it in enumerate(self.items[:limit], 1):
-                lines.append(f"{n}. `{it.target}`: {it.reason or it.action}".replace("|", "/") + _where(it))
+                lines.append(f"{n}. `{md_code(it.target).replace(chr(92) + '|', '/')}`: {md_cell(it.reason or it.action)}"
+                             + md_cell(_where(it)))
         if self.evidence:
-            lines += ["", "**Evidence**", *[f"- {e}" for e in self.evidence[:limit]]]
+            lines += ["", "**Evidence**", *[f"- {md_cell(e)}" for e in self.evidence[:limit]]]
         if self.notes:
-            lines += ["", "**Notes**", *[f"- {n}" for n in self.notes]]
+            lines += ["", "**Notes**", *[f"- {md_cell(n)}" for n in self.notes]]
         return "\n".join(lines)
 
 
