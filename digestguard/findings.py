@@ -157,6 +157,7 @@ class ExposureReport(_Model):
     errors: list[str] = Field(default_factory=list)
     coverage: list[SourceCoverage] = Field(default_factory=list, description="per CI / network source")
     tag_timelines: list[TagTimeline] = Field(default_factory=list, description="what each affected tag served, around the window")
+    link_origins: list[str] = Field(default_factory=list, description="origins a job URL may link to (the inventory's)")
 
     def jobs_by(self, verdict: JobVerdict) -> list[ExposedJob]:
         return [j for j in self.jobs if j.verdict == verdict]

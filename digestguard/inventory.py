@@ -477,11 +477,81 @@ class Inventory(_Model):
         """Every secret's warnings (see :meth:`Secret.warnings`), in inventory order."""
         return [w for s in self.secrets for w in s.warnings()]
 
+    def link_origins(self) -> list[str]:
+        """The web origins this inventory names (forges, registries, CI sources): the only places a report, a
+        Slack message or a pull request body links to. A forge's API origin brings its web origin
+        (``api.github.com`` -> ``github.com``); a GitHub or GitLab entry without ``api_url`` brings the
+        public one. Any other URL, from CI metadata, a vendor answer or an advisory, is shown as inert text."""
+        from digestguard.markdown import origin_of
+
+        urls: list[str] = []
+        defaults = {"github": "https://api.github.com", "gitlab": "https://gitlab.com"}
+        for e in [*self.ci_logs, *self.repositories]:
+            urls.append(e.api_url or defaults.get(e.kind, ""))
+        for r in self.registries:
+            urls += [r.url or "", r.api_url or ""]
+        b = self.backends
+        urls += [b.github_api_url or "", b.gitlab_api_url or ""]
+        out: list[str] = []
+        for u in urls:
+            o = origin_of(u) if u else None
+            if o is None:
+                continue
+            out.append(o)
+            scheme, _, host = o.partition("://")
+            if host.startswith("api."):
+                out.append(f"{scheme}://{host[4:]}")
+        return sorted(set(out))
+
     def secret(self, name: str) -> Secret | None:
         for s in self.secrets:
             if s.name == name or name in s.aliases:
                 return s
         return None
+
+
+# What each backend needs to act, checked when the inventory is loaded (before anything is revoked): for a
+# secret's backend ``ref`` (any one of the keys), and for each consumer kind (any one of the fields).
+_REF_NEEDS: dict[str, tuple[str, ...]] = {
+    "vault-kv": ("path",), "vault-database-static-role": ("role",), "aws-iam-access-key": ("user",),
+    "aws-secretsmanager": ("secret_id", "name", "arn"), "azure-keyvault": ("name", "secret"),
+    "gcp-secretmanager": ("name", "secret"), "vault-token": ("accessor",),
+}
+_POSTGRES_NEEDS = (("host",), ("role", "username"), ("admin_password",))
+_CONSUMER_NEEDS: dict[str, tuple[str, ...]] = {
+    "github-actions-secret": ("repo", "org"), "gitlab-variable": ("project", "repo"), "vault-kv": ("path", "name"),
+    "aws-secretsmanager": ("name", "path"), "azure-keyvault": ("name",), "gcp-secretmanager": ("name", "path"),
+}
+_COPY_KINDS = ("vault-kv", "aws-secretsmanager", "azure-keyvault", "gcp-secretmanager")
+_PARTS: dict[str, tuple[str, ...]] = {"aws-iam-access-key": ("access_key_id", "secret_access_key")}
+"""Credentials with several parts: a consumer that holds one string must say which part (its ``field``)."""
+
+
+def check_backend_needs(inv: Inventory, source: str) -> None:
+    """Refuse, naming the file and the field, an entry a backend could not act on: a missing ``ref`` key, a
+    consumer without its address, a one-string consumer of a two-part credential without ``field`` (the IAM case:
+    the old key would be deleted and the new secret stored nowhere)."""
+    for i, sec in enumerate(inv.secrets):
+        at = f"secrets[{i}] ({sec.name})"
+        backend = str(sec.backend or "")
+        needs = [_REF_NEEDS[backend]] if backend in _REF_NEEDS else list(_POSTGRES_NEEDS) if backend == "postgres-role" else []
+        place = "issuer.ref" if sec.issuer is not None and backend == sec.issuer.kind else "ref"
+        for keys in needs:
+            if not any(sec.ref.get(k) for k in keys):
+                raise InputError(source, f"{backend} needs {' or '.join(repr(k) for k in keys)}", f"{at}.{place}.{keys[0]}")
+        parts = _PARTS.get(backend)
+        for j, c in enumerate(sec.consumers):
+            cat = f"{at}.consumers[{j}]"
+            want = _CONSUMER_NEEDS.get(c.kind, ())
+            if want and not any(getattr(c, k) for k in want):
+                raise InputError(source, f"a {c.kind} consumer needs {' or '.join(repr(k) for k in want)}", f"{cat}.{want[0]}")
+            if parts and c.kind not in _COPY_KINDS and c.kind != "manual":
+                if not c.field:
+                    raise InputError(source, f"this {backend} credential has parts {', '.join(parts)}: say which one this "
+                                             f"{c.kind} consumer holds", f"{cat}.field")
+                if c.field not in parts:
+                    raise InputError(source, f"{c.field!r} is not a part of a {backend} credential (parts: "
+                                             f"{', '.join(parts)})", f"{cat}.field")
 
 
 def parse_inventory(data: Any, source: str, base_dir: Path) -> Inventory:
@@ -501,9 +571,14 @@ def parse_inventory(data: Any, source: str, base_dir: Path) -> Inventory:
                 lines += [f"{source}: {part.removeprefix('Value error, ')}" for part in msg.split("\n")]
                 continue
             lines.append(f"{source}: {loc}: {msg}")
+        if len(lines) == 1:  # one mistake, one line naming file and field
+            err = e.errors()[0]
+            raise InputError(source, "unknown key" if err["type"] == "extra_forbidden" else err["msg"],
+                             ".".join(str(p) for p in err["loc"]) or None) from None
         raise InputError(source, "invalid inventory\n" + "\n".join(lines)) from None
     except InputError as e:
         raise InputError(source, e.reason, e.field) from None
+    check_backend_needs(inv, source)
     for w in inv.warnings():
         _log.warning("%s: %s", source, w)
     return inv

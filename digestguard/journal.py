@@ -441,14 +441,16 @@ class Journal:
 
     @contextmanager
     def step(self, incident: str, stage: str, target: str, action: str, *,
-             approver: str | None = None) -> Iterator["StepRecorder"]:
+             approver: str | None = None, detail: dict[str, Any] | None = None) -> Iterator["StepRecorder"]:
         """Record started before, done after, failed (with the error's text) when the block raises.
 
+        ``detail`` (ids only) is written with the ``started`` row, so a crash inside the block leaves it.
         The caller checks ``is_done`` first; ``step`` does not skip by itself so that
         the caller can report "already done" in its own output.
         """
-        self.record(incident, stage, target, action, "started", approver=approver)
+        self.record(incident, stage, target, action, "started", approver=approver, detail=detail)
         rec = StepRecorder()
+        rec.detail.update(detail or {})
         try:
             yield rec
         except BaseException as e:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from digestguard.errors import PlanNotApproved
-from digestguard.markdown import md_cell
+from digestguard.markdown import md_cell, md_code
 
 
 class PlanItem(BaseModel):
@@ -62,7 +62,8 @@ class Plan(BaseModel):
         """What the approver reads: a per-system summary, a narrow table, then each item in full (where it lives,
         its copies and consumers, why), the evidence, and the hash. Nothing long sits in a table cell, so the
         Prefect UI's form never cuts it."""
-        lines = [f"### {self.stage.capitalize()} plan for incident `{self.incident}` ({self.advisory})", "",
+        lines = [f"### {md_cell(self.stage.capitalize())} plan for incident `{md_code(self.incident)}` "
+                 f"({md_cell(self.advisory)})", "",
                  f"{len(self.items)} action(s). Plan hash `{self.hash}`.", ""]
         if not self.items:
             lines.append("_Nothing to do._")
@@ -70,22 +71,22 @@ class Plan(BaseModel):
             by_system: dict[str, Counter[str]] = {}
             for it in self.items:
                 by_system.setdefault(item_system(it), Counter())[it.action] += 1
-            lines += ["**By system**", *[f"- {md_cell(sys_)}: " + ", ".join(f"{n} {a}" for a, n in c.most_common())
+            lines += ["**By system**", *[f"- {md_cell(sys_)}: " + ", ".join(f"{n} {md_cell(a)}" for a, n in c.most_common())
                                          for sys_, c in by_system.items()], ""]
             lines += ["| # | action | system | target |", "|---|---|---|---|"]
             for n, it in enumerate(self.items[:limit], 1):
                 lines.append(f"| {n} | {md_cell(it.action)} | {md_cell(_narrow(item_system(it), 40))} | "
-                             f"`{md_cell(_narrow(_short(it.target), 48))}` |")
+                             f"`{md_code(_narrow(_short(it.target), 48))}` |")
             if len(self.items) > limit:
                 lines.append(f"| ... | | | {len(self.items) - limit} more |")
             lines += ["", "**Each item**", ""]
             for n, it in enumerate(self.items[:limit], 1):
-                lines.append(f"{n}. **{_line(it.action)}** `{_line(it.target)}`")
-                lines += [f"   - {label}: {_line(text)}" for label, text in item_details(it)]
+                lines.append(f"{n}. **{md_cell(it.action)}** `{md_code(it.target)}`")
+                lines += [f"   - {label}: {md_cell(text)}" for label, text in item_details(it)]
         if self.evidence:
-            lines += ["", "**Evidence**", *[f"- {e}" for e in self.evidence[:limit]]]
+            lines += ["", "**Evidence**", *[f"- {md_cell(e)}" for e in self.evidence[:limit]]]
         if self.notes:
-            lines += ["", "**Notes**", *[f"- {n}" for n in self.notes]]
+            lines += ["", "**Notes**", *[f"- {md_cell(n)}" for n in self.notes]]
         return "\n".join(lines)
 
 
@@ -95,11 +96,6 @@ _DIGEST = re.compile(r"sha256:([0-9a-f]{12})[0-9a-f]{52}")
 def _short(target: str) -> str:
     """A target with its digests cut to 12 hex (the full target is listed under the table)."""
     return _DIGEST.sub(lambda m: f"sha256:{m.group(1)}…", target)
-
-
-def _line(text: object) -> str:
-    """One list line: no line breaks, no pipes (a pipe would start a table); each output escapes the rest itself."""
-    return str(text).replace("\r", " ").replace("\n", " ").replace("|", "/")
 
 
 def _narrow(text: str, width: int) -> str:

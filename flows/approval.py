@@ -39,6 +39,7 @@ from pydantic import Field, ValidationError
 from digestguard.errors import DigestguardError
 from digestguard.inventory import ApprovalPolicy
 from digestguard.journal import Journal
+from digestguard.markdown import md_cell, md_code
 from digestguard.plan import Approval, Plan
 from flows.answer import answer_gate, confirm_manual
 from flows.identity import verify_answer
@@ -352,7 +353,7 @@ def confirm_manual_rotation(item, timeout: int = 3600) -> bool:
     try:
         form = pause_flow_run(
             wait_for_input=ManualRotationForm.with_initial_data(
-                description=f"### Manual rotation: `{item.target}`\n\n{item.reason}\n\nRotate it at its source, revoke the old "
+                description=f"### Manual rotation: `{md_code(item.target)}`\n\n{md_cell(item.reason)}\n\nRotate it at its source, revoke the old "
                             "credential, update its consumers, then confirm here.", rotated=False, who=""),
             timeout=timeout, poll_interval=1, key=key)
     except FlowPauseTimeout:

@@ -44,8 +44,9 @@ from tasks.connect import Connections
 from tasks.detect import detect_task
 from tasks.notify import Notifier, flow_run_url
 from tasks.pin import parse_to, pin_task
-from tasks.purge import dry_run_result as purge_dry_run, known_good_targets, plan_purge, purge_task
+from tasks.purge import dry_run_result as purge_dry_run, known_good_targets, plan_purge, purge_task, reverify_purge
 from tasks.report.artifacts import publish_report
+from tasks.report.from_journal import record_report
 from tasks.report.html import render_report_html
 from tasks.report.model import ApprovalRecord, IncidentReport, PullRequestLink
 from tasks.rotate.stage import dry_run_result as rotate_dry_run, plan_rotation, rotate_task
@@ -98,9 +99,10 @@ class Response:
     _clock: float = field(default_factory=time.monotonic)
 
     def lap(self, stage: str) -> None:
-        """Record how long ``stage`` took since the previous lap."""
+        """Record how long ``stage`` took since the previous lap, and the report so far in the journal."""
         t = time.monotonic()
         self.timings[stage], self._clock = round(t - self._clock, 2), t
+        record_report(self.journal, self.report)
 
     def gate(self, plan: Plan, dry: Callable[[Plan], StageResult], apply: Apply) -> tuple[StageResult, Approval | None]:
         """Dry run: the plan as a result. Execute: approval (or its absence) decides; the stage runs only when approved."""
@@ -206,7 +208,8 @@ def _open(advisory: str, inventory: str, mode: Mode, incident_id: str | None, tr
                                                 "run_count": flow_run.run_count})
     notifier = Notifier.from_inventory(inv, journal, incident, advisory_id=adv.id, title=adv.title, run_url=flow_run_url(run_id))
     notifier.open_incident()
-    report = IncidentReport.for_advisory(incident, adv, started_at=started, flow_run_url=flow_run_url(run_id))
+    report = IncidentReport.for_advisory(incident, adv, started_at=started, flow_run_url=flow_run_url(run_id),
+                                         link_origins=inv.link_origins())
     get_run_logger().info("incident %s (%s, %s)", incident, adv.id, mode)
     print(f"flow run {run_id}: {flow_run_url(run_id) or '(no Prefect UI URL set)'}", file=sys.stderr, flush=True)
     return Response(advisory=adv, inventory=inv, incident=incident, dry_run=mode != "execute", journal=journal,
@@ -281,6 +284,11 @@ def _purge(r: Response, detected: DetectResult, known_good: list[str] | None, re
         return purge_task(p, approval, r.inventory, r.journal, r.connections, known_good=verify)
 
     r.report.purge, _approval = r.gate(plan, purge_dry_run, apply)
+    if not plan.items and not r.dry_run:  # a re-run after the last deletion: verify, never "ok" on an empty plan
+        again = reverify_purge(r.incident, r.advisory.id, r.inventory, r.journal, r.connections, known_good=verify)
+        if again is not None:
+            r.report.purge = again
+            r.notifier.stage_update("purge", "done" if again.ok else "failed", counts_text(stage_counts(again)))
     r.lap("purge")
 
 
@@ -298,6 +306,7 @@ def _finish(r: Response, report_path: str | None) -> dict[str, Any]:
     """Notify and record, also after a failure: the report (HTML + artifacts) and Slack's final summary."""
     out: dict[str, Any] = {}
     r.report.finished_at = now()
+    record_report(r.journal, r.report)  # the one truth: `digestguard report` rebuilds exactly this
     report = r.report.with_journal(r.journal)
     html_path = Path(report_path) if report_path else r.inventory.resolve_path(f".digestguard/reports/{r.incident}.html")
     try:

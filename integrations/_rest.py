@@ -25,7 +25,14 @@ Rules this module keeps:
   so the task can decide;
 * a non-idempotent ``POST`` is retried only when the server cannot have acted
   on it (429, connection refused), never after a 5xx, so a retry cannot open a
-  second pull request.
+  second pull request;
+* one call (every attempt, wait and read) ends within its total ``deadline``:
+  bodies are streamed (:func:`read_body`), so a server dripping one byte at a
+  time cannot outlast it, and a body over its cap (:data:`MAX_JSON_BYTES` for
+  API answers, :data:`MAX_LOG_BYTES` for CI logs, :data:`MAX_ERROR_BYTES` for
+  error text) is refused without being held in memory;
+* a JSON answer is parsed and its shape checked (:func:`json_answer`) before
+  any caller looks inside it.
 """
 
 from __future__ import annotations
@@ -41,12 +48,13 @@ from typing import Any, Self, TypedDict
 import httpx
 from pydantic import SecretStr
 
-from digestguard.errors import InputError, IntegrationError, RateLimited, Unavailable
+from digestguard.errors import InputError, IntegrationError, RateLimited, Refused, Unavailable
 from digestguard.timeutil import iso_z
 from integrations._errors import error_for_status, parse_retry_after
 from integrations._secret_values import SecretLike, reveal
 
 __all__ = [
+    "MAX_ERROR_BYTES", "MAX_JSON_BYTES", "MAX_LOG_BYTES", "json_answer", "read_body",
     "AWS_SDK_POLICY", "GCP_ACCESS_POLICY", "RETRY_STATUSES", "VAULT_READ_POLICY",
     "Closing", "RestBackedClient", "RestClient", "RestOptions", "Retrier", "RetryPolicy",
     "azure_retry_kwargs", "botocore_config", "google_retry", "iso_utc", "next_link",
@@ -58,6 +66,15 @@ _USERINFO = re.compile(r"(https?://)[^/@\s]+@")
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 """Retryable answers, the same for every client: rate limited, and the server errors that heal by waiting."""
+
+MAX_JSON_BYTES = 16 * 1024 * 1024
+"""The cap on one JSON API answer (a page of runs, jobs, pulls): a bigger one is refused, never held."""
+MAX_LOG_BYTES = 64 * 1024 * 1024
+"""The cap on one CI log download, the same as on one decompressed member of a CI-log folder."""
+MAX_ERROR_BYTES = 64 * 1024
+"""How much of an error answer is read: enough for the vendor's message, never a flood."""
+DEFAULT_DEADLINE = 120.0
+"""Seconds one REST call may take in total: connect, every attempt, every wait, every read."""
 
 
 # --------------------------------------------------------------------------- the retry policy
@@ -278,6 +295,46 @@ def _message(response: httpx.Response) -> str:
     return str(body)[:300]
 
 
+def read_body(response: httpx.Response, source: str, *, limit: int, deadline_at: float, deadline: float,
+              error_limit: int = MAX_ERROR_BYTES) -> bytes:
+    """The body of a streamed ``response``, read chunk by chunk: at most ``limit`` bytes for a 2xx answer
+    (more raises :class:`Refused`, declared or read, and nothing more is read), at most ``error_limit``
+    for any other (the rest is dropped), and never past ``deadline_at`` (:class:`Unavailable`)."""
+    ok = 200 <= response.status_code < 300
+    cap = limit if ok else error_limit
+    declared = response.headers.get("content-length", "")
+    if ok and declared.isdigit() and int(declared) > cap:
+        raise Refused(source, f"answer of {int(declared)} bytes is over the {cap}-byte cap; not read")
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > cap:
+            if ok:
+                raise Refused(source, f"answer is over the {cap}-byte cap; not read further")
+            chunks.append(chunk[: cap - (size - len(chunk))])
+            break
+        chunks.append(chunk)
+        if time.monotonic() > deadline_at:
+            raise Unavailable(source, f"answer not complete within the {deadline:.0f}s deadline of this call "
+                                      "(a slow or stalled server)")
+    return b"".join(chunks)
+
+
+def json_answer(response: httpx.Response, source: str, expect: type | tuple[type, ...] = dict) -> Any:
+    """``response``'s JSON body, checked to be an ``expect`` (an object by default) before anyone looks inside."""
+    try:
+        body = response.json()
+    except (ValueError, UnicodeDecodeError):
+        raise IntegrationError(source, f"answer is not JSON (HTTP {response.status_code}, "
+                                       f"{len(response.content)} bytes)", status=response.status_code) from None
+    if not isinstance(body, expect):
+        want = " or ".join(t.__name__ for t in (expect if isinstance(expect, tuple) else (expect,)))
+        raise IntegrationError(source, f"answer is a JSON {type(body).__name__}, expected {want}",
+                               status=response.status_code)
+    return body
+
+
 def raise_for(response: httpx.Response, source: str, *, wait: float | None = None) -> None:
     """Translate an unsuccessful response into the matching typed error."""
     raise error_for_status(source, response.status_code, _message(response), retry_after=wait)
@@ -287,6 +344,7 @@ class RestClient:
     """One API endpoint, one token header, bounded retries, typed errors.
 
     ``auth_headers`` are sent only on requests to ``api_url``'s origin.
+    ``timeout`` bounds one socket operation, ``deadline`` one call in total (every attempt, wait and read).
     ``sleep`` exists so a caller with its own clock (a Prefect task) can wait its way.
     """
 
@@ -301,13 +359,19 @@ class RestClient:
         max_retries: int = 4,
         max_wait: float = 60.0,
         backoff: float = 0.5,
+        deadline: float = DEFAULT_DEADLINE,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not api_url or not api_url.startswith(("http://", "https://")):
             raise InputError(f"{vendor} api_url", f"{api_url!r} is not an http(s) URL")
         if max_retries < 0:
             raise InputError(f"{vendor} client", "max_retries must be >= 0", field="max_retries")
-        self.retry = RetryPolicy(max_retries=max_retries, backoff=backoff, max_backoff=max_wait, max_wait=max_wait)
+        if deadline <= 0:
+            raise InputError(f"{vendor} client", "deadline must be > 0 seconds", field="deadline")
+        self.retry = RetryPolicy(max_retries=max_retries, backoff=backoff, max_backoff=max_wait, max_wait=max_wait,
+                                 deadline=deadline)
+        self.deadline = deadline
+        self.timeout = timeout
         self.vendor = vendor
         self.api_url = api_url.rstrip("/")
         self._origin = httpx.URL(self.api_url).copy_with(path="/", query=None, fragment=None)
@@ -347,11 +411,13 @@ class RestClient:
         ok: tuple[int, ...] = (200, 201, 204),
         headers: Mapping[str, str] | None = None,
         source: str | None = None,
+        max_body: int = MAX_JSON_BYTES,
     ) -> httpx.Response:
         """Send one request, retrying 429/5xx/transport errors within the bounds; return an ``ok`` response.
 
         ``path`` is relative to ``api_url`` (``/repos/o/r``) or absolute (a pagination or
-        redirect URL). Absolute URLs on another origin get no auth header.
+        redirect URL). Absolute URLs on another origin get no auth header. The answer's body is
+        read in full (at most ``max_body`` bytes) within the call's ``deadline``.
         """
         src = source or self.source(method, path)
         url = httpx.URL(path) if path.startswith(("http://", "https://")) else httpx.URL(self.api_url + "/" + path.lstrip("/"))
@@ -360,17 +426,18 @@ class RestClient:
             send_headers.update(self._auth)
         safe_to_repeat = method.upper() != "POST"
         retrier = Retrier(self.retry, self._sleep)
+        deadline_at = time.monotonic() + self.deadline
         redirects = 0
         while True:
             try:
-                response = self._http.request(method, url, params=params, json=json, headers=send_headers)
+                response = self._send(method, url, params, json, send_headers, src, max_body, deadline_at)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 # The request never reached the server: repeating is safe for any method.
-                if not retrier.again():
+                if time.monotonic() >= deadline_at or not retrier.again():
                     raise Unavailable(src, f"cannot connect: {type(exc).__name__}") from None
                 continue
             except httpx.TransportError as exc:
-                if not retrier.again(safe=safe_to_repeat):
+                if time.monotonic() >= deadline_at or not retrier.again(safe=safe_to_repeat):
                     raise Unavailable(src, f"transport error: {type(exc).__name__}") from None
                 continue
             if response.status_code in ok:
@@ -384,15 +451,43 @@ class RestClient:
                 if self._same_origin(url):
                     send_headers.update(self._auth)
                 continue
-            wait = rate_limit_wait(response)
-            error = error_for_status(src, response.status_code, _message(response), retry_after=wait)
+            limit_wait = rate_limit_wait(response)
+            wait = limit_wait
+            if wait is None and response.status_code in self.retry.statuses:
+                wait = parse_retry_after(response.headers.get("retry-after"))  # a 503 may ask too: same cap
+            message = _message(response)
+            if wait is not None and wait > self.retry.max_wait:
+                message += f"; the server asks to wait {wait:.0f}s, over the {self.retry.max_wait:.0f}s cap"
+            error = error_for_status(src, response.status_code, message, retry_after=limit_wait)
             limited = isinstance(error, RateLimited)  # the server refused before acting: safe to repeat
             if not retrier.again(429 if limited else response.status_code, retry_after=wait,
                                  safe=safe_to_repeat or limited):
                 raise error from None
 
-    def get_json(self, path: str, *, params: Mapping[str, Any] | None = None) -> Any:
-        return self.request("GET", path, params=params, ok=(200,)).json()
+    def _send(self, method: str, url: httpx.URL, params: Mapping[str, Any] | None, json: Any,
+              headers: dict[str, str], source: str, max_body: int, deadline_at: float) -> httpx.Response:
+        """One streamed attempt: no socket wait beyond the call's deadline, the body read under its cap."""
+        remaining = deadline_at - time.monotonic()
+        if remaining <= 0:
+            raise Unavailable(source, f"no answer within the {self.deadline:.0f}s deadline of this call")
+        request = self._http.build_request(method, url, params=params, json=json, headers=headers,
+                                           timeout=httpx.Timeout(min(self.timeout, remaining)))
+        streamed = self._http.send(request, stream=True)
+        try:
+            body = read_body(streamed, source, limit=max_body, deadline_at=deadline_at, deadline=self.deadline)
+        finally:
+            streamed.close()
+        return httpx.Response(streamed.status_code, headers=streamed.headers, content=body, request=request)
+
+    def json_of(self, response: httpx.Response, path: str, expect: type | tuple[type, ...] = dict,
+                method: str = "GET") -> Any:
+        """``response``'s JSON, checked to be an ``expect`` (see :func:`json_answer`)."""
+        return json_answer(response, self.source(method, path), expect)
+
+    def get_json(self, path: str, *, params: Mapping[str, Any] | None = None,
+                 expect: type | tuple[type, ...] = dict) -> Any:
+        """GET ``path`` and return its JSON answer, refused unless it is an ``expect`` (an object by default)."""
+        return self.json_of(self.request("GET", path, params=params, ok=(200,)), path, expect)
 
     def paginate(
         self,
@@ -412,10 +507,12 @@ class RestClient:
         pages = 0
         while url is not None:
             response = self.request("GET", url, params=current_params or None, ok=(200,))
-            body = response.json()
+            body = self.json_of(response, path, (dict, list))
             items = body.get(item_key, []) if item_key and isinstance(body, dict) else body
             if not isinstance(items, list):
                 raise IntegrationError(self.source("GET", path), f"expected a list under {item_key or 'the body'}")
+            if not all(isinstance(i, dict) for i in items):
+                raise IntegrationError(self.source("GET", path), f"expected a list of objects under {item_key or 'the body'}")
             yield from items
             url = next_link(response)
             current_params = {}  # the next link carries the full query
@@ -431,6 +528,7 @@ class RestOptions(TypedDict, total=False):
     max_retries: int
     max_wait: float
     backoff: float
+    deadline: float
 
 
 class Closing:

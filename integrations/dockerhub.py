@@ -135,7 +135,8 @@ class DockerHub(Closing):
             r = rest.request("POST", "/v2/auth/token", json={"identifier": self._identifier, "secret": self._secret},
                              ok=(200,), source=f"docker-hub {self.api_url} login as {self._identifier}")
         try:
-            token = r.json().get("access_token") or r.json().get("token")
+            answer = rest.json_of(r, "/v2/auth/token", method="POST")
+            token = answer.get("access_token") or answer.get("token")
         except ValueError:
             token = None
         if not token:

@@ -177,7 +177,7 @@ class ArtifactRegistry(RestBackedClient):
                     pass
                 removed.append(t.tag)
         r = self.rest.request("DELETE", f"/v1/{pkg.name}/versions/{digest}", ok=(200, 204))
-        op = r.json() if r.content else {}
+        op = self.rest.json_of(r, f"/v1/{pkg.name}/versions/{digest}", method="DELETE") if r.content else {}
         self._wait(op, f"artifact-registry {pkg.image}@{digest}")
         return GarDeletion(digest, tuple(removed), True)
 

@@ -42,7 +42,7 @@ from nacl.exceptions import CryptoError
 
 from digestguard.errors import InputError, IntegrationError, NotFound, Refused
 from digestguard.timeutil import parse_time, utc
-from integrations._rest import RestBackedClient, RestOptions, iso_utc, next_link
+from integrations._rest import MAX_LOG_BYTES, RestBackedClient, RestOptions, iso_utc, next_link
 from integrations._secret_values import SecretLike, reveal
 
 __all__ = [
@@ -359,7 +359,7 @@ class GitHubClient(RestBackedClient):
         path = f"{self._repo(owner, repo)}/actions/runs"
         params = {"created": f"{_utc(start, 'start')}..{_utc(end, 'end')}", "per_page": 100, **extra}
         first = self.rest.request("GET", path, params=params, ok=(200,))
-        body = first.json()
+        body = self.rest.json_of(first, path)
         total = int(body.get("total_count") or 0)
         if total > _RUN_LIST_CAP and (end - start).total_seconds() >= 2:
             middle = start + (end - start) / 2
@@ -387,7 +387,7 @@ class GitHubClient(RestBackedClient):
         ``2026-04-22T13:05:11.1234567Z`` line prefixes; a leading BOM is dropped.
         """
         path = f"{self._repo(owner, repo)}/actions/jobs/{int(job_id)}/logs"
-        answer = self.rest.request("GET", path, ok=(200, 302))
+        answer = self.rest.request("GET", path, ok=(200, 302), max_body=MAX_LOG_BYTES)
         if answer.status_code == 200:
             return answer.content.decode("utf-8-sig", errors="replace")
         location = answer.headers.get("location")
@@ -395,7 +395,7 @@ class GitHubClient(RestBackedClient):
             raise IntegrationError(self.rest.source("GET", path), "302 without a Location header", status=302)
         blob = self.rest.request(
             "GET", location, ok=(200,), headers={"Accept": "*/*"},
-            source=self.rest.source("GET", path) + " (log download)",
+            source=self.rest.source("GET", path) + " (log download)", max_body=MAX_LOG_BYTES,
         )
         return blob.content.decode("utf-8-sig", errors="replace")
 
@@ -414,7 +414,7 @@ class GitHubClient(RestBackedClient):
         elif body.get("encoding") == "none" or (not raw and int(body.get("size") or 0) > 0):
             # Files over 1 MB come without content in the JSON answer: ask for the raw bytes.
             answer = self.rest.request("GET", url, params={"ref": ref} if ref else None, ok=(200,),
-                                       headers={"Accept": "application/vnd.github.raw+json"})
+                                       headers={"Accept": "application/vnd.github.raw+json"}, max_body=MAX_LOG_BYTES)
             text = answer.content.decode("utf-8", errors="replace")
         else:
             text = raw
@@ -428,12 +428,13 @@ class GitHubClient(RestBackedClient):
         """Paths of the files in ``.github/workflows`` (empty when the directory does not exist)."""
         url = f"{self._repo(owner, repo)}/contents/.github/workflows"
         try:
-            body = self.rest.get_json(url, params={"ref": ref} if ref else None)
+            body = self.rest.get_json(url, params={"ref": ref} if ref else None, expect=(list, dict))
         except NotFound:
             return []
         if not isinstance(body, list):
-            return []
-        return sorted(e["path"] for e in body if e.get("type") == "file" and str(e.get("name", "")).endswith((".yml", ".yaml")))
+            return []  # a file named .github/workflows, not a directory
+        return sorted(str(e["path"]) for e in body if isinstance(e, dict) and e.get("type") == "file" and e.get("path")
+                      and str(e.get("name", "")).endswith((".yml", ".yaml")))
 
     # ---------------------------------------------------------------- secrets
 
@@ -531,12 +532,14 @@ class GitHubClient(RestBackedClient):
 
     def create_pull_request(self, owner: str, repo: str, *, head: str, base: str, title: str, body: str, draft: bool = False) -> PullRequest:
         payload = {"title": title, "head": head, "base": base, "body": body, "draft": draft, "maintainer_can_modify": True}
-        d = self.rest.request("POST", f"{self._repo(owner, repo)}/pulls", json=payload, ok=(201,)).json()
+        d = self.rest.json_of(self.rest.request("POST", f"{self._repo(owner, repo)}/pulls", json=payload, ok=(201,)),
+                              f"{self._repo(owner, repo)}/pulls", method="POST")
         return PullRequest.from_api(d, created=True)
 
     def update_pull_request(self, owner: str, repo: str, number: int, *, title: str | None = None, body: str | None = None) -> PullRequest:
         payload = {k: v for k, v in (("title", title), ("body", body)) if v is not None}
-        d = self.rest.request("PATCH", f"{self._repo(owner, repo)}/pulls/{int(number)}", json=payload, ok=(200,)).json()
+        d = self.rest.json_of(self.rest.request("PATCH", f"{self._repo(owner, repo)}/pulls/{int(number)}", json=payload,
+                                                ok=(200,)), f"{self._repo(owner, repo)}/pulls/{int(number)}", method="PATCH")
         return PullRequest.from_api(d)
 
 

@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 from digestguard.errors import InputError, IntegrationError, NotFound, Refused
 from digestguard.timeutil import parse_time
-from integrations._rest import RestBackedClient, RestOptions, iso_utc
+from integrations._rest import MAX_LOG_BYTES, RestBackedClient, RestOptions, iso_utc
 from integrations._secret_values import SecretLike, reveal
 
 __all__ = [
@@ -184,7 +184,8 @@ class GitLabClient(RestBackedClient):
             raise InputError("gitlab file", f"{path!r} is not a repository path", field="path")
         ref = ref or self.default_branch(project)
         url = f"{project_path(project)}/repository/files/{quote(clean, safe='')}/raw"
-        return self.rest.request("GET", url, params={"ref": ref}, ok=(200,)).content.decode("utf-8", errors="replace")
+        return self.rest.request("GET", url, params={"ref": ref}, ok=(200,),
+                                 max_body=MAX_LOG_BYTES).content.decode("utf-8", errors="replace")
 
     # ---------------------------------------------------------------- CI
 
@@ -225,7 +226,8 @@ class GitLabClient(RestBackedClient):
     def job_trace(self, project: int | str, job_id: int) -> str:
         """The raw job log (runner output, ANSI colour codes and ``section_start`` markers included)."""
         path = f"{project_path(project)}/jobs/{int(job_id)}/trace"
-        return self.rest.request("GET", path, ok=(200,), headers={"Accept": "text/plain, */*"}).content.decode("utf-8", errors="replace")
+        return self.rest.request("GET", path, ok=(200,), headers={"Accept": "text/plain, */*"},
+                                 max_body=MAX_LOG_BYTES).content.decode("utf-8", errors="replace")
 
     # ---------------------------------------------------------------- variables
 
@@ -249,7 +251,7 @@ class GitLabClient(RestBackedClient):
                 body["environment_scope"] = environment_scope
             answer = self.rest.request("POST", base, json=body, ok=(201,), source=self.rest.source("POST", base) + f" ({key})")
             created = True
-        d = answer.json()
+        d = self.rest.json_of(answer, base)
         return VariableWrite(
             scope=scope_label, key=key, created=created, masked=bool(d.get("masked")),
             protected=bool(d.get("protected")), environment_scope=str(d.get("environment_scope") or "*"),
@@ -291,12 +293,14 @@ class GitLabClient(RestBackedClient):
     def create_merge_request(self, project: int | str, *, source_branch: str, target_branch: str, title: str, description: str) -> MergeRequest:
         body = {"source_branch": source_branch, "target_branch": target_branch, "title": title,
                 "description": description, "remove_source_branch": True}
-        d = self.rest.request("POST", f"{project_path(project)}/merge_requests", json=body, ok=(201,)).json()
+        d = self.rest.json_of(self.rest.request("POST", f"{project_path(project)}/merge_requests", json=body, ok=(201,)),
+                              f"{project_path(project)}/merge_requests", method="POST")
         return MergeRequest.from_api(d, created=True)
 
     def update_merge_request(self, project: int | str, iid: int, *, title: str | None = None, description: str | None = None) -> MergeRequest:
         body = {k: v for k, v in (("title", title), ("description", description)) if v is not None}
-        d = self.rest.request("PUT", f"{project_path(project)}/merge_requests/{int(iid)}", json=body, ok=(200,)).json()
+        d = self.rest.json_of(self.rest.request("PUT", f"{project_path(project)}/merge_requests/{int(iid)}", json=body,
+                                                ok=(200,)), f"{project_path(project)}/merge_requests/{int(iid)}", method="PUT")
         return MergeRequest.from_api(d)
 
 

@@ -49,11 +49,11 @@ from pydantic import ConfigDict, SecretStr
 
 from digestguard._model import Model
 from digestguard.credentials import resolve
-from digestguard.errors import InputError, IntegrationError, NotFound, Unavailable
+from digestguard.errors import InputError, IntegrationError, NotFound, Refused, Unavailable
 from digestguard.reference import is_digest, parse_digest
 from digestguard.timeutil import parse_time
 from integrations._errors import error_for_status, parse_retry_after
-from integrations._rest import Retrier, RetryPolicy, redact_url
+from integrations._rest import MAX_JSON_BYTES, Retrier, RetryPolicy, redact_url
 
 __all__ = [
     "ClusterConfig",
@@ -394,12 +394,30 @@ class _Lister:
             resp = self.api.list_pod_for_all_namespaces(**kwargs)
         self.pages += 1
         try:
-            body = json.loads(resp.data)
+            body = json.loads(self._read(resp, src))
         except ValueError:
             raise IntegrationError(src, "answer is not JSON") from None
         if not isinstance(body, dict) or not isinstance(body.get("items", []), list):
             raise IntegrationError(src, "answer is not a PodList")
         return body
+
+    def _read(self, resp: Any, src: str) -> bytes:
+        """A page's body, streamed: at most :data:`MAX_JSON_BYTES` (a page of ``page_size`` pods is far less),
+        and within the request's ``timeout`` in total (a dripping API server cannot hold the lister)."""
+        deadline_at = time.monotonic() + self.timeout
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in resp.stream(64 * 1024):
+                size += len(chunk)
+                if size > MAX_JSON_BYTES:
+                    raise Refused(src, f"page is over the {MAX_JSON_BYTES}-byte cap; not read further")
+                chunks.append(chunk)
+                if time.monotonic() > deadline_at:
+                    raise Unavailable(src, f"page not complete within {self.timeout:.0f}s (a slow or stalled server)")
+        finally:
+            resp.release_conn()
+        return b"".join(chunks)
 
     def pods(self, namespace: str | None) -> list[dict[str, Any]]:
         """All pods of one scope. A 410 (continue token expired) restarts the scope once from the top,

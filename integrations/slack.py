@@ -9,6 +9,12 @@ the SDK's exceptions or response objects:
   through but raised as ``RateLimited`` with ``retry_after``) and
   ``ConnectionErrorRetryHandler`` (refused / reset / dropped connections, with
   exponential back-off). Both have a bounded retry count;
+* every call has a total deadline (connect, every attempt, every wait, every read) and
+  its answer a size cap: the SDK's urllib transport is replaced by :class:`_BoundedWebClient`,
+  which reads bodies chunk by chunk (a dripping or flooding server ends in ``Unavailable`` or
+  ``Refused``), and the 429 handler asks the one :class:`~integrations._rest.RetryPolicy`
+  whether a wait still fits;
+* an answer is checked before use (an object, ``ts``/channel ids where the call needs them);
 * failures become the typed errors of :mod:`digestguard.errors`
   (``RateLimited``, ``Unavailable``, ``AuthError``, ``NotFound``, ``Refused``) naming
   the API host and method, never the token;
@@ -29,10 +35,14 @@ Example::
 from __future__ import annotations
 
 import http.client
+import io
+import threading
+import time
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.error import URLError
+from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
 
 from slack_sdk import WebClient
@@ -48,6 +58,7 @@ from slack_sdk.socket_mode.response import SocketModeResponse
 
 from digestguard.errors import AuthError, InputError, IntegrationError, NotFound, RateLimited, Refused, Unavailable
 from integrations._errors import parse_retry_after
+from integrations._rest import MAX_ERROR_BYTES, RetryPolicy
 
 __all__ = ["DEFAULT_BASE_URL", "BoundedRateLimitHandler", "SlackClient", "SlackMessage", "channel_name_for"]
 
@@ -60,6 +71,11 @@ _AUTH_ERRORS = frozenset({
 })
 _NOT_FOUND_ERRORS = frozenset({"channel_not_found", "message_not_found", "thread_not_found", "file_not_found", "not_in_channel"})
 _UNAVAILABLE_ERRORS = frozenset({"internal_error", "fatal_error", "service_unavailable", "request_timeout"})
+
+MAX_ANSWER_BYTES = 1024 * 1024
+"""The cap on one Web API answer (a posted message's echo is a few kB)."""
+DEFAULT_DEADLINE = 60.0
+"""Seconds one Slack call may take in total."""
 
 Scrub = Callable[[str], str]
 
@@ -99,6 +115,11 @@ def _scrub_obj(obj: Any, scrub: Scrub) -> Any:
     return obj
 
 
+def shown_status(status: int | None) -> int | None:
+    """The HTTP status worth naming: Slack says "no" with HTTP 200, so a 200 is not news."""
+    return status if status and status != 200 else None
+
+
 def _retry_after_header(headers: Any) -> str | None:
     """The ``Retry-After`` value of SDK response headers (any case; the SDK sometimes keeps a list per name)."""
     for k, v in (headers or {}).items():
@@ -113,15 +134,99 @@ class BoundedRateLimitHandler(RateLimitErrorRetryHandler):
     for a longer wait than ``max_wait`` seconds: the caller gets ``RateLimited`` with ``retry_after``
     and decides, instead of the whole response stalling inside a notification."""
 
-    def __init__(self, max_retry_count: int = 3, max_wait: float = 30.0) -> None:
+    def __init__(self, max_retry_count: int = 3, max_wait: float = 30.0, *, policy: RetryPolicy | None = None,
+                 elapsed: Callable[[], float] = lambda: 0.0) -> None:
         super().__init__(max_retry_count=max_retry_count)
         self.max_wait = max_wait
+        self.policy = policy or RetryPolicy(max_retries=max_retry_count, max_wait=max_wait)
+        self._elapsed = elapsed
 
     def _can_retry(self, *, state: Any, request: Any, response: Any = None, error: Any = None) -> bool:
         if not super()._can_retry(state=state, request=request, response=response, error=error):
             return False
         wait = parse_retry_after(_retry_after_header(response.headers))
-        return wait is None or wait <= self.max_wait
+        # The one retry policy decides: within its retries, its wait cap and the call's deadline.
+        return self.policy.wait(state.current_attempt, retry_after=1.0 if wait is None else wait + 1.0,
+                                elapsed=self._elapsed()) is not None
+
+
+class _TooLarge(SlackClientError):
+    """An answer over its cap (raised inside the transport; becomes Refused)."""
+
+
+class _TooLate(SlackClientError):
+    """The call's total deadline passed (raised inside the transport; becomes Unavailable)."""
+
+
+def _read_bounded(fp: Any, cap: int, deadline_at: float, *, refuse: bool) -> bytes:
+    """Read ``fp`` one network read at a time: at most ``cap`` bytes, never past ``deadline_at``."""
+    read = getattr(fp, "read1", None) or fp.read
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        if time.monotonic() > deadline_at:
+            raise _TooLate("answer not complete within the deadline of this call (a slow or stalled server)")
+        chunk = read(64 * 1024)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > cap:
+            if refuse:
+                raise _TooLarge(f"answer is over the {cap}-byte cap; not read further")
+            chunks.append(chunk[: cap - (size - len(chunk))])
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+class _BoundedWebClient(WebClient):
+    """``WebClient`` whose urllib transport keeps one call's total deadline and caps every body it reads.
+
+    The SDK reads a whole answer with ``resp.read()`` under a per-socket-operation timeout, so a
+    server sending one byte a second never times out and a flood is held in memory; this override
+    opens and reads the same request, bounded. Deadlines are per thread (``begin`` starts one).
+    """
+
+    def __init__(self, *args: Any, deadline: float, max_body: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+        self.max_body = max_body
+        self._local = threading.local()
+
+    def begin(self) -> None:
+        self._local.deadline_at = time.monotonic() + self.deadline
+
+    def elapsed(self) -> float:
+        return time.monotonic() - (getattr(self._local, "deadline_at", time.monotonic() + self.deadline) - self.deadline)
+
+    def _perform_urllib_http_request_internal(self, url: str, req: urllib.request.Request) -> dict[str, Any]:
+        if not url.lower().startswith("http"):
+            raise SlackRequestError(f"Invalid URL detected: {url}")
+        deadline_at = getattr(self._local, "deadline_at", None) or time.monotonic() + self.deadline
+        remaining = deadline_at - time.monotonic()
+        if remaining <= 0:
+            raise _TooLate(f"no answer within the {self.deadline:.0f}s deadline of this call")
+        timeout = min(float(self.timeout), remaining)
+        try:
+            if self.proxy is not None:
+                opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": self.proxy, "https": self.proxy}),
+                                                     urllib.request.HTTPSHandler(context=self.ssl))
+                resp = opener.open(req, timeout=timeout)
+            else:
+                resp = urllib.request.urlopen(req, context=self.ssl, timeout=timeout)  # noqa: S310 - http(s) checked above
+        except HTTPError as e:
+            # The SDK reads the error body itself: hand it a bounded copy (the vendor's message, never a flood).
+            fp = e.fp
+            body = _read_bounded(fp, MAX_ERROR_BYTES, deadline_at, refuse=False) if fp is not None else b""
+            raise HTTPError(e.url, e.code, e.msg, e.headers, io.BytesIO(body)) from None
+        with resp:
+            declared = resp.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_body:
+                raise _TooLarge(f"answer of {int(declared)} bytes is over the {self.max_body}-byte cap; not read")
+            body = _read_bounded(resp, self.max_body, deadline_at, refuse=True)
+        if resp.headers.get_content_type() == "application/gzip":
+            return {"status": resp.code, "headers": resp.headers, "body": body}
+        charset = resp.headers.get_content_charset() or "utf-8"
+        return {"status": resp.code, "headers": resp.headers, "body": body.decode(charset, errors="replace")}
 
 
 class SlackClient:
@@ -138,6 +243,8 @@ class SlackClient:
         connection_retries: int = 2,
         retry_interval: RetryIntervalCalculator | None = None,
         scrub: Scrub | None = None,
+        deadline: float = DEFAULT_DEADLINE,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         if not token or not token.strip():
             raise InputError("slack", "no bot token given (inventory slack.token resolved to an empty value)")
@@ -148,12 +255,18 @@ class SlackClient:
         self.base_url = url if url.endswith("/") else url + "/"
         self.source = f"slack {parts.netloc}"
         self.scrub: Scrub = scrub or (lambda s: s)
-        self._web = WebClient(
+        if deadline <= 0:
+            raise InputError("slack", "deadline must be > 0 seconds", field="deadline")
+        self.retry = RetryPolicy(max_retries=rate_limit_retries, max_wait=max_rate_limit_wait, deadline=deadline)
+        self._web = _BoundedWebClient(
             token=token,
             base_url=self.base_url,
             timeout=timeout,
+            deadline=deadline,
+            max_body=max_answer_bytes,
             retry_handlers=[
-                BoundedRateLimitHandler(max_retry_count=rate_limit_retries, max_wait=max_rate_limit_wait),
+                BoundedRateLimitHandler(max_retry_count=rate_limit_retries, max_wait=max_rate_limit_wait,
+                                        policy=self.retry, elapsed=lambda: self._web.elapsed()),
                 # The SDK's default error types (URLError incl. refused/connect timeout, reset, remote
                 # disconnect). Read timeouts are NOT retried: Slack may have posted the message already.
                 ConnectionErrorRetryHandler(
@@ -167,8 +280,13 @@ class SlackClient:
     def _call(self, method: str, fn: Callable[..., Any], **kwargs: Any) -> dict[str, Any]:
         """Call one SDK method; translate every failure into a typed error naming host and method."""
         where = f"{self.source} {method}"
+        self._web.begin()
         try:
             resp = fn(**kwargs)
+        except _TooLarge as e:
+            raise Refused(where, str(e)) from None
+        except _TooLate as e:
+            raise Unavailable(where, str(e)) from None
         except SlackApiError as e:
             err = self._api_error(where, e)
             err.slack_error = (e.response.data or {}).get("error") if isinstance(e.response.data, dict) else None  # type: ignore[attr-defined]
@@ -182,13 +300,19 @@ class SlackClient:
             raise Unavailable(where, f"Slack client error: {str(e)[:200]}") from None
         except ValueError as e:  # a non-JSON body (a proxy's HTML error page) fails to parse
             raise Unavailable(where, f"unreadable answer: {type(e).__name__}") from None
-        return dict(resp.data) if isinstance(resp.data, dict) else {}
+        except (AttributeError, TypeError):  # the SDK looks inside an answer that is JSON but not an object
+            raise Unavailable(where, "answer is not a JSON object") from None
+        if not isinstance(resp.data, dict):
+            raise Unavailable(where, f"answer is not a JSON object ({type(resp.data).__name__})")
+        return dict(resp.data)
 
     @staticmethod
     def _api_error(where: str, e: SlackApiError) -> IntegrationError:
         status = getattr(e.response, "status_code", None)
         data = e.response.data if isinstance(getattr(e.response, "data", None), dict) else {}
         code = str(data.get("error") or "unknown_error")
+        if code.startswith("Received a response in a non-JSON format"):  # the SDK's words, then the vendor's body
+            return Unavailable(where, "answer is not JSON (a proxy or maintenance page?)", status=shown_status(status))
         headers = getattr(e.response, "headers", {}) or {}
         shown = status if status and status != 200 else None  # Slack says "no" with HTTP 200: the code is the news
         if status == 429 or code == "ratelimited":
@@ -230,7 +354,11 @@ class SlackClient:
             if reply_broadcast:
                 kwargs["reply_broadcast"] = True
         data = self._call("chat.postMessage", self._web.chat_postMessage, **kwargs)
-        return SlackMessage(channel=str(data.get("channel") or channel), ts=str(data["ts"]), thread_ts=thread_ts)
+        ts = data.get("ts")
+        if not isinstance(ts, str) or not ts:
+            raise Unavailable(f"{self.source} chat.postMessage", "answer carried no message ts")
+        got = data.get("channel")
+        return SlackMessage(channel=got if isinstance(got, str) and got else channel, ts=ts, thread_ts=thread_ts)
 
     def reply(self, parent: SlackMessage, text: str, *, blocks: Sequence[Mapping[str, Any]] | None = None,
               broadcast: bool = False) -> SlackMessage:
@@ -249,8 +377,8 @@ class SlackClient:
     def create_channel(self, name: str, *, private: bool = False) -> str:
         """Open a channel and return its id. ``Refused`` with ``name_taken`` when it exists already."""
         data = self._call("conversations.create", self._web.conversations_create, name=name, is_private=private)
-        channel = data.get("channel") or {}
-        if not channel.get("id"):
+        channel = data.get("channel")
+        if not isinstance(channel, dict) or not isinstance(channel.get("id"), str) or not channel["id"]:
             raise Unavailable(f"{self.source} conversations.create", "answer carried no channel id")
         return str(channel["id"])
 
@@ -269,7 +397,7 @@ class SlackClient:
             kwargs["initial_comment"] = self.scrub(initial_comment)
         data = self._call("files.upload (v2)", self._web.files_upload_v2, **kwargs)
         f = data.get("file") or (data.get("files") or [{}])[0]
-        return str(f.get("id") or "")
+        return str(f.get("id") or "") if isinstance(f, dict) else ""
 
 
 # --------------------------------------------------------------------------- approval buttons (Socket Mode)

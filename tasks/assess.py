@@ -53,7 +53,7 @@ from digestguard.findings import (
 )
 from digestguard.inventory import Inventory
 from digestguard.journal import Journal
-from digestguard.markdown import md_cell
+from digestguard.markdown import md_cell, md_code, md_link, md_pre
 from digestguard.reference import try_parse_reference
 from digestguard.timeline import TagTimeline
 from digestguard.timeutil import fmt_utc, utc
@@ -444,6 +444,7 @@ def build_exposure_report(
         advisory=advisory.id, window_start=w.start, window_end=w.end, window_source=w.source,
         jobs=list(jobs), secrets=list(secrets), network_hits=hits, unparsable=unp, errors=errs, coverage=cov,
         tag_timelines=_shown(timelines or {}, w),
+        link_origins=inventory.link_origins() if inventory is not None else [],
     )
 
 
@@ -487,7 +488,7 @@ def exposure_markdown(report: ExposureReport) -> str:
     missing = coverage_summary(report.coverage)
     out = [f"**INCOMPLETE: {md_cell(missing)}.** Nothing found in the rest does not mean clear.", ""] if missing else []
     out += [
-        f"## Exposure: {report.advisory}",
+        f"## Exposure: {md_cell(report.advisory)}",
         "",
         f"**Window:** {_fmt(report.window_start)} .. {_fmt(report.window_end)}  ",
         f"_{md_cell(report.window_source)}_",
@@ -501,7 +502,7 @@ def exposure_markdown(report: ExposureReport) -> str:
         out += ["### CI jobs", "", "| verdict | source | job | started | reference | digest | reason |",
                 "|---|---|---|---|---|---|---|"]
         for j in report.jobs:
-            job = f"[{md_cell(j.job)}]({j.url})" if j.url else md_cell(j.job)
+            job = md_link(j.url, j.job, report.link_origins) if j.url else md_cell(j.job)
             digest = f"`{j.digest[:19]}…`" if j.digest else "—"
             out.append(f"| **{j.verdict}** | {md_cell(j.source)} | {job} | {_fmt(j.started_at) if j.started_at else '—'} | "
                        f"{md_cell(j.reference) or '—'} | {digest} | {md_cell(j.reason)} |")
@@ -512,7 +513,7 @@ def exposure_markdown(report: ExposureReport) -> str:
             for j in shown:
                 out.append(f"**{md_cell(j.job)}** ({j.verdict})")
                 out.append("```")
-                out += [e.replace("```", "'''") for e in j.evidence]
+                out += [md_pre(e) for e in j.evidence]
                 out.append("```")
             out += ["</details>", ""]
     elif missing:
@@ -525,13 +526,13 @@ def exposure_markdown(report: ExposureReport) -> str:
         for s in report.secrets:
             mapped = md_cell(s.inventory_name) if s.mapped else "**NO: add it or rotate by hand**"
             how = "; ".join(s.how[:4]) + (f" (+{len(s.how) - 4} more)" if len(s.how) > 4 else "")
-            out.append(f"| `{md_cell(s.name)}` | {mapped} | {s.exposure} | {len(s.exposed_by)} | {md_cell(how)} |")
+            out.append(f"| `{md_code(s.name)}` | {mapped} | {s.exposure} | {len(s.exposed_by)} | {md_cell(how)} |")
         out.append("")
     if report.network_hits:
         out += ["### Network indicator hits", "", "| time | in window | indicator | where | line |", "|---|---|---|---|---|"]
         for h in report.network_hits:
             inw = {True: "yes", False: "no", None: "?"}[h.in_window]
-            out.append(f"| {_fmt(h.timestamp) if h.timestamp else '—'} | {inw} | `{md_cell(h.indicator)}` ({h.kind}) | "
+            out.append(f"| {_fmt(h.timestamp) if h.timestamp else '—'} | {inw} | `{md_code(h.indicator)}` ({md_cell(h.kind)}) | "
                        f"{md_cell(h.path)}:{h.line} | {md_cell(h.text)} |")
         out.append("")
     if report.unparsable:

@@ -46,7 +46,7 @@ from digestguard.errors import DigestguardError, NotFound, RateLimited, Unavaila
 from digestguard.findings import ActionOutcome
 from digestguard.inventory import ApprovalPolicy, Inventory
 from digestguard.journal import Journal
-from digestguard.markdown import mrkdwn
+from digestguard.markdown import mrkdwn, mrkdwn_link, origin_of, slack_plain
 from digestguard.plan import Approval, Plan
 from digestguard.redact import MASK, redact
 from digestguard.timeutil import now, utc
@@ -107,10 +107,11 @@ def flow_run_url(flow_run_id: Any | None = None) -> str | None:
 # --------------------------------------------------------------------------- Slack text helpers
 
 
-def _link(url: str | None, label: str) -> str:
-    if not url or not re.match(r"^https?://", url) or any(c in url for c in "|<> "):
-        return mrkdwn(label) + (f" ({mrkdwn(url)})" if url else "")
-    return f"<{url}|{mrkdwn(label)}>"
+def _link(url: str | None, label: str, origins: Iterable[str] = ()) -> str:
+    """A Slack link to ``url`` when its origin is one of ``origins`` (the inventory's, and Prefect's own UI),
+    else the label and the URL as inert text."""
+    ui = origin_of(prefect_ui_url() or "")
+    return mrkdwn_link(url, label, {*origins, *([ui] if ui else [])})
 
 
 def _hhmm(d: datetime) -> str:
@@ -133,34 +134,58 @@ def _context(text: str) -> dict[str, Any]:
 _DETAILS_MAX = 12000  # a thread reply longer than this is cut with a pointer to the report
 
 
-def markdown_to_mrkdwn(md: str, limit: int = _DETAILS_MAX) -> str:
+_MD_LINK = re.compile(r"(?<!\\)\[((?:[^\]\\]|\\.)+)(?<!\\)\]\((https?://[^)\s|<>]+)\)")
+
+
+def markdown_to_mrkdwn(md: str, limit: int = _DETAILS_MAX, *, origins: Iterable[str] = ()) -> str:
     r"""GitHub Markdown (what ``Plan.markdown()`` and the stages' renderers produce) as Slack mrkdwn.
 
-    Escapes ``& < >``; headings and ``**bold**`` become ``*bold*``; ``[text](url)`` becomes
-    ``<url|text>``; ``- `` bullets become ``•``; a table becomes a code block (Slack has no
-    tables, monospace keeps the columns readable).
+    The Markdown's outside text was made inert when it was written (:mod:`digestguard.markdown`);
+    this only translates: its escapes are undone and ``& < >`` escaped for Slack; headings and
+    ``**bold**`` become ``*bold*``; ``[text](url)`` becomes ``<url|text>`` only for a URL whose origin
+    is in ``origins`` (else the text stays, the URL inert); ``- `` bullets become ``•``; a table
+    becomes a code block (Slack has no tables, monospace keeps the columns readable).
 
-    >>> markdown_to_mrkdwn("### Plan\n- **2** items, see [PR](https://x/1)")
+    >>> markdown_to_mrkdwn("### Plan\n- **2** items, see [PR](https://x/1)", origins=["https://x"])
     '*Plan*\n• *2* items, see <https://x/1|PR>'
     """
     out: list[str] = []
     table: list[str] = []
+    allowed = set(origins)
 
     def flush() -> None:
         if table:
             out.append("```\n" + "\n".join(table) + "\n```")
             table.clear()
 
+    def unmd(text: str) -> str:
+        """Markdown escapes undone (they were for Markdown; the text stays inert: URLs defanged, no mention)."""
+        return (text.replace("\\[", "[").replace("\\]", "]").replace("\\`", "ˋ")
+                .replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+
+    def slack(text: str) -> str:
+        """Slack's three control characters escaped."""
+        return unmd(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+    def links(line: str) -> str:
+        parts: list[str] = []
+        last = 0
+        for m in _MD_LINK.finditer(line):
+            parts.append(slack(line[last:m.start()]))
+            parts.append(mrkdwn_link(m.group(2), unmd(m.group(1)), allowed))
+            last = m.end()
+        parts.append(slack(line[last:]))
+        return "".join(parts)
+
     for raw in md.splitlines():
-        line = mrkdwn(raw)
-        if line.lstrip().startswith("|"):
-            if not re.fullmatch(r"\s*\|(\s*:?-{3,}:?\s*\|)+\s*", line):
-                table.append(line.replace("\\|", "/").replace("`", ""))
+        if raw.lstrip().startswith("|"):
+            if not re.fullmatch(r"\s*\|(\s*:?-{3,}:?\s*\|)+\s*", raw):
+                table.append(slack(raw.replace("\\|", "/").replace("`", "")))
             continue
         flush()
+        line = links(raw)
         line = re.sub(r"^\s{0,3}#{1,6}\s+(.*)$", r"*\1*", line)
         line = re.sub(r"\*\*(.+?)\*\*", r"*\1*", line)
-        line = re.sub(r"\[([^\]]+)\]\((https?://[^)\s|]+)\)", r"<\2|\1>", line)
         line = re.sub(r"^(\s*)[-*] (?!\[)", r"\1• ", line)
         line = re.sub(r"^(\s*)[-*] \[ \] ", r"\1☐ ", line)
         out.append(line)
@@ -179,7 +204,7 @@ def who_must_approve(policy: ApprovalPolicy | None, *, approvers: Iterable[str] 
     parts = ["two distinct approvers" if policy.two_approvers else "one approver"]
     names = [a for a in approvers if a]
     if names:
-        parts.append("from " + ", ".join(mrkdwn(n) for n in names))
+        parts.append("from " + ", ".join(mrkdwn(n, mentions=True) for n in names))  # the inventory's approvers
     if policy.distinct_from_trigger:
         parts.append(f"not {mrkdwn(triggered_by)} (who started the run)" if triggered_by
                      else "not the person who started the run")
@@ -217,8 +242,10 @@ class Notifier:
         run_url: str | None = None,
         disabled_reason: str | None = None,
         cooldown: float = 30.0,
+        link_origins: Iterable[str] = (),
     ) -> None:
         self.journal = journal
+        self.link_origins = sorted(set(link_origins))  # the only origins a message links to (plus Prefect's UI)
         self.cooldown = cooldown
         self._down_error: str | None = None
         self._down_until = 0.0
@@ -262,7 +289,8 @@ class Notifier:
         """A notifier for ``inventory.slack``; disabled (with the reason journaled) when Slack is not configured
         or its token cannot be resolved, because a missing Slack token must not stop the response."""
         known = [s for s in secrets if s]
-        common: dict[str, Any] = dict(advisory_id=advisory_id, title=title, run_url=run_url, cooldown=cooldown)
+        common: dict[str, Any] = dict(advisory_id=advisory_id, title=title, run_url=run_url, cooldown=cooldown,
+                                      link_origins=inventory.link_origins())
         if inventory.slack is None:
             return cls(journal, incident, client=None, channel=None, disabled_reason="no slack section in the inventory",
                        **common)
@@ -378,10 +406,10 @@ class Notifier:
         if self.coverage_note:
             board = f":warning: *INCOMPLETE: {mrkdwn(self.coverage_note[:600])}*\n{board}"
         ctx = " · ".join(x for x in [f"advisory `{mrkdwn(self.advisory_id)}`" if self.advisory_id else "",
-                                     _link(self.run_url, "Prefect flow run") if self.run_url else "",
+                                     _link(self.run_url, "Prefect flow run", self.link_origins) if self.run_url else "",
                                      f"updated {_hhmm(now())}"] if x)
         text = f":rotating_light: *{mrkdwn(head)}*\n{board}\n{ctx}"
-        blocks = [{"type": "header", "text": {"type": "plain_text", "text": f"🚨 {head}"[:150], "emoji": True}},
+        blocks = [{"type": "header", "text": {"type": "plain_text", "text": slack_plain(f"🚨 {head}")[:150], "emoji": True}},
                   _section(board), _context(ctx)]
         return text, blocks
 
@@ -430,7 +458,7 @@ class Notifier:
             self._refresh()
             detail: dict[str, Any] = {"status": status}
             if details:
-                reply = self.client.reply(self.message, f"*{mrkdwn(stage)}* · {mrkdwn(status)}\n{markdown_to_mrkdwn(details)}")
+                reply = self.client.reply(self.message, f"*{mrkdwn(stage)}* · {mrkdwn(status)}\n{markdown_to_mrkdwn(details, origins=self.link_origins)}")
                 detail["reply_ts"] = reply.ts
             return detail
 
@@ -453,10 +481,10 @@ class Notifier:
         title = f"{plan.stage.capitalize()} plan for incident {self.incident}"
         if decision:
             first = f"{decision}\n*{mrkdwn(title)}*"
-            ask = _link(link, "Prefect flow run") if link else ""
+            ask = _link(link, "Prefect flow run", self.link_origins) if link else ""
         else:
             first = f":raised_hand: *Approval needed: {mrkdwn(title)}*"
-            how = (f"{_link(link, 'Open the paused run in Prefect')} to approve or reject." if link
+            how = (f"{_link(link, 'Open the paused run in Prefect', self.link_origins)} to approve or reject." if link
                    else "Approve or reject in the Prefect UI (flow run link unavailable).")
             ask = f"*Who must approve:* {who}\n" + how
         text = "\n".join(x for x in (first, body, ask) if x)
@@ -610,7 +638,7 @@ class Notifier:
 
     def _summary_text(self, report: IncidentReport, people: list[str]) -> tuple[str, list[dict[str, Any]]]:
         lines = [f"• {mrkdwn(x)}" for x in report.summary_lines()]
-        prs = [_link(p.url, p.label()) for p in report.pull_requests]
+        prs = [_link(p.url, p.label(), [*self.link_origins, *report.link_origins]) for p in report.pull_requests]
         if prs:
             lines.append("• Pull requests: " + ", ".join(prs))
         head = f":clipboard: *Incident {mrkdwn(self.incident)}: response summary*"
@@ -625,7 +653,7 @@ class Notifier:
         text = f"{head}\n{body}\n{todo}"
         blocks = [_section(head), _section(body), _section(todo)]
         if report.flow_run_url or self.run_url:
-            blocks.append(_context(_link(report.flow_run_url or self.run_url, "Prefect flow run")))
+            blocks.append(_context(_link(report.flow_run_url or self.run_url, "Prefect flow run", self.link_origins)))
         return text, blocks
 
     def failures(self) -> list[ActionOutcome]:

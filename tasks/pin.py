@@ -43,7 +43,7 @@ from digestguard.errors import DigestguardError, InputError, PlanNotApproved
 from digestguard.findings import ActionOutcome, StageResult
 from digestguard.inventory import Inventory
 from digestguard.journal import Journal
-from digestguard.markdown import md_table
+from digestguard.markdown import md_cell, md_code, md_table
 from digestguard.reference import ImageReference, parse_digest, try_parse_reference
 from tasks.connect import Connections
 from tasks.pull_requests import open_pin_pull_request
@@ -133,27 +133,29 @@ class PinPlan(Model):
 
     def markdown(self, limit: int = 100) -> str:
         """The review text (approval form, pull-request body)."""
-        out = [f"### Pin plan for `{self.advisory}`", "",
+        out = [f"### Pin plan for `{md_code(self.advisory)}`", "",
                f"{len(self.changes)} change(s) in {len(self.changed_paths)} file(s), "
                f"{len(self.needs_decision)} need a decision, {len(self.skipped)} skipped. "
                f"Plan hash `{self.plan_hash()}`.", ""]
-        rows = [{"file": f"`{c.path}`", "line": c.line, "before": f"`{c.before}`", "after": f"`{c.after}`", "why": c.reason}
+        rows = [{"file": c.path, "line": c.line, "before": c.before, "after": c.after, "why": c.reason}
                 for c in self.changes]
-        out += md_table(rows, limit, more="more change(s)") or ["_No reference to rewrite._"]
+        out += (md_table(rows, limit, more="more change(s)", code=("file", "before", "after"))
+                or ["_No reference to rewrite._"])
         quarantined = [d for d in self.needs_decision if d.reason.startswith("quarantined:")]
         if quarantined:
             out += ["", "**Quarantined digests (never proposed)**",
                     "These tags resolve to a digest that an advisory lists as malicious or that was pushed inside its "
                     "window: the update a repointed tag produces. Choose a reviewed digest with `--to`."]
-            out += [f"- `{d.path}`{_at(d.line)}: `{d.reference}`: {d.reason}." for d in quarantined[:limit]]
+            out += [f"- `{md_code(d.path)}`{_at(d.line)}: `{md_code(d.reference)}`: {md_cell(d.reason)}."
+                    for d in quarantined[:limit]]
         if self.needs_decision:
             out += ["", "**Needs a decision**"]
             for d in self.needs_decision[:limit]:
-                sug = f" Suggested: `{d.suggestion}`." if d.suggestion else ""
-                out.append(f"- `{d.path}`{_at(d.line)}: `{d.reference}`: {d.reason}.{sug}")
+                sug = f" Suggested: `{md_code(d.suggestion)}`." if d.suggestion else ""
+                out.append(f"- `{md_code(d.path)}`{_at(d.line)}: `{md_code(d.reference)}`: {md_cell(d.reason)}.{sug}")
         if self.skipped:
             out += ["", "**Skipped**"]
-            out += [f"- `{s.path}`{_at(s.line)}: {s.reason}" for s in self.skipped[:limit]]
+            out += [f"- `{md_code(s.path)}`{_at(s.line)}: {md_cell(s.reason)}" for s in self.skipped[:limit]]
         if self.unchanged:
             out += ["", f"{len(self.unchanged)} reference(s) already pinned safely were left alone."]
         return "\n".join(out)

@@ -14,7 +14,7 @@ from digestguard.errors import DigestguardError
 from digestguard.findings import ActionOutcome
 from digestguard.inventory import Inventory, Repository
 from digestguard.journal import Journal
-from digestguard.markdown import md_cell, md_table
+from digestguard.markdown import md_cell, md_code, md_table
 from digestguard.reference import public_mirror
 from integrations import git
 from integrations.github import open_or_update_pull_request
@@ -34,24 +34,24 @@ def pull_request_body(plan, advisory: Advisory, incident: str) -> str:
     """Why, what, and where: the incident, each change with file and line, and the advisory's references."""
     refs = [r.value for r in advisory.references if r.kind in ("url", "ghsa", "cve")]
     lines = [
-        f"## Pin {', '.join(i.repository for i in advisory.images)} to known-good digests",
+        f"## Pin {md_cell(', '.join(i.repository for i in advisory.images))} to known-good digests",
         "",
-        f"Incident `{incident}`: {advisory.title}.",
+        f"Incident `{md_code(incident)}`: {md_cell(advisory.title)}.",
         "Tags are mutable and were overwritten in this attack; a digest names exactly one image. "
         "This change adds the digest that decides what is pulled and keeps the tag for readers, except where a tag "
         "the attacker wrote is replaced (see below).",
         "",
     ]
-    rows = [{"file": f"`{c.path}`", "line": c.line, "before": f"`{c.before}`", "after": f"`{c.after}`"} for c in plan.changes]
-    lines += md_table(rows, len(rows))
+    rows = [{"file": c.path, "line": c.line, "before": c.before, "after": c.after} for c in plan.changes]
+    lines += md_table(rows, len(rows), code=("file", "before", "after"))
     lines += _tag_changes(plan, advisory)
     lines += _mirrors(plan)
     if plan.needs_decision:
         lines += ["", "### Needs a decision (not changed)"]
-        lines += [f"- `{md_cell(d.path)}`:{d.line or '-'} `{md_cell(d.reference)}`: {md_cell(d.reason)}"
-                  + (f" Suggested: `{md_cell(d.suggestion)}`." if d.suggestion else "") for d in plan.needs_decision]
-    if refs:
-        lines += ["", "### Advisory", *[f"- {r}" for r in refs]]
+        lines += [f"- `{md_code(d.path)}`:{d.line or '-'} `{md_code(d.reference)}`: {md_cell(d.reason)}"
+                  + (f" Suggested: `{md_code(d.suggestion)}`." if d.suggestion else "") for d in plan.needs_decision]
+    if refs:  # the advisory pack's references: outside text like any other, shown (URLs defanged), never linked
+        lines += ["", "### Advisory", *[f"- {md_cell(r)}" for r in refs]]
     lines += ["", "_Opened by digestguard. Review and merge by hand; nothing is merged automatically._"]
     return "\n".join(lines)
 

@@ -218,7 +218,9 @@ def apply_purge(plan: Plan, approval: Approval | None, inventory: Inventory, jou
             result.actions.append(ActionOutcome(stage=STAGE, target=item.target, action=item.action, outcome="already-done"))
             continue
         try:
-            with journal.step(plan.incident, STAGE, item.target, item.action, approver=approver) as rec:
+            # ids only, written before acting: what a later run verifies, even with an empty plan after a crash
+            with journal.step(plan.incident, STAGE, item.target, item.action, approver=approver,
+                              detail={"item": _item_record(item)}) as rec:
                 try:
                     rec.note(**_apply_item(item, targets))
                     outcome = "done"
@@ -230,11 +232,55 @@ def apply_purge(plan: Plan, approval: Approval | None, inventory: Inventory, jou
             continue
         result.actions.append(ActionOutcome(stage=STAGE, target=item.target, action=item.action, outcome=outcome,
                                             detail=journal.get(plan.incident, STAGE, item.target, item.action).detail))
-    result.verification = verify_purge(plan, targets, known_good or {})
-    for v in result.verification:
-        journal.record(plan.incident, STAGE, v.target, v.action, "done" if v.outcome == "done" else "failed",
-                       detail=v.detail, error=v.error)
+    earlier = [i for i in earlier_purged_items(journal, plan.incident) if (i.action, i.target) not in
+               {(x.action, x.target) for x in plan.items}]
+    checked = plan.model_copy(update={"items": [*plan.items, *earlier]})
+    result.verification = _record_verification(journal, plan.incident, verify_purge(checked, targets, known_good or {}))
+    if earlier:
+        result.notes.append(f"verified {len(earlier)} deletion(s) an earlier run of this incident made")
     return result
+
+
+def _item_record(item: PlanItem) -> dict:
+    return {"kind": item.kind, "reason": item.reason, "params": dict(item.params)}
+
+
+def earlier_purged_items(journal: Journal, incident: str) -> list[PlanItem]:
+    """The deletions this incident's journal records as done (by any run), rebuilt as plan items to verify.
+
+    A run that crashed after its last deletion leaves the next run an empty plan (detect no longer finds the
+    digests): those deletions must still be verified, not reported as "nothing to do"."""
+    out: list[PlanItem] = []
+    for e in journal.entries(incident, STAGE):
+        rec = e.detail.get("item") if isinstance(e.detail, dict) else None
+        if e.action in _VERIFIED_ACTIONS and e.status in ("done", "skipped", "started") and isinstance(rec, dict):
+            out.append(PlanItem(target=e.target, action=e.action, kind=str(rec.get("kind") or ""),
+                                reason=str(rec.get("reason") or ""), params=dict(rec.get("params") or {})))
+    return out
+
+
+def _record_verification(journal: Journal, incident: str, outcomes: list[ActionOutcome]) -> list[ActionOutcome]:
+    for v in outcomes:
+        journal.record(incident, STAGE, v.target, v.action, "done" if v.outcome == "done" else "failed",
+                       detail=v.detail, error=v.error)
+    return outcomes
+
+
+def reverify_purge(incident: str, advisory: str, inventory: Inventory, journal: Journal, connections: Connections, *,
+                   known_good: dict[str, str] | None = None) -> StageResult | None:
+    """An execute run whose purge plan is empty: verify what earlier runs deleted (None when they deleted nothing)."""
+    earlier = earlier_purged_items(journal, incident)
+    if not earlier:
+        return None
+    plan = Plan(stage=STAGE, incident=incident, advisory=advisory, items=earlier)
+    result = StageResult(stage=STAGE, plan_hash=plan.hash, notes=[
+        f"nothing left to delete; verified the {len(earlier)} deletion(s) an earlier run of this incident made"])
+    result.actions = [ActionOutcome(stage=STAGE, target=i.target, action=i.action, outcome="already-done") for i in earlier]
+    result.verification = _record_verification(journal, incident, verify_purge(plan, connections, known_good or {}))
+    return result
+
+
+_VERIFIED_ACTIONS = ("delete-manifest", "delete-image", "remove-image")
 
 
 def verify_purge(plan: Plan, targets: Connections, known_good: dict[str, str]) -> list[ActionOutcome]:

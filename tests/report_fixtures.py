@@ -82,7 +82,7 @@ def sample_report(*, incident: str = "INC-2026-0422 kics", open_window: bool = F
         ActionOutcome(stage="pin", target="acme/api:ci/scan.yml:12", action="pin-reference", outcome="done",
                       detail={"digest": CLEAN, "branch": "digestguard/pin-kics"}),
     ])
-    return IncidentReport(
+    return IncidentReport(link_origins=["https://github.example"],
         incident=incident, advisory_id="kics-2026-04", advisory_title="Malicious checkmarx/kics images on Docker Hub",
         window=Window(start=START, end=None if open_window else END, source="seed"),
         detect=detect, exposure=exposure, rotate=rotate, purge=purge, pin=pin,

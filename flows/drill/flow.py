@@ -84,7 +84,8 @@ class Sandbox:
     attacker: dict[str, Any] = field(default_factory=dict)      # tag -> PushedIndex
     clean: dict[str, Any] = field(default_factory=dict)         # tag -> PushedIndex
     planted: dict[str, Any] = field(default_factory=dict)
-    old_values: dict[str, str] = field(default_factory=dict, repr=False)
+    old_values: dict[str, str] = field(default_factory=dict, repr=False)  # the values planted (exposed)
+    new_values: dict[str, str] = field(default_factory=dict, repr=False)  # the values the rotation made
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -311,12 +312,16 @@ def _plant_secrets(sb: Sandbox, scale: int) -> list[dict[str, Any]]:
     for n in range(scale):
         name = "KICS_API_TOKEN" if n == 0 else f"KICS_API_TOKEN_{n}"
         path = f"ci/kics-api-token-{n}"
-        client.secrets.kv.v2.create_or_update_secret(path=path, secret={"value": f"drill-old-{n}-" + os.urandom(6).hex()})
+        planted = f"drill-old-{n}-" + os.urandom(6).hex()
+        sb.old_values[name] = planted
+        client.secrets.kv.v2.create_or_update_secret(path=path, secret={"value": planted})
         out.append({"name": name, "backend": "vault-kv", "ref": {"path": path, "key": "value"},
                     "consumers": [{"kind": "github-actions-secret", "repo": "acme/infra", "name": name}]})
     iam = boto3.client("iam", endpoint_url=sb.moto.endpoint_url, region_name="us-east-1")
     iam.create_user(UserName="ci-deployer")
-    old_key = iam.create_access_key(UserName="ci-deployer")["AccessKey"]["AccessKeyId"]
+    created = iam.create_access_key(UserName="ci-deployer")["AccessKey"]
+    old_key = created["AccessKeyId"]
+    sb.old_values["AWS_SECRET_ACCESS_KEY"] = created["SecretAccessKey"]
     sb.planted["old_iam_key"] = old_key
     out.append({"name": "AWS_ACCESS_KEY_ID", "backend": "aws-iam-access-key", "ref": {"user": "ci-deployer"},
                 "aliases": ["AWS_SECRET_ACCESS_KEY"],
@@ -324,15 +329,17 @@ def _plant_secrets(sb: Sandbox, scale: int) -> list[dict[str, Any]]:
                               {"kind": "github-actions-secret", "repo": "acme/infra", "name": "AWS_SECRET_ACCESS_KEY",
                                "field": "secret_access_key"}]})
     sm = boto3.client("secretsmanager", endpoint_url=sb.moto.endpoint_url, region_name="us-east-1")
-    sm.create_secret(Name="ci/registry-password", SecretString="drill-old-" + os.urandom(6).hex())
+    sb.old_values["REGISTRY_PASSWORD"] = "drill-old-" + os.urandom(6).hex()
+    sm.create_secret(Name="ci/registry-password", SecretString=sb.old_values["REGISTRY_PASSWORD"])
     out.append({"name": "REGISTRY_PASSWORD", "backend": "aws-secretsmanager", "ref": {"secret_id": "ci/registry-password"},
                 "consumers": [{"kind": "github-actions-secret", "repo": "acme/infra", "name": "REGISTRY_PASSWORD"}]})
 
     gsm = secretmanager.SecretManagerServiceClient(credentials=AnonymousCredentials(), transport="rest",
                                                    client_options=ClientOptions(api_endpoint=sb.gcp.url))
     gsm.create_secret(request={"parent": "projects/drill", "secret_id": "sonar-token", "secret": {"replication": {"automatic": {}}}})
+    sb.old_values["SONAR_TOKEN"] = "drill-old-" + os.urandom(6).hex()
     gsm.add_secret_version(request={"parent": "projects/drill/secrets/sonar-token",
-                                    "payload": {"data": ("drill-old-" + os.urandom(6).hex()).encode()}})
+                                    "payload": {"data": sb.old_values["SONAR_TOKEN"].encode()}})
     out.append({"name": "SONAR_TOKEN", "backend": "gcp-secretmanager", "ref": {"secret": "projects/drill/secrets/sonar-token"},
                 "consumers": [{"kind": "github-actions-secret", "repo": "acme/infra", "name": "SONAR_TOKEN"}]})
     out.append({"name": "VENDOR_API_KEY", "backend": "manual", "ref": {"where": "the vendor's portal"}, "consumers": []})
@@ -391,7 +398,61 @@ def _plant_repository(sb: Sandbox, name: str, secret_names: list[str]) -> dict[s
 
 
 # ------------------------------------------------------------------------------------------- scorecard
-def score(sb: Sandbox, summary: dict[str, Any] | None, error: str | None) -> list[StageScore]:
+def _record_texts(sb: Sandbox, summary: dict[str, Any] | None, flow_run_id: Any | None) -> dict[str, str]:
+    """Every record the run left, as text: Slack, the journal (every table, every row), the reports, the run's
+    summary, and its Prefect artifacts and logs. The drill looks for the secret values in all of them."""
+    import sqlite3
+
+    out: dict[str, str] = {"slack": sb.slack.all_text(), "summary": json.dumps(summary or {}, default=str)}
+    journal = sb.inventory_path.parent / "journal.sqlite"
+    if journal.exists():
+        with contextlib.closing(sqlite3.connect(journal)) as db:
+            tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+            out["journal"] = "\n".join(repr(row) for t in tables for row in db.execute(f'SELECT * FROM "{t}"'))
+    reports = [sb.root / "report.html", *sorted((sb.inventory_path.parent / ".digestguard" / "reports").glob("*.html"))]
+    out["report"] = "\n".join(p.read_text(errors="replace") for p in reports if p.exists())
+    if flow_run_id is not None:
+        try:
+            from prefect.client.orchestration import get_client
+            from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
+
+            with get_client(sync_client=True) as client:
+                arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+                out["artifacts"] = "\n".join(json.dumps(a.data, default=str) + (a.description or "") for a in arts)
+                flt = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+                logs: list[str] = []
+                while True:  # the API answers at most 200 a page
+                    page = client.read_logs(log_filter=flt, limit=200, offset=len(logs))
+                    logs += [lg.message for lg in page]
+                    if len(page) < 200:
+                        break
+                out["logs"] = "\n".join(logs)
+        except Exception as e:  # noqa: BLE001 - a place that cannot be read is named, not skipped silently
+            out.setdefault("artifacts", "")
+            out["logs"] = f"(not readable: {type(e).__name__}: {str(e)[:200]})"
+    return out
+
+
+def _rebuilt_report_agrees(sb: Sandbox, summary: dict[str, Any] | None) -> list[str]:
+    """The fields in which ``digestguard report`` (rebuilt from the journal) disagrees with the run's own answer."""
+    from digestguard.journal import Journal
+    from flows.incident_response import run_summary
+    from tasks.report.from_journal import report_from_journal
+
+    if not summary or not summary.get("incident"):
+        return ["(no run summary)"]
+    j = Journal(sb.inventory_path.parent / "journal.sqlite")
+    try:
+        again = run_summary(report_from_journal(j, summary["incident"]))
+    finally:
+        j.close()
+    keys = ("verdict", "coverage", "detect", "detect_compromised", "assess", "assess_jobs", "assess_secrets",
+            "rotate", "rotate_confirmed_manual", "purge", "pin")
+    return [k for k in keys if again.get(k) != summary.get(k)]
+
+
+def score(sb: Sandbox, summary: dict[str, Any] | None, error: str | None,
+          flow_run_id: Any | None = None) -> list[StageScore]:
     """Compare what was planted with what happened, checking the backends themselves."""
 
     s = summary or {}
@@ -437,13 +498,22 @@ def score(sb: Sandbox, summary: dict[str, Any] | None, error: str | None) -> lis
                                   "workflow pinned to known-good": True},
                           {"pull requests": len(pulls), "workflow pinned to known-good": pinned_ok}, bool(pulls) and pinned_ok))
 
-    text = sb.slack.all_text()
-    leaked = [k for k, v in sb.old_values.items() if v and v in text]
+    places = _record_texts(sb, summary, flow_run_id)
+    values = {**{f"old {k}": v for k, v in sb.old_values.items()}, **{f"new {k}": v for k, v in sb.new_values.items()}}
+    seen = sorted(f"{name} in {place}" for name, v in values.items() if v and len(v) >= 8
+                  for place, text in places.items() if v in text)
+    seen += [f"{place}: {text}" for place, text in places.items() if text.startswith("(not readable")]
+    if flow_run_id is not None and not places.get("logs"):
+        seen.append("logs: none read (the check would prove nothing)")
+    in_slack = [x for x in seen if x.endswith(" in slack")]
     posts = len(sb.slack.calls_to("chat.postMessage"))
     updates = len(sb.slack.calls_to("chat.update"))
-    out.append(StageScore("notify", {"incident message and updates": True, "secret values in Slack": 0},
-                          {"incident message and updates": posts >= 1 and updates >= 1, "secret values in Slack": len(leaked)},
-                          posts >= 1 and updates >= 1 and not leaked))
+    same = _rebuilt_report_agrees(sb, summary)
+    out.append(StageScore("notify", {"incident message and updates": True, "secret values in Slack": 0,
+                                     "old or new secret values anywhere": [], "report rebuilt from the journal differs in": []},
+                          {"incident message and updates": posts >= 1 and updates >= 1, "secret values in Slack": len(in_slack),
+                           "old or new secret values anywhere": seen, "report rebuilt from the journal differs in": same},
+                          posts >= 1 and updates >= 1 and not seen and not same and len(sb.old_values) >= 4))
     if error:
         out.append(StageScore("flow", "completed", error, False))
     return out
@@ -493,15 +563,16 @@ def _score_rotation(sb: Sandbox, s: dict[str, Any]) -> StageScore:
         n = 0 if key == "KICS_API_TOKEN" else int(key.rsplit("_", 1)[1])
         current = client.secrets.kv.v2.read_secret_version(path=f"ci/kics-api-token-{n}", raise_on_deleted_version=True)
         value = current["data"]["data"]["value"]
-        sb.old_values[key] = value
+        sb.new_values[key] = value
         results[key] = current["data"]["metadata"]["version"] >= 2 and _gh_value(gh, key) == value
     iam = boto3.client("iam", endpoint_url=sb.moto.endpoint_url, region_name="us-east-1")
     keys = iam.list_access_keys(UserName="ci-deployer")["AccessKeyMetadata"]
     ids = [k["AccessKeyId"] for k in keys]
+    sb.new_values["AWS_SECRET_ACCESS_KEY"] = _gh_value(gh, "AWS_SECRET_ACCESS_KEY") or ""
     results["AWS_ACCESS_KEY_ID"] = sb.planted["old_iam_key"] not in ids and len(ids) == 1 and _gh_value(gh, "AWS_ACCESS_KEY_ID") == ids[0]
     sm = boto3.client("secretsmanager", endpoint_url=sb.moto.endpoint_url, region_name="us-east-1")
     cur = sm.get_secret_value(SecretId="ci/registry-password", VersionStage="AWSCURRENT")["SecretString"]
-    sb.old_values["REGISTRY_PASSWORD"] = cur
+    sb.new_values["REGISTRY_PASSWORD"] = cur
     results["REGISTRY_PASSWORD"] = not cur.startswith("drill-old-") and _gh_value(gh, "REGISTRY_PASSWORD") == cur
     results["SONAR_TOKEN"] = _gcp_rotated(sb)
     results["VENDOR_API_KEY"] = "VENDOR_API_KEY" in s.get("rotate_confirmed_manual", [])
@@ -522,7 +593,7 @@ def _gcp_rotated(sb: Sandbox) -> bool:
                                                    client_options=ClientOptions(api_endpoint=sb.gcp.url))
     v = gsm.access_secret_version(request={"name": "projects/drill/secrets/sonar-token/versions/latest"})
     value = v.payload.data.decode()
-    sb.old_values["SONAR_TOKEN"] = value
+    sb.new_values["SONAR_TOKEN"] = value
     return not value.startswith("drill-old-") and _gh_value(sb.github, "SONAR_TOKEN") == value
 
 
@@ -536,6 +607,7 @@ def run_drill(advisory: str = "kics-2026-04", *, auto_approve: bool = False, sca
     t0 = time.monotonic()
     summary: dict[str, Any] | None = None
     error: str | None = None
+    flow_run_id = None
     with contextlib.ExitStack() as stack:
         if not keep:
             stack.callback(shutil.rmtree, root, True)
@@ -555,6 +627,7 @@ def run_drill(advisory: str = "kics-2026-04", *, auto_approve: bool = False, sca
                 state = incident_response(advisory=str(sb.advisory_path), inventory=str(sb.inventory_path), mode="execute",
                                           triggered_by="drill-runner", report_path=str(root / "report.html"),
                                           return_state=True)
+            flow_run_id = state.state_details.flow_run_id
             summary = state.result(raise_on_failure=False)
             if not isinstance(summary, dict):
                 error, summary = f"{type(summary).__name__}: {str(summary)[:500]}", None
@@ -563,7 +636,7 @@ def run_drill(advisory: str = "kics-2026-04", *, auto_approve: bool = False, sca
         except Exception as e:  # the scorecard says what failed; the drill still cleans up
             error = f"{type(e).__name__}: {str(e)[:500]}"
         run = time.monotonic() - t1
-        stages = score(sb, summary, error)
+        stages = score(sb, summary, error, flow_run_id)
         stages.append(score_egress(sb, watched, watch_error))
         card = {
             "advisory": base.id, "incident": (summary or {}).get("incident"), "ok": all(x.ok for x in stages),

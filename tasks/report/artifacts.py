@@ -12,6 +12,7 @@ from typing import Any
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
+from digestguard.markdown import link_allowed
 from digestguard.redact import redact, redact_data
 from tasks.report.html import write_report
 from tasks.report.model import IncidentReport
@@ -58,9 +59,11 @@ def publish_artifacts(report: IncidentReport) -> dict[str, str]:
         rows = redact_data(tables[name] or [{"note": "none"}])
         out[k] = str(create_table_artifact(table=rows, key=k, description=f"{description}: {len(tables[name])} row(s)"))
     for p in report.pull_requests:
+        if not link_allowed(p.url, report.link_origins):
+            continue  # a URL the inventory does not name is no link: the report lists it as inert text
         k = artifact_key(report.incident, "pr", p.repository, str(p.number or ""))
-        out[k] = str(create_link_artifact(link=p.url, link_text=p.label(), key=k,
-                                          description=p.title or f"Pin pull request in {p.repository}"))
+        out[k] = str(create_link_artifact(link=p.url, link_text=redact(p.label()), key=k,
+                                          description=redact(p.title or f"Pin pull request in {p.repository}")))
     return out
 
 

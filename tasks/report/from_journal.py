@@ -1,8 +1,11 @@
 """The incident report rebuilt from the journal: what the CLI's ``report`` writes when the run's own file is gone.
 
-The journal holds actions, approvals and pull requests, not findings or exposure, so those
-tables come out empty and the report says so. The tag timelines assess judged by are journaled
-(``assess``/``tag-timelines`` event) and come back as they were.
+A run records its report in the journal (:func:`record_report`, after every stage and at the end), so the
+rebuilt report is the run's own: same title, findings, coverage, verdict and counts, with the timeline
+taken from the journal's actions as the run's own is. Only for an incident recorded before that (or a run
+that died before its first stage ended) is it pieced together from the actions, approvals and pull
+requests alone; findings and exposure then come out empty and the report says so. The tag timelines assess judged by are
+journaled (``assess``/``tag-timelines`` event) and come back as they were.
 """
 
 from __future__ import annotations
@@ -18,7 +21,15 @@ from digestguard.timeline import TagTimeline
 from digestguard.timeutil import parse_time
 from tasks.report.model import ApprovalRecord, IncidentReport, PullRequestLink
 
-__all__ = ["report_from_journal"]
+__all__ = ["record_report", "report_from_journal"]
+
+SNAPSHOT_STAGE, SNAPSHOT_KIND = "report", "snapshot"
+
+
+def record_report(journal: Journal, report: IncidentReport) -> None:
+    """Keep the run's report in the journal (an event; the latest one is the report), redacted like every row."""
+    journal.event(report.incident, SNAPSHOT_STAGE, SNAPSHOT_KIND,
+                  {"report": report.model_dump(mode="json", exclude={"actions"})})
 
 _STATUS_TO_OUTCOME = {"done": "done", "failed": "failed", "skipped": "skipped", "planned": "planned", "started": "needs-person"}
 _NO_ADVISORY = "unknown: rebuilt from the journal without the advisory"
@@ -38,6 +49,9 @@ def report_from_journal(journal: Journal, incident: str, advisory: Advisory | No
     events = journal.events(incident)
     if not entries and not events:
         raise InputError(incident, "the journal has no record of this incident")
+    snapshots = [e["detail"].get("report") for e in events if e["stage"] == SNAPSHOT_STAGE and e["kind"] == SNAPSHOT_KIND]
+    if snapshots and isinstance(snapshots[-1], dict):
+        return IncidentReport.model_validate(snapshots[-1]).with_journal(journal)
     if advisory is None:
         advisory = _advisory_of(incident)
     started_at, finished_at = _run_times(entries, events)

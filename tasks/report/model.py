@@ -29,7 +29,7 @@ from digestguard._model import Model
 from digestguard.advisory import Advisory, Window
 from digestguard.findings import ActionOutcome, DetectResult, ExposureReport, SourceCoverage, StageResult, coverage_summary
 from digestguard.journal import Journal
-from digestguard.markdown import md_cell, md_table
+from digestguard.markdown import md_cell, md_code, md_link, md_table
 from digestguard.plan import Approval
 from digestguard.timeline import TagTimeline
 from digestguard.timeutil import fmt_utc, parse_time
@@ -128,6 +128,8 @@ class IncidentReport(Model):
     tag_timelines: list[TagTimeline] = Field(default_factory=list,
                                              description="what each affected tag served around the window (assess)")
     malicious_digests: list[str] = Field(default_factory=list, description="the advisory's, to colour the timelines")
+    link_origins: list[str] = Field(default_factory=list,
+                                    description="origins links may point to (the inventory's); any other URL is inert text")
 
     # -- helpers for the flow -------------------------------------------------------------
     @classmethod
@@ -372,8 +374,8 @@ class IncidentReport(Model):
     def markdown(self, limit: int = ROW_LIMIT) -> str:
         """The incident report as Markdown (Prefect artifact, tickets)."""
         w = self.effective_window()
-        md = [f"# Incident `{self.incident}`: {md_cell(self.advisory_title or self.advisory_id)}", "",
-              f"Advisory `{self.advisory_id}`. Attack window {fmt_utc(w.start)} to {fmt_utc(w.end, 'no known end')}"
+        md = [f"# Incident `{md_code(self.incident)}`: {md_cell(self.advisory_title or self.advisory_id)}", "",
+              f"Advisory `{md_code(self.advisory_id)}`. Attack window {fmt_utc(w.start)} to {fmt_utc(w.end, 'no known end')}"
               + (f" ({md_cell(w.source)})" if w.source else "") + ".",
               f"Response started {fmt_utc(self.started_at)}"
               + (f", finished {fmt_utc(self.finished_at)}" if self.finished_at else ", still running") + ".",
@@ -393,8 +395,8 @@ class IncidentReport(Model):
         if self.pull_requests:
             md += ["## Pull requests", ""]
             for p in self.pull_requests:
-                md.append(f"- [{md_cell(p.label())}]({p.url})" + (f" {md_cell(p.title)}" if p.title else "")
-                          + (f" ({p.state})" if p.state else ""))
+                md.append(f"- {md_link(p.url, p.label(), self.link_origins)}" + (f" {md_cell(p.title)}" if p.title else "")
+                          + (f" ({md_cell(p.state)})" if p.state else ""))
             md.append("")
         tables = self.tables()
         for key, title in TABLE_TITLES.items():

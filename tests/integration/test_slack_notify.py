@@ -173,7 +173,8 @@ def test_plan_markdown_becomes_slack_mrkdwn():
     text = markdown_to_mrkdwn(plan.markdown())
     assert text.startswith("*Purge plan for incident `inc-2026-04-22` (kics-2026-04)*")
     assert "```" in text and "|---|" not in text and "<script>" not in text and "&lt;script&gt;" in text
-    assert markdown_to_mrkdwn("see [PR](https://h/pr/1) and **this**") == "see <https://h/pr/1|PR> and *this*"
+    assert markdown_to_mrkdwn("see [PR](https://h/pr/1) and **this**", origins=["https://h"]) == "see <https://h/pr/1|PR> and *this*"
+    assert markdown_to_mrkdwn("see [PR](https://h/pr/1)") == "see PR (https[:]//h/pr/1)"  # an origin nobody named
     long = markdown_to_mrkdwn("| a |\n|---|\n" + "| x |\n" * 5000, limit=500)
     assert len(long) <= 510 and long.count("```") % 2 == 0 and "cut here" in long
 

@@ -86,7 +86,8 @@ def test_each_rotate_item_names_system_copies_and_consumers_exactly():
     assert "- where: PostgreSQL db.acme.internal:5433/app, role app_ci" in db
     assert "- copies: AWS Secrets Manager us-east-1, secret ci/db-app" in db
     assert "env:PG_ADMIN" not in md and "admin_password" not in md  # a credential reference is no location
-    assert "- where: by hand: the vendor's portal, Settings > API" in _item_block(md, "secret:vendor-key")
+    # outside text is Markdown-escaped (issue 15: inert), so ">" is written as the entity Markdown shows as ">"
+    assert "- where: by hand: the vendor's portal, Settings &gt; API" in _item_block(md, "secret:vendor-key")
     summary = md[md.index("**By system**"):md.index("| # |")]
     for line in ("- AWS IAM account 123456789012: 1 rotate", "- Vault KV mount secret: 1 rotate",
                  "- AWS Secrets Manager eu-central-1: 1 rotate",

@@ -121,7 +121,8 @@ def test_clients_are_built_from_backends_with_references_resolved_at_use(monkeyp
 def test_plan_carries_the_issuer_and_updates_every_other_store(tmp_path):
     """Issue 16: a new-style secret's plan item names its issuer and lists the non-primary stores as copies to update."""
     inv = parse_inventory({"secrets": [{
-        "name": "db", "issuer": {"kind": "postgres-role", "ref": {"role": "app", "host": "127.0.0.1", "port": 5432}},
+        "name": "db", "issuer": {"kind": "postgres-role", "ref": {"role": "app", "host": "127.0.0.1", "port": 5432,
+                                                              "admin_password": "env:DG_PG_ADMIN"}},
         "stores": [{"kind": "vault-kv", "path": "ci/db", "primary": True}, {"kind": "aws-secretsmanager", "name": "ci/db"}],
         "consumers": [{"kind": "github-actions-secret", "repo": "acme/api", "name": "DB_PASSWORD"}]}]}, "inv", tmp_path)
     exposure = ExposureReport(advisory="a", window_start=datetime(2026, 4, 22, tzinfo=timezone.utc),
