@@ -1,7 +1,7 @@
 """The rotate stage's three answers per credential: old dead? new works? used after exposure?
 
 Real issuers (moto with IAM auth, OpenBao with a file audit device); CloudTrail is the JSON 1.1
-stand-in in ``tests/fakes/cloudtrail.py`` (moto has no LookupEvents).
+stand-in in ``flows/drill/servers/cloudtrail.py`` (moto has no LookupEvents).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from digestguard.findings import ExposedSecret, ExposureReport, StageResult
 from digestguard.inventory import parse_inventory
 from digestguard.journal import Journal
 from digestguard.plan import Approval
+from flows.drill.servers.cloudtrail import start_cloudtrail_server
 from flows.drill.services import start_openbao
 from integrations import vault
 from tasks.rotate.stage import apply_rotation, plan_rotation
-from tests.fakes.cloudtrail import start_cloudtrail_server
 from tests.report_fixtures import sample_report
 
 

@@ -1,6 +1,6 @@
 """Used after exposure? Verdicts from the providers' own trails.
 
-* AWS CloudTrail: moto has no ``LookupEvents``, so ``tests/fakes/cloudtrail.py`` speaks CloudTrail's
+* AWS CloudTrail: moto has no ``LookupEvents``, so ``flows/drill/servers/cloudtrail.py`` speaks CloudTrail's
   JSON 1.1 protocol (and its 2 requests/s limit) to the unmodified boto3 client.
 * OpenBao: a real server with a file audit device; the token is found by the HMAC ``sys/audit-hash`` gives.
 * PostgreSQL: the real server's ``log_connections`` lines.
@@ -22,10 +22,10 @@ from botocore.config import Config
 from pydantic import SecretStr
 
 from digestguard.errors import Unavailable
+from flows.drill.servers.cloudtrail import start_cloudtrail_server
 from flows.drill.services import start_openbao
 from integrations import aws_cloudtrail, vault
 from tasks.used import ProbeWindow, aws_usage, postgres_usage, vault_usage
-from tests.fakes.cloudtrail import start_cloudtrail_server
 
 KEY = "AKIAEXPOSED000000001"
 T1 = datetime(2026, 4, 22, 12, 0, tzinfo=timezone.utc)
