@@ -140,6 +140,9 @@ def plan_rotation(incident: str, advisory: Advisory, exposure: ExposureReport, i
                   "exposed_from": exposure.window_start.isoformat()}
         if sec.issuer is not None:
             params["issuer"] = sec.issuer.model_dump(exclude_none=True)
+        primary = sec.primary_store() if sec.backend == "manual" else None
+        if primary is not None:  # a person puts the new value there; the playbook propagates and probes it
+            params["primary_store"] = {"kind": primary.kind, **primary.location()}
         items.append(PlanItem(target=f"secret:{sec.name}", action="rotate", kind=str(sec.backend), reason=reason, params=params))
         evidence += [f"{sec.name}: exposed to {j}" for j in jobs]
     return Plan(stage="rotate", incident=incident, advisory=advisory.id, items=items, evidence=evidence, notes=notes)
@@ -465,17 +468,65 @@ class _Rotation:
         return bool(self.confirm_manual(item))
 
     def _manual_secret(self) -> ActionOutcome:
-        """A checklist item: done only when a person (or the drill) confirms it was rotated by hand."""
-        detail = {"backend": "manual", "manual": True, "where": str((self.p.get("ref") or {}).get("where") or "")}
-        if self._done("confirm", None) is not None:
+        """A checklist item: done only when a person (or the drill) confirms it was rotated by hand.
+
+        With a primary store, the person (or ``digestguard confirm --value-from-stdin``) puts the new value
+        there; the playbook then copies it to every other store and consumer and, with a probe, asks the
+        issuer whether the old value is refused and the new one works (the old one is read before asking).
+        """
+        detail: dict[str, Any] = {"backend": "manual", "manual": True,
+                                  "where": str((self.p.get("ref") or {}).get("where") or "")}
+        store = self.p.get("primary_store")
+        backend = None
+        if store:
+            cls = BACKENDS.get(store["kind"])
+            loc = {k: v for k, v in store.items() if k != "kind"}
+            loc.setdefault("secret_id", loc.get("name"))
+            backend = cls(self.name, loc, self.clients, (self.plan.incident, self.item.target)) if cls else None
+        confirmed = self._done("confirm", None) is not None
+        if confirmed and (backend is None or self._done("rotate", None) is not None):
             return ActionOutcome(stage=STAGE, target=self.item.target, action="rotate", outcome="already-done", detail=detail)
-        if self._ask(self.item):
+        if backend is not None and not confirmed:
+            base = self.step("manual-base", lambda: {"store_version": backend.current()})
+            if backend.current() == base.get("store_version"):  # still the exposed value: hold it, check it works
+                self._hold_old(backend, None)
+        if not confirmed:
+            if not self._ask(self.item):
+                self._record("confirm", "planned", {"needs": "person"})
+                return ActionOutcome(stage=STAGE, target=self.item.target, action="rotate", outcome="needs-person",
+                                     detail={**detail, "checklist": self.item.reason})
             self.step("confirm", lambda: {"confirmed_by": self.approver})
+        if backend is None:
             return ActionOutcome(stage=STAGE, target=self.item.target, action="rotate", outcome="done",
                                  detail={**detail, "confirmed": True})
-        self._record("confirm", "planned", {"needs": "person"})
-        return ActionOutcome(stage=STAGE, target=self.item.target, action="rotate", outcome="needs-person",
-                             detail={**detail, "checklist": self.item.reason})
+        base = self._get("manual-base").detail if self._get("manual-base") else {}
+        version = backend.current()
+        if version is None or version == base.get("store_version"):
+            why = f"the primary store {store['kind']} still holds the exposed value: put the new one there and confirm again"
+            self._record("confirm", "planned", {"needs": "person", "why": why})
+            return ActionOutcome(stage=STAGE, target=self.item.target, action="rotate", outcome="needs-person",
+                                 detail={**detail, "checklist": why}, error=why)
+        if self.held.get("old") is None and self.prober is not None and base.get("store_version"):
+            try:  # a later pass (after the pause): the exposed value is the store's version from before the person acted
+                self.held["old"] = backend.material(str(base["store_version"]))
+            except (DigestguardError, KeyError, ValueError):
+                self.held["old"] = None
+        consumers = [ConsumerSpec(kind=c["kind"], id=c["id"], fields={k: v for k, v in c.items() if k not in ("kind", "id")})
+                     for c in self.p.get("consumers", [])]
+        version, updated, failures = self._consumers(backend, consumers, version, None)
+        self._prove_old()
+        if not failures:  # the exposed copy in the store itself becomes unreadable too
+            detail["revoked"] = self.step("revoke-old", lambda: backend.revoke(version), version)
+        detail.update({"confirmed": True, "version": version, "consumers": updated})
+        if failures:
+            errors = "; ".join(f"{cid}: {e}" for cid, e in sorted(failures.items()))
+            self._record("rotate", "failed", {"version": version}, error=errors[:500])
+            self._prove_new(backend, version)
+            return ActionOutcome(stage=STAGE, target=self.item.target, action="rotate", outcome="failed", detail=detail,
+                                 error=errors)
+        self.step("rotate", lambda: {"consumers": len(updated)}, version)
+        self._prove_new(backend, version)
+        return ActionOutcome(stage=STAGE, target=self.item.target, action="rotate", outcome="done", detail=detail)
 
     def _manual_consumer(self, c: ConsumerSpec, action: str, version: str) -> None:
         if self._done(action, version) is not None:

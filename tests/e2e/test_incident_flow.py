@@ -174,4 +174,7 @@ def test_gates_approve_rotation_reject_purge_and_bind_the_hash(sandbox):
 def test_drill_passes_its_scorecard(prefect_harness):
     card = run_drill("kics-2026-04", auto_approve=True)
     assert card["ok"], [s for s in card["stages"] if not s["ok"]]
-    assert {s["name"] for s in card["stages"]} == {"detect", "assess", "rotate", "purge", "pin", "notify"}
+    assert {s["name"] for s in card["stages"]} == {"detect", "assess", "rotate", "contain", "purge", "pin", "notify"}
+    contain = next(s for s in card["stages"] if s["name"] == "contain")
+    assert contain["actual"]["AWS_ACCESS_KEY_ID"]["used_after_exposure"] == "yes"
+    assert contain["actual"]["VAULT_TOKEN"]["used_after_exposure"] == "yes"
