@@ -542,6 +542,33 @@ class _Rotation:
                                          detail={"version": version, "note": ask.reason}))
 
 
+def store_manual_value(inventory: Inventory, name: str, value: str, who: str) -> dict[str, Any]:
+    """Put a new value a person issued by hand into the secret's primary store (``digestguard confirm
+    --value-from-stdin``); the paused run then copies it to every other store and consumer and probes it.
+
+    Returns ids only (store kind, where, version); the value is registered with the redactor and never echoed.
+    """
+    from pydantic import SecretStr
+
+    from digestguard.errors import InputError
+    from digestguard.redact import register
+
+    if not value or not value.strip():
+        raise InputError("stdin", "no value given: paste the new credential (it is not echoed)")
+    register(value)
+    sec = inventory.secret(name)
+    if sec is None:
+        raise InputError(f"secret {name}", "not in the inventory")
+    store = sec.primary_store()
+    if store is None:
+        raise InputError(f"secret {name}", "has no primary store to put the new value in: add 'stores' (one primary)",
+                         field="stores")
+    spec = ConsumerSpec(kind=store.kind, id=f"{store.kind}:{store.path or store.name}", fields=store.location())
+    with Connections(inventory) as conns:
+        out = write_consumer(spec, name, SecretStr(value), conns, (f"manual:{who}", f"secret:{name}"))
+    return {"store": spec.id, **{k: v for k, v in out.items() if k in ("version", "unchanged")}}
+
+
 def _ids(detail: Mapping[str, Any]) -> str:
     """A log-safe rendering of a step's detail (ids and versions only: that is all details hold)."""
     return ", ".join(f"{k}={v}" for k, v in sorted(detail.items()))
