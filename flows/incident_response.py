@@ -324,7 +324,8 @@ def run_summary(report: IncidentReport) -> dict[str, Any]:
     out["rotate_confirmed_manual"] = sorted(a.target.split(":", 1)[-1] for a in (report.rotate.actions if report.rotate else [])
                                             if a.detail.get("manual") and a.outcome in ("done", "already-done"))
     out["contain"] = {v.target.split(":", 1)[-1]: {k: v.detail.get(k) for k in
-                                                  ("old_refused", "new_works", "used_after_exposure", "containment")}
+                                                  ("old_refused", "new_works", "copies_in_step",
+                                                                           "used_after_exposure", "containment")}
                       for v in report.containment()}
     out["purge"] = stage_counts(report.purge)
     out["pin"] = {**stage_counts(report.pin), "pull_requests": [p.url for p in report.pull_requests]}

@@ -43,6 +43,7 @@ class Usage:
     end: datetime
     evidence: list[str] = field(default_factory=list)
     excluded: int = 0  # the playbook's own probes left out
+    pages: dict[str, dict] = field(default_factory=dict)  # CloudTrail lookups cut short: key -> {token, hits} to resume
 
     def person_item(self, name: str) -> str | None:
         if self.verdict != "yes":
@@ -81,19 +82,36 @@ def _verdict(hits: list[tuple[datetime, str]], source: str, start: datetime, end
                  [f"{source} may still deliver events until {(end + horizon).isoformat(timespec='seconds')}"], excluded)
 
 
+def _trail_line(e: aws_cloudtrail.TrailEvent) -> str:
+    return f"{e.name} ({e.source}) by {e.username or '?'} from {e.source_ip or '?'} [event {e.event_id}]"
+
+
 def aws_usage(ct, access_key_id: str, start: datetime, end: datetime, *, now: datetime | None = None,
-              ours: ProbeWindow | None = None, on_page: Callable[[str], None] | None = None,
-              resume_token: str | None = None) -> Usage:
-    """CloudTrail events signed with the key between ``start`` and ``end``."""
+              ours: ProbeWindow | None = None, on_page: Callable[[str, list[list[str]]], None] | None = None,
+              resume_token: str | None = None, earlier: list[list[str]] | None = None) -> Usage:
+    """CloudTrail events signed with the key between ``start`` and ``end``.
+
+    ``on_page(token, hits)`` is called before each next page is fetched, with the hits read so far
+    (``[iso time, line]``, ids and addresses only): journal both, and a lookup cut short (an outage, a
+    crash) continues from ``resume_token`` with those ``earlier`` hits instead of reading every page again.
+    """
     now = now or datetime.now(timezone.utc)
     source = "CloudTrail"
+    seen: list[list[str]] = [list(h) for h in (earlier or [])]
+    state: dict[str, object] = {"token": resume_token}
+
+    def page(token: str) -> None:
+        state["token"] = token
+        if on_page is not None:
+            on_page(token, list(seen))
+
     try:
-        events = list(aws_cloudtrail.lookup_by_access_key(ct, access_key_id, start, end, resume_token=resume_token,
-                                                          on_page=on_page))
+        for e in aws_cloudtrail.lookup_by_access_key(ct, access_key_id, start, end, resume_token=resume_token, on_page=page):
+            seen.append([e.at.isoformat(), _trail_line(e)])
     except DigestguardError as e:
-        return Usage("not-yet-known", source, start, end, [f"CloudTrail could not be read: {e}"[:300]])
-    hits = [(e.at, f"{e.name} ({e.source}) by {e.username or '?'} from {e.source_ip or '?'} [event {e.event_id}]")
-            for e in events]
+        pages = {access_key_id: {"token": state["token"], "hits": seen}} if state["token"] else {}
+        return Usage("not-yet-known", source, start, end, [f"CloudTrail could not be read: {e}"[:300]], pages=pages)
+    hits = [(datetime.fromisoformat(at), line) for at, line in seen]
     return _verdict(hits, source, start, end, now, timedelta(seconds=aws_cloudtrail.DELIVERY_HORIZON_SECONDS), ours,
                     lambda line: line.startswith("GetCallerIdentity "))
 
@@ -143,7 +161,8 @@ def postgres_usage(log_path: str | Path, role: str, start: datetime, end: dateti
 
 
 def usage_for(kind: str, ref: dict, old: dict | None, old_key_ids: list[str], get_client: Callable[[str], object],
-              start: datetime, end: datetime, ours: ProbeWindow | None) -> Usage:
+              start: datetime, end: datetime, ours: ProbeWindow | None, *, pages: dict[str, dict] | None = None,
+              on_page: Callable[[dict[str, dict]], None] | None = None) -> Usage:
     """The verdict from the trail this issuer has here (see the module table); ``not-yet-known`` when there is none.
 
     ``ref``: the issuer's ref merged over the secret's (``log_path`` for PostgreSQL, ``audit_log`` and
@@ -158,10 +177,26 @@ def usage_for(kind: str, ref: dict, old: dict | None, old_key_ids: list[str], ge
         keys = old_key_ids or ([old["access_key_id"].get_secret_value()] if old and "access_key_id" in old else [])
         if not keys:
             return Usage("not-yet-known", "CloudTrail", start, end, ["the exposed key id is not known"])
-        uses = [aws_usage(ct, k, start, end, ours=ours) for k in keys]
+        open_pages = dict(pages or {})
+
+        def lookup(k: str) -> Usage:
+            def page(token: str, hits: list[list[str]]) -> None:
+                open_pages[k] = {"token": token, "hits": hits}
+                if on_page is not None:
+                    on_page(dict(open_pages))
+
+            prior = open_pages.get(k) or {}
+            u = aws_usage(ct, k, start, end, ours=ours, on_page=page, resume_token=prior.get("token"),
+                          earlier=prior.get("hits"))
+            open_pages.pop(k, None)
+            open_pages.update(u.pages)
+            return u
+
+        uses = [lookup(k) for k in keys]
         verdict: UsedVerdict = ("yes" if any(u.verdict == "yes" for u in uses) else
                                 "no" if all(u.verdict == "no" for u in uses) else "not-yet-known")
-        return Usage(verdict, "CloudTrail", start, end, [e for u in uses for e in u.evidence], sum(u.excluded for u in uses))
+        return Usage(verdict, "CloudTrail", start, end, [e for u in uses for e in u.evidence], sum(u.excluded for u in uses),
+                     pages=open_pages)
     if kind == "vault-token":
         if not ref.get("audit_log"):
             return Usage("not-yet-known", "OpenBao audit log", start, end, ["no audit_log in the issuer's ref"])

@@ -353,7 +353,10 @@ class _Rotation:
             try:
                 def write(c: ConsumerSpec = c) -> dict[str, Any]:
                     assert material is not None
-                    value = pick(material, c.get("field"), backend.default_field, c.kind, f"secret {self.name} consumer {c.id}")
+                    if c.kind == "vault-kv" and not c.get("field") and not c.get("key") and len(material) > 1:
+                        value: Any = material  # a copy in a key/value store gets every part (user and password alike)
+                    else:
+                        value = pick(material, c.get("field"), backend.default_field, c.kind, f"secret {self.name} consumer {c.id}")
                     return write_consumer(c, self.name, value, self.clients, (self.plan.incident, self.item.target))
 
                 self.step(action, write, version)
@@ -423,7 +426,9 @@ class _Rotation:
         detail: dict[str, Any] = {
             "issuer": (self.p.get("issuer") or {}).get("kind") or self.p.get("backend"), "containment": text,
             "old_refused": bool(old and old.verdict == "refused"), "new_works": bool(new and new.verdict == "accepted"),
-            "old_evidence": old.evidence if old else None, "new_evidence": new.evidence if new else None, "version": version}
+            "old_evidence": old.evidence if old else None, "new_evidence": new.evidence if new else None, "version": version,
+            "copies_in_step": all(self._done(f"consumer:{c['kind']}:{c['id']}", version) is not None
+                                  for c in self.p.get("consumers", []))}
         if old_row is not None and old and old.verdict == "refused":
             detail["seconds_to_old_refused"] = old_row.detail.get("seconds_since_approval")
         usage = self._used_after_exposure(old_row)
@@ -454,11 +459,21 @@ class _Rotation:
         issuer = self.p.get("issuer") or {}
         ref = {**dict(self.p.get("ref") or {}), **dict(issuer.get("ref") or {})}
         old_keys = self._get("old-keys")
+        row = {"source": "CloudTrail", "start": start.isoformat(), "end": end.isoformat()}
+
+        def journal_pages(pages: dict[str, dict]) -> None:  # a lookup cut short resumes from its page token
+            self._record("used-after-exposure", "started", {**row, "verdict": "not-yet-known", "cloudtrail_pages": pages})
+
+        unfinished = (prior_row.detail.get("cloudtrail_pages") if (prior_row := self._get("used-after-exposure")) else None)
+        if unfinished and (prior_row.detail.get("start"), prior_row.detail.get("end")) != (row["start"], row["end"]):
+            unfinished = None  # another window: the pages read so far do not answer it
         usage = used.usage_for(str(issuer.get("kind") or self.p.get("backend")), ref, self.held.get("old"),
-                               list(old_keys.detail.get("old") or []) if old_keys else [], self.clients.get, start, end, ours)
+                               list(old_keys.detail.get("old") or []) if old_keys else [], self.clients.get, start, end, ours,
+                               pages=unfinished or None, on_page=journal_pages)
         self._record("used-after-exposure", "done" if usage.verdict != "not-yet-known" else "started",
                      {"verdict": usage.verdict, "source": usage.source, "start": start.isoformat(), "end": end.isoformat(),
-                      "evidence": usage.evidence[:20], "excluded": usage.excluded})
+                      "evidence": usage.evidence[:20], "excluded": usage.excluded,
+                      "cloudtrail_pages": usage.pages})  # empty once every lookup finished (rows merge details)
         return usage
 
     # -- things a person does ----------------------------------------------------------
