@@ -19,6 +19,10 @@ manage PATs): list, create (the answer is the only time Hub shows the token),
 ``PATCH {is_active: false}`` and ``DELETE``. :func:`pat_probe` asks Hub whether a
 PAT still logs in (``POST /v2/auth/token`` {identifier, secret}): 200 accepted,
 401 refused, sent once, to ``api_url`` only.
+
+The usage export (Hub: organisation > Usage > export, one CSV row per hour, account/token, repository, tag
+and digest: ``datehour``, ``user_name``, ``repository``, ``access_token_name``, ``ips``, ``tag``,
+``digest``, ``pulls``) is read by :func:`read_usage_export`: which of our tokens pulled what, from where.
 """
 
 from __future__ import annotations
@@ -123,6 +127,56 @@ def pat_probe(api_url: str, username: str, pat: SecretLike, *, timeout: float = 
     if r.status_code in (401, 403):
         return "refused", f"login as {username}: HTTP {r.status_code}"
     raise Unavailable(f"docker-hub {api_url} POST /v2/auth/token", f"unexpected answer {r.status_code}", r.status_code)
+
+
+@dataclass(frozen=True)
+class HubPull:
+    """One row of Docker Hub's usage export: pulls in one hour by one account/token of one repository:tag@digest."""
+
+    hour: datetime
+    token_name: str
+    user: str
+    ips: tuple[str, ...]
+    repository: str
+    tag: str
+    digest: str
+    pulls: int
+
+
+_USAGE_COLUMNS = {"hour": ("datehour", "hour", "date_hour"), "token": ("access_token_name", "token_name", "token name"),
+                  "user": ("user_name", "username", "user"), "ips": ("ips", "ip", "ip_addresses"),
+                  "repository": ("repository", "repo"), "tag": ("tag",), "digest": ("digest",),
+                  "pulls": ("pulls", "pull_count", "count")}
+
+
+def read_usage_export(path: str, *, limit_bytes: int = 256 * 2**20) -> list[HubPull]:
+    """The rows of a usage-export CSV; ``InputError`` naming the file and the missing column or bad line."""
+    import csv
+    import os
+
+    if os.path.getsize(path) > limit_bytes:
+        raise InputError(path, f"usage export larger than {limit_bytes // 2**20} MiB")
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        reader = csv.DictReader(f)
+        heads = {h.strip().lower(): h for h in (reader.fieldnames or [])}
+        col = {}
+        for key, names in _USAGE_COLUMNS.items():
+            found = next((heads[n] for n in names if n in heads), None)
+            if found is None and key not in ("user", "pulls"):
+                raise InputError(path, f"usage export has no {names[0]!r} column (columns: {sorted(heads)})", field=names[0])
+            col[key] = found
+        out: list[HubPull] = []
+        for n, row in enumerate(reader, start=2):
+            hour = parse_time((row.get(col["hour"]) or "").strip().replace(" ", "T", 1))
+            if hour is None:
+                raise InputError(f"{path}:{n}", f"{col['hour']} is not a time", field=col["hour"])
+            ips = tuple(i.strip() for i in (row.get(col["ips"]) or "").replace(";", ",").split(",") if i.strip())
+            pulls = (row.get(col["pulls"]) or "").strip() if col["pulls"] else ""
+            out.append(HubPull(hour=utc(hour), token_name=(row.get(col["token"]) or "").strip(),
+                               user=(row.get(col["user"]) or "").strip() if col["user"] else "", ips=ips,
+                               repository=(row.get(col["repository"]) or "").strip(), tag=(row.get(col["tag"]) or "").strip(),
+                               digest=(row.get(col["digest"]) or "").strip(), pulls=int(pulls) if pulls.isdigit() else 1))
+    return out
 
 
 def hub_repository(value: str) -> tuple[str, str]:

@@ -8,7 +8,13 @@ issuer              trail                                                       
 AWS IAM key         CloudTrail ``LookupEvents`` by ``AccessKeyId`` (2 requests/s)     15 min
 Vault/OpenBao token the file audit log, searched for the ``sys/audit-hash`` HMAC      0 (written before the answer)
 PostgreSQL role     the server log's ``connection authorized: user=<role>`` lines     0 (written at login)
+Docker Hub PAT      the usage export CSV (hour, token name, IPs, repository, tag,     2 h (hourly rows,
+                    digest): rows of the PAT's label                                  exported late)
+GitHub token        the organisation audit log, searched by ``hashed_token``          15 min
+                    (base64 SHA-256 of the token; the token is never sent)
 ==================  ================================================================  ===========
+
+:func:`malicious_pulls` answers from the same export which of our tokens and IPs pulled a malicious digest.
 
 The window is from the start of exposure (T1) to the moment the issuer refused the old value
 (T2; now, when it was never refused). The playbook's own probes with the old value (the
@@ -30,7 +36,7 @@ from typing import Literal
 from pydantic import SecretStr
 
 from digestguard.errors import DigestguardError
-from integrations import aws_cloudtrail, postgres, vault
+from integrations import aws_cloudtrail, dockerhub, postgres, vault
 
 UsedVerdict = Literal["yes", "no", "not-yet-known"]
 
@@ -160,6 +166,55 @@ def postgres_usage(log_path: str | Path, role: str, start: datetime, end: dateti
     return _verdict(hits, source, start, end, now, timedelta(0), ours, lambda line: True)
 
 
+HUB_EXPORT_HORIZON = timedelta(hours=2)
+GITHUB_AUDIT_HORIZON = timedelta(minutes=15)
+
+
+def _pull_line(p: dockerhub.HubPull, malicious: set[str]) -> str:
+    bad = " MALICIOUS DIGEST" if p.digest in malicious else ""
+    return (f"{p.pulls} pull(s) of {p.repository}:{p.tag}@{p.digest or '?'} with token {p.token_name!r} "
+            f"from {', '.join(p.ips) or '?'}{bad}")
+
+
+def dockerhub_usage(export: str | Path, token_label: str, start: datetime, end: datetime, *, now: datetime | None = None,
+                    malicious: Iterable[str] = ()) -> Usage:
+    """Pulls made with the PAT labelled ``token_label``, from Hub's usage export (hourly rows).
+
+    An hour counts when it overlaps [start, end]. Our own probe (a login) pulls nothing, so nothing is left out.
+    """
+    now = now or datetime.now(timezone.utc)
+    source = "Docker Hub usage export"
+    try:
+        rows = dockerhub.read_usage_export(str(export))
+    except (DigestguardError, OSError) as e:
+        return Usage("not-yet-known", source, start, end, [f"usage export could not be read: {e}"[:300]])
+    bad = set(malicious)
+    hits = [(max(p.hour, start), _pull_line(p, bad)) for p in rows
+            if p.token_name == token_label and p.hour <= end and p.hour + timedelta(hours=1) > start]
+    return _verdict(hits, source, start, end, now, HUB_EXPORT_HORIZON, None, lambda line: False)
+
+
+def malicious_pulls(export: str | Path, digests: Iterable[str]) -> list[dockerhub.HubPull]:
+    """Which of our tokens and IPs pulled a malicious digest (rows of the usage export naming one of ``digests``)."""
+    want = set(digests)
+    return [p for p in dockerhub.read_usage_export(str(export)) if p.digest in want]
+
+
+def github_usage(client, org: str, token: SecretStr, start: datetime, end: datetime, *,
+                 now: datetime | None = None) -> Usage:
+    """Entries of the organisation audit log made with ``token`` (by its ``hashed_token``) between start and end."""
+    now = now or datetime.now(timezone.utc)
+    source = f"GitHub audit log ({org})"
+    try:
+        entries = client.audit_log_by_token(org, token, start)
+    except DigestguardError as e:
+        return Usage("not-yet-known", source, start, end, [f"audit log could not be read: {e}"[:300]])
+    hits = [(datetime.fromtimestamp(int(e.get("@timestamp") or 0) / 1000, timezone.utc),
+             f"{e.get('action', '?')} by {e.get('actor', '?')} from {e.get('actor_ip', '?')}"
+             + (f" on {e['repo']}" if e.get("repo") else "")) for e in entries]
+    return _verdict(hits, source, start, end, now, GITHUB_AUDIT_HORIZON, None, lambda line: False)
+
+
 def usage_for(kind: str, ref: dict, old: dict | None, old_key_ids: list[str], get_client: Callable[[str], object],
               start: datetime, end: datetime, ours: ProbeWindow | None, *, pages: dict[str, dict] | None = None,
               on_page: Callable[[dict[str, dict]], None] | None = None) -> Usage:
@@ -213,4 +268,18 @@ def usage_for(kind: str, ref: dict, old: dict | None, old_key_ids: list[str], ge
         if not ref.get("log_path") or not role:
             return Usage("not-yet-known", "PostgreSQL connection log", start, end, ["no log_path in the issuer's ref"])
         return postgres_usage(ref["log_path"], str(role), start, end, ours=ours)
+    if kind == "dockerhub-pat":
+        if not ref.get("usage_export"):
+            return Usage("not-yet-known", "Docker Hub usage export", start, end, ["no usage_export in the issuer's ref"])
+        return dockerhub_usage(ref["usage_export"], str(ref.get("token_label") or ""), start, end,
+                               malicious=ref.get("malicious_digests") or ())
+    if ref.get("github_audit_org"):  # a GitHub token (a manual issuer): the organisation audit log
+        token = (old or {}).get("value") or (old or {}).get("token")
+        if token is None:
+            return Usage("not-yet-known", "GitHub audit log", start, end, ["the exposed token is not held by this run"])
+        try:
+            gh = get_client("github")
+        except DigestguardError as e:
+            return Usage("not-yet-known", "GitHub audit log", start, end, [f"no GitHub client: {e}"[:300]])
+        return github_usage(gh, str(ref["github_audit_org"]), token, start, end)
     return Usage("not-yet-known", "no trail", start, end, [f"no audit trail of {kind} is read here"])
