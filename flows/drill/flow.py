@@ -194,6 +194,8 @@ def build_sandbox(base: Advisory, root: Path, stack: contextlib.ExitStack, *, sc
     # every AWS client of the run signs with the sandbox's admin key (moto checks each request)
     os.environ.pop("AWS_SESSION_TOKEN", None)
     os.environ.update({"AWS_ACCESS_KEY_ID": sb.moto.admin_key_id, "AWS_SECRET_ACCESS_KEY": sb.moto.admin_secret})
+    boto3.DEFAULT_SESSION = None  # boto3's default session keeps the credentials it read first: read them again
+    stack.callback(setattr, boto3, "DEFAULT_SESSION", None)
     stack.callback(os.environ.update, DUMMY_AWS_ENV)
     sb.cloudtrail = start_cloudtrail_server()
     stack.callback(sb.cloudtrail.stop)
