@@ -330,6 +330,10 @@ class GcpSecretManager(Backend):
         nums = [int(v.version) for v in gcp_secrets.list_versions(self.client, self.secret) if v.version.isdigit()]
         return {"max_version": max(nums, default=0)}
 
+    def current(self) -> str | None:
+        top = int(self.base()["max_version"])
+        return str(top) if top else None
+
     def recover(self, base: Mapping[str, Any]) -> str | None:
         top = int(base.get("max_version") or 0)
         fresh = [int(v.version) for v in gcp_secrets.list_versions(self.client, self.secret)

@@ -517,7 +517,9 @@ class _Rotation:
         base = self._get("manual-base").detail if self._get("manual-base") else {}
         version = backend.current()
         if version is None or version == base.get("store_version"):
-            why = f"the primary store {store['kind']} still holds the exposed value: put the new one there and confirm again"
+            why = (f"the primary store {store['kind']} still holds the exposed value: put the new one there and confirm again"
+                   if version is not None else f"cannot tell whether the primary store {store['kind']} holds a new value "
+                   "(no version to compare): update its copies by hand")
             self._record("confirm", "planned", {"needs": "person", "why": why})
             return ActionOutcome(stage=STAGE, target=self.item.target, action="rotate", outcome="needs-person",
                                  detail={**detail, "checklist": why}, error=why)
