@@ -154,7 +154,7 @@ class Consumer(_Model):
 
 SecretBackend = Literal[
     "vault-kv", "vault-database-static-role", "aws-iam-access-key", "aws-secretsmanager", "azure-keyvault", "gcp-secretmanager",
-    "postgres-role", "vault-token", "manual",
+    "postgres-role", "vault-token", "dockerhub-pat", "gitlab-access-token", "manual",
 ]
 
 StoreKind = Literal["vault-kv", "aws-secretsmanager", "azure-keyvault", "gcp-secretmanager"]
@@ -163,7 +163,8 @@ STORE_KINDS: tuple[str, ...] = ("vault-kv", "aws-secretsmanager", "azure-keyvaul
 
 IssuerKind = Literal["aws-iam-access-key", "postgres-role", "vault-database-static-role", "vault-token",
                      "dockerhub-pat", "gitlab-access-token", "manual"]
-DRIVEN_ISSUERS: tuple[str, ...] = ("aws-iam-access-key", "postgres-role", "vault-database-static-role", "vault-token")
+DRIVEN_ISSUERS: tuple[str, ...] = ("aws-iam-access-key", "postgres-role", "vault-database-static-role", "vault-token",
+                                   "dockerhub-pat", "gitlab-access-token")
 """Issuers the rotate stage mints and revokes at itself (the others are a person's job)."""
 
 
@@ -210,7 +211,7 @@ class Issuer(_Model):
     @field_validator("ref")
     @classmethod
     def _refs(cls, v: dict[str, Any]) -> dict[str, Any]:
-        for k in ("admin_password", "token"):
+        for k in ("admin_password", "admin_token", "token"):
             if isinstance(v.get(k), str):
                 _cred(v[k], f"issuer.ref.{k}")
         return v

@@ -223,7 +223,18 @@ class _SQLite:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.location = path
         self.db = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        # Switching a fresh file to WAL needs an exclusive lock; when two connections open it at the same
+        # moment SQLite answers one of them "database is locked" at once, without its busy timeout (it would
+        # deadlock otherwise). Ask again for a while: the other connection finishes within milliseconds.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         self.db.execute("PRAGMA synchronous=NORMAL")
 
     def execute(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:

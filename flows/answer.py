@@ -135,6 +135,18 @@ def answer_gate(flow_run_id: str, *, approver: str, reject: bool = False, reason
     return plan_hash
 
 
+def paused_manual_target(flow_run_id: str, api: str | None = None) -> tuple[str, str | None]:
+    """The target (``secret:NAME``) a paused manual-rotation item waits for, and the run's inventory parameter."""
+    run = PausedRun(_api(api), flow_run_id)
+    if not run.description.startswith(MANUAL_HEADER):
+        raise InputError(flow_run_id, "the paused run is not waiting for a manual rotation (use `digestguard approve`)")
+    target = run.description.splitlines()[0].removeprefix(MANUAL_HEADER).strip(" :`")
+    status, text = run.api.call("GET", f"/flow_runs/{run.id}")
+    params = (json.loads(text).get("parameters") or {}) if status == 200 else {}
+    inventory = params.get("inventory")
+    return target, str(inventory) if isinstance(inventory, str) else None
+
+
 def confirm_manual(flow_run_id: str, *, who: str, rotated: bool = True, note: str = "", api: str | None = None) -> str:
     """Answer a paused manual-rotation item; returns the item's target as the pause shows it."""
     if blank(who):

@@ -317,19 +317,29 @@ def _rules_text(policy: ApprovalPolicy, triggered_by: str | None, needed: int) -
 
 
 _DRILL_APPROVER: ContextVar[str | None] = ContextVar("digestguard_drill_approver", default=None)
+_DRILL_PERSON: ContextVar[Callable[[Any], bool] | None] = ContextVar("digestguard_drill_person", default=None)
 
 
 @contextmanager
-def drill_approver(name: str = "drill") -> Iterator[None]:
+def drill_approver(name: str = "drill", person: Callable[[Any], bool] | None = None) -> Iterator[None]:
     """Approve every gate as ``name`` inside this block, in this process only (the drill's sandbox run).
 
+    ``person(item) -> bool`` plays the person of manual rotation items (the drill rotates its manual
+    credential at the sandbox's vendor and puts the new value in its store); without it they are confirmed.
     A Python context, never a flow parameter: no deployment, UI form or API call can set it.
     """
     token = _DRILL_APPROVER.set(name)
+    ptoken = _DRILL_PERSON.set(person)
     try:
         yield
     finally:
+        _DRILL_PERSON.reset(ptoken)
         _DRILL_APPROVER.reset(token)
+
+
+def drill_person() -> Callable[[Any], bool]:
+    """Who answers manual items under the drill's approver (the drill's person, or "confirmed")."""
+    return _DRILL_PERSON.get() or (lambda item: True)
 
 
 def drill_approving() -> bool:

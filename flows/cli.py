@@ -590,12 +590,40 @@ def confirm_cmd(
     who: str = typer.Option(..., "--who", help="your handle"),
     not_rotated: bool = typer.Option(False, "--not-rotated", help="the credential could NOT be rotated (stays a to-do)"),
     note: str = typer.Option("", "--note", help="where/how (no secret values)"),
+    value_from_stdin: bool = typer.Option(False, "--value-from-stdin",
+                                          help="read the new credential from stdin (never echoed) and put it in the "
+                                               "secret's primary store; the run copies it everywhere and probes it"),
+    inventory: Optional[Path] = typer.Option(None, "--inventory", "-i",
+                                             help="with --value-from-stdin: the inventory (default: the run's own)"),
 ) -> None:
     """Answer a manual-rotation pause: the credential was rotated at its source by hand (or not)."""
-    from flows.answer import confirm_manual
+    from flows.answer import confirm_manual, paused_manual_target
 
+    if value_from_stdin:
+        if not_rotated:
+            raise InputError("--value-from-stdin", "cannot be combined with --not-rotated")
+        _store_from_stdin(run_id, who, inventory, paused_manual_target(run_id))
     target = confirm_manual(run_id, who=who, rotated=not not_rotated, note=note)
     typer.echo(f"{'not rotated' if not_rotated else 'rotated'}: {target} (flow run {run_id}, by {who})")
+
+
+def _store_from_stdin(run_id: str, who: str, inventory: Optional[Path], target: tuple[str, str | None]) -> None:
+    """Read the new value from stdin (a terminal: without echo) and put it in the secret's primary store."""
+    import getpass
+
+    from digestguard.inventory import load_inventory
+    from tasks.rotate.stage import store_manual_value
+
+    name, run_inventory = target
+    path = inventory or (Path(run_inventory) if run_inventory else None)
+    if path is None:
+        raise InputError("--inventory", "the run names no inventory: pass --inventory")
+    inv = load_inventory(path)
+    value = getpass.getpass(f"new value of {name} (not echoed): ") if sys.stdin.isatty() else sys.stdin.read()
+    value = value.rstrip("\r\n")
+    out = store_manual_value(inv, name.removeprefix("secret:"), value, who)
+    value = ""
+    typer.echo(f"stored the new value of {name} in {out['store']}" + (f" (version {out['version']})" if out.get("version") else ""))
 
 
 @app.command("report")

@@ -37,7 +37,7 @@ from digestguard.journal import Journal, Lease
 from digestguard.plan import Approval, Plan
 from digestguard.redact import install as install_redaction, redact
 from digestguard.timeutil import now
-from flows.approval import confirm_manual_rotation, drill_approving, request_approval
+from flows.approval import confirm_manual_rotation, drill_approving, drill_person, request_approval
 from flows.incident_lease import hold_incident, incident_id_for
 from tasks.assess import assess_exposure_task, exposure_markdown
 from tasks.connect import Connections
@@ -245,7 +245,7 @@ def _assess(r: Response, window_start: datetime | None, window_end: datetime | N
 def _rotate(r: Response, exposure: ExposureReport) -> None:
     """Gate, rotate; then manual items wait for a person (a task cannot pause, so the flow does)."""
     plan = plan_rotation(r.incident, r.advisory, exposure, r.inventory)
-    confirm_all = (lambda item: True) if drill_approving() else None
+    confirm_all = drill_person() if drill_approving() else None
 
     def apply(p: Plan, approval: Approval, confirm: Callable[[Any], bool] | None = confirm_all) -> StageResult:
         return rotate_task(p, approval, r.inventory, r.journal, r.connections, confirm_manual=confirm)
@@ -344,6 +344,10 @@ def run_summary(report: IncidentReport) -> dict[str, Any]:
     out["rotate"] = stage_counts(report.rotate)
     out["rotate_confirmed_manual"] = sorted(a.target.split(":", 1)[-1] for a in (report.rotate.actions if report.rotate else [])
                                             if a.detail.get("manual") and a.outcome in ("done", "already-done"))
+    out["contain"] = {v.target.split(":", 1)[-1]: {k: v.detail.get(k) for k in
+                                                  ("old_refused", "new_works", "copies_in_step",
+                                                                           "used_after_exposure", "containment")}
+                      for v in report.containment()}
     out["purge"] = stage_counts(report.purge)
     out["pin"] = {**stage_counts(report.pin), "pull_requests": [p.url for p in report.pull_requests]}
     return out

@@ -268,6 +268,21 @@ class GitHubClient(RestBackedClient):
             "User-Agent": "digestguard",
         }, options)
 
+    # ---------------------------------------------------------------- audit log
+
+    def audit_log_by_token(self, org: str, token: SecretLike, since: datetime) -> list[dict[str, Any]]:
+        """The organisation audit log's entries made with ``token`` since ``since`` (Enterprise Cloud orgs).
+
+        Searched by ``hashed_token`` (base64 of the token's SHA-256), as GitHub documents: the token itself is
+        never sent. Entries keep action, actor, actor_ip, repo and ``@timestamp`` (ms).
+        """
+        import hashlib
+
+        hashed = base64.b64encode(hashlib.sha256(reveal(token, source="github token").encode()).digest()).decode()
+        phrase = f'hashed_token:"{hashed}" created:>={utc(since).strftime("%Y-%m-%dT%H:%M:%SZ")}'
+        return list(self.rest.paginate(f"/orgs/{_seg(org, 'org')}/audit-log",
+                                       params={"phrase": phrase, "per_page": 100, "order": "desc"}))
+
     # ---------------------------------------------------------------- repository
 
     def _repo(self, owner: str, repo: str) -> str:

@@ -10,7 +10,12 @@ What the stages use it for:
   they were; a missing variable is created with the flags the caller gives. GitLab
   answers with the variable *including its value*: this client drops it and returns
   only the metadata;
-* **pin** - open (or on a re-run update) a merge request. Never merges.
+* **pin** - open (or on a re-run update) a merge request. Never merges;
+* **rotate / contain** - project and group access tokens: list them and rotate one
+  (``POST /projects/:id/access_tokens/:token_id/rotate``, ``/groups/...``): GitLab
+  revokes the old token and answers the new one in the same call, the only time it
+  shows it. :func:`token_probe` asks ``GET /personal_access_tokens/self`` (works for
+  project and group tokens too) whether a token still works.
 
 Works against gitlab.com (``api_url="https://gitlab.com/api/v4"``) and self-managed
 instances; an ``api_url`` given without ``/api/v4`` gets it appended. The token goes in
@@ -23,10 +28,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Unpack
+from typing import Any, Literal, Unpack
 from urllib.parse import quote
 
-from digestguard.errors import InputError, IntegrationError, NotFound, Refused
+import httpx
+from pydantic import SecretStr
+
+from digestguard.errors import InputError, IntegrationError, NotFound, Refused, Unavailable
 from digestguard.timeutil import parse_time
 from integrations._rest import MAX_LOG_BYTES, RestBackedClient, RestOptions, iso_utc
 from integrations._secret_values import SecretLike, reveal
@@ -302,6 +310,47 @@ class GitLabClient(RestBackedClient):
         d = self.rest.json_of(self.rest.request("PUT", f"{project_path(project)}/merge_requests/{int(iid)}", json=body,
                                                 ok=(200,)), f"{project_path(project)}/merge_requests/{int(iid)}", method="PUT")
         return MergeRequest.from_api(d)
+
+
+    # ---------------------------------------------------------------- access tokens
+
+    def _token_owner(self, owner: Literal["project", "group"], owner_id: int | str) -> str:
+        return project_path(owner_id) if owner == "project" else group_path(owner_id)
+
+    def list_access_tokens(self, owner: Literal["project", "group"], owner_id: int | str) -> list[dict[str, Any]]:
+        """The project's or group's access tokens (id, name, active, revoked, scopes, expires_at; never a token)."""
+        items = self.rest.paginate(self._token_owner(owner, owner_id) + "/access_tokens", params={"per_page": 100})
+        return [{k: v for k, v in t.items() if k != "token"} for t in items]
+
+    def rotate_access_token(self, owner: Literal["project", "group"], owner_id: int | str, token_id: int,
+                            expires_at: str | None = None) -> tuple[dict[str, Any], SecretStr]:
+        """Rotate a token: GitLab revokes ``token_id`` and answers the new token (its id and value)."""
+        path = f"{self._token_owner(owner, owner_id)}/access_tokens/{int(token_id)}/rotate"
+        r = self.rest.request("POST", path, json={"expires_at": expires_at} if expires_at else None, ok=(200, 201))
+        body = r.json()
+        value = body.pop("token", None)
+        if not value:
+            raise IntegrationError(self.rest.source("POST", path), "answer holds no token")
+        return body, SecretStr(str(value))
+
+
+def token_probe(api_url: str, token: SecretLike, *, timeout: float = 10.0) -> tuple[str, str]:
+    """``GET /personal_access_tokens/self`` with ``token`` at its own GitLab: ``("accepted", "token <id>")`` or
+    ``("refused", "HTTP 401")``. One request, no retry."""
+    url = api_url.rstrip("/")
+    if not url.endswith("/api/v4"):
+        url += "/api/v4"
+    try:
+        r = httpx.get(url + "/personal_access_tokens/self", headers={"PRIVATE-TOKEN": reveal(token, source="gitlab token")},
+                      timeout=timeout)
+    except httpx.HTTPError as e:
+        raise Unavailable(f"gitlab {api_url} GET /personal_access_tokens/self", f"no answer: {type(e).__name__}") from None
+    if r.status_code == 200:
+        return "accepted", f"token {r.json().get('id')}"
+    if r.status_code in (401, 403):
+        return "refused", f"HTTP {r.status_code}"
+    raise Unavailable(f"gitlab {api_url} GET /personal_access_tokens/self", f"unexpected answer {r.status_code}",
+                      r.status_code)
 
 
 def open_or_update_merge_request(

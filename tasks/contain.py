@@ -34,7 +34,7 @@ from pydantic import SecretStr
 
 from digestguard.errors import IntegrationError
 from digestguard.inventory import Backends, Probe
-from integrations import aws_sts, postgres, vault
+from integrations import aws_sts, dockerhub, gitlab, postgres, vault
 
 Verdict = Literal["accepted", "refused", "unknown"]
 Material = Mapping[str, SecretStr]
@@ -125,6 +125,14 @@ def prober_for(backend: str, ref: Mapping[str, Any], issuer: Mapping[str, Any] |
         role = iref.get("username") or iref.get("role")
         return Prober(kind, f"{server.host}:{server.port}", lambda m: postgres.try_login(
             server, (m["username"].get_secret_value() if "username" in m else str(role)), _part(m, "password", "value")))
+    if kind == "dockerhub-pat":
+        api, user = str(iref.get("api_url") or dockerhub.API_URL), str(iref.get("username") or "")
+        if not user:
+            return None
+        return Prober(kind, api, lambda m: dockerhub.pat_probe(api, user, _part(m, "value", "token")))
+    if kind == "gitlab-access-token":
+        api = str(iref.get("api_url") or gitlab.DEFAULT_API_URL)
+        return Prober(kind, api, lambda m: gitlab.token_probe(api, _part(m, "value", "token")))
     if kind == "vault-token":
         addr = str(iref.get("addr") or backends.vault_url or "")
         if not addr:

@@ -8,7 +8,13 @@ issuer              trail                                                       
 AWS IAM key         CloudTrail ``LookupEvents`` by ``AccessKeyId`` (2 requests/s)     15 min
 Vault/OpenBao token the file audit log, searched for the ``sys/audit-hash`` HMAC      0 (written before the answer)
 PostgreSQL role     the server log's ``connection authorized: user=<role>`` lines     0 (written at login)
+Docker Hub PAT      the usage export CSV (hour, token name, IPs, repository, tag,     2 h (hourly rows,
+                    digest): rows of the PAT's label                                  exported late)
+GitHub token        the organisation audit log, searched by ``hashed_token``          15 min
+                    (base64 SHA-256 of the token; the token is never sent)
 ==================  ================================================================  ===========
+
+:func:`malicious_pulls` answers from the same export which of our tokens and IPs pulled a malicious digest.
 
 The window is from the start of exposure (T1) to the moment the issuer refused the old value
 (T2; now, when it was never refused). The playbook's own probes with the old value (the
@@ -30,7 +36,7 @@ from typing import Literal
 from pydantic import SecretStr
 
 from digestguard.errors import DigestguardError
-from integrations import aws_cloudtrail, postgres, vault
+from integrations import aws_cloudtrail, dockerhub, postgres, vault
 
 UsedVerdict = Literal["yes", "no", "not-yet-known"]
 
@@ -43,6 +49,7 @@ class Usage:
     end: datetime
     evidence: list[str] = field(default_factory=list)
     excluded: int = 0  # the playbook's own probes left out
+    pages: dict[str, dict] = field(default_factory=dict)  # CloudTrail lookups cut short: key -> {token, hits} to resume
 
     def person_item(self, name: str) -> str | None:
         if self.verdict != "yes":
@@ -81,19 +88,36 @@ def _verdict(hits: list[tuple[datetime, str]], source: str, start: datetime, end
                  [f"{source} may still deliver events until {(end + horizon).isoformat(timespec='seconds')}"], excluded)
 
 
+def _trail_line(e: aws_cloudtrail.TrailEvent) -> str:
+    return f"{e.name} ({e.source}) by {e.username or '?'} from {e.source_ip or '?'} [event {e.event_id}]"
+
+
 def aws_usage(ct, access_key_id: str, start: datetime, end: datetime, *, now: datetime | None = None,
-              ours: ProbeWindow | None = None, on_page: Callable[[str], None] | None = None,
-              resume_token: str | None = None) -> Usage:
-    """CloudTrail events signed with the key between ``start`` and ``end``."""
+              ours: ProbeWindow | None = None, on_page: Callable[[str, list[list[str]]], None] | None = None,
+              resume_token: str | None = None, earlier: list[list[str]] | None = None) -> Usage:
+    """CloudTrail events signed with the key between ``start`` and ``end``.
+
+    ``on_page(token, hits)`` is called before each next page is fetched, with the hits read so far
+    (``[iso time, line]``, ids and addresses only): journal both, and a lookup cut short (an outage, a
+    crash) continues from ``resume_token`` with those ``earlier`` hits instead of reading every page again.
+    """
     now = now or datetime.now(timezone.utc)
     source = "CloudTrail"
+    seen: list[list[str]] = [list(h) for h in (earlier or [])]
+    state: dict[str, object] = {"token": resume_token}
+
+    def page(token: str) -> None:
+        state["token"] = token
+        if on_page is not None:
+            on_page(token, list(seen))
+
     try:
-        events = list(aws_cloudtrail.lookup_by_access_key(ct, access_key_id, start, end, resume_token=resume_token,
-                                                          on_page=on_page))
+        for e in aws_cloudtrail.lookup_by_access_key(ct, access_key_id, start, end, resume_token=resume_token, on_page=page):
+            seen.append([e.at.isoformat(), _trail_line(e)])
     except DigestguardError as e:
-        return Usage("not-yet-known", source, start, end, [f"CloudTrail could not be read: {e}"[:300]])
-    hits = [(e.at, f"{e.name} ({e.source}) by {e.username or '?'} from {e.source_ip or '?'} [event {e.event_id}]")
-            for e in events]
+        pages = {access_key_id: {"token": state["token"], "hits": seen}} if state["token"] else {}
+        return Usage("not-yet-known", source, start, end, [f"CloudTrail could not be read: {e}"[:300]], pages=pages)
+    hits = [(datetime.fromisoformat(at), line) for at, line in seen]
     return _verdict(hits, source, start, end, now, timedelta(seconds=aws_cloudtrail.DELIVERY_HORIZON_SECONDS), ours,
                     lambda line: line.startswith("GetCallerIdentity "))
 
@@ -142,8 +166,58 @@ def postgres_usage(log_path: str | Path, role: str, start: datetime, end: dateti
     return _verdict(hits, source, start, end, now, timedelta(0), ours, lambda line: True)
 
 
+HUB_EXPORT_HORIZON = timedelta(hours=2)
+GITHUB_AUDIT_HORIZON = timedelta(minutes=15)
+
+
+def _pull_line(p: dockerhub.HubPull, malicious: set[str]) -> str:
+    bad = " MALICIOUS DIGEST" if p.digest in malicious else ""
+    return (f"{p.pulls} pull(s) of {p.repository}:{p.tag}@{p.digest or '?'} with token {p.token_name!r} "
+            f"from {', '.join(p.ips) or '?'}{bad}")
+
+
+def dockerhub_usage(export: str | Path, token_label: str, start: datetime, end: datetime, *, now: datetime | None = None,
+                    malicious: Iterable[str] = ()) -> Usage:
+    """Pulls made with the PAT labelled ``token_label``, from Hub's usage export (hourly rows).
+
+    An hour counts when it overlaps [start, end]. Our own probe (a login) pulls nothing, so nothing is left out.
+    """
+    now = now or datetime.now(timezone.utc)
+    source = "Docker Hub usage export"
+    try:
+        rows = dockerhub.read_usage_export(str(export))
+    except (DigestguardError, OSError) as e:
+        return Usage("not-yet-known", source, start, end, [f"usage export could not be read: {e}"[:300]])
+    bad = set(malicious)
+    hits = [(max(p.hour, start), _pull_line(p, bad)) for p in rows
+            if p.token_name == token_label and p.hour <= end and p.hour + timedelta(hours=1) > start]
+    return _verdict(hits, source, start, end, now, HUB_EXPORT_HORIZON, None, lambda line: False)
+
+
+def malicious_pulls(export: str | Path, digests: Iterable[str]) -> list[dockerhub.HubPull]:
+    """Which of our tokens and IPs pulled a malicious digest (rows of the usage export naming one of ``digests``)."""
+    want = set(digests)
+    return [p for p in dockerhub.read_usage_export(str(export)) if p.digest in want]
+
+
+def github_usage(client, org: str, token: SecretStr, start: datetime, end: datetime, *,
+                 now: datetime | None = None) -> Usage:
+    """Entries of the organisation audit log made with ``token`` (by its ``hashed_token``) between start and end."""
+    now = now or datetime.now(timezone.utc)
+    source = f"GitHub audit log ({org})"
+    try:
+        entries = client.audit_log_by_token(org, token, start)
+    except DigestguardError as e:
+        return Usage("not-yet-known", source, start, end, [f"audit log could not be read: {e}"[:300]])
+    hits = [(datetime.fromtimestamp(int(e.get("@timestamp") or 0) / 1000, timezone.utc),
+             f"{e.get('action', '?')} by {e.get('actor', '?')} from {e.get('actor_ip', '?')}"
+             + (f" on {e['repo']}" if e.get("repo") else "")) for e in entries]
+    return _verdict(hits, source, start, end, now, GITHUB_AUDIT_HORIZON, None, lambda line: False)
+
+
 def usage_for(kind: str, ref: dict, old: dict | None, old_key_ids: list[str], get_client: Callable[[str], object],
-              start: datetime, end: datetime, ours: ProbeWindow | None) -> Usage:
+              start: datetime, end: datetime, ours: ProbeWindow | None, *, pages: dict[str, dict] | None = None,
+              on_page: Callable[[dict[str, dict]], None] | None = None) -> Usage:
     """The verdict from the trail this issuer has here (see the module table); ``not-yet-known`` when there is none.
 
     ``ref``: the issuer's ref merged over the secret's (``log_path`` for PostgreSQL, ``audit_log`` and
@@ -158,10 +232,26 @@ def usage_for(kind: str, ref: dict, old: dict | None, old_key_ids: list[str], ge
         keys = old_key_ids or ([old["access_key_id"].get_secret_value()] if old and "access_key_id" in old else [])
         if not keys:
             return Usage("not-yet-known", "CloudTrail", start, end, ["the exposed key id is not known"])
-        uses = [aws_usage(ct, k, start, end, ours=ours) for k in keys]
+        open_pages = dict(pages or {})
+
+        def lookup(k: str) -> Usage:
+            def page(token: str, hits: list[list[str]]) -> None:
+                open_pages[k] = {"token": token, "hits": hits}
+                if on_page is not None:
+                    on_page(dict(open_pages))
+
+            prior = open_pages.get(k) or {}
+            u = aws_usage(ct, k, start, end, ours=ours, on_page=page, resume_token=prior.get("token"),
+                          earlier=prior.get("hits"))
+            open_pages.pop(k, None)
+            open_pages.update(u.pages)
+            return u
+
+        uses = [lookup(k) for k in keys]
         verdict: UsedVerdict = ("yes" if any(u.verdict == "yes" for u in uses) else
                                 "no" if all(u.verdict == "no" for u in uses) else "not-yet-known")
-        return Usage(verdict, "CloudTrail", start, end, [e for u in uses for e in u.evidence], sum(u.excluded for u in uses))
+        return Usage(verdict, "CloudTrail", start, end, [e for u in uses for e in u.evidence], sum(u.excluded for u in uses),
+                     pages=open_pages)
     if kind == "vault-token":
         if not ref.get("audit_log"):
             return Usage("not-yet-known", "OpenBao audit log", start, end, ["no audit_log in the issuer's ref"])
@@ -178,4 +268,18 @@ def usage_for(kind: str, ref: dict, old: dict | None, old_key_ids: list[str], ge
         if not ref.get("log_path") or not role:
             return Usage("not-yet-known", "PostgreSQL connection log", start, end, ["no log_path in the issuer's ref"])
         return postgres_usage(ref["log_path"], str(role), start, end, ours=ours)
+    if kind == "dockerhub-pat":
+        if not ref.get("usage_export"):
+            return Usage("not-yet-known", "Docker Hub usage export", start, end, ["no usage_export in the issuer's ref"])
+        return dockerhub_usage(ref["usage_export"], str(ref.get("token_label") or ""), start, end,
+                               malicious=ref.get("malicious_digests") or ())
+    if ref.get("github_audit_org"):  # a GitHub token (a manual issuer): the organisation audit log
+        token = (old or {}).get("value") or (old or {}).get("token")
+        if token is None:
+            return Usage("not-yet-known", "GitHub audit log", start, end, ["the exposed token is not held by this run"])
+        try:
+            gh = get_client("github")
+        except DigestguardError as e:
+            return Usage("not-yet-known", "GitHub audit log", start, end, [f"no GitHub client: {e}"[:300]])
+        return github_usage(gh, str(ref["github_audit_org"]), token, start, end)
     return Usage("not-yet-known", "no trail", start, end, [f"no audit trail of {kind} is read here"])

@@ -7,6 +7,13 @@ podman engine that pulled some of them; CI logs with jobs before, inside and
 after the window; network logs with exfiltration hits; a git repository whose
 CI files use the image; exposed secrets in OpenBao, moto, GCP and Azure
 stand-ins, a GitHub stand-in that holds their copies, and a Slack stand-in.
+Five of the exposed credentials have an issuer the playbook drives itself: an
+AWS IAM key (moto with IAM authentication on, so a dead key is really refused),
+a PostgreSQL role password (real PostgreSQL), an OpenBao token (real OpenBao with
+a file audit device), a Docker Hub PAT and a GitLab project access token (the
+wire-protocol stand-ins in ``servers/``). The sandbox *uses* two of them after
+the exposure began: a CloudTrail event signed with the IAM key (CloudTrail
+stand-in) and a read with the OpenBao token (a real audit-log entry).
 Then ``incident_response`` runs in execute mode against it, and a scorecard
 compares, stage by stage, what was planted with what the playbook found,
 rotated, purged, pinned and notified, checking the backends themselves, not
@@ -32,6 +39,7 @@ from typing import Any
 
 import boto3
 import hvac
+import psycopg
 import yaml
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
@@ -45,16 +53,25 @@ from digestguard.markdown import md_cell
 from flows.approval import drill_approver
 from flows.drill import registry as sreg
 from flows.drill.podman import start_podman, stop_podman
+from flows.drill.servers.cloudtrail import start_cloudtrail_server
+from flows.drill.servers.dockerhub import start_dockerhub
 from flows.drill.servers.gcp_secrets import start_secret_manager_server
 from flows.drill.servers.github import GitHubServer, github_job_log
+from flows.drill.servers.gitlab import DEFAULT_TOKEN as GITLAB_ADMIN, GitLabServer
 from flows.drill.servers.slack import SlackServer
-from flows.drill.services import DUMMY_AWS_ENV, start_moto, start_openbao
+from flows.drill.services import DUMMY_AWS_ENV, start_moto_iam_auth, start_openbao, start_postgres
 from flows.incident_response import incident_response
+from integrations import aws_sts, dockerhub, gitlab, postgres, vault
 from integrations.docker_engine import DockerEngine
 from integrations.registry import RegistryClient
 
 REPO = "checkmarx/kics"
-DRILL_TOKENS = {"DRILL_SLACK_TOKEN": "xoxb-drill-0000-digestguard", "DRILL_GITHUB_TOKEN": "ghs_drilltoken0000000000000000"}
+DRILL_TOKENS = {"DRILL_SLACK_TOKEN": "xoxb-drill-0000-digestguard", "DRILL_GITHUB_TOKEN": "ghs_drilltoken0000000000000000",
+                "DRILL_GITLAB_ADMIN": GITLAB_ADMIN}
+ISSUED = ("AWS_ACCESS_KEY_ID", "DATABASE_PASSWORD", "VAULT_TOKEN", "DOCKERHUB_TOKEN", "GITLAB_TOKEN")
+"""The drill's credentials with an issuer the playbook drives (the ``contain`` stage proves each one dead)."""
+USED_AFTER_EXPOSURE = ("AWS_ACCESS_KEY_ID", "VAULT_TOKEN")
+"""The credentials the sandbox uses after the exposure began: the playbook must answer ``yes`` for them."""
 
 
 @dataclass
@@ -81,6 +98,12 @@ class Sandbox:
     github: Any = None
     slack: Any = None
     gcp: Any = None
+    cloudtrail: Any = None
+    postgres: Any = None
+    hub: Any = None
+    gitlab: Any = None
+    old_creds: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)  # the exposed values, to probe
+    issuer_checks: dict[str, tuple[str, str, bool]] | None = None  # the scorecard's own answers from the issuers
     attacker: dict[str, Any] = field(default_factory=dict)      # tag -> PushedIndex
     clean: dict[str, Any] = field(default_factory=dict)         # tag -> PushedIndex
     planted: dict[str, Any] = field(default_factory=dict)
@@ -164,11 +187,25 @@ def build_sandbox(base: Advisory, root: Path, stack: contextlib.ExitStack, *, sc
     t = time.monotonic()
     os.environ.update(DUMMY_AWS_ENV)
     os.environ.update(DRILL_TOKENS)
-    sb.openbao = start_openbao()
+    sb.openbao = start_openbao(audit_log=str(root / "bao-audit.log"))
     stack.callback(sb.openbao.stop)
     os.environ["DRILL_VAULT_TOKEN"] = sb.openbao.token
-    sb.moto = start_moto()
+    sb.moto = start_moto_iam_auth()
     stack.callback(sb.moto.stop)
+    # every AWS client of the run signs with the sandbox's admin key (moto checks each request)
+    os.environ.pop("AWS_SESSION_TOKEN", None)
+    os.environ.update({"AWS_ACCESS_KEY_ID": sb.moto.admin_key_id, "AWS_SECRET_ACCESS_KEY": sb.moto.admin_secret})
+    boto3.DEFAULT_SESSION = None  # boto3's default session keeps the credentials it read first: read them again
+    stack.callback(setattr, boto3, "DEFAULT_SESSION", None)
+    stack.callback(os.environ.update, DUMMY_AWS_ENV)
+    sb.cloudtrail = start_cloudtrail_server()
+    stack.callback(sb.cloudtrail.stop)
+    sb.postgres = start_postgres()
+    stack.callback(sb.postgres.stop)
+    sb.hub = start_dockerhub()
+    stack.callback(sb.hub.stop)
+    sb.gitlab = GitLabServer(token=GITLAB_ADMIN).start()
+    stack.callback(sb.gitlab.stop)
 
     sb.gcp = start_secret_manager_server()
     stack.callback(sb.gcp.stop)
@@ -177,6 +214,8 @@ def build_sandbox(base: Advisory, root: Path, stack: contextlib.ExitStack, *, sc
     sb.slack = SlackServer(token=DRILL_TOKENS["DRILL_SLACK_TOKEN"]).start()
     stack.callback(sb.slack.stop)
     secrets_cfg = _plant_secrets(sb, scale)
+    secrets_cfg += _plant_issued(sb, attack)
+    sb.planted["secrets"] = sorted(x["name"] for x in secrets_cfg)
     sb.timings["secrets"] = time.monotonic() - t
 
     # -- a repository whose CI uses the image, with a bare remote, known to the GitHub stand-in
@@ -240,7 +279,8 @@ def build_sandbox(base: Advisory, root: Path, stack: contextlib.ExitStack, *, sc
         "repositories": repos_cfg,
         "slack": {"channel": "#sec-incident", "token": "env:DRILL_SLACK_TOKEN", "api_url": sb.slack.api_url},
         "backends": {"vault_url": sb.openbao.addr, "vault_token": "env:DRILL_VAULT_TOKEN", "aws_region": "us-east-1",
-                     "aws_endpoint_url": sb.moto.endpoint_url, "gcp_project": "drill", "gcp_endpoint": sb.gcp.url,
+                     "aws_endpoint_url": sb.moto.endpoint_url, "aws_cloudtrail_endpoint_url": sb.cloudtrail.url,
+                     "gcp_project": "drill", "gcp_endpoint": sb.gcp.url,
                      "github_api_url": sb.github.url, "github_token": "env:DRILL_GITHUB_TOKEN"},
         "journal": "./journal.sqlite",
     }
@@ -319,11 +359,15 @@ def _plant_secrets(sb: Sandbox, scale: int) -> list[dict[str, Any]]:
                     "consumers": [{"kind": "github-actions-secret", "repo": "acme/infra", "name": name}]})
     iam = boto3.client("iam", endpoint_url=sb.moto.endpoint_url, region_name="us-east-1")
     iam.create_user(UserName="ci-deployer")
-    created = iam.create_access_key(UserName="ci-deployer")["AccessKey"]
-    old_key = created["AccessKeyId"]
-    sb.old_values["AWS_SECRET_ACCESS_KEY"] = created["SecretAccessKey"]
+    key = iam.create_access_key(UserName="ci-deployer")["AccessKey"]
+    old_key = key["AccessKeyId"]
+    sb.old_values["AWS_SECRET_ACCESS_KEY"] = key["SecretAccessKey"]
     sb.planted["old_iam_key"] = old_key
-    out.append({"name": "AWS_ACCESS_KEY_ID", "backend": "aws-iam-access-key", "ref": {"user": "ci-deployer"},
+    sb.old_creds["AWS_ACCESS_KEY_ID"] = {"access_key_id": old_key, "secret_access_key": key["SecretAccessKey"]}
+    boto3.client("secretsmanager", endpoint_url=sb.moto.endpoint_url, region_name="us-east-1").create_secret(
+        Name="ci/aws-deployer", SecretString=json.dumps(sb.old_creds["AWS_ACCESS_KEY_ID"]))
+    out.append({"name": "AWS_ACCESS_KEY_ID", "issuer": {"kind": "aws-iam-access-key", "ref": {"user": "ci-deployer"}},
+                "stores": [{"kind": "aws-secretsmanager", "name": "ci/aws-deployer", "primary": True}],
                 "aliases": ["AWS_SECRET_ACCESS_KEY"],
                 "consumers": [{"kind": "github-actions-secret", "repo": "acme/infra", "name": "AWS_ACCESS_KEY_ID", "field": "access_key_id"},
                               {"kind": "github-actions-secret", "repo": "acme/infra", "name": "AWS_SECRET_ACCESS_KEY",
@@ -342,9 +386,95 @@ def _plant_secrets(sb: Sandbox, scale: int) -> list[dict[str, Any]]:
                                     "payload": {"data": sb.old_values["SONAR_TOKEN"].encode()}})
     out.append({"name": "SONAR_TOKEN", "backend": "gcp-secretmanager", "ref": {"secret": "projects/drill/secrets/sonar-token"},
                 "consumers": [{"kind": "github-actions-secret", "repo": "acme/infra", "name": "SONAR_TOKEN"}]})
-    out.append({"name": "VENDOR_API_KEY", "backend": "manual", "ref": {"where": "the vendor's portal"}, "consumers": []})
-    sb.planted["secrets"] = sorted(s["name"] for s in out)
     return out
+
+
+def _gh(name: str, field: str | None = None) -> list[dict[str, Any]]:
+    return [{"kind": "github-actions-secret", "repo": "acme/infra", "name": name, **({"field": field} if field else {})}]
+
+
+def _plant_issued(sb: Sandbox, attack: datetime) -> list[dict[str, Any]]:
+    """Credentials whose issuer the playbook drives (beyond the IAM key): a PostgreSQL role, an OpenBao token,
+    a Docker Hub PAT and a GitLab project access token, each with its exposed value in an OpenBao KV store; and
+    the sandbox's own use of two of them after the exposure began (CloudTrail, OpenBao audit log)."""
+    bao = hvac.Client(url=sb.openbao.addr, token=sb.openbao.token)
+    out: list[dict[str, Any]] = []
+
+    def store(path: str, name: str, data: dict[str, str]) -> list[dict[str, Any]]:
+        bao.secrets.kv.v2.create_or_update_secret(path=path, secret=data)
+        sb.old_creds[name] = dict(data)
+        return [{"kind": "vault-kv", "path": path, "primary": True}]
+
+    # PostgreSQL: a login role of the CI job's database
+    pg = sb.postgres
+    os.environ["DRILL_PG_ADMIN"] = pg.password
+    pw = "drill-old-" + os.urandom(8).hex()
+    with psycopg.connect(host=pg.host, port=pg.port, user="postgres", password=pg.password, dbname="postgres",
+                         autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE ci_app LOGIN PASSWORD '{pw}'")
+    out.append({"name": "DATABASE_PASSWORD", "consumers": _gh("DATABASE_PASSWORD", "password"),
+                "issuer": {"kind": "postgres-role", "ref": {"host": pg.host, "port": pg.port, "role": "ci_app",
+                                                            "admin_password": "env:DRILL_PG_ADMIN", "log_path": pg.log_path}},
+                "stores": store("ci/db-app", "DATABASE_PASSWORD", {"username": "ci_app", "password": pw})})
+
+    # OpenBao: the CI runner's token, then one read made with it after the exposure began (a real audit entry)
+    bao.sys.create_or_update_policy("ci-read", 'path "secret/data/ci/*" { capabilities = ["read"] }')
+    tok = bao.auth.token.create(policies=["ci-read"], display_name="ci-runner", ttl="24h")["auth"]
+    hvac.Client(url=sb.openbao.addr, token=tok["client_token"]).secrets.kv.v2.read_secret_version(
+        path="ci/kics-api-token-0", raise_on_deleted_version=True)
+    out.append({"name": "VAULT_TOKEN", "consumers": _gh("VAULT_TOKEN"),
+                "issuer": {"kind": "vault-token", "ref": {"accessor": tok["accessor"], "policies": ["ci-read"],
+                                                          "audit_log": str(sb.root / "bao-audit.log"), "audit_device": "file"}},
+                "stores": store("ci/vault-token", "VAULT_TOKEN", {"value": tok["client_token"]})})
+
+    # AWS: the exposed key signed a call an hour after the attack began (CloudTrail event history)
+    sb.cloudtrail.add_event("ListBuckets", attack + timedelta(hours=1), sb.planted["old_iam_key"], ip="198.51.100.77")
+
+    # Docker Hub: the account's pull PAT
+    hub_pw = "drill-hub-" + os.urandom(8).hex()
+    os.environ["DRILL_HUB_PASSWORD"] = hub_pw
+    sb.hub.add_account("acme-ci", hub_pw)
+    pat = sb.hub.add_pat("acme-ci", "ci-pull")
+    out.append({"name": "DOCKERHUB_TOKEN", "consumers": _gh("DOCKERHUB_TOKEN", "value"),
+                "issuer": {"kind": "dockerhub-pat", "ref": {"api_url": sb.hub.url, "username": "acme-ci",
+                                                            "token_label": "ci-pull", "admin_password": "env:DRILL_HUB_PASSWORD"}},
+                "stores": store("ci/dockerhub-token", "DOCKERHUB_TOKEN", {"value": pat["token"]})})
+
+    # GitLab: the project's CI bot token
+    pid = sb.gitlab.add_project("acme/infra")
+    glt = sb.gitlab.add_access_token(f"project:{pid}", "ci-bot")
+    out.append({"name": "GITLAB_TOKEN", "consumers": _gh("GITLAB_TOKEN", "value"),
+                "issuer": {"kind": "gitlab-access-token", "ref": {"api_url": sb.gitlab.url, "project": pid,
+                                                                  "token_id": glt["id"], "admin_token": "env:DRILL_GITLAB_ADMIN"}},
+                "stores": store("ci/gitlab-token", "GITLAB_TOKEN", {"value": glt["token"]})})
+    # a manual item: a personal access token at the vendor (GitLab, a person's own), with a declared probe
+    vendor = sb.gitlab.add_access_token("user:vendor-bot", "vendor-api")
+    out.append({"name": "VENDOR_API_KEY", "consumers": _gh("VENDOR_API_KEY"),
+                "issuer": {"kind": "manual", "where": "GitLab > vendor-bot > Access tokens",
+                           "probe": {"url": f"{sb.gitlab.url}/personal_access_tokens/self", "send": "header",
+                                     "header": "PRIVATE-TOKEN"}},
+                "stores": store("ci/vendor-api-key", "VENDOR_API_KEY", {"value": vendor["token"]})})
+    sb.planted["used_after_exposure"] = list(USED_AFTER_EXPOSURE)
+    return out
+
+
+def drill_person(sb: Sandbox):
+    """The drill's person for manual items: at the vendor, revoke the exposed token and issue a new one, put the
+    new value in the primary store, then confirm (what the runbook asks a responder to do)."""
+
+    def person(item: Any) -> bool:
+        if getattr(item, "target", "") != "secret:VENDOR_API_KEY" or getattr(item, "kind", "") != "manual":
+            return True
+        old = sb.old_creds["VENDOR_API_KEY"]["value"]
+        for t in sb.gitlab.access_tokens.values():
+            if t["token"] == old:
+                t["active"], t["revoked"] = False, True
+        new = sb.gitlab.add_access_token("user:vendor-bot", "vendor-api")
+        hvac.Client(url=sb.openbao.addr, token=sb.openbao.token).secrets.kv.v2.create_or_update_secret(
+            path="ci/vendor-api-key", secret={"value": new["token"]})
+        return True
+
+    return person
 
 
 WORKFLOW = """name: iac-scan
@@ -476,6 +606,7 @@ def score(sb: Sandbox, summary: dict[str, Any] | None, error: str | None,
                           {"jobs": got_jobs, "secrets": secrets, "network_hits": hits}, ok))
 
     out.append(_score_rotation(sb, s))
+    out.append(_score_contain(sb, s))
 
     with RegistryClient(sb.registry.host, base_url=sb.registry.base_url) as reg:
         still = [d for d in bad_digests if reg.exists(REPO, d)]
@@ -575,9 +706,83 @@ def _score_rotation(sb: Sandbox, s: dict[str, Any]) -> StageScore:
     sb.new_values["REGISTRY_PASSWORD"] = cur
     results["REGISTRY_PASSWORD"] = not cur.startswith("drill-old-") and _gh_value(gh, "REGISTRY_PASSWORD") == cur
     results["SONAR_TOKEN"] = _gcp_rotated(sb)
-    results["VENDOR_API_KEY"] = "VENDOR_API_KEY" in s.get("rotate_confirmed_manual", [])
+    results["VENDOR_API_KEY"] = "VENDOR_API_KEY" in s.get("rotate_confirmed_manual", [])  # and contain checks the vendor
+    try:
+        for name, (_old, new, copies) in _checks(sb).items():  # a new credential its issuer accepts, copied everywhere
+            results[name] = new == "accepted" and copies
+    except Exception:  # noqa: BLE001 - the contain stage names the error
+        pass
     want = {k: True for k in sb.planted["secrets"]}
     return StageScore("rotate", want, results, results == want)
+
+
+def _issuer_checks(sb: Sandbox) -> dict[str, tuple[str, str, bool]]:
+    """Per issued credential, asked of its issuer by the drill itself: (old verdict, new verdict, copies in step).
+
+    The new value is read from its store and the copy from the GitHub stand-in; the probes are the
+    issuers' own answers (STS, a database login, lookup-self, Hub's login, GitLab's token self).
+    """
+    out: dict[str, tuple[str, str, bool]] = {}
+    bao = hvac.Client(url=sb.openbao.addr, token=sb.openbao.token)
+    kv = lambda path: bao.secrets.kv.v2.read_secret_version(path=path, raise_on_deleted_version=True)["data"]["data"]  # noqa: E731
+
+    def ask(name: str, fn, old: dict[str, str], new: dict[str, str], copies: bool) -> None:
+        verdicts = []
+        for m in (old, new):
+            try:
+                verdicts.append(fn(m)[0])
+            except Exception as e:  # noqa: BLE001 - an issuer that does not answer proves nothing
+                verdicts.append(f"unknown ({type(e).__name__})")
+        out[name] = (verdicts[0], verdicts[1], copies)
+        sb.old_values.update({f"{name}:{k}:{i}": v for i, m in enumerate((old, new)) for k, v in m.items()
+                              if k not in ("username", "uuid", "access_key_id")})
+
+    sm = boto3.client("secretsmanager", endpoint_url=sb.moto.endpoint_url, region_name="us-east-1")
+    new = json.loads(sm.get_secret_value(SecretId="ci/aws-deployer", VersionStage="AWSCURRENT")["SecretString"])
+    ask("AWS_ACCESS_KEY_ID", lambda m: aws_sts.caller_identity(m["access_key_id"], m["secret_access_key"],
+                                                               endpoint_url=sb.moto.endpoint_url),
+        sb.old_creds["AWS_ACCESS_KEY_ID"], new,
+        _gh_value(sb.github, "AWS_ACCESS_KEY_ID") == new.get("access_key_id")
+        and _gh_value(sb.github, "AWS_SECRET_ACCESS_KEY") == new.get("secret_access_key"))
+    server = postgres.Server(host=sb.postgres.host, port=sb.postgres.port)
+    new = kv("ci/db-app")
+    ask("DATABASE_PASSWORD", lambda m: postgres.try_login(server, "ci_app", m["password"]), sb.old_creds["DATABASE_PASSWORD"],
+        new, _gh_value(sb.github, "DATABASE_PASSWORD") == new.get("password"))
+    for name, path, probe in (
+            ("VENDOR_API_KEY", "ci/vendor-api-key", lambda m: gitlab.token_probe(sb.gitlab.url, m["value"])),
+            ("VAULT_TOKEN", "ci/vault-token", lambda m: vault.token_probe(sb.openbao.addr, m["value"])),
+            ("DOCKERHUB_TOKEN", "ci/dockerhub-token", lambda m: dockerhub.pat_probe(sb.hub.url, "acme-ci", m["value"])),
+            ("GITLAB_TOKEN", "ci/gitlab-token", lambda m: gitlab.token_probe(sb.gitlab.url, m["value"]))):
+        new = kv(path)
+        ask(name, probe, sb.old_creds[name], new, _gh_value(sb.github, name) == new.get("value"))
+    return out
+
+
+def _checks(sb: Sandbox) -> dict[str, tuple[str, str, bool]]:
+    """The issuer checks, asked once per scoring (rotate and contain both read them)."""
+    if sb.issuer_checks is None:
+        sb.issuer_checks = _issuer_checks(sb)
+    return sb.issuer_checks
+
+
+def _score_contain(sb: Sandbox, s: dict[str, Any]) -> StageScore:
+    """Every issued credential: the old value refused and the new one accepted by its issuer, the copies the same
+    as the store; and the playbook's own answer to "used after exposure?" is ``yes`` for the planted uses."""
+    claims = s.get("contain") or {}
+    actual: dict[str, dict[str, Any]] = {}
+    try:
+        checks = _checks(sb)
+    except Exception as e:  # noqa: BLE001 - a store that cannot be read is a failed stage, not a crashed drill
+        return StageScore("contain", {}, {"error": f"{type(e).__name__}: {str(e)[:300]}"}, False)
+    for name, (old, new, copies) in checks.items():
+        actual[name] = {"old_refused": old == "refused", "new_works": new == "accepted", "copies_in_step": copies,
+                        "used_after_exposure": (claims.get(name) or {}).get("used_after_exposure") or "not-yet-known"}
+    want = {n: {"old_refused": True, "new_works": True, "copies_in_step": True,
+                **({"used_after_exposure": "yes"} if n in USED_AFTER_EXPOSURE else {})} for n in ISSUED}
+    # the manual item: the person rotated it at the vendor, the playbook propagated the value and probed it
+    want["VENDOR_API_KEY"] = {"old_refused": True, "new_works": True, "copies_in_step": True}
+    ok = all(all(actual.get(n, {}).get(k) == v for k, v in w.items()) for n, w in want.items())
+    return StageScore("contain", want, actual, ok)
 
 
 def _gh_value(gh, name: str) -> str | None:
@@ -623,7 +828,7 @@ def run_drill(advisory: str = "kics-2026-04", *, auto_approve: bool = False, sca
             watch_error = f"{type(e).__name__}: {str(e)[:300]}"
         watch_s = time.monotonic() - t1
         try:
-            with drill_approver("drill") if auto_approve else contextlib.nullcontext():
+            with drill_approver("drill", drill_person(sb)) if auto_approve else contextlib.nullcontext():
                 state = incident_response(advisory=str(sb.advisory_path), inventory=str(sb.inventory_path), mode="execute",
                                           triggered_by="drill-runner", report_path=str(root / "report.html"),
                                           return_state=True)

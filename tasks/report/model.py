@@ -359,7 +359,7 @@ class IncidentReport(Model):
         return line
 
     def containment_rows(self) -> list[str]:
-        """Per credential: the three answers (old dead? new works? used after exposure?) and the evidence."""
+        """Per credential: the three answers (old dead? new works, copies in step? used after exposure?) and the evidence."""
         out = []
         for r in self.containment():
             d = r.detail
@@ -367,6 +367,7 @@ class IncidentReport(Model):
             out.append(f"{r.target}: {d.get('containment')}; old refused: {'yes' if d.get('old_refused') else 'no'}"
                        + (f" ({float(secs):.1f} s after approval)" if secs is not None else "")
                        + f"; new works: {'yes' if d.get('new_works') else 'no'}"
+                       + (f"; copies in step: {'yes' if d['copies_in_step'] else 'no'}" if "copies_in_step" in d else "")
                        + f"; used after exposure: {d.get('used_after_exposure', 'not-yet-known')}")
             out += [f"  {line}" for line in (d.get("used_evidence") or [])[:5]]
         return out

@@ -95,6 +95,10 @@ class Backend:
     def verify(self, version: str) -> tuple[bool, str]:
         return True, ""
 
+    def current(self) -> str | None:
+        """The id of the version a store holds now (``None``: this backend cannot say); manual items compare it."""
+        return None
+
 
 class VaultKv(Backend):
     """KV v2: a new version (other keys of the entry kept), exposed versions soft-deleted (metadata kept)."""
@@ -126,6 +130,9 @@ class VaultKv(Backend):
         except NotFound:
             current = 0
         return {"base_version": current}
+
+    def current(self) -> str | None:
+        return str(self.base()["base_version"] or "") or None
 
     def recover(self, base: Mapping[str, Any]) -> str | None:
         meta = vault.kv_metadata(self.client, self.path, mount=self.mount)
@@ -224,6 +231,9 @@ class AwsSecretsManager(Backend):
         return {"request_token": stable_token(*self.token_seed, "new-version"), "previous": d.current_version_id,
                 "rotation_function": d.has_rotation_function}
 
+    def current(self) -> str | None:
+        return aws_secrets.describe_secret(self.client, self.secret_id).current_version_id
+
     def recover(self, base: Mapping[str, Any]) -> str | None:
         return None  # create() is idempotent by token: repeating it is the recovery
 
@@ -319,6 +329,10 @@ class GcpSecretManager(Backend):
     def base(self) -> dict[str, Any]:
         nums = [int(v.version) for v in gcp_secrets.list_versions(self.client, self.secret) if v.version.isdigit()]
         return {"max_version": max(nums, default=0)}
+
+    def current(self) -> str | None:
+        top = int(self.base()["max_version"])
+        return str(top) if top else None
 
     def recover(self, base: Mapping[str, Any]) -> str | None:
         top = int(base.get("max_version") or 0)

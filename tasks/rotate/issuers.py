@@ -1,5 +1,6 @@
-"""Issuers the rotate stage drives itself, beyond IAM and Vault's static roles: PostgreSQL role passwords
-and Vault/OpenBao tokens; and how each backend's *current* (exposed) value is read before anything changes.
+"""Issuers the rotate stage drives itself, beyond IAM and Vault's static roles: PostgreSQL role passwords,
+Vault/OpenBao tokens, Docker Hub personal access tokens and GitLab project/group access tokens; and how
+each backend's *current* (exposed) value is read before anything changes.
 
 Both adapters answer the same five questions as ``tasks/rotate/backends.py`` (so the
 stage keeps its one order and journal) and, like IAM keys, the new credential exists
@@ -17,6 +18,17 @@ whole-credential copy (a ``vault-kv`` or ``aws-secretsmanager`` consumer without
   meta field derived from (incident, secret); the exposed token is revoked by its
   accessor (``ref.accessor``). A resumed run adopts the tagged token the stash holds
   and revokes every other tagged one, so no extra token stays alive.
+* ``dockerhub-pat``: a new PAT (label ``<token_label>-dg-<tag>``, the old one's scopes)
+  through Hub's ``/v2/access-tokens`` as the account (``ref.username``,
+  ``ref.admin_password``: the account password, a credential reference); the old PAT
+  (``ref.token_uuid``, or the one labelled ``ref.token_label``) is deactivated, then
+  deleted. The stash holds ``value`` and ``uuid``; a resumed run adopts the tagged PAT
+  the stash holds and deletes every other tagged one.
+* ``gitlab-access-token``: GitLab's rotate API (``ref.project`` or ``ref.group``,
+  ``ref.token_id``, ``ref.admin_token``): one call revokes the old token and issues the
+  new one, so revoke-first and overlap are the same step. A crash before the stash
+  write loses the new token: the resumed run rotates the live token of the same name
+  again (which revokes the lost one), so no token stays alive that nobody holds.
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ from pydantic import SecretStr
 
 from digestguard.credentials import resolve
 from digestguard.errors import InputError, NotFound
-from integrations import aws_secrets, postgres, vault
+from integrations import aws_secrets, dockerhub, gitlab, postgres, vault
 from integrations._secret_values import new_password
 from tasks.rotate.backends import (
     BACKENDS,
@@ -208,7 +220,163 @@ class VaultToken(_Stashed):
         return True, ""
 
 
-BACKENDS.update({"postgres-role": PostgresRole, "vault-token": VaultToken})
+class DockerHubPat(_Stashed):
+    """A Docker Hub personal access token: create a like-for-like PAT, deactivate and delete the exposed one."""
+
+    default_field = "value"
+
+    @property
+    def api_url(self) -> str:
+        return str(self.ref.get("api_url") or dockerhub.API_URL)
+
+    @property
+    def username(self) -> str:
+        return self.ref_str("username")
+
+    def _hub(self) -> dockerhub.DockerHub:
+        password = resolve(self.ref_str("admin_password"), f"secret {self.name} ref.admin_password")
+        if not password:
+            raise InputError(f"secret {self.name}", "ref.admin_password resolved to nothing", field="ref.admin_password")
+        return dockerhub.DockerHub(token=dockerhub.hub_user_login(self.api_url, self.username, password), api_url=self.api_url)
+
+    def _label(self) -> str:
+        return f"{self.ref.get('token_label') or self.name}-dg-{stable_token(*self.token_seed, 'dockerhub-pat')[:8]}"
+
+    def _old(self, tokens: list[dockerhub.HubAccessToken]) -> dockerhub.HubAccessToken | None:
+        if self.ref.get("token_uuid"):
+            return next((t for t in tokens if t.uuid == self.ref["token_uuid"]), None)
+        label = self.ref.get("token_label")
+        if not label:
+            raise InputError(f"secret {self.name}", "ref needs 'token_uuid' or 'token_label' (the exposed PAT)",
+                             field="ref.token_uuid")
+        return next((t for t in tokens if t.label == label), None)
+
+    def base(self) -> dict[str, Any]:
+        with self._hub() as hub:
+            old = self._old(hub.list_access_tokens())
+        return {"old_uuid": old.uuid if old else None}
+
+    def recover(self, base: Mapping[str, Any]) -> str | None:
+        stashed = self._stashed()
+        held = self.stashed_version(stashed) if stashed else None
+        adopt = None
+        with self._hub() as hub:
+            for t in hub.list_access_tokens():
+                if t.label != self._label():
+                    continue
+                if t.uuid == held:
+                    adopt, self._fresh = t.uuid, (t.uuid, stashed)
+                else:  # made by an interrupted attempt, held by nobody
+                    hub.delete_access_token(t.uuid)
+        return adopt
+
+    def create(self, base: Mapping[str, Any]) -> str:
+        scopes = list(self.ref.get("scopes") or ["repo:read"])
+        with self._hub() as hub:
+            made, value = hub.create_access_token(self._label(), scopes)
+        self._fresh = (made.uuid, {"value": value, "uuid": SecretStr(made.uuid), "username": SecretStr(self.username)})
+        return made.uuid
+
+    def stashed_version(self, material: Material) -> str | None:
+        value, uuid = material.get("value"), material.get("uuid")
+        if value is None or uuid is None:
+            return None
+        verdict, _ = dockerhub.pat_probe(self.api_url, self.username, value)
+        return uuid.get_secret_value() if verdict == "accepted" else None
+
+    def discard(self, version: str) -> None:
+        with self._hub() as hub:
+            hub.delete_access_token(version)
+
+    def revoke(self, version: str | None) -> dict[str, Any]:
+        with self._hub() as hub:
+            old = self._old(hub.list_access_tokens())
+            if old is None or old.uuid == version:
+                return {"old_pat": None, "deleted": False}
+            hub.set_access_token_active(old.uuid, False)
+            return {"old_pat": old.uuid, "deactivated": True, "deleted": hub.delete_access_token(old.uuid)}
+
+    def verify(self, version: str) -> tuple[bool, str]:
+        with self._hub() as hub:
+            t = next((t for t in hub.list_access_tokens() if t.uuid == version), None)
+        return (t is not None and t.is_active), f"PAT {version} {'active' if t and t.is_active else 'missing or inactive'}"
+
+
+class GitLabAccessToken(_Stashed):
+    """A GitLab project or group access token, rotated by GitLab's rotate API (old revoked in the same call)."""
+
+    default_field = "value"
+
+    @property
+    def api_url(self) -> str:
+        return str(self.ref.get("api_url") or gitlab.DEFAULT_API_URL)
+
+    def _owner(self) -> tuple[str, str]:
+        if self.ref.get("project"):
+            return "project", str(self.ref["project"])
+        if self.ref.get("group"):
+            return "group", str(self.ref["group"])
+        raise InputError(f"secret {self.name}", "ref needs 'project' or 'group'", field="ref.project")
+
+    def _client(self) -> gitlab.GitLabClient:
+        token = resolve(self.ref_str("admin_token"), f"secret {self.name} ref.admin_token")
+        if not token:
+            raise InputError(f"secret {self.name}", "ref.admin_token resolved to nothing", field="ref.admin_token")
+        return gitlab.GitLabClient(token, self.api_url)
+
+    def _tokens(self, gl: gitlab.GitLabClient) -> list[dict[str, Any]]:
+        return gl.list_access_tokens(*self._owner())  # type: ignore[arg-type]
+
+    def base(self) -> dict[str, Any]:
+        return {"old_token_id": int(self.ref.get("token_id") or 0) or None}
+
+    def _name(self, tokens: list[dict[str, Any]]) -> str | None:
+        tid = self.ref.get("token_id")
+        hit = next((t for t in tokens if str(t.get("id")) == str(tid)), None)
+        return str(hit["name"]) if hit else (str(self.ref["token_name"]) if self.ref.get("token_name") else None)
+
+    def recover(self, base: Mapping[str, Any]) -> str | None:
+        stashed = self._stashed()
+        held = self.stashed_version(stashed) if stashed else None
+        if held is not None and str(held) != str(self.ref.get("token_id")):
+            self._fresh = (held, stashed)
+            return held
+        return None  # create() rotates whatever live token of that name exists: a lost one gets revoked
+
+    def create(self, base: Mapping[str, Any]) -> str:
+        kind, owner = self._owner()
+        with self._client() as gl:
+            tokens = self._tokens(gl)
+            name = self._name(tokens)
+            live = [t for t in tokens if t.get("active") and (str(t.get("id")) == str(self.ref.get("token_id"))
+                                                             or (name is not None and t.get("name") == name))]
+            if not live:
+                raise NotFound(f"gitlab {kind} {owner}", f"no active access token {self.ref.get('token_id')} ({name}) to rotate")
+            target = max(live, key=lambda t: int(t["id"]))  # the newest of the name: after a crash, the lost one
+            made, value = gl.rotate_access_token(kind, owner, int(target["id"]))  # type: ignore[arg-type]
+        version = str(made["id"])
+        self._fresh = (version, {"value": value})
+        return version
+
+    def stashed_version(self, material: Material) -> str | None:
+        value = material.get("value") or material.get("token")
+        if value is None:
+            return None
+        verdict, who = gitlab.token_probe(self.api_url, value)
+        return who.removeprefix("token ") if verdict == "accepted" else None
+
+    def revoke(self, version: str | None) -> dict[str, Any]:
+        return {"revoked_by": "GitLab rotate (the old token was revoked when the new one was issued)",
+                "old_token_id": self.ref.get("token_id")}
+
+    def verify(self, version: str) -> tuple[bool, str]:
+        with self._client() as gl:
+            t = next((t for t in self._tokens(gl) if str(t.get("id")) == str(version)), None)
+        return bool(t and t.get("active")), f"access token {version} {'active' if t and t.get('active') else 'missing or revoked'}"
+
+
+BACKENDS.update({"postgres-role": PostgresRole, "vault-token": VaultToken, "dockerhub-pat": DockerHubPat,
+                 "gitlab-access-token": GitLabAccessToken})
 
 
 def current_material(backend: Backend) -> Material | None:
@@ -222,6 +390,9 @@ def current_material(backend: Backend) -> Material | None:
             if isinstance(backend, AwsIamKey):
                 kid = stashed.get("access_key_id")
                 return stashed if kid is not None and kid.get_secret_value() in backend.old else None
+            if isinstance(backend, GitLabAccessToken) and stashed:
+                held = backend.stashed_version(stashed)
+                return None if held is not None and held != str(backend.ref.get("token_id")) else stashed
             if isinstance(backend, VaultToken) and stashed:
                 verdict, accessor = vault.token_probe(backend.client.url, stashed.get("value") or stashed["token"])
                 return None if verdict == "accepted" and accessor != backend.accessor else stashed  # a live other token: new
@@ -242,4 +413,4 @@ def current_material(backend: Backend) -> Material | None:
 def identifies_old(backend: Backend) -> bool:
     """Whether :func:`current_material` tells the exposed value from a new one by itself (a key id, a token accessor),
     so a resumed run may read it even after a write to the stash had started."""
-    return isinstance(backend, (AwsIamKey, VaultToken))
+    return isinstance(backend, (AwsIamKey, VaultToken, GitLabAccessToken))

@@ -150,6 +150,9 @@ def plan_rotation(incident: str, advisory: Advisory, exposure: ExposureReport, i
             params["issued_by"] = location(sec.issuer.kind, {**sec.issuer.ref, "where": sec.issuer.where}, inventory.backends)[1]
         if sec.issuer is not None:
             params["issuer"] = sec.issuer.model_dump(exclude_none=True)
+        primary = sec.primary_store() if sec.backend == "manual" else None
+        if primary is not None:  # a person puts the new value there; the playbook propagates and probes it
+            params["primary_store"] = {"kind": primary.kind, **primary.location()}
         items.append(PlanItem(target=f"secret:{sec.name}", action="rotate", kind=str(sec.backend), reason=reason, params=params))
         evidence += [f"{sec.name}: exposed to {j}" for j in jobs]
     return Plan(stage="rotate", incident=incident, advisory=advisory.id, items=items, evidence=evidence, notes=notes)
@@ -360,7 +363,10 @@ class _Rotation:
             try:
                 def write(c: ConsumerSpec = c) -> dict[str, Any]:
                     assert material is not None
-                    value = pick(material, c.get("field"), backend.default_field, c.kind, f"secret {self.name} consumer {c.id}")
+                    if c.kind == "vault-kv" and not c.get("field") and not c.get("key") and len(material) > 1:
+                        value: Any = material  # a copy in a key/value store gets every part (user and password alike)
+                    else:
+                        value = pick(material, c.get("field"), backend.default_field, c.kind, f"secret {self.name} consumer {c.id}")
                     return write_consumer(c, self.name, value, self.clients, (self.plan.incident, self.item.target))
 
                 self.step(action, write, version)
@@ -430,7 +436,9 @@ class _Rotation:
         detail: dict[str, Any] = {
             "issuer": (self.p.get("issuer") or {}).get("kind") or self.p.get("backend"), "containment": text,
             "old_refused": bool(old and old.verdict == "refused"), "new_works": bool(new and new.verdict == "accepted"),
-            "old_evidence": old.evidence if old else None, "new_evidence": new.evidence if new else None, "version": version}
+            "old_evidence": old.evidence if old else None, "new_evidence": new.evidence if new else None, "version": version,
+            "copies_in_step": all(self._done(f"consumer:{c['kind']}:{c['id']}", version) is not None
+                                  for c in self.p.get("consumers", []))}
         if old_row is not None and old and old.verdict == "refused":
             detail["seconds_to_old_refused"] = old_row.detail.get("seconds_since_approval")
         usage = self._used_after_exposure(old_row)
@@ -461,11 +469,21 @@ class _Rotation:
         issuer = self.p.get("issuer") or {}
         ref = {**dict(self.p.get("ref") or {}), **dict(issuer.get("ref") or {})}
         old_keys = self._get("old-keys")
+        row = {"source": "CloudTrail", "start": start.isoformat(), "end": end.isoformat()}
+
+        def journal_pages(pages: dict[str, dict]) -> None:  # a lookup cut short resumes from its page token
+            self._record("used-after-exposure", "started", {**row, "verdict": "not-yet-known", "cloudtrail_pages": pages})
+
+        unfinished = (prior_row.detail.get("cloudtrail_pages") if (prior_row := self._get("used-after-exposure")) else None)
+        if unfinished and (prior_row.detail.get("start"), prior_row.detail.get("end")) != (row["start"], row["end"]):
+            unfinished = None  # another window: the pages read so far do not answer it
         usage = used.usage_for(str(issuer.get("kind") or self.p.get("backend")), ref, self.held.get("old"),
-                               list(old_keys.detail.get("old") or []) if old_keys else [], self.clients.get, start, end, ours)
+                               list(old_keys.detail.get("old") or []) if old_keys else [], self.clients.get, start, end, ours,
+                               pages=unfinished or None, on_page=journal_pages)
         self._record("used-after-exposure", "done" if usage.verdict != "not-yet-known" else "started",
                      {"verdict": usage.verdict, "source": usage.source, "start": start.isoformat(), "end": end.isoformat(),
-                      "evidence": usage.evidence[:20], "excluded": usage.excluded})
+                      "evidence": usage.evidence[:20], "excluded": usage.excluded,
+                      "cloudtrail_pages": usage.pages})  # empty once every lookup finished (rows merge details)
         return usage
 
     # -- things a person does ----------------------------------------------------------
@@ -475,17 +493,67 @@ class _Rotation:
         return bool(self.confirm_manual(item))
 
     def _manual_secret(self) -> ActionOutcome:
-        """A checklist item: done only when a person (or the drill) confirms it was rotated by hand."""
-        detail = {"backend": "manual", "manual": True, "where": str((self.p.get("ref") or {}).get("where") or "")}
-        if self._done("confirm", None) is not None:
+        """A checklist item: done only when a person (or the drill) confirms it was rotated by hand.
+
+        With a primary store, the person (or ``digestguard confirm --value-from-stdin``) puts the new value
+        there; the playbook then copies it to every other store and consumer and, with a probe, asks the
+        issuer whether the old value is refused and the new one works (the old one is read before asking).
+        """
+        detail: dict[str, Any] = {"backend": "manual", "manual": True,
+                                  "where": str((self.p.get("ref") or {}).get("where") or "")}
+        store = self.p.get("primary_store")
+        backend = None
+        if store:
+            cls = BACKENDS.get(store["kind"])
+            loc = {k: v for k, v in store.items() if k != "kind"}
+            loc.setdefault("secret_id", loc.get("name"))
+            backend = cls(self.name, loc, self.clients, (self.plan.incident, self.item.target)) if cls else None
+        confirmed = self._done("confirm", None) is not None
+        if confirmed and (backend is None or self._done("rotate", None) is not None):
             return ActionOutcome(stage=STAGE, target=self.item.target, action="rotate", outcome="already-done", detail=detail)
-        if self._ask(self.item):
+        if backend is not None and not confirmed:
+            base = self.step("manual-base", lambda: {"store_version": backend.current()})
+            if backend.current() == base.get("store_version"):  # still the exposed value: hold it, check it works
+                self._hold_old(backend, None)
+        if not confirmed:
+            if not self._ask(self.item):
+                self._record("confirm", "planned", {"needs": "person"})
+                return ActionOutcome(stage=STAGE, target=self.item.target, action="rotate", outcome="needs-person",
+                                     detail={**detail, "checklist": self.item.reason})
             self.step("confirm", lambda: {"confirmed_by": self.approver})
+        if backend is None:
             return ActionOutcome(stage=STAGE, target=self.item.target, action="rotate", outcome="done",
                                  detail={**detail, "confirmed": True})
-        self._record("confirm", "planned", {"needs": "person"})
-        return ActionOutcome(stage=STAGE, target=self.item.target, action="rotate", outcome="needs-person",
-                             detail={**detail, "checklist": self.item.reason})
+        base = self._get("manual-base").detail if self._get("manual-base") else {}
+        version = backend.current()
+        if version is None or version == base.get("store_version"):
+            why = (f"the primary store {store['kind']} still holds the exposed value: put the new one there and confirm again"
+                   if version is not None else f"cannot tell whether the primary store {store['kind']} holds a new value "
+                   "(no version to compare): update its copies by hand")
+            self._record("confirm", "planned", {"needs": "person", "why": why})
+            return ActionOutcome(stage=STAGE, target=self.item.target, action="rotate", outcome="needs-person",
+                                 detail={**detail, "checklist": why}, error=why)
+        if self.held.get("old") is None and self.prober is not None and base.get("store_version"):
+            try:  # a later pass (after the pause): the exposed value is the store's version from before the person acted
+                self.held["old"] = backend.material(str(base["store_version"]))
+            except (DigestguardError, KeyError, ValueError):
+                self.held["old"] = None
+        consumers = [ConsumerSpec(kind=c["kind"], id=c["id"], fields={k: v for k, v in c.items() if k not in ("kind", "id")})
+                     for c in self.p.get("consumers", [])]
+        version, updated, failures = self._consumers(backend, consumers, version, None)
+        self._prove_old()
+        if not failures:  # the exposed copy in the store itself becomes unreadable too
+            detail["revoked"] = self.step("revoke-old", lambda: backend.revoke(version), version)
+        detail.update({"confirmed": True, "version": version, "consumers": updated})
+        if failures:
+            errors = "; ".join(f"{cid}: {e}" for cid, e in sorted(failures.items()))
+            self._record("rotate", "failed", {"version": version}, error=errors[:500])
+            self._prove_new(backend, version)
+            return ActionOutcome(stage=STAGE, target=self.item.target, action="rotate", outcome="failed", detail=detail,
+                                 error=errors)
+        self.step("rotate", lambda: {"consumers": len(updated)}, version)
+        self._prove_new(backend, version)
+        return ActionOutcome(stage=STAGE, target=self.item.target, action="rotate", outcome="done", detail=detail)
 
     def _manual_consumer(self, c: ConsumerSpec, action: str, version: str) -> None:
         if self._done(action, version) is not None:
@@ -499,6 +567,33 @@ class _Rotation:
         self._record(action, "planned", {"needs": "person", "version": version})
         self.manual.append(ActionOutcome(stage=STAGE, target=self.item.target, action=action, outcome="needs-person",
                                          detail={"version": version, "note": ask.reason}))
+
+
+def store_manual_value(inventory: Inventory, name: str, value: str, who: str) -> dict[str, Any]:
+    """Put a new value a person issued by hand into the secret's primary store (``digestguard confirm
+    --value-from-stdin``); the paused run then copies it to every other store and consumer and probes it.
+
+    Returns ids only (store kind, where, version); the value is registered with the redactor and never echoed.
+    """
+    from pydantic import SecretStr
+
+    from digestguard.errors import InputError
+    from digestguard.redact import register
+
+    if not value or not value.strip():
+        raise InputError("stdin", "no value given: paste the new credential (it is not echoed)")
+    register(value)
+    sec = inventory.secret(name)
+    if sec is None:
+        raise InputError(f"secret {name}", "not in the inventory")
+    store = sec.primary_store()
+    if store is None:
+        raise InputError(f"secret {name}", "has no primary store to put the new value in: add 'stores' (one primary)",
+                         field="stores")
+    spec = ConsumerSpec(kind=store.kind, id=f"{store.kind}:{store.path or store.name}", fields=store.location())
+    with Connections(inventory) as conns:
+        out = write_consumer(spec, name, SecretStr(value), conns, (f"manual:{who}", f"secret:{name}"))
+    return {"store": spec.id, **{k: v for k, v in out.items() if k in ("version", "unchanged")}}
 
 
 def _ids(detail: Mapping[str, Any]) -> str:

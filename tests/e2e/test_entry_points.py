@@ -53,7 +53,7 @@ def test_respond_dry_run_prints_the_summary(tmp_path):
         summary = json.loads(r.stdout)
         assert summary["incident"] == "respond-dry-1" and summary["mode"] == "dry-run" and summary["ok"]
         assert summary["verdict"] == "found" and "coverage_note" not in summary
-        assert summary["rotate"]["planned"] == 5 and summary["pin"]["pull_requests"] == []
+        assert summary["rotate"]["planned"] == len(sb.planted["secrets"]) == 9 and summary["pin"]["pull_requests"] == []
         assert Path(summary["report"]).is_file()
 
 

@@ -168,6 +168,13 @@ def test_gates_approve_rotation_reject_purge_and_bind_the_hash(sandbox):
     answer_paused_run(run_id, approver="alice", reason="confirmed exposure")
     # the manual checklist item (VENDOR_API_KEY) waits for a person at flow level
     assert "Manual rotation" in _wait_for_pause_text(run_id)
+    # what the runbook asks of the person: re-issue at the vendor, put the new value in the primary store, confirm
+    for tok in sandbox.gitlab.access_tokens.values():
+        if tok["token"] == sandbox.old_creds["VENDOR_API_KEY"]["value"]:
+            tok["active"] = False
+    new_vendor_key = sandbox.gitlab.add_access_token("user:vendor-bot", "vendor-api")["token"]
+    hvac.Client(url=sandbox.openbao.addr, token=sandbox.openbao.token).secrets.kv.v2.create_or_update_secret(
+        path="ci/vendor-api-key", secret={"value": new_vendor_key})
     resume_flow_run(run_id, run_input={"rotated": True, "who": "carol", "note": "rotated on the vendor portal"})
     run_id = _wait_for_gate(jpath, incident, "purge")
     answer_paused_run(run_id, approver="bob", reject=True, reason="purge after the freeze")
@@ -187,6 +194,8 @@ def test_gates_approve_rotation_reject_purge_and_bind_the_hash(sandbox):
     assert "reject" in text.lower() and "alice" in text
     for name in ("KICS_API_TOKEN", "REGISTRY_PASSWORD"):
         assert sandbox.github.decrypt_secret("repo:acme/infra", name) not in text
+    assert sandbox.github.decrypt_secret("repo:acme/infra", "VENDOR_API_KEY") == new_vendor_key  # propagated
+    assert new_vendor_key not in text
 
     # a re-run of the same incident honours the approval given for the unchanged rotation plan and asks again for purge
     t, box = _run_in_thread(advisory=str(sandbox.advisory_path), inventory=str(sandbox.inventory_path), mode="execute",
@@ -202,4 +211,7 @@ def test_gates_approve_rotation_reject_purge_and_bind_the_hash(sandbox):
 def test_drill_passes_its_scorecard(prefect_harness):
     card = run_drill("kics-2026-04", auto_approve=True)
     assert card["ok"], [s for s in card["stages"] if not s["ok"]]
-    assert {s["name"] for s in card["stages"]} == {"detect", "assess", "rotate", "purge", "pin", "notify", "egress"}
+    assert {s["name"] for s in card["stages"]} == {"detect", "assess", "rotate", "contain", "purge", "pin", "notify", "egress"}
+    contain = next(s for s in card["stages"] if s["name"] == "contain")
+    assert contain["actual"]["AWS_ACCESS_KEY_ID"]["used_after_exposure"] == "yes"
+    assert contain["actual"]["VAULT_TOKEN"]["used_after_exposure"] == "yes"

@@ -133,6 +133,104 @@ def test_without_a_server_approve_says_how_to_get_one(tmp_path):
     assert r.returncode == 2 and "no Prefect server found" in r.stderr
 
 
+MANUAL_SCRIPT = textwrap.dedent('''
+    import json, sys
+    from datetime import datetime, timezone
+    from prefect import flow
+    from digestguard.advisory import load_advisory
+    from digestguard.findings import ExposedSecret, ExposureReport
+    from digestguard.inventory import load_inventory
+    from digestguard.journal import Journal
+    from digestguard.plan import Approval
+    from flows.approval import confirm_manual_rotation
+    from tasks.rotate.stage import apply_rotation, plan_rotation
+
+    @flow(name="manual-gate")
+    def manual_gate(inventory: str, jpath: str) -> dict:
+        inv = load_inventory(inventory)
+        exposure = ExposureReport(advisory="a", window_start=datetime(2026, 4, 22, tzinfo=timezone.utc),
+                                  secrets=[ExposedSecret(name="VENDOR_API_KEY", mapped=True, inventory_name="VENDOR_API_KEY",
+                                                         exposure="confirmed", exposed_by=["gh:acme/infra/1"])])
+        plan = plan_rotation("inc-m", load_advisory("kics-2026-04"), exposure, inv)
+        approval = Approval(decision="approve", approvers=["alice"], plan_hash=plan.hash)
+        j = Journal(jpath)
+        first = apply_rotation(plan, approval, inv, j, probe_wait=3)
+        ok = confirm_manual_rotation(plan.items[0])
+        second = apply_rotation(plan, approval, inv, j, confirm_manual=lambda i: ok, probe_wait=3)
+        contain = [v.detail for v in second.verification if v.action == "contain"]
+        return {"first": [a.outcome for a in first.actions], "second": [a.outcome for a in second.actions],
+                "contain": contain[0] if contain else None}
+
+    print(json.dumps(manual_gate(sys.argv[1], sys.argv[2]), default=str))
+''')
+
+
+def test_confirm_value_from_stdin_stores_propagates_and_proves_it(local_server, tmp_path):
+    """A person rotates a token at the vendor (the GitLab stand-in, flows/drill/servers/gitlab.py, speaking
+    GitLab's /personal_access_tokens/self) and pastes the new value into ``digestguard confirm --value-from-stdin``.
+    Real OpenBao holds the primary store and a copy. The value must reach both stores, the probe must show the old
+    token refused and the new one accepted, and the value must appear in no output, journal or Prefect database."""
+    import hvac
+    import yaml
+
+    from flows.drill.servers.gitlab import GitLabServer
+    from flows.drill.services import start_openbao
+
+    url, home = local_server
+    api = f"{url}/api"
+    bao = start_openbao()
+    gl = GitLabServer().start()
+    try:
+        old = gl.add_access_token("user:vendor", "vendor-api")
+        client = hvac.Client(url=bao.addr, token=bao.token)
+        client.secrets.kv.v2.create_or_update_secret(path="ci/vendor", secret={"value": old["token"]})
+        client.secrets.kv.v2.create_or_update_secret(path="ci/vendor-copy", secret={"value": old["token"]})
+        inv = tmp_path / "inventory.yaml"
+        inv.write_text(yaml.safe_dump({
+            "backends": {"vault_url": bao.addr, "vault_token": "env:DG_TEST_BAO"},
+            "secrets": [{"name": "VENDOR_API_KEY",
+                         "issuer": {"kind": "manual", "where": "GitLab > vendor > Access tokens",
+                                    "probe": {"url": f"{gl.url}/personal_access_tokens/self", "send": "header",
+                                              "header": "PRIVATE-TOKEN"}},
+                         "stores": [{"kind": "vault-kv", "path": "ci/vendor", "primary": True},
+                                    {"kind": "vault-kv", "path": "ci/vendor-copy"}]}]}))
+        env = {**_env(home), "PREFECT_API_URL": api, "DG_TEST_BAO": bao.token}
+        script = tmp_path / "manual.py"
+        script.write_text(MANUAL_SCRIPT)
+        flow = subprocess.Popen([sys.executable, str(script), str(inv), str(tmp_path / "j.db")], env=env, cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            run_id, _ = _wait_paused(api, "manual rotation")
+            # blank stdin: refused, nothing stored, the run still waits
+            r = subprocess.run([sys.executable, "-m", "flows.cli", "confirm", run_id, "--who", "carol", "--value-from-stdin"],
+                               input="\n", capture_output=True, text=True, env={**env, "PREFECT_API_URL": ""}, cwd=ROOT, timeout=60)
+            assert r.returncode == 2 and "no value given" in r.stderr, r.stderr
+            # the person's work at the vendor: revoke the exposed token, issue a new one
+            gl.access_tokens[old["id"]]["active"] = False
+            new = gl.add_access_token("user:vendor", "vendor-api")["token"]
+            r = subprocess.run([sys.executable, "-m", "flows.cli", "confirm", run_id, "--who", "carol", "--value-from-stdin"],
+                               input=new + "\n", capture_output=True, text=True, env={**env, "PREFECT_API_URL": ""}, cwd=ROOT,
+                               timeout=60)
+            assert r.returncode == 0, r.stderr
+            assert "secret:VENDOR_API_KEY" in r.stdout and "ci/vendor" in r.stdout
+            out, err = flow.communicate(timeout=120)
+        finally:
+            flow.kill()
+        result = json.loads(out.strip().splitlines()[-1])
+        assert result["first"] == ["needs-person"] and result["second"] == ["done"], (result, err[-2000:])
+        c = result["contain"]
+        assert c["old_refused"] and c["new_works"] and c["containment"] == "rotated", c
+        for path in ("ci/vendor", "ci/vendor-copy"):  # the value reached the primary store and the copy
+            assert client.secrets.kv.v2.read_secret_version(path=path, raise_on_deleted_version=True)["data"]["data"]["value"] == new
+        # never echoed, never in argv, logs, results, the journal or the Prefect database
+        texts = [r.stdout, r.stderr, out, err, (tmp_path / "j.db").read_bytes().decode("latin-1")]
+        texts += [p.read_bytes().decode("latin-1") for p in home.rglob("*.db")]
+        assert not [i for i, t in enumerate(texts) if new in t]
+    finally:
+        gl.stop()
+        bao.stop()
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

@@ -1,6 +1,6 @@
 """Assess reading GitLab pipelines, jobs and traces.
 
-The API is ``tests.fakes.gitlab.GitLabServer``, a local server speaking the GitLab
+The API is ``flows.drill.servers.gitlab.GitLabServer``, a local server speaking the GitLab
 REST API v4 (paths, JSON shapes, Link pagination, ``PRIVATE-TOKEN``);
 ``integrations.gitlab.GitLabClient`` talks to it unchanged.
 """
@@ -15,8 +15,8 @@ import yaml
 
 from digestguard.advisory import load_advisory
 from digestguard.inventory import load_inventory
+from flows.drill.servers.gitlab import DEFAULT_TOKEN, GitLabServer, gitlab_job_trace
 from tasks.assess import assess
-from tests.fakes.gitlab import DEFAULT_TOKEN, GitLabServer, gitlab_job_trace
 
 UTC = timezone.utc
 ALPINE = "sha256:2588a44890263a8185bd5d9fadb6bc9220b60245dbcbc4da35e1b62a6f8c230d"

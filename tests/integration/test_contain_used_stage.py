@@ -1,7 +1,7 @@
 """The rotate stage's three answers per credential: old dead? new works? used after exposure?
 
 Real issuers (moto with IAM auth, OpenBao with a file audit device); CloudTrail is the JSON 1.1
-stand-in in ``tests/fakes/cloudtrail.py`` (moto has no LookupEvents).
+stand-in in ``flows/drill/servers/cloudtrail.py`` (moto has no LookupEvents).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from digestguard.findings import ExposedSecret, ExposureReport, StageResult
 from digestguard.inventory import parse_inventory
 from digestguard.journal import Journal
 from digestguard.plan import Approval
+from flows.drill.servers.cloudtrail import start_cloudtrail_server
 from flows.drill.services import start_openbao
 from integrations import vault
 from tasks.rotate.stage import apply_rotation, plan_rotation
-from tests.fakes.cloudtrail import start_cloudtrail_server
 from tests.report_fixtures import sample_report
 
 
@@ -77,8 +77,49 @@ def test_iam_key_used_after_exposure_is_yes_and_tops_the_needs_person_list(tmp_p
                x.endswith("s after approval); 1 used after exposure") for x in report.summary_lines())
     md = report.markdown()
     assert "## Containment" in md and "secret:ci-used: rotated; old refused: yes (" in md
-    assert "new works: yes; used after exposure: yes" in md and "198.51.100.23" in md
+    assert "new works: yes; copies in step: yes; used after exposure: yes" in md and "198.51.100.23" in md
     assert key["SecretAccessKey"] not in md
+
+
+def test_a_cloudtrail_lookup_cut_short_resumes_from_its_journaled_page_token(tmp_path, moto_iam_auth):
+    """CloudTrail fails after two pages (503): the verdict is not-yet-known, the page token and the hits read so
+    far are journaled; the next run asks CloudTrail from that token on, never the first pages again, and finds
+    every use."""
+    from botocore.config import Config
+
+    iam, sm = moto_iam_auth.client("iam"), moto_iam_auth.client("secretsmanager")
+    iam.create_user(UserName="ci-pages")
+    key = iam.create_access_key(UserName="ci-pages")["AccessKey"]
+    sm.create_secret(Name="ci/ci-pages", SecretString=json.dumps(
+        {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]}))
+    trail = start_cloudtrail_server(page_size=2)
+    try:
+        now = datetime.now(timezone.utc)
+        ids = {trail.add_event("GetObject", now - timedelta(minutes=10 + i), key["AccessKeyId"])["EventId"] for i in range(7)}
+        ct = boto3.client("cloudtrail", endpoint_url=trail.url, region_name="us-east-1", aws_access_key_id="AKIADUMMY",
+                          aws_secret_access_key="dummy", config=Config(retries={"total_max_attempts": 1}))
+        inv = {"backends": {"aws_endpoint_url": moto_iam_auth.endpoint_url, "aws_region": "us-east-1"},
+               "secrets": [{"name": "ci-pages", "issuer": {"kind": "aws-iam-access-key", "ref": {"user": "ci-pages"}},
+                            "stores": [{"kind": "aws-secretsmanager", "name": "ci/ci-pages", "primary": True}]}]}
+        clients = {"iam": iam, "secretsmanager": sm, "cloudtrail": ct}
+        trail.fail_after = 2
+        first = _apply(tmp_path, inv, "ci-pages", clients, now - timedelta(hours=1), "inc-pages")
+        assert _contain(first).detail["used_after_exposure"] == "not-yet-known"
+        row = Journal(tmp_path / "j.sqlite").get("inc-pages", "rotate", "secret:ci-pages", "used-after-exposure")
+        (pages,) = row.detail["cloudtrail_pages"].values()
+        assert pages["token"] == "page-4" and len(pages["hits"]) == 4
+        served = len(trail.requests)
+        trail.fail_after = None
+        second = _apply(tmp_path, inv, "ci-pages", clients, now - timedelta(hours=1), "inc-pages")
+    finally:
+        trail.stop()
+    asked = [body for _, body in trail.requests[served:]]
+    assert asked and asked[0].get("NextToken") == "page-4"  # resumed at the journaled token, first pages not read again
+    c = _contain(second)
+    assert c.detail["used_after_exposure"] == "yes"
+    assert sorted(e.rsplit("[event ", 1)[1].rstrip("]") for e in c.detail["used_evidence"]) == sorted(ids)
+    done = Journal(tmp_path / "j.sqlite").get("inc-pages", "rotate", "secret:ci-pages", "used-after-exposure")
+    assert done.status == "done" and not done.detail["cloudtrail_pages"]
 
 
 @pytest.fixture()

@@ -1,6 +1,6 @@
-"""integrations.dockerhub against the local Docker Hub API stand-in (tests/fakes/dockerhub.py).
+"""integrations.dockerhub against the local Docker Hub API stand-in (flows/drill/servers/dockerhub.py).
 
-Uses the local protocol server tests/fakes/dockerhub.py: Docker Hub's API has
+Uses the local protocol server flows/drill/servers/dockerhub.py: Docker Hub's API has
 no local server. Data modelled on the checkmarx/kics incident (tags overwritten
 2026-04-22 from 12:35 UTC).
 """
@@ -12,8 +12,8 @@ from datetime import datetime, timezone
 import pytest
 
 from digestguard.errors import AuthError, InputError, NotFound, RateLimited
+from flows.drill.servers.dockerhub import start_dockerhub
 from integrations.dockerhub import DockerHub, hub_repository
-from tests.fakes.dockerhub import start_dockerhub
 
 BAD_INDEX = "sha256:a0d9366f6f0166dcbf92fcdc98e1a03d2e6210e8d7e8573f74d50849130651a0"
 AMD64 = "sha256:26e8e9c5e53c972997a278ca6e12708b8788b70575ca013fd30bfda34ab5f48f"

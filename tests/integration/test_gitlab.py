@@ -1,6 +1,6 @@
 """``integrations.gitlab`` against a local GitLab REST v4 protocol server.
 
-The API server is ``tests.fakes.gitlab.GitLabServer``, a local protocol server: no
+The API server is ``flows.drill.servers.gitlab.GitLabServer``, a local protocol server: no
 real GitLab can run on these machines. It keeps the GitLab behaviours the client relies
 on (partial PUT of variables, 404 then create, 409 for ambiguous environment scopes,
 masked-value rules, 409 for a duplicate MR, raw runner traces, Link pagination).
@@ -15,8 +15,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from digestguard.errors import AuthError, InputError, NotFound, Refused, Unavailable
+from flows.drill.servers.gitlab import DEFAULT_TOKEN, GitLabServer, gitlab_job_trace
 from integrations.gitlab import GitLabClient, open_or_update_merge_request, open_or_update_pull_request
-from tests.fakes.gitlab import DEFAULT_TOKEN, GitLabServer, gitlab_job_trace
 
 KICS_LATEST = "sha256:a0d9366f6f0166dcbf92fcdc98e1a03d2e6210e8d7e8573f74d50849130651a0"
 START = datetime(2026, 4, 22, 12, 35, tzinfo=timezone.utc)

@@ -39,12 +39,12 @@ from digestguard.journal import Journal
 from digestguard.plan import Approval
 from flows.drill.servers.gcp_secrets import start_secret_manager_server
 from flows.drill.servers.github import DEFAULT_TOKEN as GH_TOKEN, GitHubServer
+from flows.drill.servers.gitlab import DEFAULT_TOKEN as GL_TOKEN, GitLabServer
 from integrations import aws_iam, aws_secrets, azure_keyvault, gcp_secrets, vault
 from integrations.github import GitHubClient
 from integrations.gitlab import GitLabClient
 from tasks.rotate.stage import apply_rotation, plan_rotation
 from tests.fakes.azure_keyvault import start_keyvault_server
-from tests.fakes.gitlab import DEFAULT_TOKEN as GL_TOKEN, GitLabServer
 
 AWS = {"region_name": "us-east-1", "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 KV_TOKEN = "kv-rotate-token"

@@ -26,10 +26,10 @@ from digestguard.journal import Journal
 from digestguard.plan import Approval
 from flows.drill.servers.gcp_secrets import start_secret_manager_server
 from flows.drill.servers.github import DEFAULT_TOKEN as GH_TOKEN, GitHubServer
+from flows.drill.servers.gitlab import DEFAULT_TOKEN as GL_TOKEN, GitLabServer
 from integrations import aws_iam, aws_secrets, gcp_secrets, vault
 from tasks.rotate.backends import read_gcp_version
 from tasks.rotate.stage import plan_rotation, rotate_task
-from tests.fakes.gitlab import DEFAULT_TOKEN as GL_TOKEN, GitLabServer
 
 AWS = {"region_name": "us-east-1", "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 

@@ -1,6 +1,6 @@
 """Used after exposure? Verdicts from the providers' own trails.
 
-* AWS CloudTrail: moto has no ``LookupEvents``, so ``tests/fakes/cloudtrail.py`` speaks CloudTrail's
+* AWS CloudTrail: moto has no ``LookupEvents``, so ``flows/drill/servers/cloudtrail.py`` speaks CloudTrail's
   JSON 1.1 protocol (and its 2 requests/s limit) to the unmodified boto3 client.
 * OpenBao: a real server with a file audit device; the token is found by the HMAC ``sys/audit-hash`` gives.
 * PostgreSQL: the real server's ``log_connections`` lines.
@@ -22,10 +22,10 @@ from botocore.config import Config
 from pydantic import SecretStr
 
 from digestguard.errors import Unavailable
+from flows.drill.servers.cloudtrail import start_cloudtrail_server
 from flows.drill.services import start_openbao
 from integrations import aws_cloudtrail, vault
 from tasks.used import ProbeWindow, aws_usage, postgres_usage, vault_usage
-from tests.fakes.cloudtrail import start_cloudtrail_server
 
 KEY = "AKIAEXPOSED000000001"
 T1 = datetime(2026, 4, 22, 12, 0, tzinfo=timezone.utc)
@@ -156,3 +156,70 @@ def test_postgres_connection_log_lines_for_the_role(postgres):
     assert use.verdict == "yes" and "login as used_role to database postgres" in use.evidence[0], use
     assert postgres_usage(postgres.log_path, "idle_role", start, end, now=end).verdict == "no"
     assert postgres_usage("/nonexistent/pg.log", "idle_role", start, end).verdict == "not-yet-known"
+
+
+# --------------------------------------------------------------------------- Docker Hub usage export, GitHub audit log
+
+HUB_CSV = """datehour,user_name,repository,access_token_name,ips,tag,digest,version_checks,pulls
+2026-04-22 11:00:00,acme-ci,checkmarx/kics,ci-pull,10.0.0.5,latest,sha256:good,0,3
+2026-04-22 12:00:00,acme-ci,checkmarx/kics,ci-pull,"198.51.100.7,10.0.0.5",latest,sha256:bad,0,2
+2026-04-22 12:00:00,acme-ci,library/alpine,other-token,10.0.0.9,3.20,sha256:bad,0,1
+2026-04-22 12:00:00,acme-ci,checkmarx/kics,ci-pull,10.0.0.5,alpine,sha256:alp,0,1
+"""
+
+
+def test_dockerhub_usage_export_says_yes_names_ips_and_flags_the_malicious_digest(tmp_path):
+    from tasks.used import dockerhub_usage, malicious_pulls
+
+    export = tmp_path / "usage.csv"
+    export.write_text(HUB_CSV)
+    u = dockerhub_usage(export, "ci-pull", T1, T2, now=T2 + timedelta(hours=3), malicious=["sha256:bad"])
+    assert u.verdict == "yes" and len(u.evidence) == 2, u  # the 11:00 row is before the exposure; other-token is not ours
+    bad = next(e for e in u.evidence if "sha256:bad" in e)
+    assert "198.51.100.7, 10.0.0.5" in bad and bad.endswith("MALICIOUS DIGEST") and "2 pull(s) of checkmarx/kics:latest" in bad
+    # which of our tokens and IPs pulled a malicious digest, from the same export
+    pulled = {(p.token_name, p.ips) for p in malicious_pulls(export, ["sha256:bad"])}
+    assert pulled == {("ci-pull", ("198.51.100.7", "10.0.0.5")), ("other-token", ("10.0.0.9",))}
+    # no rows for the token: "no" only after the export's horizon
+    assert dockerhub_usage(export, "unused", T1, T2, now=T2 + timedelta(minutes=30)).verdict == "not-yet-known"
+    assert dockerhub_usage(export, "unused", T1, T2, now=T2 + timedelta(hours=3)).verdict == "no"
+
+
+def test_a_broken_usage_export_is_not_yet_known_naming_the_file_and_column(tmp_path):
+    from tasks.used import dockerhub_usage
+
+    export = tmp_path / "usage.csv"
+    export.write_text("hour,repository,tag,digest\n2026-04-22 12:00:00,a/b,t,sha256:x\n")
+    u = dockerhub_usage(export, "ci-pull", T1, T2, now=T2 + timedelta(hours=3))
+    assert u.verdict == "not-yet-known" and "usage.csv" in u.evidence[0] and "access_token_name" in u.evidence[0]
+    export.write_text("datehour,access_token_name,ips,repository,tag,digest\nyesterday-ish,ci-pull,1.2.3.4,a/b,t,d\n")
+    u = dockerhub_usage(export, "ci-pull", T1, T2, now=T2 + timedelta(hours=3))
+    assert u.verdict == "not-yet-known" and "usage.csv:2" in u.evidence[0]
+    assert dockerhub_usage(tmp_path / "missing.csv", "ci-pull", T1, T2).verdict == "not-yet-known"
+
+
+def test_github_audit_log_by_hashed_token_never_sends_the_token():
+    """The GitHub stand-in (flows/drill/servers/github.py) answers GET /orgs/{org}/audit-log with GitHub's
+    phrase syntax (hashed_token:"...", created:>=...) and entry shape (@timestamp in ms, actor_ip)."""
+    from flows.drill.servers.github import DEFAULT_TOKEN, GitHubServer
+    from integrations.github import GitHubClient
+    from tasks.used import github_usage
+
+    exposed = "github_pat_" + "E" * 60
+    gh = GitHubServer().start()
+    try:
+        gh.add_audit_event("acme", "git.clone", T1 + timedelta(minutes=20), token=exposed, actor_ip="198.51.100.99",
+                           repo="acme/infra")
+        gh.add_audit_event("acme", "git.clone", T1 - timedelta(minutes=20), token=exposed)  # before the exposure
+        gh.add_audit_event("acme", "repo.create", T1 + timedelta(minutes=30), token="github_pat_" + "O" * 60)
+        with GitHubClient(DEFAULT_TOKEN, gh.url) as client:
+            u = github_usage(client, "acme", SecretStr(exposed), T1, T2, now=T2 + timedelta(hours=1))
+            assert u.verdict == "yes" and len(u.evidence) == 1, u
+            assert "git.clone by ci-bot from 198.51.100.99 on acme/infra" in u.evidence[0]
+            none = github_usage(client, "acme", SecretStr("github_pat_" + "N" * 60), T1, T2, now=T2 + timedelta(hours=1))
+            assert none.verdict == "no"
+        assert not [c for c in gh.calls if exposed in str(c.query) or exposed in str(c.headers)]
+        with GitHubClient(DEFAULT_TOKEN, "http://127.0.0.1:9", max_retries=0) as dead:
+            assert github_usage(dead, "acme", SecretStr(exposed), T1, T2).verdict == "not-yet-known"
+    finally:
+        gh.stop()

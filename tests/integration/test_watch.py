@@ -20,6 +20,7 @@ import yaml
 from digestguard.errors import InputError
 from digestguard.inventory import load_inventory
 from digestguard.journal import Journal
+from flows.drill.servers.dockerhub import start_dockerhub
 from flows.drill.servers.slack import SlackServer
 from flows.watch import run, watch
 from tasks.watch.alerts import slack_alerter
@@ -27,7 +28,6 @@ from tasks.watch.cycle import run_watch, watch_cycle
 from tasks.watch.events import MaliciousEvent
 from tasks.watch.sources import RegistryPool, load_packs
 from tasks.watch.state import WatchState
-from tests.fakes.dockerhub import start_dockerhub
 from tests.support.cosign import new_key, public_pem, sign_image
 from tests.support.registry import push_image, push_index, put_manifest
 
@@ -452,7 +452,7 @@ def test_flow_starts_dry_run_incident_response(prefect_harness, registry, tmp_pa
 
 def test_drift_on_docker_hub_names_push_time_and_pusher(registry, tmp_path: Path, slack: SlackServer,
                                                         monkeypatch: pytest.MonkeyPatch):
-    """Docker Hub APIs through tests.fakes.dockerhub (tag_last_pushed, audit logs); the real registry stands in
+    """Docker Hub APIs through flows.drill.servers.dockerhub (tag_last_pushed, audit logs); the real registry stands in
     for registry-1.docker.io as an inventory mirror (``mirror_of: docker.io``); Slack through the local SlackServer."""
     hub = start_dockerhub()
     hub.tokens.add("org-access-token-for-tests")

@@ -5,7 +5,7 @@ them; a test using one should say so in its docstring. They start in millisecond
 each test module gets fresh ones (module scope): no state leaks between stages' tests.
 
 * ``github_server`` -> ``GitHubServer`` (``.url`` is the ``api_url``; token ``flows.drill.servers.github.DEFAULT_TOKEN``)
-* ``gitlab_server`` -> ``GitLabServer`` (``.url`` is the ``api_url``; token ``tests.fakes.gitlab.DEFAULT_TOKEN``)
+* ``gitlab_server`` -> ``GitLabServer`` (``.url`` is the ``api_url``; token ``flows.drill.servers.gitlab.DEFAULT_TOKEN``)
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from flows.drill.servers.github import GitHubServer
-from tests.fakes.gitlab import GitLabServer
+from flows.drill.servers.gitlab import GitLabServer
 
 
 @pytest.fixture(scope="module")

@@ -174,3 +174,32 @@ def test_the_cli_reads_the_journal_named_by_the_environment(journal_location, mo
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "delete-manifest" in (tmp_path / "r.html").read_text()
+
+
+def test_two_journals_opening_a_fresh_sqlite_file_at_once_both_work(tmp_path):
+    """Two workers opening a new journal file at the same moment: switching it to WAL needs an exclusive lock,
+    and SQLite answers one of them "database is locked" at once (no busy wait, it would deadlock). That made one
+    of two concurrent runs die before it started (tests/integration/test_rotate_concurrent.py's None result)."""
+    import threading
+
+    from digestguard.journal import Journal
+
+    failures: list[str] = []
+    for i in range(60):
+        path = tmp_path / f"j{i}.sqlite"
+        barrier = threading.Barrier(3)
+
+        def open_it(path=path, barrier=barrier) -> None:
+            barrier.wait()
+            try:
+                Journal(path).record("inc", "rotate", "secret:x", f"a{threading.get_ident()}", "done")
+            except Exception as e:  # noqa: BLE001 - collected and asserted below
+                failures.append(f"{type(e).__name__}: {e}")
+
+        threads = [threading.Thread(target=open_it) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(Journal(path).entries("inc")) == 3, i
+    assert failures == []

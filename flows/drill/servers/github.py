@@ -22,6 +22,7 @@ Control: ``add_repo``, ``add_commit``, ``move_tag``, ``add_run``, ``add_job``, `
 from __future__ import annotations
 
 import base64
+import re
 import secrets as _secrets
 import threading
 from datetime import datetime, timedelta, timezone
@@ -273,9 +274,23 @@ class GitHubServer(ForgeServer):
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
         self.renamed: dict[str, str] = {}
         self.rate_remaining = 5000
+        self.audit_log: dict[str, list[dict[str, Any]]] = {}  # org -> events (GitHub's audit-log entry shape)
         self._next_id = 1000
         self.log_store = _LogStore()
         super().__init__()
+
+    def add_audit_event(self, org: str, action: str, at: datetime, *, token: str | None = None, actor: str = "ci-bot",
+                        actor_ip: str = "203.0.113.50", **extra: Any) -> dict[str, Any]:
+        """An audit-log entry; ``token`` sets ``hashed_token`` as GitHub does (base64 of the token's SHA-256)."""
+        import hashlib
+
+        ev = {"@timestamp": int(at.timestamp() * 1000), "action": action, "actor": actor, "actor_ip": actor_ip,
+              "org": org, "_document_id": _secrets.token_urlsafe(16), "created_at": int(at.timestamp() * 1000), **extra}
+        if token:
+            ev["hashed_token"] = base64.b64encode(hashlib.sha256(token.encode()).digest()).decode()
+            ev["programmatic_access_type"] = "Fine-grained personal access token"
+        self.audit_log.setdefault(org, []).append(ev)
+        return ev
 
     def start(self) -> GitHubServer:
         self.log_store.start()
@@ -468,6 +483,7 @@ class GitHubServer(ForgeServer):
         self.route("GET", R + r"/tags", lambda r: self._list_refs(r, "tags"))
         self.route("GET", R + r"/branches", lambda r: self._list_refs(r, "branches"))
         self.route("GET", R + r"/compare/(?P<base>[^.]+)\.\.\.(?P<head>[^/]+)", self._compare)
+        self.route("GET", r"/orgs/(?P<org>[^/]+)/audit-log", self._audit_log)
         self.route("GET", R + r"/pulls", self._list_pulls)
         self.route("POST", R + r"/pulls", self._create_pull)
         self.route("PATCH", R + r"/pulls/(?P<number>\d+)", self._update_pull)
@@ -674,6 +690,21 @@ class GitHubServer(ForgeServer):
         return self.paginate(req, repos, wrap=lambda chunk: {"total_count": len(repos), "repositories": chunk})
 
     # pulls --------------------------------------------------------------------
+
+    def _audit_log(self, req: Request) -> Reply:
+        """``GET /orgs/{org}/audit-log?phrase=...``: ``hashed_token:"..."``, ``action:...``, ``created:>=DATE`` terms,
+        newest first (``order=desc``, the default), paged with ``per_page``/``page`` and a ``Link`` header."""
+        events = list(self.audit_log.get(req.group("org"), []))
+        for term in re.findall(r'(\w+):("[^"]*"|\S+)', req.query.get("phrase", "")):
+            key, value = term[0], term[1].strip('"')
+            if key == "created" and value.startswith(">="):
+                lo = datetime.fromisoformat(value[2:].replace("Z", "+00:00"))
+                lo = lo if lo.tzinfo else lo.replace(tzinfo=timezone.utc)
+                events = [e for e in events if e["@timestamp"] >= lo.timestamp() * 1000]
+            elif key in ("hashed_token", "action", "actor"):
+                events = [e for e in events if str(e.get(key)) == value]
+        events.sort(key=lambda e: e["@timestamp"], reverse=req.query.get("order", "desc") == "desc")
+        return self.paginate(req, events)
 
     def _list_pulls(self, req: Request) -> Reply:
         repo = self._repo_of(req)

@@ -1,4 +1,4 @@
-"""A local stand-in for Docker Hub's API (hub.docker.com/v2): auth token, tags, audit logs.
+"""A local stand-in for Docker Hub's API (hub.docker.com/v2): auth token, tags, audit logs, personal access tokens.
 
 Speaks the documented wire format: ``POST /v2/auth/token`` {identifier, secret}
 -> {access_token}; ``GET /v2/namespaces/{ns}/repositories/{repo}/tags[/{tag}]``
@@ -6,6 +6,14 @@ Speaks the documented wire format: ``POST /v2/auth/token`` {identifier, secret}
 ``tag_last_pushed``, ``images``); ``GET /v2/auditlogs/{account}`` with
 action/name/actor/from/to/page/page_size -> {"logs": [...]}, newest first.
 Audit logs need a bearer token; tags answer anonymously (public repos).
+Personal access tokens as Hub documents them: ``POST /v2/users/login``
+{username, password} -> {token} (a JWT for the account); with it ``GET
+/v2/access-tokens`` (``count/next/active_count/results``), ``POST /v2/access-tokens``
+{token_label, scopes} -> 201 with ``token`` (shown once), ``PATCH
+/v2/access-tokens/{uuid}`` {is_active}, ``DELETE /v2/access-tokens/{uuid}`` -> 204.
+``POST /v2/auth/token`` accepts an account's *active* PAT as its secret, so a
+deactivated or deleted PAT is refused (401) like at Hub. ``add_account`` and
+``add_pat`` plant them; ``pats`` is the state a test checks.
 ``fail_next`` injects 429 (with Retry-After) for retry tests; ``calls`` records
 (method, path, has-auth).
 """
@@ -15,13 +23,22 @@ from __future__ import annotations
 import json
 import secrets
 import threading
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from flows.drill.servers._http import serve_in_thread
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _public(p: dict) -> dict:
+    return {k: v for k, v in p.items() if k not in ("token", "username")}
 
 
 @dataclass
@@ -30,6 +47,9 @@ class DockerHubServer:
     tokens: set[str] = field(default_factory=set)
     tags: dict[str, dict[str, dict]] = field(default_factory=dict)  # "ns/repo" -> tag -> object
     logs: dict[str, list[dict]] = field(default_factory=dict)  # account -> events
+    passwords: dict[str, str] = field(default_factory=dict)  # account -> password (for /v2/users/login)
+    pats: dict[str, dict] = field(default_factory=dict)  # uuid -> {uuid, username, token_label, token, is_active, ...}
+    jwts: dict[str, str] = field(default_factory=dict)  # JWT -> account
     failures: deque = field(default_factory=deque)
     calls: list[tuple[str, str, bool]] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
@@ -56,6 +76,78 @@ class DockerHubServer:
             "timestamp": timestamp, "action_description": f"{action} by {actor}",
         })
 
+    def add_account(self, username: str, password: str) -> None:
+        self.passwords[username] = password
+
+    def add_pat(self, username: str, label: str, scopes: list[str] | None = None) -> dict:
+        """A PAT of ``username``; the returned record holds ``token`` (the value) and ``uuid``."""
+        rec = {"uuid": str(uuid.uuid4()), "username": username, "token_label": label, "token": "dckr_pat_" + secrets.token_urlsafe(20),
+               "is_active": True, "scopes": list(scopes or ["repo:read"]), "created_at": _now(), "last_used": None,
+               "creator_ip": "127.0.0.1", "creator_ua": "stand-in", "generated_by": "manual"}
+        with self.lock:
+            self.pats[rec["uuid"]] = rec
+        return dict(rec)
+
+    def pat_accepted(self, username: str, value: str) -> bool:
+        return any(p["username"] == username and p["token"] == value and p["is_active"] for p in self.pats.values())
+
+    def auth_token(self, body: dict) -> tuple[int, object]:
+        """``POST /v2/auth/token`` {identifier, secret}: a bearer token for a known secret or an active PAT."""
+        ident, secret = body.get("identifier"), body.get("secret")
+        with self.lock:
+            ok = bool(secret) and (self.users.get(ident) == secret or self.pat_accepted(str(ident), str(secret)))
+            if not ok:
+                return 401, {"errinfo": {}, "detail": "Incorrect authentication credentials",
+                             "message": "incorrect authentication credentials"}
+            tok = secrets.token_urlsafe(16)
+            self.tokens.add(tok)
+        return 200, {"access_token": tok}
+
+    def access_tokens(self, method: str, path: str, q: dict[str, str], body: dict, auth: str) -> tuple[int, object]:
+        """``/v2/users/login`` and ``/v2/access-tokens[/{uuid}]``: (status, body)."""
+        if path == "/v2/users/login" and method == "POST":
+            user = body.get("username")
+            if not user or self.passwords.get(user) != body.get("password"):
+                return 401, {"detail": "Incorrect authentication credentials"}
+            jwt = "eyJ" + secrets.token_urlsafe(24)
+            with self.lock:
+                self.jwts[jwt] = user
+            return 200, {"token": jwt}
+        user = self.jwts.get(auth[7:]) if auth.startswith("Bearer ") else None
+        if user is None:
+            return 401, {"detail": "Authentication credentials were not provided."}
+        parts = [p for p in path.split("/") if p]
+        with self.lock:
+            mine = {u: p for u, p in self.pats.items() if p["username"] == user}
+            if len(parts) == 2 and method == "GET":
+                page, size = int(q.get("page", 1)), int(q.get("page_size", 10))
+                rows = sorted(mine.values(), key=lambda p: p["created_at"])
+                nxt = f"{self.url}/v2/access-tokens?page={page + 1}&page_size={size}" if page * size < len(rows) else None
+                return 200, {"count": len(rows), "next": nxt, "previous": None,
+                             "active_count": sum(1 for p in rows if p["is_active"]),
+                             "results": [_public(p) for p in rows[(page - 1) * size: page * size]]}
+            if len(parts) == 2 and method == "POST":
+                if not body.get("token_label"):
+                    return 400, {"detail": "token_label is required"}
+                rec = {"uuid": str(uuid.uuid4()), "username": user, "token_label": body["token_label"],
+                       "token": "dckr_pat_" + secrets.token_urlsafe(20), "is_active": True,
+                       "scopes": list(body.get("scopes") or ["repo:admin"]), "created_at": _now(), "last_used": None,
+                       "creator_ip": "127.0.0.1", "creator_ua": "api", "generated_by": "manual"}
+                self.pats[rec["uuid"]] = rec
+                return 201, {k: v for k, v in rec.items() if k != "username"}
+            if len(parts) != 3 or parts[2] not in mine:
+                return 404, {"detail": "Not found."}
+            rec = self.pats[parts[2]]
+            if method == "PATCH":
+                if "is_active" in body:
+                    rec["is_active"] = bool(body["is_active"])
+                if "token_label" in body:
+                    rec["token_label"] = str(body["token_label"])
+            elif method == "DELETE":
+                del self.pats[parts[2]]
+                return 204, None
+            return 200, _public(rec)
+
     def fail_next(self, status: int, retry_after: str | None = None) -> None:
         self.failures.append((status, retry_after))
 
@@ -65,7 +157,7 @@ class DockerHubServer:
             self.server.server_close()
 
 
-def _handler(hs: DockerHubServer) -> type[BaseHTTPRequestHandler]:
+def _handler(hs: DockerHubServer) -> type[BaseHTTPRequestHandler]:  # noqa: C901 - one dispatcher over the vendor paths
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True
@@ -98,14 +190,12 @@ def _handler(hs: DockerHubServer) -> type[BaseHTTPRequestHandler]:
                 self._json(status, {"message": "too many requests"}, {"Retry-After": after} if after else None)
                 return
             parts = [p for p in url.path.split("/") if p]
+            if url.path.startswith("/v2/users/login") or url.path.startswith("/v2/access-tokens"):
+                self._tokens(url.path, q)
+                return
             if self.command == "POST" and url.path == "/v2/auth/token":
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-                if hs.users.get(body.get("identifier")) != body.get("secret") or not body.get("secret"):
-                    self._json(401, {"errinfo": {}, "detail": "Incorrect authentication credentials", "message": "incorrect authentication credentials"})
-                    return
-                tok = secrets.token_urlsafe(16)
-                hs.tokens.add(tok)
-                self._json(200, {"access_token": tok})
+                self._json(*hs.auth_token(body))
                 return
             if len(parts) >= 6 and parts[:2] == ["v2", "namespaces"] and parts[3] == "repositories" and parts[5] == "tags":
                 repo = f"{parts[2]}/{parts[4]}"
@@ -143,7 +233,19 @@ def _handler(hs: DockerHubServer) -> type[BaseHTTPRequestHandler]:
                 return
             self._json(404, {"message": "not found"})
 
-        do_GET = do_POST = _handle
+        def _tokens(self, path: str, q: dict[str, str]) -> None:
+            body = {}
+            if self.command in ("POST", "PATCH"):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            status, out = hs.access_tokens(self.command, path, q, body, self.headers.get("Authorization", ""))
+            self._json(status, out) if status != 204 else self._empty()
+
+        def _empty(self) -> None:
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = do_PATCH = do_DELETE = _handle
 
     return Handler
 

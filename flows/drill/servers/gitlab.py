@@ -13,9 +13,14 @@ Behaviour kept from GitLab because the client depends on it:
   when several environment scopes share the key and no ``filter[environment_scope]`` is
   given; masked values must be at least 8 characters without spaces (else 400);
 * job traces are raw runner output with ANSI codes and ``section_start`` markers;
-* a second open MR from the same source branch answers 409 "already exists".
+* a second open MR from the same source branch answers 409 "already exists";
+* project and group access tokens (``GET .../access_tokens``, ``POST
+  .../access_tokens/:id/rotate``): rotation revokes the old token and answers a new
+  one (new id, same name, ``token`` shown once); rotating a revoked token answers 400.
+  An active access token authenticates like a user; ``GET /personal_access_tokens/self``
+  answers the token's own record (401 once revoked).
 
-Control: ``add_project``, ``add_pipeline``, ``add_job``, ``add_variable``, ``add_file``,
+Control: ``add_access_token``, ``access_tokens`` (state incl. values), ``add_project``, ``add_pipeline``, ``add_job``, ``add_variable``, ``add_file``,
 ``variables`` (stored values, for assertions), ``inject``, ``calls``.
 """
 
@@ -100,6 +105,7 @@ class GitLabServer(ForgeServer):
         self.traces: dict[int, str] = {}
         self.variables: dict[tuple[str, str, str], dict[str, Any]] = {}  # (owner "project:ID"/"group:ID", key, scope)
         self.merge_requests: dict[int, list[dict[str, Any]]] = {}
+        self.access_tokens: dict[int, dict[str, Any]] = {}  # id -> record with "token" (value) and "owner"
         self._next = 100
         super().__init__()
 
@@ -126,6 +132,21 @@ class GitLabServer(ForgeServer):
         gid = self._id()
         self.groups[gid] = {"id": gid, "full_path": path}
         return gid
+
+    def add_access_token(self, owner: str, name: str, *, scopes: tuple[str, ...] = ("read_api",),
+                         access_level: int = 30) -> dict[str, Any]:
+        """A project (``owner="project:ID"``) or group (``"group:ID"``) access token; the record holds its value."""
+        tid = self._id()
+        rec = {"id": tid, "name": name, "revoked": False, "active": True, "scopes": list(scopes), "user_id": 9000 + tid,
+               "created_at": _iso(datetime.now(timezone.utc)), "last_used_at": None, "access_level": access_level,
+               "expires_at": (datetime.now(timezone.utc) + timedelta(days=30)).date().isoformat(),
+               "owner": owner, "token": "glpat-" + _secrets.token_urlsafe(15)}
+        with self._lock:
+            self.access_tokens[tid] = rec
+        return dict(rec)
+
+    def token_active(self, value: str) -> bool:
+        return any(t["token"] == value and t["active"] for t in self.access_tokens.values())
 
     def add_pipeline(self, project_id: int, *, created_at: datetime, duration: timedelta = timedelta(minutes=5),
                      ref: str = "main", sha: str = "c" * 40, source: str = "push", status: str = "success") -> int:
@@ -173,7 +194,7 @@ class GitLabServer(ForgeServer):
         token = headers.get("private-token")
         if token is None and headers.get("authorization", "").lower().startswith("bearer "):
             token = headers["authorization"][7:]
-        if token not in ({self.token} | self.reporter_tokens):
+        if token not in ({self.token} | self.reporter_tokens) and not (token and self.token_active(token)):
             return Reply(401, {"message": "401 Unauthorized"})
         if token in self.reporter_tokens and (method != "GET" or "/variables" in path):
             return Reply(403, {"message": "403 Forbidden"})
@@ -211,6 +232,10 @@ class GitLabServer(ForgeServer):
             self.route("GET", base + r"/variables/(?P<key>[^/]+)", lambda r, o=owner: self._get_variable(r, o(r)))
             self.route("PUT", base + r"/variables/(?P<key>[^/]+)", lambda r, o=owner: self._put_variable(r, o(r)))
             self.route("POST", base + r"/variables", lambda r, o=owner: self._post_variable(r, o(r)))
+        for base, owner in ((P, self._project_owner), (G, self._group_owner)):
+            self.route("GET", base + r"/access_tokens", lambda r, o=owner: self._list_tokens(o(r)))
+            self.route("POST", base + r"/access_tokens/(?P<tid>\d+)/rotate", lambda r, o=owner: self._rotate_token(r, o(r)))
+        self.route("GET", r"/api/v4/personal_access_tokens/self", self._token_self)
         self.route("GET", P + r"/merge_requests", self._list_mrs)
         self.route("POST", P + r"/merge_requests", self._create_mr)
         self.route("PUT", P + r"/merge_requests/(?P<iid>\d+)", self._update_mr)
@@ -330,6 +355,41 @@ class GitLabServer(ForgeServer):
             return Reply(400, {"message": {"value": ["is invalid"]}})
         self.variables[(owner, key, scope)] = var
         return Reply(201, var)
+
+    # access tokens ------------------------------------------------------------
+
+    @staticmethod
+    def _token_view(t: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in t.items() if k not in ("token", "owner")}
+
+    def _list_tokens(self, owner: str | None) -> Reply:
+        if owner is None:
+            return self._not_found()
+        return Reply(200, [self._token_view(t) for t in self.access_tokens.values() if t["owner"] == owner])
+
+    def _rotate_token(self, req: Request, owner: str | None) -> Reply:
+        old = self.access_tokens.get(int(req.group("tid")))
+        if owner is None or old is None or old["owner"] != owner:
+            return Reply(404, {"message": "404 Not Found"})
+        if req.headers.get("private-token") != self.token:
+            return Reply(403, {"message": "403 Forbidden"})
+        if not old["active"]:
+            return Reply(400, {"message": "400 Bad request - Token already revoked"})
+        old["active"], old["revoked"] = False, True
+        tid = self._id()
+        body = req.body if isinstance(req.body, dict) else {}
+        new = {**old, "id": tid, "active": True, "revoked": False, "created_at": _iso(datetime.now(timezone.utc)),
+               "expires_at": body.get("expires_at") or (datetime.now(timezone.utc) + timedelta(days=7)).date().isoformat(),
+               "token": "glpat-" + _secrets.token_urlsafe(15)}
+        self.access_tokens[tid] = new
+        return Reply(200, {**self._token_view(new), "token": new["token"]})
+
+    def _token_self(self, req: Request) -> Reply:
+        value = req.headers.get("private-token") or req.headers.get("authorization", "")[7:]
+        t = next((t for t in self.access_tokens.values() if t["token"] == value), None)
+        if t is None:
+            return Reply(200, {"id": 1, "name": "admin", "active": True, "revoked": False, "scopes": ["api"]})
+        return Reply(200, self._token_view(t))
 
     # merge requests -----------------------------------------------------------
 
