@@ -26,6 +26,7 @@ from digestguard.errors import AuthError, InputError, IntegrationError
 from digestguard.reference import DOCKER_HUB, parse_reference
 from digestguard.timeutil import parse_time, utc
 from integrations._rest import Closing, RestClient
+from integrations.registry import docker_hub_limit
 
 API_URL = "https://hub.docker.com"
 _MAX_PAGES = 1000
@@ -112,7 +113,9 @@ class DockerHub(Closing):
         self._token = token
         self._identifier = identifier
         self._secret = secret
-        self._opts = {"timeout": timeout, "max_retries": max_retries, "sleep": sleep}
+        # hub.docker.com shares the per-address abuse budget with the registry (any address of Docker Hub's)
+        limit = docker_hub_limit() if self.api_url == API_URL else None
+        self._opts = {"timeout": timeout, "max_retries": max_retries, "sleep": sleep, "request_limit": limit}
         self._rest: RestClient | None = None
 
     def close(self) -> None:
