@@ -123,11 +123,11 @@ def publish_artifacts(report: IncidentReport, *, full_report: str | None = None)
     return out
 
 
-def publish_report(report: IncidentReport, html_path: str | Path | None = None) -> dict[str, Any]:
+def publish_report(report: IncidentReport, html_path: str | Path | None = None, *, html: str | None = None) -> dict[str, Any]:
     """The HTML file (optionally) and the bounded artifacts pointing at it: what the flow's report step does."""
     result: dict[str, Any] = {}
     if html_path is not None:
-        result["html"] = str(write_report(report, html_path))
+        result["html"] = str(write_report(report, html_path, html=html))
     result["artifacts"] = publish_artifacts(report, full_report=result.get("html"))
     return result
 
