@@ -48,6 +48,7 @@ from pathlib import Path
 
 import yaml
 from detect_secrets import SecretsCollection
+from detect_secrets.core import scan as ds_scan
 from detect_secrets.settings import default_settings
 
 from digestguard.findings import ExposedJob, ExposedSecret, JobVerdict
@@ -264,6 +265,30 @@ def _scannable(entry: os.DirEntry[str]) -> bool:
         return False
 
 
+_PURE_REFERENCE = re.compile(r"^\s*-?\s*['\"]?[A-Za-z_][A-Za-z0-9_.-]*['\"]?\s*:\s*['\"]?\$\{\{\s*secrets\s*\.\s*"
+                             r"[A-Za-z_][A-Za-z0-9_-]*\s*\}\}['\"]?\s*$")
+
+
+def _scan_definition(collection: SecretsCollection, root: Path, rel: str) -> None:
+    """detect-secrets over a CI definition file, line by line, without its YAML transformers.
+
+    We parse CI definitions ourselves (:func:`definition_refs`); detect-secrets' own transformers would parse the
+    same YAML twice more (a plain pass, then an "eager" pass when the first finds nothing). Lines that only hand a
+    named secret on (``KEY: ${{ secrets.NAME }}``) hold no literal and are blanked: every plugin still sees every
+    other line, and line numbers are kept.
+    """
+    full = root / rel
+    if ds_scan._is_filtered_out(required_filter_parameters=["filename"], filename=str(full)):
+        return
+    try:
+        text = full.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return  # binary: detect-secrets skips it too
+    lines = [(n, "" if _PURE_REFERENCE.match(line) else line) for n, line in enumerate(text.splitlines(), start=1)]
+    for secret in ds_scan._process_line_based_plugins(lines=lines, filename=str(full)):
+        collection[rel].add(secret)
+
+
 def scan_repository_contents(root: Path, label: str) -> tuple[list[SecretRef], list[str]]:
     """Credentials in a checkout, found by detect-secrets. Returns names/locations only, never values.
 
@@ -278,7 +303,10 @@ def scan_repository_contents(root: Path, label: str) -> tuple[list[SecretRef], l
         collection = SecretsCollection(root=str(root))
         for rel in files:
             try:
-                collection.scan_file(rel)
+                if definition_kind(rel):
+                    _scan_definition(collection, root, rel)
+                else:
+                    collection.scan_file(rel)
             except Exception as exc:  # noqa: BLE001 - one unreadable file must not end the scan
                 notes.append(f"{label}: detect-secrets could not scan {rel}: {type(exc).__name__}")
         for filename, secret in collection:
@@ -303,9 +331,10 @@ def scan_repository_contents(root: Path, label: str) -> tuple[list[SecretRef], l
     return refs, notes
 
 
-PROCESS_SCAN_MIN = 16
+PROCESS_SCAN_MIN = 128
 """From this many checkouts on, repository contents are scanned in worker processes (detect-secrets is pure
-Python and keeps its settings in a process-wide global, so threads would only take turns)."""
+Python and keeps its settings in a process-wide global, so threads would only take turns). Below it, starting
+workers (each imports detect-secrets: 1-3 s on a busy 2-core box) costs more than it saves."""
 
 
 def _scan_one(args: tuple[str, str]) -> tuple[list[SecretRef], list[str]]:

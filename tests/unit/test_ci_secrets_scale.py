@@ -29,6 +29,7 @@ def _estate(tmp_path):
         (root / ".github" / "workflows").mkdir(parents=True)
         (root / ".github" / "workflows" / "scan.yml").write_text(WORKFLOW.replace("{i}", str(i)))
         (root / "settings.py").write_text(f'DB_PASSWORD = "hunter2-{i}-Zx8#kQ2mP9vL4wR7"\n')
+        (root / ".gitlab-ci.yml").write_text(f'deploy:\n  variables:\n    API_TOKEN: "glpat-{i:02d}Xq7rT2mZ9vB4nK8wLp"\n')
         repos.append({"name": f"r{i}", "kind": "local", "path": f"./r{i}"})
         secrets.append({"name": f"own-{i}", "backend": "manual", "aliases": [f"OWN_TOKEN_{i}", f"OWN_{i}"]})
     (tmp_path / "inventory.yaml").write_text(yaml.safe_dump({"repositories": repos, "secrets": secrets}))
@@ -52,6 +53,7 @@ def test_process_scan_equals_one_process_and_reads_each_checkout_once(tmp_path, 
         return real(checkouts, **kw)
 
     monkeypatch.setattr(cs, "scan_many_repository_contents", counting)
+    monkeypatch.setattr(cs, "PROCESS_SCAN_MIN", 8)
     in_processes = exposed_secrets(jobs, inv, origins)
     monkeypatch.setattr(cs, "PROCESS_SCAN_MIN", 10_000)
     one_process = exposed_secrets(jobs, inv, origins)
@@ -62,6 +64,8 @@ def test_process_scan_equals_one_process_and_reads_each_checkout_once(tmp_path, 
     assert len(by_name["SHARED_TOKEN"].exposed_by) == 2 * N  # every job, each once
     assert by_name["own-7"].mapped and by_name["own-7"].exposed_by == ["s:r7/confirmed.log", "s:r7/probable.log"]
     assert "DB_PASSWORD" in by_name and not by_name["DB_PASSWORD"].mapped
+    # a literal in a CI definition is still found (definitions are scanned line by line, references blanked)
+    assert any("found in repository r3 file .gitlab-ci.yml:3" in h for h in by_name["API_TOKEN"].how)
     assert "hunter2" not in repr(in_processes)
 
 
