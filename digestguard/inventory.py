@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from digestguard.credentials import check_reference, refuse_literal_credentials
 from digestguard.egress import EgressSettings, RunnerGroup, check_runner_groups
@@ -359,6 +360,9 @@ class Backends(_Model):
     gcp_endpoint: str | None = None
     github_api_url: str | None = None
     github_token: str | None = None
+    github_writes_per_minute: int = Field(80, ge=1, le=100_000, description=(
+        "GitHub's content-creating requests (pull requests, Actions secrets) per minute, paced across the run: "
+        "80 is github.com's documented secondary limit; a GitHub Enterprise Server sets its own"))
     gitlab_api_url: str | None = None
     gitlab_token: str | None = None
 
@@ -431,6 +435,8 @@ class Inventory(_Model):
                                                   "inventory) or a postgresql:// URL, password by reference; "
                                                   "DIGESTGUARD_JOURNAL overrides it")
     base_dir: str = Field(".", description="set by the loader: the inventory file's folder")
+    _secret_index: dict[str, Secret] = PrivateAttr(default_factory=dict)
+    _secret_key: tuple[int, int] | None = PrivateAttr(default=None)
 
     @field_validator("journal")
     @classmethod
@@ -440,8 +446,8 @@ class Inventory(_Model):
     @model_validator(mode="after")
     def _unique_names(self) -> "Inventory":
         for section in ("registries", "docker_engines", "ci_logs", "secrets", "repositories", "kubernetes"):
-            names = [x.name for x in getattr(self, section)]
-            dupes = sorted({n for n in names if names.count(n) > 1})
+            counts = Counter(x.name for x in getattr(self, section))
+            dupes = sorted(n for n, c in counts.items() if c > 1)
             if dupes:
                 raise ValueError(f"{section}: duplicate names {dupes}")
         problems = check_runner_groups(self.runners, self.egress, [s.name or "" for s in self.network_logs])
@@ -505,10 +511,15 @@ class Inventory(_Model):
         return sorted(set(out))
 
     def secret(self, name: str) -> Secret | None:
-        for s in self.secrets:
-            if s.name == name or name in s.aliases:
-                return s
-        return None
+        """The secret named ``name`` (or with that alias), first in file order; an indexed look-up."""
+        key = (id(self.secrets), len(self.secrets))
+        if self._secret_key != key:  # built on first use, rebuilt when the list is replaced or grows
+            index: dict[str, Secret] = {}
+            for s in self.secrets:
+                for n in (s.name, *s.aliases):
+                    index.setdefault(n, s)
+            self._secret_index, self._secret_key = index, key
+        return self._secret_index.get(name)
 
 
 # What each backend needs to act, checked when the inventory is loaded (before anything is revoked): for a

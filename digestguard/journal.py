@@ -170,6 +170,17 @@ _EGRESS = [
 ]
 
 
+# The incident's rendered report (self-contained HTML), kept with the journal: whichever worker ran the response,
+# and wherever its disk went, ``digestguard report`` finds it where the team's state lives.
+_REPORTS = """CREATE TABLE IF NOT EXISTS reports (
+    incident TEXT NOT NULL,
+    name     TEXT NOT NULL,
+    content  TEXT NOT NULL,
+    at       TEXT NOT NULL,
+    PRIMARY KEY (incident, name)
+)"""
+
+
 def _pg(ddl: str) -> str:
     """The PostgreSQL spelling of a portable DDL: byte-order text comparison, as SQLite's default BINARY collation."""
     return ddl.replace(" TEXT", ' TEXT COLLATE "C"')
@@ -185,6 +196,7 @@ MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
     (3, "tag timelines", {"sqlite": [_TAG_OBSERVATIONS, _TAG_OBSERVATIONS_INDEX],
                           "postgresql": [_pg(_TAG_OBSERVATIONS), _TAG_OBSERVATIONS_INDEX]}),
     (4, "egress baselines", {"sqlite": _EGRESS, "postgresql": [_pg(t) for t in _EGRESS]}),
+    (5, "reports", {"sqlite": [_REPORTS], "postgresql": [_pg(_REPORTS)]}),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -449,6 +461,19 @@ class Journal:
         with self._lock:
             self._db.execute("INSERT INTO events (incident, stage, kind, detail, at) VALUES (?,?,?,?,?)",
                              (incident, stage, kind, payload, _now()))
+
+    def save_report(self, incident: str, content: str, name: str = "report.html") -> None:
+        """Keep the incident's rendered report with the journal (the last one written wins). ``content`` goes through
+        the redactor like every journal row: no value a run handled is stored."""
+        with self._lock, self._db.transaction():
+            self._db.execute("INSERT INTO reports (incident, name, content, at) VALUES (?,?,?,?) ON CONFLICT(incident, name) "
+                             "DO UPDATE SET content=excluded.content, at=excluded.at", (incident, name, redact(content), _now()))
+
+    def saved_report(self, incident: str, name: str = "report.html") -> str | None:
+        """The report :meth:`save_report` kept for ``incident`` (None when no run wrote one)."""
+        with self._lock:
+            rows = self._db.execute("SELECT content FROM reports WHERE incident=? AND name=?", (incident, name))
+        return rows[0][0] if rows else None
 
     @contextmanager
     def step(self, incident: str, stage: str, target: str, action: str, *,

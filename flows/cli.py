@@ -636,19 +636,24 @@ def report_cmd(
     """Write the incident's self-contained HTML report (timeline + tables) from its journal."""
     import shutil
 
-    from digestguard.journal import is_postgres_url
+    from digestguard.journal import Journal, is_postgres_url
 
     path = _journal_path(inventory, journal_path, incident)
+    journal = Journal(path)
+    kept = journal.saved_report(incident)  # written by the run, on whichever worker: found on both backends
+    if kept is not None:
+        out.write_text(kept, encoding="utf-8")
+        typer.echo(f"wrote {out} (the run's report, kept in the journal)")
+        return
     saved = None if is_postgres_url(path) else Path(path).parent / "reports" / f"{incident}.html"
     if saved is not None and saved.exists():
         shutil.copyfile(saved, out)
         typer.echo(f"wrote {out} (from the run's report)")
         return
-    from digestguard.journal import Journal
     from tasks.report.from_journal import report_from_journal
     from tasks.report.html import write_report
 
-    rep = report_from_journal(Journal(path), incident)
+    rep = report_from_journal(journal, incident)
     write_report(rep, out)
     typer.echo(f"wrote {out} (rebuilt from the journal)")
 

@@ -308,14 +308,23 @@ def _finish(r: Response, report_path: str | None) -> dict[str, Any]:
     r.report.finished_at = now()
     record_report(r.journal, r.report)  # the one truth: `digestguard report` rebuilds exactly this
     report = r.report.with_journal(r.journal)
-    html_path = Path(report_path) if report_path else r.inventory.resolve_path(f".digestguard/reports/{r.incident}.html")
+    html = render_report_html(report)
+    # the report lives where the team's state lives: inside the journal (SQLite or PostgreSQL) and, for a SQLite
+    # journal, as a file beside it; the Prefect artifacts carry its bounded summary
     try:
-        published = publish_report(report, html_path)
+        r.journal.save_report(r.incident, html)
+        out["report_in_journal"] = r.journal.describe()
+    except Exception as e:  # noqa: BLE001 - the record must not hide the response's own outcome
+        get_run_logger().warning("report could not be kept in the journal: %s", e)
+    beside = Path(r.journal.path).parent / "reports" if r.journal.path else r.inventory.resolve_path(".digestguard/reports")
+    html_path = Path(report_path) if report_path else beside / f"{r.incident}.html"
+    try:
+        published = publish_report(report, html_path, html=html)
         out["report"] = str(html_path)
         out["artifacts"] = published.get("artifacts") if isinstance(published, dict) else None
     except Exception as e:  # noqa: BLE001 - the record must not hide the response's own outcome
         get_run_logger().warning("report could not be written: %s", e)
-    r.notifier.final_summary(report, html=render_report_html(report), filename=f"{r.incident}.html")
+    r.notifier.final_summary(report, html=html, filename=f"{r.incident}.html")
     out["slack_failures"] = len(r.notifier.failures())
     out["needs_person"] = report.all_needs_person()
     r.lap("notify")

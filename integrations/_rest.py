@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import random
 import re
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -56,9 +58,9 @@ from integrations._secret_values import SecretLike, reveal
 __all__ = [
     "MAX_ERROR_BYTES", "MAX_JSON_BYTES", "MAX_LOG_BYTES", "json_answer", "read_body",
     "AWS_SDK_POLICY", "GCP_ACCESS_POLICY", "RETRY_STATUSES", "VAULT_READ_POLICY",
-    "Closing", "RestBackedClient", "RestClient", "RestOptions", "Retrier", "RetryPolicy",
+    "Closing", "RateLimit", "RestBackedClient", "RestClient", "RestOptions", "Retrier", "RetryPolicy",
     "azure_retry_kwargs", "botocore_config", "google_retry", "iso_utc", "next_link",
-    "parse_retry_after", "raise_for", "rate_limit_wait", "redact_url", "urllib3_retry",
+    "parse_retry_after", "raise_for", "rate_limit", "rate_limit_wait", "redact_url", "urllib3_retry",
 ]
 
 _LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
@@ -340,6 +342,61 @@ def raise_for(response: httpx.Response, source: str, *, wait: float | None = Non
     raise error_for_status(source, response.status_code, _message(response), retry_after=wait)
 
 
+class RateLimit:
+    """At most ``count`` requests in any ``per`` seconds, across the threads of a process (a sliding window).
+
+    The one client-side pacer of every vendor with a documented request budget: GitHub's 80 content-creating
+    requests a minute, CloudTrail ``LookupEvents``' 2 a second, Docker Hub's abuse limit. :meth:`acquire`
+    reserves the next free slot and sleeps until it; a slot further away than ``max_wait`` is not waited
+    for: :class:`RateLimited` (with ``retry_after``) is raised instead, so the stage reports that target
+    as throttled rather than stalling the run. ``clock``/``sleep`` exist for tests.
+    """
+
+    def __init__(self, count: int, per: float, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if count < 1 or per <= 0:
+            raise InputError("rate limit", f"{count} per {per}s is not a budget (need count >= 1, per > 0)")
+        self.count, self.per = count, per
+        self._grants: deque[float] = deque(maxlen=count)
+        self._lock = threading.Lock()
+        self._clock, self._sleep = clock, sleep
+        self.waited = 0.0
+        """Seconds slept so far (reported beside the stage's timings)."""
+
+    def acquire(self, source: str = "rate limit", *, max_wait: float | None = None) -> float:
+        """Take one slot, sleeping until it is free; returns the seconds waited."""
+        with self._lock:
+            now = self._clock()
+            at = now if len(self._grants) < self.count else max(now, self._grants[0] + self.per)
+            delay = at - now
+            if max_wait is not None and delay > max_wait:
+                raise RateLimited(source, f"throttled: the client-side budget of {self.count} requests per "
+                                          f"{self.per:g}s is spent for the next {delay:.0f}s", status=None,
+                                  retry_after=delay)
+            self._grants.append(at)  # maxlen drops the oldest grant
+            self.waited += max(delay, 0.0)
+        if delay > 0:
+            self._sleep(delay)
+        return max(delay, 0.0)
+
+
+_LIMITS: dict[tuple[str, str], RateLimit] = {}
+_LIMITS_LOCK = threading.Lock()
+
+
+def rate_limit(vendor: str, key: str, count: int, per: float) -> RateLimit:
+    """The process-wide :class:`RateLimit` of one vendor endpoint (``key``: its URL, region, account...).
+
+    Every client of the same endpoint in this process shares it, so two clients (or two stages) cannot
+    spend the same budget twice. A new ``count``/``per`` for the same key replaces the old budget.
+    """
+    with _LIMITS_LOCK:
+        cur = _LIMITS.get((vendor, key))
+        if cur is None or (cur.count, cur.per) != (count, per):
+            cur = _LIMITS[(vendor, key)] = RateLimit(count, per)
+        return cur
+
+
 class RestClient:
     """One API endpoint, one token header, bounded retries, typed errors.
 
@@ -361,6 +418,8 @@ class RestClient:
         backoff: float = 0.5,
         deadline: float = DEFAULT_DEADLINE,
         sleep: Callable[[float], None] = time.sleep,
+        write_limit: RateLimit | None = None,
+        request_limit: RateLimit | None = None,
     ) -> None:
         if not api_url or not api_url.startswith(("http://", "https://")):
             raise InputError(f"{vendor} api_url", f"{api_url!r} is not an http(s) URL")
@@ -383,6 +442,11 @@ class RestClient:
             follow_redirects=False,
         )
         self._sleep = sleep
+        self.write_limit = write_limit
+        """Paces content-creating requests (POST, PUT, PATCH, DELETE), e.g. GitHub's 80 a minute."""
+        self.request_limit = request_limit
+        """Paces every request, e.g. Docker Hub's per-address abuse limit."""
+        self.max_wait = max_wait
 
     def close(self) -> None:
         self._http.close()
@@ -429,6 +493,10 @@ class RestClient:
         deadline_at = time.monotonic() + self.deadline
         redirects = 0
         while True:
+            if self.request_limit is not None:
+                self.request_limit.acquire(src, max_wait=self.max_wait)
+            if self.write_limit is not None and method.upper() in _WRITES:
+                self.write_limit.acquire(src, max_wait=self.max_wait)
             try:
                 response = self._send(method, url, params, json, send_headers, src, max_body, deadline_at)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
@@ -521,6 +589,9 @@ class RestClient:
                 raise IntegrationError(self.source("GET", path), f"more than {max_pages} pages; narrow the query")
 
 
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
 class RestOptions(TypedDict, total=False):
     """The knobs a :class:`RestBackedClient` passes on to its :class:`RestClient`."""
 
@@ -529,6 +600,8 @@ class RestOptions(TypedDict, total=False):
     max_wait: float
     backoff: float
     deadline: float
+    write_limit: RateLimit | None
+    request_limit: RateLimit | None
 
 
 class Closing:

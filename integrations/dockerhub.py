@@ -40,8 +40,9 @@ from pydantic import SecretStr
 from digestguard.errors import AuthError, InputError, IntegrationError, NotFound, Unavailable
 from digestguard.reference import DOCKER_HUB, parse_reference
 from digestguard.timeutil import parse_time, utc
-from integrations._rest import Closing, RestClient
+from integrations._rest import Closing, RateLimit, RestClient
 from integrations._secret_values import SecretLike, reveal
+from integrations.registry import docker_hub_limit
 
 API_URL = "https://hub.docker.com"
 _MAX_PAGES = 1000
@@ -216,14 +217,16 @@ class DockerHub(Closing):
 
     def __init__(self, *, token: str | None = None, identifier: str | None = None, secret: str | None = None,
                  api_url: str = API_URL, timeout: float = 30.0, max_retries: int = 4,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, request_limit: RateLimit | None = None) -> None:
         if (identifier is None) != (secret is None):
             raise InputError("docker hub credentials", "identifier and secret must be given together")
         self.api_url = api_url.rstrip("/")
         self._token = token
         self._identifier = identifier
         self._secret = secret
-        self._opts = {"timeout": timeout, "max_retries": max_retries, "sleep": sleep}
+        # hub.docker.com shares the per-address abuse budget with the registry (any address of Docker Hub's)
+        limit = request_limit or (docker_hub_limit() if self.api_url == API_URL else None)
+        self._opts = {"timeout": timeout, "max_retries": max_retries, "sleep": sleep, "request_limit": limit}
         self._rest: RestClient | None = None
 
     def close(self) -> None:

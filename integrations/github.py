@@ -42,7 +42,7 @@ from nacl.exceptions import CryptoError
 
 from digestguard.errors import InputError, IntegrationError, NotFound, Refused
 from digestguard.timeutil import parse_time, utc
-from integrations._rest import MAX_LOG_BYTES, RestBackedClient, RestOptions, iso_utc, next_link
+from integrations._rest import MAX_LOG_BYTES, RestBackedClient, RestOptions, iso_utc, next_link, rate_limit
 from integrations._secret_values import SecretLike, reveal
 
 __all__ = [
@@ -62,6 +62,8 @@ __all__ = [
 
 DEFAULT_API_URL = "https://api.github.com"
 API_VERSION = "2022-11-28"
+WRITES_PER_MINUTE = 80
+"""GitHub's documented secondary rate limit: at most 80 content-generating requests per minute."""
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 _SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -261,7 +263,11 @@ class GitHubClient(RestBackedClient):
     ``backoff`` is the first wait after a 5xx (doubling each time) when the server named none.
     """
 
-    def __init__(self, token: SecretLike, api_url: str = DEFAULT_API_URL, **options: Unpack[RestOptions]) -> None:
+    def __init__(self, token: SecretLike, api_url: str = DEFAULT_API_URL, *, writes_per_minute: int = WRITES_PER_MINUTE,
+                 **options: Unpack[RestOptions]) -> None:
+        # GitHub's secondary limit: content-creating requests (POST/PATCH/PUT/DELETE) are paced per API
+        # endpoint across every client of this process; a wait longer than max_wait raises RateLimited.
+        options.setdefault("write_limit", rate_limit("github", api_url.rstrip("/"), writes_per_minute, 60.0))
         self._open("github", token, api_url, lambda tok: {"Authorization": f"Bearer {tok}"}, {
             "Accept": "application/vnd.github+json",
             "X-GitHub-Api-Version": API_VERSION,

@@ -67,7 +67,7 @@ from digestguard.errors import (
 )
 from digestguard.reference import DOCKER_HUB_ALIASES, ImageReference, parse_digest, parse_reference
 from integrations._errors import error_for_status, parse_retry_after
-from integrations._rest import Closing, Retrier, RetryPolicy, next_link
+from integrations._rest import Closing, RateLimit, Retrier, RetryPolicy, next_link, rate_limit
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -78,6 +78,14 @@ INDEX_MEDIA_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
 MANIFEST_ACCEPT = ", ".join(MANIFEST_MEDIA_TYPES)
 
 DOCKER_HUB_REGISTRY_URL = "https://registry-1.docker.io"
+DOCKER_HUB_REQUESTS_PER_MINUTE = 1000
+"""Docker Hub's abuse limit is per IP address over every Hub property (registry, API, web) and "in the order of
+thousands of requests per minute" (docs.docker.com, Docker Hub usage and limits): we stay at 1,000 a minute."""
+
+
+def docker_hub_limit() -> RateLimit:
+    """The one budget every Docker Hub client of this process shares (registry and hub.docker.com API)."""
+    return rate_limit("dockerhub", "per-address", DOCKER_HUB_REQUESTS_PER_MINUTE, 60.0)
 DELETE_SETTING = "storage.delete.enabled: true (environment REGISTRY_STORAGE_DELETE_ENABLED=true)"
 
 _CHALLENGE_PARAM = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
@@ -324,6 +332,7 @@ class RegistryClient(Closing):
         pool_size: int = 64,
         sleep: Callable[[float], None] = time.sleep,
         fast_path: bool = True,
+        request_limit: RateLimit | None = None,
     ) -> None:
         if max_retries < 0:
             raise InputError(f"registry {registry}", "must be >= 0", field="max_retries")
@@ -349,6 +358,8 @@ class RegistryClient(Closing):
         self._local = threading.local()
         self._fast_conns: list[http.client.HTTPConnection] = []
         self.rate_limit = RateLimitInfo(None, None, None)
+        self.request_limit = request_limit or (docker_hub_limit() if self.base_url == DOCKER_HUB_REGISTRY_URL else None)
+        """Paces every request: Docker Hub's per-address abuse limit, shared with the Hub API client."""
         self._fast = fast_path and self._fast_path_possible()
 
     def __repr__(self) -> str:
@@ -596,6 +607,8 @@ class RegistryClient(Closing):
             auth = self._auth_header(scope)
             if auth:
                 hdrs["Authorization"] = auth
+            if self.request_limit is not None:
+                self.request_limit.acquire(source, max_wait=max(0.0, deadline_at - time.monotonic()))
             try:
                 r, body = self._send(method, url, hdrs, source, max_body, deadline_at)
             except httpx.TransportError as e:
@@ -769,6 +782,8 @@ class RegistryClient(Closing):
         path = f"/v2/{repo}/manifests/{quote(tag, safe='')}"
         for _ in range(2):  # a kept-alive connection the server closed: reconnect once
             conn = self._fast_conn()
+            if self.request_limit is not None:
+                self.request_limit.acquire(f"registry {self.registry} HEAD {path}", max_wait=self.deadline)
             try:
                 conn.request("HEAD", path, headers=headers)
                 resp = conn.getresponse()

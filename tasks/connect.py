@@ -99,7 +99,7 @@ def forge_client(kind: Forge, backends: Backends, *, source: str, token: str | N
     secret = SecretStr(resolve(ref, f"{source} token") or "")
     url = api_url or (backends.github_api_url if kind == "github" else backends.gitlab_api_url)
     if kind == "github":
-        return github.GitHubClient(secret, url or github.DEFAULT_API_URL)
+        return github.GitHubClient(secret, url or github.DEFAULT_API_URL, writes_per_minute=backends.github_writes_per_minute)
     return gitlab.GitLabClient(secret, url or gitlab.DEFAULT_API_URL)
 
 
@@ -223,6 +223,25 @@ class Connections:
     def get(self, name: str) -> Any:
         """A secret backend or forge client by name (``vault``, ``iam``, ``secretsmanager``, ``azure``, ``gcp``, ``github``, ``gitlab``)."""
         return self._cached(name, lambda: backend_client(name, self.inventory.backends))
+
+    def forge(self, kind: Forge, *, source: str, token: str | None = None, api_url: str | None = None):
+        """The run's one client per forge: an entry (repository, CI source) whose token reference and API URL
+        are the backends' own (or unset) shares ``get(kind)``; another token or endpoint gets its own client,
+        built once for the run. Keyed by the *reference* (``env:NAME``), never by a resolved value."""
+        b = self.inventory.backends
+        default_ref = b.github_token if kind == "github" else b.gitlab_token if kind == "gitlab" else None
+        default_url = b.github_api_url if kind == "github" else b.gitlab_api_url if kind == "gitlab" else None
+        if (token or default_ref) == default_ref and (api_url or default_url) == default_url:
+            if kind not in ("github", "gitlab"):
+                raise InputError(source, f"{kind!r} is not a forge (github, gitlab)")
+            return self.get(kind)
+        return self._cached(f"{kind}:{api_url or default_url}:{token or default_ref}",
+                            lambda: forge_client(kind, b, source=source, token=token, api_url=api_url))
+
+    def built(self) -> list[str]:
+        """The keys of the clients this pool built so far (what a run connected to; tests count them)."""
+        with self._lock:
+            return list(self._own)
 
     def close(self) -> None:
         """Close every client this pool built (injected ones belong to the caller); a failing close hides nothing."""

@@ -29,6 +29,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -48,6 +49,7 @@ from digestguard.reference import ImageReference, parse_digest, try_parse_refere
 from tasks.connect import Connections
 from tasks.pull_requests import open_pin_pull_request
 from tasks.quarantine import PushTime, judge_push, push_times
+from tasks.report.artifacts import Progress
 from tasks.scan.references import ActionUse, Found, HelmImage, ScanResult, name_hint, scan_tree
 
 Resolver = Callable[[ImageReference], str]
@@ -625,33 +627,71 @@ def _tag_resolver(inventory: Inventory, connections: Connections) -> Callable[[I
     return lambda ref: client.resolve(ref.repository, ref.effective_tag)
 
 
+PIN_WORKERS = 8
+"""Repositories pinned at once: each is a git checkout, commit and push plus a few forge calls (I/O bound)."""
+
+
+def _pin_repository(repo, advisory: Advisory, inventory: Inventory, incident: str, journal: Journal, connections: Connections,
+                    resolve, *, dry_run: bool, to: list[str] | None, open_pull_requests: bool) -> tuple[list[ActionOutcome], dict | None]:
+    """Plan (and in execute mode push and open the pull request for) one repository: its outcomes and its PR."""
+    actions: list[ActionOutcome] = []
+    try:
+        plan = plan_pins(inventory.resolve_path(repo.path), advisory, to=to or None, resolve=resolve)
+    except InputError as e:
+        return [ActionOutcome(stage="pin", target=repo.name, action="plan", outcome="failed", error=str(e))], None
+    for c in plan.changes:
+        actions.append(ActionOutcome(stage="pin", target=f"{repo.name}:{c.path}:{c.line}", action="pin",
+                                     outcome="planned" if dry_run else "done",
+                                     detail={"before": c.before, "after": c.after}))
+    for d in plan.needs_decision:
+        actions.append(ActionOutcome(stage="pin", target=f"{repo.name}:{d.path}:{d.line or '-'}", action="decide",
+                                     outcome="needs-person", detail={"reference": d.reference, "reason": d.reason}))
+    if dry_run or not plan.changes or not open_pull_requests:
+        return actions, None
+    out = open_pin_pull_request(repo, plan, advisory, incident, inventory, journal, rendered=render_pins(plan),
+                                connections=connections)
+    actions.append(out)
+    if out.outcome != "done":
+        return actions, None
+    return actions, {"repository": repo.name, "url": out.detail.get("url") or out.detail.get("branch"),
+                     "number": out.detail.get("number"), "changes": len(plan.changes),
+                     "title": f"Pin {advisory.id} references", "state": "open"}
+
+
 @task(name="pin", cache_policy=NO_CACHE, persist_result=False)
 def pin_task(advisory: Advisory, inventory: Inventory, incident: str, journal: Journal, connections: Connections, *,
-             dry_run: bool, to: list[str] | None = None, open_pull_requests: bool = True) -> tuple[StageResult, list[dict]]:
+             dry_run: bool, to: list[str] | None = None, open_pull_requests: bool = True,
+             workers: int = PIN_WORKERS) -> tuple[StageResult, list[dict]]:
     """The pin stage: plan pins in every inventory repository; in execute mode push a branch and open (or update) a
-    pull request per repository. Returns the stage result and the pull requests opened."""
+    pull request per repository.
+
+    Repositories run in a pool of at most ``workers`` threads sharing the run's clients (one per forge, see
+    ``Connections.forge``); results keep inventory order whatever order they finish in. Progress per repository
+    shows in the Prefect UI as a progress artifact. Returns the stage result and the pull requests opened."""
     result = StageResult(stage="pin", dry_run=dry_run)
-    prs: list[dict] = []
     resolve = _tag_resolver(inventory, connections)
-    for repo in inventory.repositories:
-        try:
-            plan = plan_pins(inventory.resolve_path(repo.path), advisory, to=to or None, resolve=resolve)
-        except InputError as e:
-            result.actions.append(ActionOutcome(stage="pin", target=repo.name, action="plan", outcome="failed", error=str(e)))
-            continue
-        for c in plan.changes:
-            result.actions.append(ActionOutcome(stage="pin", target=f"{repo.name}:{c.path}:{c.line}", action="pin",
-                                                outcome="planned" if dry_run else "done",
-                                                detail={"before": c.before, "after": c.after}))
-        for d in plan.needs_decision:
-            result.actions.append(ActionOutcome(stage="pin", target=f"{repo.name}:{d.path}:{d.line or '-'}", action="decide",
-                                                outcome="needs-person", detail={"reference": d.reference, "reason": d.reason}))
-        if dry_run or not plan.changes or not open_pull_requests:
-            continue
-        out = open_pin_pull_request(repo, plan, advisory, incident, inventory, journal, rendered=render_pins(plan))
-        result.actions.append(out)
-        if out.outcome == "done":
-            prs.append({"repository": repo.name, "url": out.detail.get("url") or out.detail.get("branch"),
-                        "number": out.detail.get("number"), "changes": len(plan.changes),
-                        "title": f"Pin {advisory.id} references", "state": "open"})
+    repos = list(inventory.repositories)
+    progress = Progress(incident, "pin", len(repos))
+    outcomes: list[tuple[list[ActionOutcome], dict | None] | None] = [None] * len(repos)
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(repos) or 1)), thread_name_prefix="pin") as pool:
+        futures = {pool.submit(_pin_repository, repo, advisory, inventory, incident, journal, connections, resolve,
+                               dry_run=dry_run, to=to, open_pull_requests=open_pull_requests): i
+                   for i, repo in enumerate(repos)}
+        for fut in as_completed(futures):
+            i = futures[fut]
+            try:
+                outcomes[i] = fut.result()
+            except DigestguardError as e:  # one repository's fault never hides another's
+                outcomes[i] = ([ActionOutcome(stage="pin", target=repos[i].name, action="pull-request",
+                                              outcome="failed", error=str(e))], None)
+            progress.advance(failed=any(a.outcome == "failed" for a in outcomes[i][0]))
+    progress.finish()
+    prs: list[dict] = []
+    for acts, pr in (o for o in outcomes if o is not None):
+        result.actions.extend(acts)
+        if pr is not None:
+            prs.append(pr)
+    throttled = [a.target for a in result.actions if a.detail.get("throttled")]
+    if throttled:
+        result.notes.append(f"throttled by the forge's rate limit, not opened (re-run to finish): {', '.join(throttled)}")
     return result, prs

@@ -9,8 +9,10 @@ same pull request instead of opening another. Nothing is ever merged.
 
 from __future__ import annotations
 
+import contextlib
+
 from digestguard.advisory import Advisory
-from digestguard.errors import DigestguardError
+from digestguard.errors import DigestguardError, RateLimited
 from digestguard.findings import ActionOutcome
 from digestguard.inventory import Inventory, Repository
 from digestguard.journal import Journal
@@ -19,7 +21,7 @@ from digestguard.reference import public_mirror
 from integrations import git
 from integrations.github import open_or_update_pull_request
 from integrations.gitlab import open_or_update_merge_request
-from tasks.connect import forge_client
+from tasks.connect import Connections, forge_client
 
 STAGE = "pin"
 
@@ -104,8 +106,12 @@ def _mirrors(plan) -> list[str]:
 
 
 def open_pin_pull_request(repo: Repository, plan, advisory: Advisory, incident: str, inventory: Inventory,
-                          journal: Journal, *, rendered: dict[str, bytes]) -> ActionOutcome:
-    """Push the rendered files on the incident's branch and open or update its pull request (journaled)."""
+                          journal: Journal, *, rendered: dict[str, bytes], connections: Connections | None = None) -> ActionOutcome:
+    """Push the rendered files on the incident's branch and open or update its pull request (journaled).
+
+    ``connections``: the run's pool, so every pull request of a run goes through one client per forge
+    (one HTTP connection pool, one TLS context, one write budget); without it a client is built for this call.
+    A forge that throttles us (or a spent client-side budget) is reported as a failed, ``throttled`` target."""
     target = repo.name
     if not rendered:
         return ActionOutcome(stage=STAGE, target=target, action="pull-request", outcome="skipped",
@@ -117,7 +123,7 @@ def open_pin_pull_request(repo: Repository, plan, advisory: Advisory, incident: 
     try:
         with journal.step(incident, STAGE, target, "pull-request") as rec:
             remote = repo.remote or "origin"
-            base = repo.base_branch or _default_branch(repo, inventory) or "main"
+            base = repo.base_branch or _default_branch(repo, inventory, connections) or "main"
             before = git.current_branch(checkout) or git.head_sha(checkout)
             try:
                 update = git.commit_and_push(checkout, branch=branch, base=base, files=rendered, remote=remote,
@@ -133,8 +139,11 @@ def open_pin_pull_request(repo: Repository, plan, advisory: Advisory, incident: 
             if repo.kind == "local":
                 return ActionOutcome(stage=STAGE, target=target, action="pull-request", outcome="done",
                                      detail={"branch": branch, "commit": update.commit, "url": None})
-            pr = _open(repo, inventory, branch, base, title, body)
+            pr = _open(repo, inventory, branch, base, title, body, connections)
             rec.note(url=pr["url"], number=pr["number"])
+    except RateLimited as e:
+        return ActionOutcome(stage=STAGE, target=target, action="pull-request", outcome="failed", error=str(e),
+                             detail={"throttled": True, "retry_after": e.retry_after, "branch": branch})
     except DigestguardError as e:
         return ActionOutcome(stage=STAGE, target=target, action="pull-request", outcome="failed", error=str(e))
     return ActionOutcome(stage=STAGE, target=target, action="pull-request", outcome="done",
@@ -142,13 +151,21 @@ def open_pin_pull_request(repo: Repository, plan, advisory: Advisory, incident: 
                                  "changes": len(plan.changes)})
 
 
-def _client(repo: Repository, inventory: Inventory):
-    return forge_client(repo.kind, inventory.backends, source=f"repository {repo.name}", token=repo.token, api_url=repo.api_url)
+@contextlib.contextmanager
+def _client(repo: Repository, inventory: Inventory, connections: Connections | None):
+    """The forge client for ``repo``: the run's shared one (left open), or one built and closed for this call."""
+    source = f"repository {repo.name}"
+    if connections is not None:
+        yield connections.forge(repo.kind, source=source, token=repo.token, api_url=repo.api_url)
+        return
+    with forge_client(repo.kind, inventory.backends, source=source, token=repo.token, api_url=repo.api_url) as forge:
+        yield forge
 
 
-def _open(repo: Repository, inventory: Inventory, branch: str, base: str | None, title: str, body: str) -> dict:
+def _open(repo: Repository, inventory: Inventory, branch: str, base: str | None, title: str, body: str,
+          connections: Connections | None = None) -> dict:
     """Open or update the pull (merge) request; ``base`` None means the forge's default branch."""
-    with _client(repo, inventory) as forge:
+    with _client(repo, inventory, connections) as forge:
         if repo.kind == "github":
             owner, name = repo.name.split("/", 1)
             pr = open_or_update_pull_request(forge, owner, name, head=branch, base=base, title=title, body=body)
@@ -157,12 +174,12 @@ def _open(repo: Repository, inventory: Inventory, branch: str, base: str | None,
     return {"url": pr.html_url, "number": pr.number}
 
 
-def _default_branch(repo: Repository, inventory: Inventory) -> str | None:
+def _default_branch(repo: Repository, inventory: Inventory, connections: Connections | None = None) -> str | None:
     """The forge's default branch (the pull request's base when the inventory names none)."""
     if repo.kind == "local":
         return None
     try:
-        with _client(repo, inventory) as forge:
+        with _client(repo, inventory, connections) as forge:
             if repo.kind == "github":
                 owner, name = repo.name.split("/", 1)
                 return forge.default_branch(owner, name)

@@ -281,7 +281,10 @@ def build_sandbox(base: Advisory, root: Path, stack: contextlib.ExitStack, *, sc
         "backends": {"vault_url": sb.openbao.addr, "vault_token": "env:DRILL_VAULT_TOKEN", "aws_region": "us-east-1",
                      "aws_endpoint_url": sb.moto.endpoint_url, "aws_cloudtrail_endpoint_url": sb.cloudtrail.url,
                      "gcp_project": "drill", "gcp_endpoint": sb.gcp.url,
-                     "github_api_url": sb.github.url, "github_token": "env:DRILL_GITHUB_TOKEN"},
+                     "github_api_url": sb.github.url, "github_token": "env:DRILL_GITHUB_TOKEN",
+                     # the stand-in is not github.com: like a GitHub Enterprise Server it sets its own write budget
+                     # (github.com's 80 a minute would make a scale-100 drill wait minutes for its ~200 writes)
+                     "github_writes_per_minute": 6000},
         "journal": "./journal.sqlite",
     }
     sb.inventory_path.write_text(yaml.safe_dump(inventory, sort_keys=False))

@@ -135,12 +135,12 @@ def _html_table(key: str, rows: Sequence[Mapping[str, Any]], limit: int, origins
     return "".join(out)
 
 
-def write_report(report: IncidentReport, path: str | Path) -> Path:
-    """Write the HTML report (atomically: a reader never sees half a file)."""
+def write_report(report: IncidentReport, path: str | Path, *, html: str | None = None) -> Path:
+    """Write the HTML report (atomically: a reader never sees half a file); ``html``: already rendered."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(render_report_html(report), encoding="utf-8")
+    tmp.write_text(html if html is not None else render_report_html(report), encoding="utf-8")
     tmp.replace(p)
     return p
 

@@ -36,15 +36,19 @@ and a ``<log>.meta.json`` sidecar may name the repository and workflow.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from detect_secrets import SecretsCollection
+from detect_secrets.core import scan as ds_scan
 from detect_secrets.settings import default_settings
 
 from digestguard.findings import ExposedJob, ExposedSecret, JobVerdict
@@ -261,6 +265,30 @@ def _scannable(entry: os.DirEntry[str]) -> bool:
         return False
 
 
+_PURE_REFERENCE = re.compile(r"^\s*-?\s*['\"]?[A-Za-z_][A-Za-z0-9_.-]*['\"]?\s*:\s*['\"]?\$\{\{\s*secrets\s*\.\s*"
+                             r"[A-Za-z_][A-Za-z0-9_-]*\s*\}\}['\"]?\s*$")
+
+
+def _scan_definition(collection: SecretsCollection, root: Path, rel: str) -> None:
+    """detect-secrets over a CI definition file, line by line, without its YAML transformers.
+
+    We parse CI definitions ourselves (:func:`definition_refs`); detect-secrets' own transformers would parse the
+    same YAML twice more (a plain pass, then an "eager" pass when the first finds nothing). Lines that only hand a
+    named secret on (``KEY: ${{ secrets.NAME }}``) hold no literal and are blanked: every plugin still sees every
+    other line, and line numbers are kept.
+    """
+    full = root / rel
+    if ds_scan._is_filtered_out(required_filter_parameters=["filename"], filename=str(full)):
+        return
+    try:
+        text = full.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return  # binary: detect-secrets skips it too
+    lines = [(n, "" if _PURE_REFERENCE.match(line) else line) for n, line in enumerate(text.splitlines(), start=1)]
+    for secret in ds_scan._process_line_based_plugins(lines=lines, filename=str(full)):
+        collection[rel].add(secret)
+
+
 def scan_repository_contents(root: Path, label: str) -> tuple[list[SecretRef], list[str]]:
     """Credentials in a checkout, found by detect-secrets. Returns names/locations only, never values.
 
@@ -275,7 +303,10 @@ def scan_repository_contents(root: Path, label: str) -> tuple[list[SecretRef], l
         collection = SecretsCollection(root=str(root))
         for rel in files:
             try:
-                collection.scan_file(rel)
+                if definition_kind(rel):
+                    _scan_definition(collection, root, rel)
+                else:
+                    collection.scan_file(rel)
             except Exception as exc:  # noqa: BLE001 - one unreadable file must not end the scan
                 notes.append(f"{label}: detect-secrets could not scan {rel}: {type(exc).__name__}")
         for filename, secret in collection:
@@ -300,24 +331,61 @@ def scan_repository_contents(root: Path, label: str) -> tuple[list[SecretRef], l
     return refs, notes
 
 
+PROCESS_SCAN_MIN = 128
+"""From this many checkouts on, repository contents are scanned in worker processes (detect-secrets is pure
+Python and keeps its settings in a process-wide global, so threads would only take turns). Below it, starting
+workers (each imports detect-secrets: 1-3 s on a busy 2-core box) costs more than it saves."""
+
+
+def _scan_one(args: tuple[str, str]) -> tuple[list[SecretRef], list[str]]:
+    root, label = args
+    return scan_repository_contents(Path(root), label)
+
+
+def scan_many_repository_contents(checkouts: Sequence[tuple[Path, str]], *,
+                                  workers: int | None = None) -> dict[str, tuple[list[SecretRef], list[str]]]:
+    """:func:`scan_repository_contents` of every ``(root, label)``, by label: in a pool of processes (one per core,
+    at most 4) when there are at least ``PROCESS_SCAN_MIN``, else here. A checkout whose scan fails is a note
+    for that repository only; a pool that cannot start falls back to scanning here."""
+    todo = [(str(root), label) for root, label in checkouts]
+    n = workers if workers is not None else min(4, os.cpu_count() or 1)
+    fallback: list[str] = []
+    if len(todo) >= PROCESS_SCAN_MIN and n > 1:
+        try:
+            ctx = multiprocessing.get_context("spawn")  # never fork a process that runs threads (Prefect's)
+            with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
+                results = list(pool.map(_scan_one, todo, chunksize=max(1, len(todo) // (4 * n))))
+            return {label: res for (_, label), res in zip(todo, results, strict=True)}
+        except (OSError, BrokenProcessPool) as exc:
+            fallback = [f"note: secret scanning in processes failed ({type(exc).__name__}); scanned in one process"]
+    out: dict[str, tuple[list[SecretRef], list[str]]] = {}
+    for root, label in todo:
+        refs, notes = _scan_one((root, label))
+        out[label] = (refs, fallback + notes)
+    return out
+
+
 # --------------------------------------------------------------------------- putting it together
 
 
-def _repository(inventory: Inventory, name: str | None, repos: Sequence[Repository] | None) -> Repository | None:
-    if not name:
-        return None
+def _repository_index(inventory: Inventory, repos: Sequence[Repository] | None) -> dict[str, Repository]:
+    """Repositories by name, the given ones first (they win over the inventory's)."""
+    index: dict[str, Repository] = {}
     for r in list(repos or []) + list(inventory.repositories):
-        if r.name == name:
-            return r
-    return None
+        index.setdefault(r.name, r)
+    return index
 
 
 class _Merged:
-    """The secrets found so far, one per inventory secret (or unmapped name), each with every job and way it was seen."""
+    """The secrets found so far, one per inventory secret (or unmapped name), each with every job and way it was seen.
+
+    Linear in the references added: the inventory look-up is indexed and each secret keeps sets beside its lists.
+    """
 
     def __init__(self, inventory: Inventory) -> None:
         self.inventory = inventory
         self.by_key: dict[str, ExposedSecret] = {}
+        self._seen: dict[str, tuple[set[str], set[str]]] = {}
 
     def add(self, ref: SecretRef, job_id: str, verdict: JobVerdict) -> None:
         inv = self.inventory.secret(ref.name) or next((s for a in ref.also if (s := self.inventory.secret(a))), None)
@@ -329,9 +397,13 @@ class _Merged:
             cur = ExposedSecret(name=ref.name if inv is None else inv.name, inventory_name=inv.name if inv else None,
                                 mapped=inv is not None, exposure=verdict)
             self.by_key[key] = cur
-        if job_id not in cur.exposed_by:
+            self._seen[key] = (set(), set())
+        jobs, hows = self._seen[key]
+        if job_id not in jobs:
+            jobs.add(job_id)
             cur.exposed_by.append(job_id)
-        if ref.how not in cur.how:
+        if ref.how not in hows:
+            hows.add(ref.how)
             cur.how.append(ref.how)
         if _ORDER[verdict] > _ORDER[cur.exposure]:
             cur.exposure = verdict
@@ -370,13 +442,18 @@ def _definition_texts(
     return texts, errors
 
 
-def _add_once(errors: list[str], lines: Iterable[str]) -> list[str]:
-    """``errors`` followed by the ``lines`` it does not hold yet."""
-    out = list(errors)
-    for line in lines:
-        if line not in out:
-            out.append(line)
-    return out
+class _Lines(list):
+    """Error lines in order, each once (a set beside the list keeps adding linear)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[str] = set()
+
+    def add(self, line: str, *, once: bool = False) -> None:
+        if once and line in self._seen:
+            return
+        self._seen.add(line)
+        self.append(line)
 
 
 def exposed_secrets(
@@ -393,36 +470,50 @@ def exposed_secrets(
     no origin, or whose repository has no readable checkout and no fetched definition,
     produces an error line (its secrets cannot be listed) instead of silence.
     """
-    errors: list[str] = []
+    errors = _Lines()
     merged = _Merged(inventory)
     origins = repos or {}
+    by_name = _repository_index(inventory, repositories)
     def_cache: dict[str, tuple[list[SecretRef], list[str]]] = {}
     content_cache: dict[str, tuple[list[SecretRef], list[str]]] = {}
+    if scan_contents:  # every checkout an exposed job ran from, scanned once, in parallel
+        wanted: dict[str, Path] = {}
+        for job in jobs:
+            if job.verdict == "clear":
+                continue
+            origin = origins.get(job_key(job.source, job.job)) or JobOrigin(workflow=job.workflow)
+            repo = by_name.get(origin.repository) if origin.repository else None
+            if repo is not None and repo.name not in wanted and (root := inventory.resolve_path(repo.path)).is_dir():
+                wanted[repo.name] = root
+        content_cache = scan_many_repository_contents([(root, name) for name, root in wanted.items()])
     for job in jobs:
         if job.verdict == "clear":
             continue
         jid = job_key(job.source, job.job)
         origin = origins.get(jid) or JobOrigin(workflow=job.workflow)
-        repo = _repository(inventory, origin.repository, repositories)
+        repo = by_name.get(origin.repository) if origin.repository else None
         root, missing = _checkout(jid, inventory, repo)
         texts, read_errors = _definition_texts(jid, origin, root, repo.name if repo else "")
-        errors += missing + read_errors
+        for line in missing + read_errors:
+            errors.add(line)
         if not texts and root is None:
-            errors.append(f"{jid}: no repository or workflow definition known for this job:"
-                          " the secrets it could see are not listed")
+            errors.add(f"{jid}: no repository or workflow definition known for this job:"
+                       " the secrets it could see are not listed")
             continue
         for cache_key, path, text in texts:
             if cache_key not in def_cache:
                 def_cache[cache_key] = definition_refs(path, text)
             refs, notes = def_cache[cache_key]
-            errors = _add_once(errors, (f"note: {jid}: {note}" for note in notes))
+            for note in notes:
+                errors.add(f"note: {jid}: {note}", once=True)
             for ref in refs:
                 merged.add(ref, jid, job.verdict)
         if root is not None and scan_contents and repo is not None:
             if repo.name not in content_cache:
                 content_cache[repo.name] = scan_repository_contents(root, repo.name)
             refs, notes = content_cache[repo.name]
-            errors = _add_once(errors, notes)
+            for note in notes:
+                errors.add(note, once=True)
             for ref in refs:
                 merged.add(ref, jid, job.verdict)
-    return merged.secrets(), errors
+    return merged.secrets(), list(errors)

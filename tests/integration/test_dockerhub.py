@@ -87,3 +87,19 @@ def test_429_is_retried_then_surfaces(hub):
         hub.fail_next(429, "7200")
     with DockerHub(api_url=hub.url, sleep=slept.append) as c, pytest.raises(RateLimited):
         c.get_tag("checkmarx/kics", "v2.1.19")
+
+
+def test_requests_are_paced_by_the_shared_abuse_budget(hub):
+    """Docker Hub's abuse limit is per address over every Hub property: the client spends one shared budget, and the
+    stand-in (Docker Hub's documented HTTP API, recorded with arrival times) never sees more than it allows."""
+    from integrations._rest import RateLimit
+    from integrations.registry import docker_hub_limit
+
+    assert DockerHub().__dict__["_opts"]["request_limit"] is docker_hub_limit()  # hub.docker.com: the shared budget
+    limit = RateLimit(3, 0.4)
+    with DockerHub(api_url=hub.url, request_limit=limit) as client:
+        for _ in range(8):
+            client.get_tag("checkmarx/kics", "latest")
+    times = sorted(hub.call_times)[-8:]
+    assert max(sum(1 for u in times if t <= u < t + 0.39) for t in times) <= 3
+    assert times[-1] - times[0] >= 0.8 and limit.waited > 0

@@ -280,3 +280,24 @@ def test_resolve_many_through_bearer_auth(registry, gw):
     assert all(r.ok for r in out), [r.error for r in out if r.error]
     assert {r.digest for r in out} == set(tags.values())
     assert 1 <= len(gw.token_requests) <= 4  # racing workers may each fetch once, never per reference
+
+
+def test_a_request_budget_paces_every_request(registry):
+    """Docker Hub's per-address abuse budget (any RegistryClient on registry-1.docker.io shares it), exercised on the
+    real local registry with a small budget: the fast keep-alive HEAD path and the full path both wait their turn."""
+    import time
+
+    from integrations._rest import RateLimit
+    from integrations.registry import DOCKER_HUB_REQUESTS_PER_MINUTE, docker_hub_limit
+
+    idx = push_index(registry.base_url, "paced/app", "1.0")
+    assert RegistryClient("docker.io").request_limit is docker_hub_limit()
+    assert docker_hub_limit().count == DOCKER_HUB_REQUESTS_PER_MINUTE
+    limit = RateLimit(3, 0.4)
+    client = RegistryClient(registry.host, base_url=registry.base_url, request_limit=limit)
+    t = time.monotonic()
+    for _ in range(7):
+        assert client.resolve("paced/app", "1.0") == idx.digest
+    with pytest.raises(NotFound):
+        client.resolve("paced/app", "missing")
+    assert time.monotonic() - t >= 0.75 and limit.waited > 0

@@ -77,3 +77,40 @@ def test_empty_tables_still_publish(prefect_harness):
         purges = _read(client, "incident-inc-empty-purges")[0]
         assert json.loads(purges.data) == [{"note": "none"}]
         assert purges.description.endswith("0 row(s)")
+
+
+def test_artifacts_stay_bounded_for_a_large_estate(prefect_harness, tmp_path):
+    """256 repositories, each exposing every secret: the server gets bounded events, the HTML keeps everything."""
+    from digestguard.findings import ExposedSecret
+    from tasks.report.artifacts import ARTIFACT_ROWS, MAX_ARTIFACT_BYTES, MAX_LINK_ARTIFACTS
+    from tasks.report.model import PullRequestLink
+
+    n = 256
+    report = sample_report(incident="INC big estate")
+    jobs = [f"ci-logs/acme/infra-{i}/inside-malicious.log" for i in range(n)]
+    report.exposure.secrets = [ExposedSecret(name=f"KICS_API_TOKEN_{k}", mapped=False, exposed_by=jobs,
+                                             how=[f"infra-{i}/.github/workflows/scan.yml:9 secrets.KICS_API_TOKEN_{k}"
+                                                  for i in range(n)], exposure="confirmed") for k in range(n)]
+    report.pull_requests = [PullRequestLink(repository=f"acme/infra-{i}", url=f"https://github.example/acme/infra-{i}/pull/1",
+                                            number=1, title="Pin", state="open", changes=2) for i in range(n)]
+
+    @flow(name="report-artifacts-big")
+    def publish(html_path: str) -> dict:
+        return publish_report(report, html_path)
+
+    html = tmp_path / "report.html"
+    out = publish(str(html))
+    key = artifact_key("INC big estate")
+    assert len([k for k in out["artifacts"] if k.startswith(f"{key}-pr-")]) == MAX_LINK_ARTIFACTS
+    with get_client(sync_client=True) as client:
+        md = _read(client, key)[0].data
+        table = _read(client, f"{key}-exposed-secrets")[0].data
+        prs = _read(client, f"{key}-pull-requests")[0].data
+    for data in (md, table, prs):
+        assert len(data.encode()) <= MAX_ARTIFACT_BYTES
+    rows = json.loads(table)
+    assert len(rows) == ARTIFACT_ROWS + 1 and f"{n - ARTIFACT_ROWS} more row(s)" in json.dumps(rows[-1])
+    assert str(html) in json.dumps(rows[-1])  # says where the full table is
+    assert "acme/infra-255" in json.dumps(json.loads(prs)) or "more row(s)" in prs  # every PR counted
+    full = html.read_text()
+    assert "KICS_API_TOKEN_255" in full and "acme/infra-255" in full  # the HTML report keeps every row

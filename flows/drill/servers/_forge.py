@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,6 +31,8 @@ class Call:
     headers: dict[str, str]
     status: int = 0
     authorized: bool = False
+    at: float = field(default_factory=time.monotonic)
+    """When the request arrived (monotonic seconds): rate-limit tests read the spacing of calls from it."""
 
 
 @dataclass

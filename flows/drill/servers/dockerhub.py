@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import secrets
 import threading
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ class DockerHubServer:
     jwts: dict[str, str] = field(default_factory=dict)  # JWT -> account
     failures: deque = field(default_factory=deque)
     calls: list[tuple[str, str, bool]] = field(default_factory=list)
+    call_times: list[float] = field(default_factory=list)  # monotonic arrival time of each call (rate-limit tests)
     server: ThreadingHTTPServer | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -184,6 +186,7 @@ def _handler(hs: DockerHubServer) -> type[BaseHTTPRequestHandler]:  # noqa: C901
             q = {k: v[0] for k, v in parse_qs(url.query).items()}
             with hs.lock:
                 hs.calls.append((self.command, url.path, "Authorization" in self.headers))
+                hs.call_times.append(time.monotonic())
                 failure = hs.failures.popleft() if hs.failures else None
             if failure:
                 status, after = failure
