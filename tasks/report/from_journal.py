@@ -40,10 +40,11 @@ _REBUILT = "This report was rebuilt from the journal: findings and exposure are 
 def report_from_journal(journal: Journal, incident: str, advisory: Advisory | None = None) -> IncidentReport:
     """Rebuild what the journal knows of an incident (the CLI's ``report`` when the run's own file is gone).
 
-    The journal holds actions, approvals and pull requests, not findings or exposure, so those
-    tables come out empty and the report says so. An action left ``started`` (an interrupted
-    run) is reported as needing a person. ``advisory`` defaults to the shipped pack whose id
-    prefixes the incident id.
+    The run's last recorded report (:func:`record_report`) is returned as it was. Without one (an
+    incident recorded before snapshots, or a run that died before its first stage ended) it is pieced
+    together from actions, approvals and pull requests: findings and exposure come out empty and the
+    report says so. An action left ``started`` (an interrupted run) is reported as needing a person.
+    ``advisory`` defaults to the shipped pack whose id prefixes the incident id.
     """
     entries = journal.entries(incident)
     events = journal.events(incident)
