@@ -159,14 +159,14 @@ def test_update_model_round_trips():
 
 
 # ------------------------------------------------------------------ image push times (issue 17)
-# Docker Hub's API is tests/fakes/dockerhub.py (a local server speaking hub.docker.com's documented
+# Docker Hub's API is flows/drill/servers/dockerhub.py (a local server speaking hub.docker.com's documented
 # /v2/namespaces/{ns}/repositories/{repo}/tags wire format to integrations.dockerhub.DockerHub);
 # the registry is the real Debian docker-registry (tests/support/registry.py); the watch state is
 # the real SQLite file.
 
 @pytest.fixture()
 def hub():
-    from tests.fakes.dockerhub import start_dockerhub
+    from flows.drill.servers.dockerhub import start_dockerhub
 
     srv = start_dockerhub()
     yield srv

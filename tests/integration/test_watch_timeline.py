@@ -1,6 +1,6 @@
 """Tag timelines through the real parts (issue 19): watch cycles against the real local registry
 (Debian ``docker-registry``, ``registry`` fixture) with a tag overwritten between cycles, Docker Hub's
-``tag_last_pushed`` from the stand-in ``tests.fakes.dockerhub`` (Docker Hub's documented v2 JSON, read by our
+``tag_last_pushed`` from the stand-in ``flows.drill.servers.dockerhub`` (Docker Hub's documented v2 JSON, read by our
 unmodified client; the real registry stands in for registry-1.docker.io as an inventory mirror,
 ``mirror_of: docker.io``), the journal on SQLite and on a real PostgreSQL, and ``digestguard timeline`` run as
 a separate process (a restart: a new process on the reopened journal)."""
@@ -20,11 +20,11 @@ import yaml
 from digestguard.inventory import load_inventory
 from digestguard.journal import JOURNAL_ENV, Journal
 from digestguard.timeutil import iso_z, now
+from flows.drill.servers.dockerhub import start_dockerhub
 from tasks.watch.cycle import run_watch
 from tasks.watch.sources import load_packs
 from tasks.watch.state import WatchState
 from tasks.watch.timeline import stored_timeline
-from tests.fakes.dockerhub import start_dockerhub
 from tests.integration.test_watch import FAST, write_pack
 from tests.support.registry import push_index
 
