@@ -42,7 +42,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Self, TypedDict
@@ -59,7 +59,7 @@ __all__ = [
     "MAX_ERROR_BYTES", "MAX_JSON_BYTES", "MAX_LOG_BYTES", "json_answer", "read_body",
     "AWS_SDK_POLICY", "GCP_ACCESS_POLICY", "RETRY_STATUSES", "VAULT_READ_POLICY",
     "Closing", "RateLimit", "RestBackedClient", "RestClient", "RestOptions", "Retrier", "RetryPolicy",
-    "azure_retry_kwargs", "botocore_config", "google_retry", "iso_utc", "next_link",
+    "azure_retry_kwargs", "botocore_config", "bounded_session", "google_retry", "iso_utc", "next_link",
     "parse_retry_after", "raise_for", "rate_limit", "rate_limit_wait", "redact_url", "urllib3_retry",
 ]
 
@@ -188,14 +188,100 @@ def urllib3_retry(policy: RetryPolicy = VAULT_READ_POLICY, *, methods: frozenset
     Connection errors get one retry fewer than answers (a server that is down stays down
     for a while); a read error is never retried: the request may have been acted on.
     """
+    from urllib3.exceptions import MaxRetryError
     from urllib3.util.retry import Retry  # imported with requests only by the clients that need it
 
-    return Retry(
+    max_wait = policy.max_wait
+
+    class CappedRetry(Retry):
+        """urllib3's ``Retry``, except that a ``Retry-After`` over the policy's ``max_wait`` is not slept
+        through (urllib3 sleeps any length asked): the answer goes back to the caller as it is."""
+
+        def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+            asked = parse_retry_after(response.headers.get("retry-after")) if response is not None else None
+            if asked is not None and asked > max_wait:
+                raise MaxRetryError(_pool, url or "", None)  # with raise_on_status=False: the answer is returned
+            return super().increment(method, url, response, error, _pool, _stacktrace)
+
+    return CappedRetry(
         total=policy.max_retries, connect=max(0, policy.max_retries - 1), read=0,
         backoff_factor=policy.backoff, backoff_max=policy.max_backoff,
         status_forcelist=tuple(sorted(policy.statuses)), allowed_methods=methods,
         respect_retry_after_header=True, raise_on_status=False,
     )
+
+
+def bounded_session(vendor: str, *, deadline: float = DEFAULT_DEADLINE, max_body: int = MAX_JSON_BYTES,
+                    retry: Any = None):
+    """A ``requests.Session`` (for an SDK that takes one, as ``hvac.Client(session=...)``) whose every
+    request ends within ``deadline`` seconds and whose answers are capped like :class:`RestClient`'s.
+
+    What is bounded, per request: each socket wait by ``min(timeout, time left)``; the body, streamed
+    (``read1``, so a byte-a-second drip is seen chunk by chunk) under ``max_body`` (2xx, else
+    :data:`MAX_ERROR_BYTES`) and cut at the deadline by a timer that shuts the socket down
+    (urllib3's ``HTTPResponse.shutdown``). Over the deadline: :class:`Unavailable`; over the cap:
+    :class:`Refused`, both naming ``vendor`` and the URL (no query). Not bounded by the deadline: the
+    status line and headers (each socket read only by the timeout) and urllib3's own retries before the
+    answer (bounded by ``retry``'s count and capped waits, see :func:`urllib3_retry`).
+    """
+    import requests  # imported only by the clients that need it
+    import urllib3.exceptions
+    from requests.adapters import HTTPAdapter
+
+    if deadline <= 0:
+        raise InputError(f"{vendor} client", "deadline must be > 0 seconds", field="deadline")
+
+    def cut(raw: Any) -> None:
+        try:
+            raw.shutdown()
+        except (ValueError, RuntimeError, OSError):
+            pass  # already released or closed: nothing left to cut
+
+    class BoundedSession(requests.Session):
+        def send(self, request: Any, **kwargs: Any) -> Any:
+            source = f"{vendor} {redact_url(str(request.url).split('?', 1)[0])}"
+            deadline_at = time.monotonic() + deadline
+            timeout = kwargs.get("timeout") or deadline
+            connect_t, read_t = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+            kwargs["timeout"] = (min(connect_t or deadline, deadline), min(read_t or deadline, deadline))
+            kwargs["stream"] = True
+            response = super().send(request, **kwargs)
+            raw = response.raw
+            timer = threading.Timer(max(0.0, deadline_at - time.monotonic()), cut, args=(raw,))
+            timer.daemon = True
+            timer.start()
+
+            def chunks() -> Iterator[bytes]:
+                while chunk := raw.read1(64 * 1024, decode_content=True):
+                    yield chunk
+
+            try:
+                body = read_body(response, source, limit=max_body, deadline_at=deadline_at, deadline=deadline,
+                                 chunks_in=chunks())
+                if time.monotonic() >= deadline_at:  # the timer cut the read short: what came is not all
+                    raise Unavailable(source, f"answer not complete within the {deadline:.0f}s deadline of "
+                                              "this call (a slow or stalled server)")
+            except (OSError, urllib3.exceptions.HTTPError, requests.RequestException) as e:
+                response.close()
+                if time.monotonic() >= deadline_at:
+                    raise Unavailable(source, f"answer not complete within the {deadline:.0f}s deadline of "
+                                              "this call (a slow or stalled server)") from None
+                raise requests.ConnectionError(f"answer cut short: {type(e).__name__}") from None
+            except BaseException:
+                response.close()
+                raise
+            finally:
+                timer.cancel()
+            response._content = body
+            response._content_consumed = True
+            raw.release_conn()
+            return response
+
+    session = BoundedSession()
+    adapter_retry = urllib3_retry() if retry is None else retry
+    session.mount("http://", HTTPAdapter(max_retries=adapter_retry))
+    session.mount("https://", HTTPAdapter(max_retries=adapter_retry))
+    return session
 
 
 def azure_retry_kwargs(policy: RetryPolicy = AZURE_SDK_POLICY) -> dict[str, Any]:
@@ -297,11 +383,14 @@ def _message(response: httpx.Response) -> str:
     return str(body)[:300]
 
 
-def read_body(response: httpx.Response, source: str, *, limit: int, deadline_at: float, deadline: float,
-              error_limit: int = MAX_ERROR_BYTES) -> bytes:
+def read_body(response: Any, source: str, *, limit: int, deadline_at: float, deadline: float,
+              error_limit: int = MAX_ERROR_BYTES, chunks_in: Iterable[bytes] | None = None) -> bytes:
     """The body of a streamed ``response``, read chunk by chunk: at most ``limit`` bytes for a 2xx answer
     (more raises :class:`Refused`, declared or read, and nothing more is read), at most ``error_limit``
-    for any other (the rest is dropped), and never past ``deadline_at`` (:class:`Unavailable`)."""
+    for any other (the rest is dropped), and never past ``deadline_at`` (:class:`Unavailable`).
+
+    ``response`` is an ``httpx.Response`` (its ``iter_bytes()`` is read) or, with ``chunks_in``, any
+    answer with ``status_code`` and ``headers`` whose body ``chunks_in`` yields (a ``requests`` one)."""
     ok = 200 <= response.status_code < 300
     cap = limit if ok else error_limit
     declared = response.headers.get("content-length", "")
@@ -309,7 +398,7 @@ def read_body(response: httpx.Response, source: str, *, limit: int, deadline_at:
         raise Refused(source, f"answer of {int(declared)} bytes is over the {cap}-byte cap; not read")
     chunks: list[bytes] = []
     size = 0
-    for chunk in response.iter_bytes():
+    for chunk in response.iter_bytes() if chunks_in is None else chunks_in:
         size += len(chunk)
         if size > cap:
             if ok:
