@@ -61,3 +61,23 @@ def test_token_probe_is_bounded(hostile):
     with pytest.raises(Unavailable, match="deadline"):
         vault.token_probe(hostile.url, "hvs.not-a-real-token", timeout=1.0, deadline=DEADLINE)
     assert time.monotonic() - t0 < DEADLINE + 1.5
+
+
+@pytest.mark.parametrize("hostile", ["huge-declared", "503-long"], indirect=True)
+def test_contain_stage_reports_a_hostile_vault_as_unproven_not_rotated(hostile):
+    """The contain stage's probe of a Vault token against a Vault that floods or asks to wait an hour:
+    the verdict is "unknown" naming the address, so the outcome is needs-person, never "rotated".
+    (A dripping Vault gives the same typed error after the default deadline; proven above with 2 s.)"""
+    from pydantic import SecretStr
+
+    from digestguard.inventory import Backends
+    from tasks.contain import ProbeResult, outcome, prober_for
+
+    prober = prober_for("vault-token", {"addr": hostile.url}, None, Backends())
+    assert prober is not None
+    t0 = time.monotonic()
+    old = prober({"value": SecretStr("hvs.old-leaked")})
+    assert time.monotonic() - t0 < 5
+    assert old.verdict == "unknown" and hostile.url in old.evidence and "hvs.old-leaked" not in old.evidence
+    status, why = outcome(old, ProbeResult("accepted", "new ok"), has_probe=True, old_held=True)
+    assert status == "needs-person" and "unproven" in why
