@@ -59,7 +59,7 @@ __all__ = [
     "MAX_ERROR_BYTES", "MAX_JSON_BYTES", "MAX_LOG_BYTES", "json_answer", "read_body",
     "AWS_SDK_POLICY", "GCP_ACCESS_POLICY", "RETRY_STATUSES", "VAULT_READ_POLICY",
     "Closing", "RateLimit", "RestBackedClient", "RestClient", "RestOptions", "Retrier", "RetryPolicy",
-    "azure_retry_kwargs", "botocore_config", "bounded_session", "google_retry", "iso_utc", "next_link",
+    "MAX_PAGES", "azure_retry_kwargs", "botocore_config", "bound_botocore", "bounded_session", "read_raw", "google_retry", "iso_utc", "next_link",
     "parse_retry_after", "raise_for", "rate_limit", "rate_limit_wait", "redact_url", "urllib3_retry",
 ]
 
@@ -75,6 +75,8 @@ MAX_LOG_BYTES = 64 * 1024 * 1024
 """The cap on one CI log download, the same as on one decompressed member of a CI-log folder."""
 MAX_ERROR_BYTES = 64 * 1024
 """How much of an error answer is read: enough for the vendor's message, never a flood."""
+MAX_PAGES = 1000
+"""The cap on pages one paginated read follows: past it the query is too broad (or the server loops)."""
 DEFAULT_DEADLINE = 120.0
 """Seconds one REST call may take in total: connect, every attempt, every wait, every read."""
 
@@ -211,16 +213,59 @@ def urllib3_retry(policy: RetryPolicy = VAULT_READ_POLICY, *, methods: frozenset
     )
 
 
+def read_raw(raw: Any, response: Any, source: str, *, limit: int, deadline_at: float, deadline: float,
+             decode: bool = False) -> bytes:
+    """The body of a not-yet-read urllib3 answer ``raw`` (``response`` gives its status and headers), read as
+    :func:`read_body` reads an httpx one, for the SDKs built on urllib3 (requests under hvac, botocore).
+
+    ``read1`` returns what one socket read brought, so a drip is seen chunk by chunk; a timer shuts the
+    socket down at ``deadline_at`` (urllib3's ``HTTPResponse.shutdown``), so even one byte per socket
+    timeout cannot outlast the deadline (:class:`Unavailable`). The connection goes back to the pool only
+    when the answer was read whole; any other exception from the read comes out as it is, connection closed.
+    """
+    import urllib3.exceptions  # imported only by the clients that need it
+
+    def cut() -> None:
+        try:
+            raw.shutdown()
+        except (ValueError, RuntimeError, OSError):
+            pass  # already released or closed: nothing left to cut
+
+    def chunks() -> Iterator[bytes]:
+        while chunk := raw.read1(64 * 1024, decode_content=decode):
+            yield chunk
+
+    late = f"answer not complete within the {deadline:.0f}s deadline of this call (a slow or stalled server)"
+    timer = threading.Timer(max(0.0, deadline_at - time.monotonic()), cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        body = read_body(response, source, limit=limit, deadline_at=deadline_at, deadline=deadline, chunks_in=chunks())
+        if time.monotonic() >= deadline_at:  # the timer cut the read short: what came is not all of it
+            raise Unavailable(source, late)
+    except (OSError, urllib3.exceptions.HTTPError):
+        raw.close()
+        if time.monotonic() >= deadline_at:
+            raise Unavailable(source, late) from None
+        raise
+    except BaseException:
+        raw.close()
+        raise
+    finally:
+        timer.cancel()
+    raw.release_conn()
+    return body
+
+
 def bounded_session(vendor: str, *, deadline: float = DEFAULT_DEADLINE, max_body: int = MAX_JSON_BYTES,
                     retry: Any = None):
     """A ``requests.Session`` (for an SDK that takes one, as ``hvac.Client(session=...)``) whose every
     request ends within ``deadline`` seconds and whose answers are capped like :class:`RestClient`'s.
 
-    What is bounded, per request: each socket wait by ``min(timeout, time left)``; the body, streamed
-    (``read1``, so a byte-a-second drip is seen chunk by chunk) under ``max_body`` (2xx, else
-    :data:`MAX_ERROR_BYTES`) and cut at the deadline by a timer that shuts the socket down
-    (urllib3's ``HTTPResponse.shutdown``). Over the deadline: :class:`Unavailable`; over the cap:
-    :class:`Refused`, both naming ``vendor`` and the URL (no query). Not bounded by the deadline: the
+    What is bounded, per request: each socket wait by ``min(timeout, time left)``; the body, read by
+    :func:`read_raw` under ``max_body`` (2xx, else :data:`MAX_ERROR_BYTES`) and cut at the deadline.
+    Over the deadline: :class:`Unavailable`; over the cap: :class:`Refused`, both naming ``vendor`` and
+    the URL (no query). Not bounded by the deadline: the
     status line and headers (each socket read only by the timeout) and urllib3's own retries before the
     answer (bounded by ``retry``'s count and capped waits, see :func:`urllib3_retry`).
     """
@@ -231,12 +276,6 @@ def bounded_session(vendor: str, *, deadline: float = DEFAULT_DEADLINE, max_body
     if deadline <= 0:
         raise InputError(f"{vendor} client", "deadline must be > 0 seconds", field="deadline")
 
-    def cut(raw: Any) -> None:
-        try:
-            raw.shutdown()
-        except (ValueError, RuntimeError, OSError):
-            pass  # already released or closed: nothing left to cut
-
     class BoundedSession(requests.Session):
         def send(self, request: Any, **kwargs: Any) -> Any:
             source = f"{vendor} {redact_url(str(request.url).split('?', 1)[0])}"
@@ -246,35 +285,13 @@ def bounded_session(vendor: str, *, deadline: float = DEFAULT_DEADLINE, max_body
             kwargs["timeout"] = (min(connect_t or deadline, deadline), min(read_t or deadline, deadline))
             kwargs["stream"] = True
             response = super().send(request, **kwargs)
-            raw = response.raw
-            timer = threading.Timer(max(0.0, deadline_at - time.monotonic()), cut, args=(raw,))
-            timer.daemon = True
-            timer.start()
-
-            def chunks() -> Iterator[bytes]:
-                while chunk := raw.read1(64 * 1024, decode_content=True):
-                    yield chunk
-
             try:
-                body = read_body(response, source, limit=max_body, deadline_at=deadline_at, deadline=deadline,
-                                 chunks_in=chunks())
-                if time.monotonic() >= deadline_at:  # the timer cut the read short: what came is not all
-                    raise Unavailable(source, f"answer not complete within the {deadline:.0f}s deadline of "
-                                              "this call (a slow or stalled server)")
-            except (OSError, urllib3.exceptions.HTTPError, requests.RequestException) as e:
-                response.close()
-                if time.monotonic() >= deadline_at:
-                    raise Unavailable(source, f"answer not complete within the {deadline:.0f}s deadline of "
-                                              "this call (a slow or stalled server)") from None
+                body = read_raw(response.raw, response, source, limit=max_body, deadline_at=deadline_at,
+                                deadline=deadline, decode=True)
+            except (OSError, urllib3.exceptions.HTTPError) as e:
                 raise requests.ConnectionError(f"answer cut short: {type(e).__name__}") from None
-            except BaseException:
-                response.close()
-                raise
-            finally:
-                timer.cancel()
             response._content = body
             response._content_consumed = True
-            raw.release_conn()
             return response
 
     session = BoundedSession()
@@ -282,6 +299,56 @@ def bounded_session(vendor: str, *, deadline: float = DEFAULT_DEADLINE, max_body
     session.mount("http://", HTTPAdapter(max_retries=adapter_retry))
     session.mount("https://", HTTPAdapter(max_retries=adapter_retry))
     return session
+
+
+def bound_botocore(client: Any, source: str, *, deadline: float = DEFAULT_DEADLINE, max_body: int = MAX_JSON_BYTES):
+    """Give every API call of the boto3 ``client`` a total ``deadline`` and its answers a ``max_body`` cap;
+    returns ``client``. botocore has per-socket timeouts and counted retries, no total deadline, and it
+    reads a whole answer into memory however slowly it comes and however big it is.
+
+    How, the botocore way: ``before-call`` (once per API call) starts the call's clock; ``before-send``
+    (once per attempt) refuses an attempt after the deadline (:class:`Unavailable`, not retried) and
+    otherwise sends the signed request through the client's own HTTP session (its TLS, proxy and pool
+    settings) and reads the answer with :func:`read_raw`: at most ``max_body`` bytes (:class:`Refused`),
+    cut at the deadline even when it drips one byte per socket timeout. What stays bounded only by
+    botocore's settings (:func:`botocore_config`): the connect and the status line and headers of one
+    attempt (``connect_timeout``/``read_timeout`` per socket wait), and the back-off between retries
+    (counted, capped by botocore, checked against the deadline before the next attempt). Paginating
+    callers add their own page cap (:data:`MAX_PAGES`).
+    """
+    from botocore.exceptions import ConnectionClosedError  # heavy optional import: only the AWS clients
+    from urllib3.exceptions import HTTPError
+
+    if deadline <= 0:
+        raise InputError(source, "deadline must be > 0 seconds", field="deadline")
+    clock = threading.local()
+    http = client._endpoint.http_session  # botocore's own URLLib3Session: the same one its _send uses
+
+    def start(**_: Any) -> None:
+        clock.deadline_at = time.monotonic() + deadline
+
+    def send(request: Any, **_: Any) -> Any:
+        deadline_at = getattr(clock, "deadline_at", None) or time.monotonic() + deadline
+        if time.monotonic() >= deadline_at:
+            raise Unavailable(source, f"no answer within the {deadline:.0f}s deadline of this call")
+        streams = request.stream_output
+        request.stream_output = True  # else botocore's send reads the whole answer itself, unbounded
+        try:
+            response = http.send(request)
+        finally:
+            request.stream_output = streams
+        if streams:
+            return response  # a streamed download (S3 GetObject): its reader bounds it, not us
+        try:
+            response._content = read_raw(response.raw, response, source, limit=max_body,
+                                          deadline_at=deadline_at, deadline=deadline)
+        except (OSError, HTTPError):
+            raise ConnectionClosedError(endpoint_url=request.url) from None  # botocore may retry this one
+        return response
+
+    client.meta.events.register("before-call", start)
+    client.meta.events.register("before-send", send)
+    return client
 
 
 def azure_retry_kwargs(policy: RetryPolicy = AZURE_SDK_POLICY) -> dict[str, Any]:
@@ -652,7 +719,7 @@ class RestClient:
         *,
         params: Mapping[str, Any] | None = None,
         item_key: str | None = None,
-        max_pages: int = 1000,
+        max_pages: int = MAX_PAGES,
     ) -> Iterator[dict[str, Any]]:
         """Yield every item over all pages, following ``Link: rel="next"``.
 
