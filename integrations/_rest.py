@@ -8,7 +8,8 @@ back-off, an optional deadline. The hand-written loops (this module's
 :class:`Retrier`; the vendor SDKs that retry themselves (botocore, urllib3 under
 hvac, Azure, Google) get their settings from :func:`botocore_config`,
 :func:`urllib3_retry`, :func:`azure_retry_kwargs` and :func:`google_retry`,
-built from the named policies below.
+built from the named policies below; :func:`bounded_session` (hvac) and
+:func:`bound_botocore` (boto3) give those SDKs the same total deadline and body caps.
 
 :class:`RestClient` serves GitHub, GitLab, Docker Hub and Artifact Registry:
 token header, JSON bodies, ``Link: <...>; rel="next"`` pagination, 429/5xx with
