@@ -33,7 +33,7 @@ import hvac
 import requests
 from pydantic import SecretStr
 
-from digestguard.errors import InputError, NotFound, Refused, Unavailable
+from digestguard.errors import InputError, IntegrationError, NotFound, Refused, Unavailable
 from digestguard.timeutil import parse_time
 from integrations._errors import hvac_errors
 from integrations._rest import DEFAULT_DEADLINE, VAULT_READ_POLICY, bounded_session, urllib3_retry
@@ -162,7 +162,10 @@ def connect(
         session=session,
     )
     with _translate(client, "auth/token/lookup-self"):
-        client.auth.token.lookup_self()
+        answer = client.auth.token.lookup_self()
+    if not isinstance(answer, dict) or not isinstance(answer.get("data"), dict):  # hvac hands back a non-JSON 200 as is
+        raise IntegrationError(_source(client, "auth/token/lookup-self"),
+                               "answer is not a Vault token lookup (not JSON or not an object: not a Vault API?)")
     return client
 
 

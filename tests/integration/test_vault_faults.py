@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from digestguard.errors import RateLimited, Refused, Unavailable
+from digestguard.errors import IntegrationError, RateLimited, Refused, Unavailable
 from integrations import vault
 from integrations._rest import MAX_JSON_BYTES
 from tests.fakes.hostile_http import start_hostile_http
@@ -37,6 +37,8 @@ EXPECT = {  # fault -> (error type, words the message carries)
     "429-long": (RateLimited, ""),
     "503-long": (Unavailable, ""),
     "flood-error": (Unavailable, ""),
+    "non-json": (IntegrationError, "not JSON"),
+    "wrong-type": (IntegrationError, "not an object"),
 }
 
 
