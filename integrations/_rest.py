@@ -8,7 +8,8 @@ back-off, an optional deadline. The hand-written loops (this module's
 :class:`Retrier`; the vendor SDKs that retry themselves (botocore, urllib3 under
 hvac, Azure, Google) get their settings from :func:`botocore_config`,
 :func:`urllib3_retry`, :func:`azure_retry_kwargs` and :func:`google_retry`,
-built from the named policies below.
+built from the named policies below; :func:`bounded_session` (hvac) and
+:func:`bound_botocore` (boto3) give those SDKs the same total deadline and body caps.
 
 :class:`RestClient` serves GitHub, GitLab, Docker Hub and Artifact Registry:
 token header, JSON bodies, ``Link: <...>; rel="next"`` pagination, 429/5xx with
@@ -42,7 +43,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Self, TypedDict
@@ -59,7 +60,7 @@ __all__ = [
     "MAX_ERROR_BYTES", "MAX_JSON_BYTES", "MAX_LOG_BYTES", "json_answer", "read_body",
     "AWS_SDK_POLICY", "GCP_ACCESS_POLICY", "RETRY_STATUSES", "VAULT_READ_POLICY",
     "Closing", "RateLimit", "RestBackedClient", "RestClient", "RestOptions", "Retrier", "RetryPolicy",
-    "azure_retry_kwargs", "botocore_config", "google_retry", "iso_utc", "next_link",
+    "MAX_PAGES", "azure_retry_kwargs", "botocore_config", "bound_botocore", "bounded_session", "read_raw", "google_retry", "iso_utc", "next_link",
     "parse_retry_after", "raise_for", "rate_limit", "rate_limit_wait", "redact_url", "urllib3_retry",
 ]
 
@@ -75,6 +76,8 @@ MAX_LOG_BYTES = 64 * 1024 * 1024
 """The cap on one CI log download, the same as on one decompressed member of a CI-log folder."""
 MAX_ERROR_BYTES = 64 * 1024
 """How much of an error answer is read: enough for the vendor's message, never a flood."""
+MAX_PAGES = 1000
+"""The cap on pages one paginated read follows: past it the query is too broad (or the server loops)."""
 DEFAULT_DEADLINE = 120.0
 """Seconds one REST call may take in total: connect, every attempt, every wait, every read."""
 
@@ -188,14 +191,165 @@ def urllib3_retry(policy: RetryPolicy = VAULT_READ_POLICY, *, methods: frozenset
     Connection errors get one retry fewer than answers (a server that is down stays down
     for a while); a read error is never retried: the request may have been acted on.
     """
+    from urllib3.exceptions import MaxRetryError
     from urllib3.util.retry import Retry  # imported with requests only by the clients that need it
 
-    return Retry(
+    max_wait = policy.max_wait
+
+    class CappedRetry(Retry):
+        """urllib3's ``Retry``, except that a ``Retry-After`` over the policy's ``max_wait`` is not slept
+        through (urllib3 sleeps any length asked): the answer goes back to the caller as it is."""
+
+        def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+            asked = parse_retry_after(response.headers.get("retry-after")) if response is not None else None
+            if asked is not None and asked > max_wait:
+                raise MaxRetryError(_pool, url or "", None)  # with raise_on_status=False: the answer is returned
+            return super().increment(method, url, response, error, _pool, _stacktrace)
+
+    return CappedRetry(
         total=policy.max_retries, connect=max(0, policy.max_retries - 1), read=0,
         backoff_factor=policy.backoff, backoff_max=policy.max_backoff,
         status_forcelist=tuple(sorted(policy.statuses)), allowed_methods=methods,
         respect_retry_after_header=True, raise_on_status=False,
     )
+
+
+def read_raw(raw: Any, response: Any, source: str, *, limit: int, deadline_at: float, deadline: float,
+             decode: bool = False) -> bytes:
+    """The body of a not-yet-read urllib3 answer ``raw`` (``response`` gives its status and headers), read as
+    :func:`read_body` reads an httpx one, for the SDKs built on urllib3 (requests under hvac, botocore).
+
+    ``read1`` returns what one socket read brought, so a drip is seen chunk by chunk; a timer shuts the
+    socket down at ``deadline_at`` (urllib3's ``HTTPResponse.shutdown``), so even one byte per socket
+    timeout cannot outlast the deadline (:class:`Unavailable`). The connection goes back to the pool only
+    when the answer was read whole; any other exception from the read comes out as it is, connection closed.
+    """
+    import urllib3.exceptions  # imported only by the clients that need it
+
+    def cut() -> None:
+        try:
+            raw.shutdown()
+        except (ValueError, RuntimeError, OSError):
+            pass  # already released or closed: nothing left to cut
+
+    def chunks() -> Iterator[bytes]:
+        while chunk := raw.read1(64 * 1024, decode_content=decode):
+            yield chunk
+
+    late = f"answer not complete within the {deadline:.0f}s deadline of this call (a slow or stalled server)"
+    timer = threading.Timer(max(0.0, deadline_at - time.monotonic()), cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        body = read_body(response, source, limit=limit, deadline_at=deadline_at, deadline=deadline, chunks_in=chunks())
+        if time.monotonic() >= deadline_at:  # the timer cut the read short: what came is not all of it
+            raise Unavailable(source, late)
+    except (OSError, urllib3.exceptions.HTTPError):
+        raw.close()
+        if time.monotonic() >= deadline_at:
+            raise Unavailable(source, late) from None
+        raise
+    except BaseException:
+        raw.close()
+        raise
+    finally:
+        timer.cancel()
+    raw.release_conn()
+    return body
+
+
+def bounded_session(vendor: str, *, deadline: float = DEFAULT_DEADLINE, max_body: int = MAX_JSON_BYTES,
+                    retry: Any = None):
+    """A ``requests.Session`` (for an SDK that takes one, as ``hvac.Client(session=...)``) whose every
+    request ends within ``deadline`` seconds and whose answers are capped like :class:`RestClient`'s.
+
+    What is bounded, per request: each socket wait by ``min(timeout, time left)``; the body, read by
+    :func:`read_raw` under ``max_body`` (2xx, else :data:`MAX_ERROR_BYTES`) and cut at the deadline.
+    Over the deadline: :class:`Unavailable`; over the cap: :class:`Refused`, both naming ``vendor`` and
+    the URL (no query). Not bounded by the deadline: the
+    status line and headers (each socket read only by the timeout) and urllib3's own retries before the
+    answer (bounded by ``retry``'s count and capped waits, see :func:`urllib3_retry`).
+    """
+    import requests  # imported only by the clients that need it
+    import urllib3.exceptions
+    from requests.adapters import HTTPAdapter
+
+    if deadline <= 0:
+        raise InputError(f"{vendor} client", "deadline must be > 0 seconds", field="deadline")
+
+    class BoundedSession(requests.Session):
+        def send(self, request: Any, **kwargs: Any) -> Any:
+            source = f"{vendor} {redact_url(str(request.url).split('?', 1)[0])}"
+            deadline_at = time.monotonic() + deadline
+            timeout = kwargs.get("timeout") or deadline
+            connect_t, read_t = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+            kwargs["timeout"] = (min(connect_t or deadline, deadline), min(read_t or deadline, deadline))
+            kwargs["stream"] = True
+            response = super().send(request, **kwargs)
+            try:
+                body = read_raw(response.raw, response, source, limit=max_body, deadline_at=deadline_at,
+                                deadline=deadline, decode=True)
+            except (OSError, urllib3.exceptions.HTTPError) as e:
+                raise requests.ConnectionError(f"answer cut short: {type(e).__name__}") from None
+            response._content = body
+            response._content_consumed = True
+            return response
+
+    session = BoundedSession()
+    adapter_retry = urllib3_retry() if retry is None else retry
+    session.mount("http://", HTTPAdapter(max_retries=adapter_retry))
+    session.mount("https://", HTTPAdapter(max_retries=adapter_retry))
+    return session
+
+
+def bound_botocore(client: Any, source: str, *, deadline: float = DEFAULT_DEADLINE, max_body: int = MAX_JSON_BYTES):
+    """Give every API call of the boto3 ``client`` a total ``deadline`` and its answers a ``max_body`` cap;
+    returns ``client``. botocore has per-socket timeouts and counted retries, no total deadline, and it
+    reads a whole answer into memory however slowly it comes and however big it is.
+
+    How, the botocore way: ``before-call`` (once per API call) starts the call's clock; ``before-send``
+    (once per attempt) refuses an attempt after the deadline (:class:`Unavailable`, not retried) and
+    otherwise sends the signed request through the client's own HTTP session (its TLS, proxy and pool
+    settings) and reads the answer with :func:`read_raw`: at most ``max_body`` bytes (:class:`Refused`),
+    cut at the deadline even when it drips one byte per socket timeout. What stays bounded only by
+    botocore's settings (:func:`botocore_config`): the connect and the status line and headers of one
+    attempt (``connect_timeout``/``read_timeout`` per socket wait), and the back-off between retries
+    (counted, capped by botocore, checked against the deadline before the next attempt). Paginating
+    callers add their own page cap (:data:`MAX_PAGES`).
+    """
+    from botocore.exceptions import ConnectionClosedError  # heavy optional import: only the AWS clients
+    from urllib3.exceptions import HTTPError
+
+    if deadline <= 0:
+        raise InputError(source, "deadline must be > 0 seconds", field="deadline")
+    clock = threading.local()
+    http = client._endpoint.http_session  # botocore's own URLLib3Session: the same one its _send uses
+
+    def start(**_: Any) -> None:
+        clock.deadline_at = time.monotonic() + deadline
+
+    def send(request: Any, **_: Any) -> Any:
+        deadline_at = getattr(clock, "deadline_at", None) or time.monotonic() + deadline
+        if time.monotonic() >= deadline_at:
+            raise Unavailable(source, f"no answer within the {deadline:.0f}s deadline of this call")
+        streams = request.stream_output
+        request.stream_output = True  # else botocore's send reads the whole answer itself, unbounded
+        try:
+            response = http.send(request)
+        finally:
+            request.stream_output = streams
+        if streams:
+            return response  # a streamed download (S3 GetObject): its reader bounds it, not us
+        try:
+            response._content = read_raw(response.raw, response, source, limit=max_body,
+                                          deadline_at=deadline_at, deadline=deadline)
+        except (OSError, HTTPError):
+            raise ConnectionClosedError(endpoint_url=request.url) from None  # botocore may retry this one
+        return response
+
+    client.meta.events.register("before-call", start)
+    client.meta.events.register("before-send", send)
+    return client
 
 
 def azure_retry_kwargs(policy: RetryPolicy = AZURE_SDK_POLICY) -> dict[str, Any]:
@@ -297,11 +451,14 @@ def _message(response: httpx.Response) -> str:
     return str(body)[:300]
 
 
-def read_body(response: httpx.Response, source: str, *, limit: int, deadline_at: float, deadline: float,
-              error_limit: int = MAX_ERROR_BYTES) -> bytes:
+def read_body(response: Any, source: str, *, limit: int, deadline_at: float, deadline: float,
+              error_limit: int = MAX_ERROR_BYTES, chunks_in: Iterable[bytes] | None = None) -> bytes:
     """The body of a streamed ``response``, read chunk by chunk: at most ``limit`` bytes for a 2xx answer
     (more raises :class:`Refused`, declared or read, and nothing more is read), at most ``error_limit``
-    for any other (the rest is dropped), and never past ``deadline_at`` (:class:`Unavailable`)."""
+    for any other (the rest is dropped), and never past ``deadline_at`` (:class:`Unavailable`).
+
+    ``response`` is an ``httpx.Response`` (its ``iter_bytes()`` is read) or, with ``chunks_in``, any
+    answer with ``status_code`` and ``headers`` whose body ``chunks_in`` yields (a ``requests`` one)."""
     ok = 200 <= response.status_code < 300
     cap = limit if ok else error_limit
     declared = response.headers.get("content-length", "")
@@ -309,7 +466,7 @@ def read_body(response: httpx.Response, source: str, *, limit: int, deadline_at:
         raise Refused(source, f"answer of {int(declared)} bytes is over the {cap}-byte cap; not read")
     chunks: list[bytes] = []
     size = 0
-    for chunk in response.iter_bytes():
+    for chunk in response.iter_bytes() if chunks_in is None else chunks_in:
         size += len(chunk)
         if size > cap:
             if ok:
@@ -563,7 +720,7 @@ class RestClient:
         *,
         params: Mapping[str, Any] | None = None,
         item_key: str | None = None,
-        max_pages: int = 1000,
+        max_pages: int = MAX_PAGES,
     ) -> Iterator[dict[str, Any]]:
         """Yield every item over all pages, following ``Link: rel="next"``.
 

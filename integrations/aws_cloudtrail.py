@@ -17,8 +17,9 @@ from typing import Any
 
 import boto3
 
+from digestguard.errors import IntegrationError
 from integrations._errors import aws_errors, keep_secrets_out_of_botocore_debug_logs
-from integrations._rest import RateLimit, botocore_config, rate_limit
+from integrations._rest import DEFAULT_DEADLINE, MAX_PAGES, RateLimit, botocore_config, bound_botocore, rate_limit
 
 keep_secrets_out_of_botocore_debug_logs()
 
@@ -49,9 +50,12 @@ def _pacer(key: str) -> RateLimit:
     return rate_limit("cloudtrail", key, 1, 1.1 / RATE_PER_SECOND)
 
 
-def cloudtrail_client(*, session: boto3.session.Session | None = None, endpoint_url: str | None = None, **kwargs: Any):
-    return (session or boto3.session.Session()).client("cloudtrail", endpoint_url=endpoint_url, config=botocore_config(),
-                                                      **kwargs)
+def cloudtrail_client(*, session: boto3.session.Session | None = None, endpoint_url: str | None = None,
+                      deadline: float = DEFAULT_DEADLINE, **kwargs: Any):
+    """A CloudTrail client whose every call ends within ``deadline`` with a capped answer (:func:`bound_botocore`)."""
+    client = (session or boto3.session.Session()).client("cloudtrail", endpoint_url=endpoint_url,
+                                                         config=botocore_config(), **kwargs)
+    return bound_botocore(client, f"aws cloudtrail {endpoint_url or client.meta.endpoint_url}", deadline=deadline)
 
 
 def _event(e: dict) -> TrailEvent:
@@ -67,12 +71,15 @@ def _event(e: dict) -> TrailEvent:
 
 
 def lookup_by_access_key(ct, access_key_id: str, start: datetime, end: datetime, *, resume_token: str | None = None,
-                         on_page: Callable[[str], None] | None = None) -> Iterator[TrailEvent]:
-    """Every event signed with ``access_key_id`` between ``start`` and ``end``, newest first, paced to 2 requests/s."""
+                         on_page: Callable[[str], None] | None = None, max_pages: int = MAX_PAGES) -> Iterator[TrailEvent]:
+    """Every event signed with ``access_key_id`` between ``start`` and ``end``, newest first, paced to 2 requests/s.
+
+    At most ``max_pages`` pages per call: past them ``IntegrationError`` (the caller resumes from the last
+    ``on_page`` token), so a server that pages forever cannot hold a run forever."""
     pacer = _pacer(str(getattr(getattr(ct, "meta", None), "endpoint_url", "")) + str(getattr(getattr(ct, "meta", None),
                                                                                           "region_name", "")))
     token = resume_token
-    while True:
+    for _ in range(max_pages):
         req: dict[str, Any] = {"LookupAttributes": [{"AttributeKey": "AccessKeyId", "AttributeValue": access_key_id}],
                                "StartTime": start, "EndTime": end, "MaxResults": 50}
         if token:
@@ -87,3 +94,5 @@ def lookup_by_access_key(ct, access_key_id: str, start: datetime, end: datetime,
             return
         if on_page is not None:
             on_page(token)
+    raise IntegrationError(f"aws cloudtrail LookupEvents ({access_key_id})",
+                           f"more than {max_pages} pages; resume from the last page token")

@@ -2,6 +2,13 @@
 
 The network sweep and the watch read CloudWatch like any other log source; the
 lines themselves are parsed by ``digestguard.netlog``.
+
+Bounds (issue 15): each ``filter_log_events`` call (every attempt, retry wait and read)
+ends within ``deadline`` and reads at most :data:`integrations._rest.MAX_JSON_BYTES`
+(:func:`integrations._rest.bound_botocore`, which says exactly what botocore itself still
+bounds only per socket wait); one iteration follows at most ``max_pages`` pages, so at
+most ``max_pages * page_size`` events. Past a bound the error is typed and names the
+log group, and a sweep records it as that unit's error (partial, never clean).
 """
 
 from __future__ import annotations
@@ -14,10 +21,10 @@ from urllib.parse import parse_qs
 
 import boto3
 
-from digestguard.errors import InputError
+from digestguard.errors import InputError, IntegrationError
 from digestguard.netlog import epoch_to_utc
 from integrations._errors import aws_errors
-from integrations._rest import botocore_config
+from integrations._rest import DEFAULT_DEADLINE, MAX_PAGES, botocore_config, bound_botocore
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,8 @@ def iter_log_events(
     region: str | None = None,
     client: Any = None,
     page_size: int = 10000,
+    deadline: float = DEFAULT_DEADLINE,
+    max_pages: int = MAX_PAGES,
 ) -> Iterator[LogEvent]:
     """Every event of ``log_group`` via ``filter_log_events`` pagination (``nextToken``).
 
@@ -48,11 +57,14 @@ def iter_log_events(
     every line it read; matching happens on our side. ``endpoint_url`` lets
     tests point boto3 at a moto server (boto3 also honours
     ``AWS_ENDPOINT_URL_LOGS``). Errors come out typed and name the log group.
+    ``deadline`` bounds each page's call and ``max_pages`` the pages (see the module docstring);
+    a ``client`` passed in is bounded by whoever made it.
     """
     source = f"cloudwatch:{log_group}"
     if client is None:
         with aws_errors(source):
-            client = boto3.client("logs", endpoint_url=endpoint_url, region_name=region, config=botocore_config())
+            client = bound_botocore(boto3.client("logs", endpoint_url=endpoint_url, region_name=region,
+                                                 config=botocore_config()), source, deadline=deadline)
     kwargs: dict[str, Any] = {"logGroupName": log_group, "limit": page_size}
     if stream_prefix:
         kwargs["logStreamNamePrefix"] = stream_prefix
@@ -61,7 +73,7 @@ def iter_log_events(
     if end is not None:
         kwargs["endTime"] = int(end.timestamp() * 1000)
     token = None
-    while True:
+    for _ in range(max_pages):
         if token:
             kwargs["nextToken"] = token
         with aws_errors(source):
@@ -79,6 +91,7 @@ def iter_log_events(
         if not new or new == token:
             return
         token = new
+    raise IntegrationError(source, f"more than {max_pages} pages of events; narrow the time window or stream prefix")
 
 
 def parse_cloudwatch_uri(uri: str) -> dict[str, str]:

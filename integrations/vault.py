@@ -32,12 +32,11 @@ from typing import Any
 import hvac
 import requests
 from pydantic import SecretStr
-from requests.adapters import HTTPAdapter
 
-from digestguard.errors import InputError, NotFound, Refused, Unavailable
+from digestguard.errors import InputError, IntegrationError, NotFound, Refused, Unavailable
 from digestguard.timeutil import parse_time
 from integrations._errors import hvac_errors
-from integrations._rest import VAULT_READ_POLICY, urllib3_retry
+from integrations._rest import DEFAULT_DEADLINE, VAULT_READ_POLICY, bounded_session, urllib3_retry
 from integrations._secret_values import SecretLike, reveal, same_secret
 
 __all__ = [
@@ -138,21 +137,22 @@ def connect(
     namespace: str | None = None,
     verify: bool | str = True,
     timeout: float = 15.0,
+    deadline: float = DEFAULT_DEADLINE,
 ) -> hvac.Client:
     """An ``hvac.Client`` for ``addr`` with ``token``; checks the token before returning.
 
     ``verify`` is ``True``, ``False`` or a CA bundle path (as in ``requests``).
     Raises ``AuthError`` when the token is not accepted, ``Unavailable`` when
-    nothing answers at ``addr``.
+    nothing answers at ``addr``. ``timeout`` bounds one socket wait, ``deadline`` one call in total
+    (a slow-dripping answer is ``Unavailable`` at the deadline); an answer over the JSON cap is ``Refused``.
     """
     if not addr.startswith(("http://", "https://")):
         raise InputError("vault address", f"must start with http:// or https://, got {addr!r}")
-    session = requests.Session()
-    # reads (GET/LIST) retry on 429/502/503/504 with bounded back-off honouring Retry-After;
-    # writes (POST) do not: a repeated rotate or write is the caller's decision, via the typed error
+    # reads (GET/LIST) retry on 429/502/503/504 with bounded back-off honouring Retry-After up to its cap;
+    # writes (POST) do not: a repeated rotate or write is the caller's decision, via the typed error.
+    # Every call ends within ``deadline`` and no answer over the JSON cap is held (see bounded_session).
     retry = urllib3_retry(VAULT_READ_POLICY, methods=frozenset({"GET", "LIST", "HEAD"}))
-    session.mount("http://", HTTPAdapter(max_retries=retry))
-    session.mount("https://", HTTPAdapter(max_retries=retry))
+    session = bounded_session("vault", deadline=deadline, retry=retry)
     client = hvac.Client(
         url=addr.rstrip("/"),
         token=reveal(token, source="vault token"),
@@ -162,7 +162,10 @@ def connect(
         session=session,
     )
     with _translate(client, "auth/token/lookup-self"):
-        client.auth.token.lookup_self()
+        answer = client.auth.token.lookup_self()
+    if not isinstance(answer, dict) or not isinstance(answer.get("data"), dict):  # hvac hands back a non-JSON 200 as is
+        raise IntegrationError(_source(client, "auth/token/lookup-self"),
+                               "answer is not a Vault token lookup (not JSON or not an object: not a Vault API?)")
     return client
 
 
@@ -405,14 +408,17 @@ def token_accessors(client: hvac.Client) -> list[str]:
     return [str(a) for a in (out.get("data") or {}).get("keys") or []]
 
 
-def token_probe(addr: str, token: SecretLike, *, timeout: float = 10, verify: bool | str = True) -> tuple[str, str]:
+def token_probe(addr: str, token: SecretLike, *, timeout: float = 10, verify: bool | str = True,
+                deadline: float = DEFAULT_DEADLINE) -> tuple[str, str]:
     """``lookup-self`` with ``token`` at ``addr`` (its own issuer): ``("accepted", accessor)`` or ``("refused", status)``.
 
     No retry and no other endpoint: the token travels once, to the Vault that issued it.
     """
     url = f"{addr.rstrip('/')}/v1/auth/token/lookup-self"
     try:
-        r = requests.get(url, headers={"X-Vault-Token": reveal(token, source="vault token")}, timeout=timeout, verify=verify)
+        with bounded_session("vault", deadline=deadline, retry=0) as session:
+            r = session.get(url, headers={"X-Vault-Token": reveal(token, source="vault token")}, timeout=timeout,
+                            verify=verify)
     except (requests.ConnectionError, requests.Timeout) as e:
         raise Unavailable(f"vault {addr} auth/token/lookup-self", f"no answer: {type(e).__name__}") from None
     if r.status_code == 200:

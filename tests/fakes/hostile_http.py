@@ -12,18 +12,22 @@ it stalls, floods, or asks to be left alone for an hour. This stands in for any 
 ``503-long``      503 with ``Retry-After: 3600``
 ``non-json``      200 ``text/html`` page
 ``wrong-type``    200 ``["not", "an", "object"]``
+``pages-forever`` 200, one event and a fresh ``nextToken``/``NextToken`` every time (a paginated API that
+                  never ends: CloudWatch Logs ``FilterLogEvents``, CloudTrail ``LookupEvents`` shapes)
 
 ``calls`` counts requests; ``sent`` counts body bytes written.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-FAULTS = ("drip", "huge", "huge-declared", "flood-error", "429-long", "503-long", "non-json", "wrong-type")
+FAULTS = ("drip", "huge", "huge-declared", "flood-error", "429-long", "503-long", "non-json", "wrong-type",
+          "pages-forever")
 
 
 @dataclass
@@ -98,6 +102,13 @@ def _handler(h: HostileHTTP) -> type[BaseHTTPRequestHandler]:
                             else b'{"ok": false, "error": "service_unavailable", "message": "maintenance"}')
                     self._head(int(f[:3]), {"Content-Type": "application/json", "Retry-After": "3600",
                                             "Content-Length": str(len(body))})
+                    self._write(body)
+                elif f == "pages-forever":
+                    token = f"page-{h.calls}"
+                    body = json.dumps({"events": [{"logStreamName": "s", "timestamp": 1700000000000, "message": "m",
+                                                   "eventId": token}],
+                                       "nextToken": token, "Events": [], "NextToken": token}).encode()
+                    self._head(200, {"Content-Type": "application/x-amz-json-1.1", "Content-Length": str(len(body))})
                     self._write(body)
                 else:
                     body = b"<html>maintenance</html>" if f == "non-json" else b'["not", "an", "object"]'
