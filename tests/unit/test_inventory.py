@@ -29,7 +29,7 @@ secrets:
     backend: aws-iam-access-key
     ref: {user: ci-deployer}
     consumers:
-      - {kind: github-actions-secret, repo: acme/infra, name: AWS_ACCESS_KEY_ID}
+      - {kind: github-actions-secret, repo: acme/infra, name: AWS_ACCESS_KEY_ID, field: access_key_id}
 repositories:
   - name: acme/infra
     kind: github
