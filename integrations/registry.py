@@ -67,7 +67,7 @@ from digestguard.errors import (
 )
 from digestguard.reference import DOCKER_HUB_ALIASES, ImageReference, parse_digest, parse_reference
 from integrations._errors import error_for_status, parse_retry_after
-from integrations._rest import Closing, RateLimit, Retrier, RetryPolicy, next_link, rate_limit
+from integrations._rest import MAX_ERROR_BYTES, Closing, RateLimit, Retrier, RetryPolicy, next_link, rate_limit, read_body
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -92,8 +92,6 @@ _CHALLENGE_PARAM = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
 _MAX_TAG_PAGES = 10_000
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 """The manifest size cap (containerd's): a bigger answer is refused, never read into memory."""
-MAX_ERROR_BYTES = 64 * 1024
-"""How much of an error answer is read (its text is shortened for messages anyway)."""
 MAX_TAGS = 5_000
 """How many listed tags :meth:`RegistryClient.list_tags_bounded` returns; beyond it the listing is partial."""
 
@@ -642,24 +640,8 @@ class RegistryClient(Closing):
             raise Unavailable(source, f"no answer within the {self.deadline:.0f}s deadline of this call")
         timeout = httpx.Timeout(min(self.timeout, remaining))
         with self._http.stream(method, url, headers=headers, timeout=timeout) as r:
-            ok = 200 <= r.status_code < 300
-            limit = max_body if ok else MAX_ERROR_BYTES
-            declared = r.headers.get("content-length", "")
-            if ok and declared.isdigit() and int(declared) > limit:
-                raise Refused(source, f"answer of {int(declared)} bytes is over the {limit}-byte cap; not read")
-            chunks: list[bytes] = []
-            size = 0
-            for chunk in r.iter_bytes():
-                size += len(chunk)
-                if size > limit:
-                    if ok:
-                        raise Refused(source, f"answer is over the {limit}-byte cap; not read further")
-                    break
-                chunks.append(chunk)
-                if time.monotonic() > deadline_at:
-                    raise Unavailable(source, f"answer not complete within the {self.deadline:.0f}s deadline "
-                                              "of this call (a slow or stalled server)")
-        return r, b"".join(chunks)
+            body = read_body(r, source, limit=max_body, deadline_at=deadline_at, deadline=self.deadline)
+        return r, body
 
     def _gave_up(self, r: httpx.Response, body: bytes, source: str, wait: float | None, attempts: int) -> IntegrationError:
         """The error for a retryable answer the policy gives up on (retries spent, or a wait beyond ``max_wait``)."""
