@@ -259,6 +259,8 @@ def hvac_errors(source: str) -> Iterator[None]:
         raise IntegrationError(source, _hvac_reason(e, "unexpected answer")) from None
     except (requests.ConnectionError, requests.Timeout) as e:
         raise Unavailable(source, f"no answer: {type(e).__name__}") from None
+    except (KeyError, TypeError, AttributeError) as e:  # hvac hands a non-Vault 200 back as it is: no "data" in it
+        raise IntegrationError(source, f"answer is not shaped like Vault's ({type(e).__name__} reading it)") from None
 
 
 # --------------------------------------------------------------------------- Docker Engine / podman (docker SDK)

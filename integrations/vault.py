@@ -237,10 +237,12 @@ def kv_write(
     if not data:
         raise InputError(_source(client, f"{mount}/data/{path}"), "nothing to write", field="data")
     plain = {str(k): reveal(v, source=f"vault {mount}/{path} key {k}") for k, v in data.items()}
-    with _translate(client, f"{mount}/data/{path}"):
-        answer = client.secrets.kv.v2.create_or_update_secret(path=path, secret=plain, cas=cas, mount_point=mount)
-    del plain
-    return int(answer["data"]["version"])
+    try:
+        with _translate(client, f"{mount}/data/{path}"):
+            answer = client.secrets.kv.v2.create_or_update_secret(path=path, secret=plain, cas=cas, mount_point=mount)
+            return int(answer["data"]["version"])
+    finally:
+        del plain
 
 
 def kv_soft_delete(client: hvac.Client, path: str, versions: Iterable[int], *, mount: str = "secret") -> list[int]:
@@ -270,11 +272,11 @@ def kv_read(client: hvac.Client, path: str, *, version: int | None = None, mount
         answer = client.secrets.kv.v2.read_secret_version(
             path=path, version=version, mount_point=mount, raise_on_deleted_version=True
         )["data"]
-    return KvSecret(
-        path=path,
-        version=int(answer["metadata"]["version"]),
-        data={str(k): SecretStr(str(v)) for k, v in (answer.get("data") or {}).items()},
-    )
+        return KvSecret(
+            path=path,
+            version=int(answer["metadata"]["version"]),
+            data={str(k): SecretStr(str(v)) for k, v in (answer.get("data") or {}).items()},
+        )
 
 
 def kv_version_matches(

@@ -83,3 +83,24 @@ def test_contain_stage_reports_a_hostile_vault_as_unproven_not_rotated(hostile):
     assert old.verdict == "unknown" and hostile.url in old.evidence and "hvs.old-leaked" not in old.evidence
     status, why = outcome(old, ProbeResult("accepted", "new ok"), has_probe=True, old_held=True)
     assert status == "needs-person" and "unproven" in why
+
+
+@pytest.mark.parametrize("hostile", ["wrong-type", "non-json"], indirect=True)
+def test_a_non_vault_answer_to_a_kv_call_is_a_typed_error_not_a_crash(hostile):
+    """Past ``connect`` (the client made by hand, as if the server changed under a run), a KV read, write and
+    metadata call that get a 200 which is not Vault's JSON object raise an IntegrationError naming the address
+    and path, never a bare TypeError or KeyError that would escape the stage's fault handling."""
+    import hvac
+    from pydantic import SecretStr
+
+    from integrations._rest import bounded_session
+
+    client = hvac.Client(url=hostile.url, token="hvs.not-a-real-token", timeout=1.0,
+                         session=bounded_session("vault", deadline=DEADLINE))
+    calls = [lambda: vault.kv_read(client, "ci/x"), lambda: vault.kv_metadata(client, "ci/x"),
+             lambda: vault.kv_write(client, "ci/x", {"value": SecretStr("new-value-1")})]
+    for call in calls:
+        with pytest.raises(IntegrationError) as err:
+            call()
+        assert hostile.url in str(err.value) and "ci/x" in str(err.value)
+        assert "new-value-1" not in str(err.value)
