@@ -26,16 +26,18 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from flows.drill.servers._http import serve_in_thread
+
 FAULTS = ("drip", "huge", "huge-declared", "flood-error", "429-long", "503-long", "non-json", "wrong-type",
           "pages-forever")
 
 
 @dataclass
-class HostileHTTP:
+class HostileServer:
+    """One fault served on loopback: the server, and the event that ends a drip when the test stops it."""
+
     fault: str
     server: ThreadingHTTPServer | None = None
-    calls: int = 0
-    sent: int = 0
     stopping: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -43,11 +45,20 @@ class HostileHTTP:
         assert self.server is not None
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
+    def serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = serve_in_thread(handler, f"hostile-{self.fault}")
+
     def stop(self) -> None:
         self.stopping.set()
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
+
+
+@dataclass
+class HostileHTTP(HostileServer):
+    calls: int = 0
+    sent: int = 0
 
 
 def _handler(h: HostileHTTP) -> type[BaseHTTPRequestHandler]:
@@ -128,7 +139,5 @@ def start_hostile_http(fault: str) -> HostileHTTP:
     if fault not in FAULTS:
         raise ValueError(f"unknown fault {fault!r}; one of {', '.join(FAULTS)}")
     h = HostileHTTP(fault)
-    h.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(h))
-    h.server.daemon_threads = True
-    threading.Thread(target=h.server.serve_forever, daemon=True).start()
+    h.serve(_handler(h))
     return h

@@ -35,8 +35,10 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes.hostile_http import HostileServer
 
 REPO = "checkmarx/kics"
 FAULTY_TAG = "v2.1.20"
@@ -75,23 +77,13 @@ def _faulty_index(fault: str) -> bytes:
 
 
 @dataclass
-class HostileRegistry:
-    fault: str
-    server: ThreadingHTTPServer | None = None
+class HostileRegistry(HostileServer):
     calls: Counter = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    stopping: threading.Event = field(default_factory=threading.Event)
 
     @property
     def base_url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def stop(self) -> None:
-        self.stopping.set()
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+        return self.url
 
 
 def _handler(reg: HostileRegistry) -> type[BaseHTTPRequestHandler]:  # noqa: C901 - one small method per fault
@@ -218,9 +210,7 @@ def start_hostile_registry(fault: str) -> HostileRegistry:
     if fault not in FAULTS:
         raise ValueError(f"unknown fault {fault!r}; one of {', '.join(FAULTS)}")
     reg = HostileRegistry(fault)
-    reg.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(reg))
-    reg.server.daemon_threads = True
-    threading.Thread(target=reg.server.serve_forever, daemon=True).start()
+    reg.serve(_handler(reg))
     return reg
 
 
