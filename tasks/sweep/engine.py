@@ -184,9 +184,9 @@ def _hs_scanner(patterns: tuple[bytes, ...], structure: tuple[bytes, ...]):
 
 
 def scan_offsets(
-    matcher: Matcher, fmt: LogFormat, chunk: bytes, use: str | None = None
+    matcher: Matcher, fmt: LogFormat, chunk: bytes, use: str | None = None, end: int | None = None
 ) -> tuple[set[int], set[int] | None]:
-    """``(candidate line starts, suspicious line starts)`` of ``chunk``.
+    """``(candidate line starts, suspicious line starts)`` of ``chunk[:end]`` (read in place).
 
     Candidates hold an indicator probe (case-insensitively). Suspicious lines
     may be malformed and must be confirmed by the parser; ``None`` means the
@@ -204,11 +204,14 @@ def scan_offsets(
         def on_match(id_: int, _frm: int, to: int, _flags: int, _ctx: object) -> None:
             (ends if id_ < limit else sus_ends).append(to)
 
-        db.scan(chunk, match_event_handler=on_match, scratch=scratch)
+        db.scan(chunk if end is None or end == len(chunk) else memoryview(chunk)[:end],
+                match_event_handler=on_match, scratch=scratch)
         starts = {chunk.rfind(b"\n", 0, to) + 1 for to in ends}
         if patterns is None:
             return starts, None
         return starts, {chunk.rfind(b"\n", 0, to) + 1 for to in sus_ends}
+    if end is not None and end < len(chunk):
+        chunk = chunk[:end]
     low = chunk.lower() if matcher.lower else chunk
     for a in matcher.anchors:
         i = low.find(a)
@@ -350,29 +353,30 @@ def examine_line(
 
 
 def scan_chunk(
-    matcher: Matcher, fmt: LogFormat, chunk: bytes, line_base: int, hits: list[RawHit]
+    matcher: Matcher, fmt: LogFormat, chunk: bytes, line_base: int, hits: list[RawHit], end: int | None = None
 ) -> tuple[int, int]:
-    """Scan one newline-aligned chunk; append hits; return ``(lines, unparsable)``.
+    """Scan one newline-aligned chunk, ``chunk[:end]`` (in place); append hits; return ``(lines, unparsable)``.
 
     ``line_base`` is the number of lines before this chunk in its unit.
     """
-    complete = chunk.endswith(b"\n")
-    nlines = netlog.count_byte(chunk, b"\n") + (0 if complete or not chunk else 1)
-    starts, suspicious = scan_offsets(matcher, fmt, chunk)
+    end = len(chunk) if end is None else end
+    complete = chunk.endswith(b"\n", 0, end)
+    nlines = netlog.count_byte(chunk, b"\n", 0, end) + (0 if complete or not end else 1)
+    starts, suspicious = scan_offsets(matcher, fmt, chunk, end=end)
     if suspicious is None:
-        bad_set = set(netlog.chunk_bad_lines(fmt, chunk, nlines, force=not complete) or ())
+        bad_set = set(netlog.chunk_bad_lines(fmt, chunk, nlines, force=not complete, end=end) or ())
     else:
         # any suspicious line (or bad encoding, or a cut last line): walk the whole chunk, since
         # damage comes in runs and a line cut near its end can pass the patterns
-        force = bool(suspicious) or not complete or not netlog.encoding_ok(chunk)
-        bad_set = set(netlog.chunk_bad_lines(fmt, chunk, nlines, force=True) or ()) if force else set()
+        force = bool(suspicious) or not complete or not netlog.encoding_ok(chunk, end)
+        bad_set = set(netlog.chunk_bad_lines(fmt, chunk, nlines, force=True, end=end) or ()) if force else set()
     counted_line = line_base
     counted_pos = 0
     for s in sorted(starts):
         counted_line += netlog.count_byte(chunk, b"\n", counted_pos, s)
         counted_pos = s
-        e = chunk.find(b"\n", s)
-        line = chunk[s:] if e < 0 else chunk[s:e]
+        e = chunk.find(b"\n", s, end)
+        line = chunk[s:end] if e < 0 else chunk[s:e]
         found, bad = examine_line(matcher, fmt, line.rstrip(b"\r"))
         if bad and s not in bad_set and not (fmt.name == netlog.ZEEK_TSV and line.startswith(b"#")):
             bad_set.add(s)
@@ -393,10 +397,10 @@ def scan_unit(
     """Scan a whole file (or one byte range of a plain file). Never raises for bad content."""
     res = UnitResult(hits=[], errors=[])
     try:
-        for chunk, truncated in netlog.iter_chunks(path, start, end, chunk_size):
-            res.bytes_read += len(chunk)
-            if chunk:
-                n, bad = scan_chunk(matcher, fmt, chunk, res.lines, res.hits)
+        for block, used, truncated in netlog.iter_blocks(path, start, end, chunk_size):
+            res.bytes_read += used
+            if used:
+                n, bad = scan_chunk(matcher, fmt, block, res.lines, res.hits, used)
                 res.lines += n
                 res.unparsable += bad
             if truncated:

@@ -366,3 +366,40 @@ def test_empty_and_newline_free_files(tmp_path: Path, engine: str) -> None:
     res = sweep_paths([empty, one], KICS, WINDOW)
     assert [(f.lines, f.unparsable, f.errors) for f in res.files] == [(0, 0, []), (1, 0, [])]
     assert {(h.line, h.kind) for h in res.hits} == {(1, "domain"), (1, "url")}
+
+
+@pytest.mark.parametrize("chunk_size", [61, 97, 4096])
+@pytest.mark.parametrize("compressed", [False, True])
+def test_block_tails_are_read_once(tmp_path: Path, engine: str, chunk_size: int, compressed: bool) -> None:
+    """Blocks are read in place up to their last newline (no copy): the cut line after it belongs to the next block.
+
+    Hits, short Zeek lines and bytes that are not UTF-8 sit at every distance from the block ends; each is counted
+    and matched once, as when the whole file is one block, and the reader's two views (``iter_blocks`` in place,
+    ``iter_chunks`` cut) hold the same lines.
+    """
+    rows: list[bytes] = []
+    hits = short = broken = 0
+    for i in range(700):
+        row = dns_row(IN, "audit.checkmarx.cx" if i % 7 == 3 else f"h{i}.example.com")
+        line = "\t".join(row).encode()
+        if i % 17 == 5:
+            line, short = line.rsplit(b"\t", 3)[0], short + 1
+        elif i % 13 == 4:
+            line, broken = line.replace(b"CAbc", b"CA\xff\xfe", 1), broken + 1
+        hits += i % 7 == 3
+        rows.append(line)
+    data = zeek_tsv("dns", ZEEK_DNS_FIELDS, []).encode().replace(b"#close\t2026-04-22-15-00-00\n", b"")
+    data += b"\n".join(rows) + b"\n"
+    p = tmp_path / ("dns.log.gz" if compressed else "dns.log")
+    p.write_bytes(gzip.compress(data) if compressed else data)
+
+    whole = sweep_paths([p], KICS, WINDOW, workers=1)
+    cut = sweep_paths([p], KICS, WINDOW, workers=1, chunk_size=chunk_size)
+    assert (whole.files[0].lines, whole.files[0].unparsable) == (8 + 700, short + broken)
+    assert len({h.line for h in whole.hits}) == hits
+    assert cut.hits == whole.hits
+    assert (cut.files[0].lines, cut.files[0].unparsable, cut.files[0].bytes) == (
+        whole.files[0].lines, whole.files[0].unparsable, len(data))
+    blocks = [b[:used] for b, used, _ in netlog.iter_blocks(p, chunk_size=chunk_size)]
+    assert blocks == [c for c, _ in netlog.iter_chunks(p, chunk_size=chunk_size)]
+    assert b"".join(blocks) == data and all(b.endswith(b"\n") for b in blocks)
