@@ -16,6 +16,7 @@ import yaml
 from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 
 from flows.drill.servers.slack import SlackServer
+from integrations import registry
 from tests.fakes.hostile_registry import start_hostile_registry
 
 PASSWORD = "Pw-4f9c2e1b-echo-me-9d1"
@@ -30,10 +31,18 @@ class _Capture(logging.Handler):
         self.lines.append(record.getMessage())
 
 
+class _QuickRetries(registry.RegistryClient):
+    """The same client with short waits between its retries: every retry still runs (and still echoes the secret)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{"backoff": 0.01, "max_backoff": 0.05, **kwargs})
+
+
 def test_an_echoed_secret_is_found_nowhere(tmp_path, monkeypatch):
     from digestguard.advisory import load_advisory
     from flows.incident_response import incident_response
 
+    monkeypatch.setattr(registry, "RegistryClient", _QuickRetries)
     monkeypatch.setenv("DG_REG_USER", "bob")
     monkeypatch.setenv("DG_REG_PW", PASSWORD)
     reg = start_hostile_registry("echo-secret")
