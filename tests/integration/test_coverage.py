@@ -22,6 +22,20 @@ def dg(*args, cwd=None, env=None):
                           timeout=300, env=env)
 
 
+def dg_all(*calls, env=None):
+    """Several CLI runs at once: each waits out its own retries against the closed port, so they overlap."""
+    procs = [subprocess.Popen([sys.executable, "-m", "flows.cli", *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for args in calls]
+    done = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=300)
+        finally:
+            p.kill()
+        done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    return done
+
+
 def _closed_port() -> int:
     """A loopback port nothing listens on (bound, then released)."""
     with socket.socket() as s:
@@ -53,7 +67,8 @@ def _env():
 
 def test_detect_with_every_source_unreachable_exits_3_and_names_them(tmp_path):
     inv = _unreachable_inventory(tmp_path)
-    r = dg("detect", "-a", "kics-2026-04", "-i", inv, "--json", env=_env())
+    r, text = dg_all(("detect", "-a", "kics-2026-04", "-i", inv, "--json"), ("detect", "-a", "kics-2026-04", "-i", inv),
+                     env=_env())
     assert r.returncode == 3, (r.stdout, r.stderr)
     out = json.loads(r.stdout)
     assert out["verdict"] == "incomplete"
@@ -61,7 +76,6 @@ def test_detect_with_every_source_unreachable_exits_3_and_names_them(tmp_path):
     assert states == {"mirror": "unchecked", "exported": "unchecked", "gha": "unchecked"}
     assert all(c["reason"] for c in out["coverage"])
     assert r.stderr.startswith("INCOMPLETE: 3 of 3 sources not checked")
-    text = dg("detect", "-a", "kics-2026-04", "-i", inv, env=_env())
     assert text.returncode == 3
     assert "verdict: incomplete (0 of 3 sources checked)" in text.stdout
     assert not any(s in text.stdout for s in NOT_CLEAN)
@@ -69,12 +83,12 @@ def test_detect_with_every_source_unreachable_exits_3_and_names_them(tmp_path):
 
 def test_assess_with_every_source_unreachable_never_says_no_job(tmp_path):
     inv = _unreachable_inventory(tmp_path)
-    r = dg("assess", "-a", "kics-2026-04", "-i", inv, env=_env())
+    r, j = dg_all(("assess", "-a", "kics-2026-04", "-i", inv), ("assess", "-a", "kics-2026-04", "-i", inv, "--json"),
+                  env=_env())
     assert r.returncode == 3, (r.stdout, r.stderr)
     first = r.stdout.splitlines()[0]
     assert first.startswith("**INCOMPLETE: 3 of 3 sources not checked"), first
     assert "No CI job used an affected image." not in r.stdout
-    j = dg("assess", "-a", "kics-2026-04", "-i", inv, "--json", env=_env())
     assert j.returncode == 3
     out = json.loads(j.stdout)
     assert out["verdict"] == "incomplete"
@@ -84,11 +98,13 @@ def test_assess_with_every_source_unreachable_never_says_no_job(tmp_path):
 
 def test_plans_from_unchecked_sources_are_not_nothing_to_do(tmp_path):
     inv = _unreachable_inventory(tmp_path)
-    for stage in ("rotate", "purge"):
-        r = dg(stage, "-a", "kics-2026-04", "-i", inv, "--dry-run", env=_env())
+    stages = ("rotate", "purge")
+    runs = dg_all(*[(stage, "-a", "kics-2026-04", "-i", inv, "--dry-run", *json_flag)
+                    for stage in stages for json_flag in ((), ("--json",))], env=_env())
+    for stage, r, jr in zip(stages, runs[::2], runs[1::2], strict=True):
         assert r.returncode == 3, (stage, r.stdout, r.stderr)
         assert r.stdout.startswith("INCOMPLETE: "), r.stdout
-        j = json.loads(dg(stage, "-a", "kics-2026-04", "-i", inv, "--dry-run", "--json", env=_env()).stdout)
+        j = json.loads(jr.stdout)
         assert j["verdict"] == "incomplete" and all(c["state"] == "unchecked" for c in j["coverage"])
 
 
