@@ -53,25 +53,13 @@ from tasks.watch.events import NewDestinationEvent
 DAY = 86400.0
 
 
-class FileStats(Model):
-    path: str
-    format: str = "-"
-    lines: int = 0
-    malformed: int = 0
-    connections: int = 0
-    without_destination: int = 0
-    bytes: int = 0
-    restarted: bool = False
-    errors: list[str] = Field(default_factory=list)
-
-
 class EgressReport(Model):
     """What one check read, learnt and flagged."""
 
     mode: str = "check"
     started_at: datetime
     finished_at: datetime | None = None
-    files: list[FileStats] = Field(default_factory=list)
+    files: list[FileRead] = Field(default_factory=list)
     coverage: list[SourceCoverage] = Field(default_factory=list)
     events: list[NewDestinationEvent] = Field(default_factory=list)
     connections: int = 0
@@ -222,7 +210,7 @@ def _read_sources(inventory: Inventory, snap: Snapshot, batch: _Batch, report: E
                 continue
             read_any = True
             offsets[key] = res.position
-            report.files.append(_stats(res))
+            report.files.append(res)
             errors += [f"{key}: {e}" for e in res.errors]
             if res.restarted:
                 report.notes.append(f"{key}: truncated or rotated; read again from the start")
@@ -256,16 +244,10 @@ def _read_cloudwatch(src: NetworkLogSource, snap: Snapshot, batch: _Batch, repor
     except DigestguardError as e:
         stats.errors.append(str(e)[:300])
     offsets[key] = Position(last[0], pos.lines + stats.lines, None)
-    report.files.append(_stats(stats))
+    report.files.append(stats)
     state = "checked" if not stats.errors else ("partial" if stats.lines else "unchecked")
     report.coverage.append(SourceCoverage(source=name, kind="network-log", state=state,
                                           reason="; ".join(stats.errors)[:300] or None))
-
-
-def _stats(res: FileRead) -> FileStats:
-    return FileStats(path=res.path, format=res.format, lines=res.lines, malformed=res.malformed,
-                     connections=res.connections, without_destination=res.without_destination, bytes=res.bytes,
-                     restarted=res.restarted, errors=res.errors)
 
 
 @dataclass

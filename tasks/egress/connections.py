@@ -29,6 +29,9 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
 
 from digestguard import netlog
 from digestguard.egress import clean_host, destination_key
@@ -56,7 +59,11 @@ class Position:
 
 @dataclass
 class FileRead:
-    """What one read of one file gave: lines, malformed lines, connections, lines naming no destination."""
+    """What one read of one file gave: lines, malformed lines, connections, lines naming no destination.
+
+    A plain dataclass (the reader counts into it once per line); the egress report lists it as it is, without
+    ``position``, which goes to the journal's offsets instead.
+    """
 
     path: str
     format: str = "-"
@@ -67,7 +74,7 @@ class FileRead:
     bytes: int = 0
     restarted: bool = False
     errors: list[str] = field(default_factory=list)
-    position: Position = field(default_factory=Position)
+    position: Annotated[Position, Field(exclude=True)] = field(default_factory=Position)
 
 
 def _zeek_columns(fmt: LogFormat) -> tuple[int, int, int] | None:
