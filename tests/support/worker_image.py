@@ -194,6 +194,43 @@ def pip_build_config(scratch: Path) -> list[str]:
     return [f"--volume={src}:{dst}:ro" for src, dst in mounts.items()]
 
 
+# Run inside the built image with the mounts' (source digest or "dir", destination) pairs: podman 4.3 leaves a bind
+# mount's missing destination behind as an empty file or folder; that is all that may be left (no host content).
+LEAK_CHECK = """
+import hashlib, json, os, sys
+leaks = []
+for digest, dst in json.loads(sys.argv[1]):
+    if os.path.isdir(dst) and os.listdir(dst):
+        leaks.append(dst)
+    elif os.path.isfile(dst) and os.path.getsize(dst) and hashlib.sha256(open(dst, 'rb').read()).hexdigest() == digest:
+        leaks.append(dst)
+print(json.dumps(leaks))
+"""
+
+
+def mount_pairs(volume_opts: list[str]) -> list[tuple[str, str]]:
+    """(sha256 of the host file, or "dir", destination) for each ``--volume=src:dst:ro`` option."""
+    pairs = []
+    for opt in volume_opts:
+        src, dst, _ = opt.split("=", 1)[1].rsplit(":", 2)
+        path = Path(src)
+        pairs.append(("dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest(), dst))
+    return pairs
+
+
+def image_id(name: str) -> str | None:
+    done = run(["podman", "image", "inspect", "--format", "{{.Id}}", name], timeout=60)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def remove_superseded(old_ids: list[str | None], keep: list[str | None], log) -> None:
+    """Remove, by id, the images this test made on an earlier run and has since replaced (best effort)."""
+    for old in {i for i in old_ids if i} - {i for i in keep if i}:
+        done = run(["podman", "rmi", old], timeout=300)
+        log(f"removed superseded image {old[:12]}" if done.returncode == 0 else
+            f"kept superseded image {old[:12]}: {done.stderr.strip()[-200:]}")
+
+
 # ---------------------------------------------------------------- running containers here
 
 def runtime_options(image: str, log) -> list[str]:

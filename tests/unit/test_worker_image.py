@@ -10,6 +10,7 @@ Docker Hub), so everything after ``FROM`` is proven, the digest-pinned base itse
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -118,10 +119,11 @@ def test_image_builds_and_runs(tmp_path):
             pytest.skip(str(e))
         log(f"stand-in timings (s): {timings}")
         from_opts = [f"--from={standin}"]
+    superseded = [worker_image.image_id(worker_image.STANDIN_IMAGE), worker_image.image_id(worker_image.BUILT_IMAGE)]
     runtime = worker_image.runtime_options(from_opts[0].split("=", 1)[1] if from_opts else base, log)
+    pip_config = worker_image.pip_build_config(tmp_path)
     started = time.monotonic()
-    done = subprocess.run(["podman", "build", "--pull=never", *from_opts, *runtime,
-                           *worker_image.pip_build_config(tmp_path), "--file", str(DOCKERFILE),
+    done = subprocess.run(["podman", "build", "--pull=never", *from_opts, *runtime, *pip_config, "--file", str(DOCKERFILE),
                            "--tag", worker_image.BUILT_IMAGE, str(ROOT)], capture_output=True, text=True, timeout=1800)
     log(f"podman build: rc={done.returncode} in {time.monotonic() - started:.1f} s")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -130,10 +132,16 @@ def test_image_builds_and_runs(tmp_path):
     assert default.returncode == 0, default.stdout[-2000:] + default.stderr[-2000:]
     assert "Usage:" in default.stdout, default.stdout[-2000:]
     inside = worker_image.run_in(worker_image.BUILT_IMAGE, runtime, [
-        "python", "-c", "import os, prefect, flows.incident_response; print(os.getuid(), os.getgid(), prefect.__version__)"])
+        "python", "-c", "import os, prefect, flows.incident_response; print(os.getuid(), prefect.__version__)"])
     assert inside.returncode == 0, inside.stderr[-2000:]
-    uid, _gid, version = inside.stdout.split()
+    uid, version = inside.stdout.split()
     assert uid == "10001"
     import prefect
 
     assert version == prefect.__version__  # the image has the lock's prefect, as the test environment does
+    # The host's pip configuration was mounted for the build only: none of its content is in the image.
+    leaks = worker_image.run_in(worker_image.BUILT_IMAGE, runtime, [
+        "python", "-c", worker_image.LEAK_CHECK, json.dumps(worker_image.mount_pairs(pip_config))])
+    assert leaks.returncode == 0 and json.loads(leaks.stdout) == [], leaks.stdout + leaks.stderr[-2000:]
+    worker_image.remove_superseded(superseded, [worker_image.image_id(worker_image.STANDIN_IMAGE),
+                                                worker_image.image_id(worker_image.BUILT_IMAGE)], log)
