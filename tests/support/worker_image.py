@@ -183,6 +183,7 @@ def pip_build_config(scratch: Path) -> list[str]:
                 merged.add_section("global")
             merged.set("global", name[4:].lower().replace("_", "-"), value)
     conf = scratch / "pip.conf"
+    conf.touch(mode=0o600)  # it may hold an index URL with a token: readable by root only, never printed
     with conf.open("w") as fh:
         merged.write(fh)
     mounts = {conf: Path("/etc/pip.conf")}

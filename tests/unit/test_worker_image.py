@@ -101,16 +101,20 @@ def test_image_builds_and_runs(tmp_path):
     image is already in podman's local storage (then it is used, no pull), the build runs with ``--from`` on a local
     stand-in (tests/support/worker_image.py): Debian bookworm from ``mmdebstrap`` with Debian's python3 3.11 (not
     3.11.10 from python.org in /usr/local), pip bootstrapped into /usr/local and Debian's EXTERNALLY-MANAGED marker
-    removed, so pip behaves as in the official image. Skips only when podman or mmdebstrap is absent or Debian's
-    package archive is unreachable.
+    removed, so pip behaves as in the official image. The host's pip configuration is mounted into the build, read-only
+    (checked afterwards to have left nothing in the image). A second run reuses the cached stand-in and podman's layer
+    cache (keyed by the context's content). Containers start with podman's defaults or, where crun cannot set rlimits
+    (gVisor-like sandboxes such as this one), with runc and explicit ulimits. Skips only when podman or mmdebstrap is
+    absent or Debian's package archive is unreachable.
     """
     if shutil.which("podman") is None:
         pytest.skip("podman is not installed (Debian package podman; .ci/setup installs it)")
     base = next(i.split()[1] for i in _instructions() if i.upper().startswith("FROM "))
     log = lambda msg: print(f"[image] {msg}", flush=True)  # noqa: E731 - shown with -s / in .ci/run's log
+    superseded = [worker_image.image_id(worker_image.STANDIN_IMAGE), worker_image.image_id(worker_image.BUILT_IMAGE)]
     if subprocess.run(["podman", "image", "exists", base], capture_output=True, timeout=60).returncode == 0:
         log(f"the pinned base {base} is in local storage: building on it")
-        from_opts = []
+        build_base, from_opts = base, []
     else:
         log(f"the pinned base {base} is not in local storage (no registry reachable here): using a stand-in")
         try:
@@ -118,9 +122,8 @@ def test_image_builds_and_runs(tmp_path):
         except worker_image.Unavailable as e:
             pytest.skip(str(e))
         log(f"stand-in timings (s): {timings}")
-        from_opts = [f"--from={standin}"]
-    superseded = [worker_image.image_id(worker_image.STANDIN_IMAGE), worker_image.image_id(worker_image.BUILT_IMAGE)]
-    runtime = worker_image.runtime_options(from_opts[0].split("=", 1)[1] if from_opts else base, log)
+        build_base, from_opts = standin, [f"--from={standin}"]
+    runtime = worker_image.runtime_options(build_base, log)
     pip_config = worker_image.pip_build_config(tmp_path)
     started = time.monotonic()
     done = subprocess.run(["podman", "build", "--pull=never", *from_opts, *runtime, *pip_config, "--file", str(DOCKERFILE),
