@@ -46,3 +46,16 @@ def test_the_walkthrough_names_the_sandbox_and_the_local_server_commands():
     walk = _section("## On call: the walkthrough")
     assert "`digestguard server status`" in walk and "`digestguard server stop`" in walk
     assert {"--json"} <= _options("server", "status") and "stop" in typer.main.get_command(app).commands["server"].commands
+
+
+def test_the_readme_says_what_ci_runs_besides_the_main_suite():
+    """Every marker the main run deselects is run by .ci/run on its own, and the README says so."""
+    root = Path(__file__).parents[2]
+    addopts = re.search(r'^addopts = "(.*)"$', (root / "pyproject.toml").read_text(), re.M).group(1)
+    deselected = re.findall(r"not (\w+)", addopts)
+    assert {"isolated", "image"} <= set(deselected)
+    ci_run = (root / ".ci" / "run").read_text()
+    section = _section("## The two commands")
+    for marker in deselected:
+        assert re.search(rf"pytest [^\n]*-m {marker}\b", ci_run), marker
+        assert f"`{marker}`" in section and f"-m {marker}" in section, marker
