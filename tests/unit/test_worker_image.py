@@ -135,10 +135,13 @@ def test_image_builds_and_runs(tmp_path):
     assert default.returncode == 0, default.stdout[-2000:] + default.stderr[-2000:]
     assert "Usage:" in default.stdout, default.stdout[-2000:]
     inside = worker_image.run_in(worker_image.BUILT_IMAGE, runtime, [
-        "python", "-c", "import os, prefect, flows.incident_response; print(os.getuid(), prefect.__version__)"])
+        "python", "-c", "import os, sys, prefect, flows.incident_response, tasks.rotate.stage as s, importlib.util as u; "
+                        "print(os.getuid(), prefect.__version__, os.path.exists(u.cache_from_source(s.__file__)), "
+                        "sys.flags.dont_write_bytecode)"])
     assert inside.returncode == 0, inside.stderr[-2000:]
-    uid, version = inside.stdout.split()
+    uid, version, compiled, no_writes = inside.stdout.split()
     assert uid == "10001"
+    assert (compiled, no_writes) == ("True", "1")  # our code is in the image as bytecode: no compiling per flow run
     import prefect
 
     assert version == prefect.__version__  # the image has the lock's prefect, as the test environment does
