@@ -72,6 +72,11 @@ ISSUED = ("AWS_ACCESS_KEY_ID", "DATABASE_PASSWORD", "VAULT_TOKEN", "DOCKERHUB_TO
 """The drill's credentials with an issuer the playbook drives (the ``contain`` stage proves each one dead)."""
 USED_AFTER_EXPOSURE = ("AWS_ACCESS_KEY_ID", "VAULT_TOKEN")
 """The credentials the sandbox uses after the exposure began: the playbook must answer ``yes`` for them."""
+ISSUER_ACCEPTS = "its issuer accepts the new value; copies in step (the old one's refusal: contain)"
+PERSON_ROTATED = "a person rotated it at the vendor; copies in step (the vendor's answer: contain)"
+STORE_ONLY = "a new value in its store, copies in step; no issuer here to ask, so revocation unproven"
+NOT_REPLACED = "not replaced everywhere"
+"""What the rotate stage of the scorecard can say of each planted secret: no more than was checked."""
 
 
 @dataclass
@@ -688,7 +693,11 @@ def score_egress(sb: Sandbox, watched: dict[str, Any] | None, error: str | None 
 
 
 def _score_rotation(sb: Sandbox, s: dict[str, Any]) -> StageScore:
-    """Every planted secret has a new value in its backend, and GitHub holds the same new value."""
+    """Every planted secret has a new value in its backend, and GitHub holds the same new value.
+
+    Each is scored with what was checked: an issued credential by its issuer's answer to the new value, the
+    vendor key by a person's confirmation, the rest by their stores alone (``STORE_ONLY``: never "rotated").
+    """
 
     results: dict[str, bool] = {}
     gh = sb.github
@@ -715,8 +724,11 @@ def _score_rotation(sb: Sandbox, s: dict[str, Any]) -> StageScore:
             results[name] = new == "accepted" and copies
     except Exception:  # noqa: BLE001 - the contain stage names the error
         pass
-    want = {k: True for k in sb.planted["secrets"]}
-    return StageScore("rotate", want, results, results == want)
+    said = {k: ISSUER_ACCEPTS if k in ISSUED else PERSON_ROTATED if k == "VENDOR_API_KEY" else STORE_ONLY
+            for k in sb.planted["secrets"]}
+    want = dict(said)
+    actual = {k: said.get(k, STORE_ONLY) if ok else NOT_REPLACED for k, ok in results.items()}
+    return StageScore("rotate", want, actual, actual == want)
 
 
 def _issuer_checks(sb: Sandbox) -> dict[str, tuple[str, str, bool]]:

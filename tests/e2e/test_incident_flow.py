@@ -215,3 +215,10 @@ def test_drill_passes_its_scorecard(prefect_harness):
     contain = next(s for s in card["stages"] if s["name"] == "contain")
     assert contain["actual"]["AWS_ACCESS_KEY_ID"]["used_after_exposure"] == "yes"
     assert contain["actual"]["VAULT_TOKEN"]["used_after_exposure"] == "yes"
+    # the rotate stage claims no more than it checked: stores alone never make a secret "rotated"
+    from flows.drill.flow import ISSUER_ACCEPTS, PERSON_ROTATED, STORE_ONLY
+
+    said = next(s for s in card["stages"] if s["name"] == "rotate")["actual"]
+    assert {k for k, v in said.items() if v == STORE_ONLY} == {"KICS_API_TOKEN", "REGISTRY_PASSWORD", "SONAR_TOKEN"}
+    assert said["VENDOR_API_KEY"] == PERSON_ROTATED and said["AWS_ACCESS_KEY_ID"] == ISSUER_ACCEPTS
+    assert not any("rotated" == v for v in said.values())
