@@ -536,17 +536,38 @@ def _plant_repository(sb: Sandbox, name: str, secret_names: list[str]) -> dict[s
 
 
 # ------------------------------------------------------------------------------------------- scorecard
-def _record_texts(sb: Sandbox, summary: dict[str, Any] | None, flow_run_id: Any | None) -> dict[str, str]:
-    """Every record the run left, as text: Slack, the journal (every table, every row), the reports, the run's
-    summary, and its Prefect artifacts and logs. The drill looks for the secret values in all of them."""
-    import sqlite3
+def _journal_of(sb: Sandbox) -> str:
+    """Where the run kept its journal: ``DIGESTGUARD_JOURNAL`` when set (a PostgreSQL URL too), else the inventory's."""
+    from digestguard.inventory import load_inventory
 
+    return load_inventory(sb.inventory_path).journal_location()
+
+
+def _journal_text(location: str) -> str:
+    """Every row of every table of the journal at ``location`` (SQLite or PostgreSQL), as text."""
+    from digestguard.journal import Journal
+
+    j = Journal(location)
+    try:
+        if j.backend == "postgresql":
+            listed = "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        else:
+            listed = "SELECT name FROM sqlite_master WHERE type='table'"
+        tables = [r[0] for r in j.query(listed)]
+        return "\n".join(repr(row) for t in tables for row in j.query(f'SELECT * FROM "{t}"'))
+    finally:
+        j.close()
+
+
+def _record_texts(sb: Sandbox, summary: dict[str, Any] | None, flow_run_id: Any | None) -> dict[str, str]:
+    """Every record the run left, as text: Slack, the journal (every table, every row, wherever it lives), the
+    reports, the run's summary, and its Prefect artifacts and logs. The drill looks for the secret values in all
+    of them; a journal it cannot read is said in place of its text, never skipped."""
     out: dict[str, str] = {"slack": sb.slack.all_text(), "summary": json.dumps(summary or {}, default=str)}
-    journal = sb.inventory_path.parent / "journal.sqlite"
-    if journal.exists():
-        with contextlib.closing(sqlite3.connect(journal)) as db:
-            tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-            out["journal"] = "\n".join(repr(row) for t in tables for row in db.execute(f'SELECT * FROM "{t}"'))
+    try:
+        out["journal"] = _journal_text(_journal_of(sb))
+    except Exception as e:  # noqa: BLE001 - the check then fails naming why, it does not pass unread
+        out["journal"] = f"(not readable: {type(e).__name__}: {str(e)[:200]})"
     reports = [sb.root / "report.html", *sorted((sb.inventory_path.parent / ".digestguard" / "reports").glob("*.html"))]
     out["report"] = "\n".join(p.read_text(errors="replace") for p in reports if p.exists())
     if flow_run_id is not None:
@@ -579,7 +600,7 @@ def _rebuilt_report_agrees(sb: Sandbox, summary: dict[str, Any] | None) -> list[
 
     if not summary or not summary.get("incident"):
         return ["(no run summary)"]
-    j = Journal(sb.inventory_path.parent / "journal.sqlite")
+    j = Journal(_journal_of(sb))
     try:
         again = run_summary(report_from_journal(j, summary["incident"]))
     finally:

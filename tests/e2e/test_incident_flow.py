@@ -222,3 +222,23 @@ def test_drill_passes_its_scorecard(prefect_harness):
     assert {k for k, v in said.items() if v == STORE_ONLY} == {"KICS_API_TOKEN", "REGISTRY_PASSWORD", "SONAR_TOKEN"}
     assert said["VENDOR_API_KEY"] == PERSON_ROTATED and said["AWS_ACCESS_KEY_ID"] == ISSUER_ACCEPTS
     assert not any("rotated" == v for v in said.values())
+
+
+def test_drill_on_a_postgresql_journal_scores_from_that_journal(prefect_harness, postgres, monkeypatch):
+    """``DIGESTGUARD_JOURNAL`` names a real PostgreSQL database: the run journals there, and the scorecard reads
+    that journal too (its rows searched for secret values, the report rebuilt from it), not a SQLite file beside
+    the inventory that does not exist."""
+    from digestguard.journal import JOURNAL_ENV
+    from tests.support.journal import fresh_pg_database
+
+    url = fresh_pg_database(postgres, monkeypatch)
+    monkeypatch.setenv(JOURNAL_ENV, url)
+    card = run_drill("kics-2026-04", auto_approve=True)
+    assert card["ok"], [s for s in card["stages"] if not s["ok"]]
+    notify = next(s for s in card["stages"] if s["name"] == "notify")
+    assert notify["actual"]["report rebuilt from the journal differs in"] == []
+    j = Journal(url)
+    try:
+        assert card["incident"] in j.incidents() and j.entries(card["incident"], "rotate")
+    finally:
+        j.close()
