@@ -76,6 +76,7 @@ ISSUER_ACCEPTS = "its issuer accepts the new value; copies in step (the old one'
 PERSON_ROTATED = "a person rotated it at the vendor; copies in step (the vendor's answer: contain)"
 STORE_ONLY = "a new value in its store, copies in step; no issuer here to ask, so revocation unproven"
 NOT_REPLACED = "not replaced everywhere"
+ISSUER_NOT_ASKED = "its issuer could not be asked (the contain stage names why)"
 """What the rotate stage of the scorecard can say of each planted secret: no more than was checked."""
 
 
@@ -743,12 +744,13 @@ def _score_rotation(sb: Sandbox, s: dict[str, Any]) -> StageScore:
     try:
         for name, (_old, new, copies) in _checks(sb).items():  # a new credential its issuer accepts, copied everywhere
             results[name] = new == "accepted" and copies
+        asked = True
     except Exception:  # noqa: BLE001 - the contain stage names the error
-        pass
-    said = {k: ISSUER_ACCEPTS if k in ISSUED else PERSON_ROTATED if k == "VENDOR_API_KEY" else STORE_ONLY
+        asked = False
+    want = {k: ISSUER_ACCEPTS if k in ISSUED else PERSON_ROTATED if k == "VENDOR_API_KEY" else STORE_ONLY
             for k in sb.planted["secrets"]}
-    want = dict(said)
-    actual = {k: said.get(k, STORE_ONLY) if ok else NOT_REPLACED for k, ok in results.items()}
+    actual = {k: ISSUER_NOT_ASKED if k in ISSUED and not asked else label if results.get(k) else NOT_REPLACED
+              for k, label in want.items()}
     return StageScore("rotate", want, actual, actual == want)
 
 

@@ -31,6 +31,27 @@ def test_untouched_sandbox_fails_contain_and_a_playbook_claim_does_not_change_th
         audit = (sb.root / "bao-audit.log").read_text()
         assert "secret/data/ci/kics-api-token-0" in audit
         assert set(USED_AFTER_EXPOSURE) <= set(ISSUED)
+        # nothing was rotated: the rotate stage says so per secret, and an issuer that cannot be asked is said too
+        rot = drill._score_rotation(sb, {})
+        assert not rot.ok and set(rot.actual.values()) == {drill.NOT_REPLACED}
+
+        def unreachable(_sb):
+            raise ConnectionError("issuers down")
+
+        sb.issuer_checks = None
+        stack.enter_context(_patched(drill, "_issuer_checks", unreachable))
+        rot = drill._score_rotation(sb, {})
+        assert not rot.ok and {rot.actual[n] for n in ISSUED} == {drill.ISSUER_NOT_ASKED}
+
+
+@contextlib.contextmanager
+def _patched(module, name, value):
+    old = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, old)
 
 
 def test_contain_is_not_ok_when_the_planted_use_is_not_reported(tmp_path, monkeypatch):
