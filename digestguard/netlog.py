@@ -592,7 +592,7 @@ def iter_blocks(
 
     Why: cutting each 1 MiB block after its last newline copies it (a sixth of a
     1 GB sweep's CPU time, measured); a scanner that takes ``start``/``end``
-    arguments (``bytes.count``, ``bytes.find``, a ``memoryview`` for Hyperscan)
+    arguments (``bytes.count``, ``bytes.find``, Hyperscan, whose matches past ``used`` are dropped)
     reads ``block`` in place. The bytes after ``used`` (the start of a line cut
     by the block's end) are read again at the head of the next block.
     """

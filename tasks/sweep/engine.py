@@ -204,12 +204,15 @@ def scan_offsets(
         def on_match(id_: int, _frm: int, to: int, _flags: int, _ctx: object) -> None:
             (ends if id_ < limit else sus_ends).append(to)
 
-        db.scan(chunk if end is None or end == len(chunk) else memoryview(chunk)[:end],
-                match_event_handler=on_match, scratch=scratch)
-        starts = {chunk.rfind(b"\n", 0, to) + 1 for to in ends}
+        # The whole block is scanned (the pinned wheel takes bytes, not a memoryview), and a match ending past
+        # ``end`` dropped: it lies in the cut line that the next block reads again. ``chunk[end - 1]`` is a
+        # newline, so a line-bounded match ending at or before ``end`` is the same in ``chunk[:end]``.
+        db.scan(chunk, match_event_handler=on_match, scratch=scratch)
+        stop = len(chunk) if end is None else end
+        starts = {chunk.rfind(b"\n", 0, to) + 1 for to in ends if to <= stop}
         if patterns is None:
             return starts, None
-        return starts, {chunk.rfind(b"\n", 0, to) + 1 for to in sus_ends}
+        return starts, {chunk.rfind(b"\n", 0, to) + 1 for to in sus_ends if to <= stop}
     if end is not None and end < len(chunk):
         chunk = chunk[:end]
     low = chunk.lower() if matcher.lower else chunk

@@ -403,3 +403,31 @@ def test_block_tails_are_read_once(tmp_path: Path, engine: str, chunk_size: int,
     blocks = [b[:used] for b, used, _ in netlog.iter_blocks(p, chunk_size=chunk_size)]
     assert blocks == [c for c, _ in netlog.iter_chunks(p, chunk_size=chunk_size)]
     assert b"".join(blocks) == data and all(b.endswith(b"\n") for b in blocks)
+
+
+@pytest.mark.parametrize("chunk_size", [83, 211, 4096])
+@pytest.mark.parametrize(("good", "fmt"), [(ROUTE53_LINE, "route53")])
+def test_block_tails_with_structure_patterns(tmp_path: Path, engine: str, chunk_size: int, fmt: str, good: str) -> None:
+    """Formats checked by Hyperscan's structure patterns (a line that does not open or close as its format does):
+    Hyperscan reads the whole block, the cut line after its last newline too, so a match in that tail must be
+    left to the next block. Broken lines and hits sit at every distance from the block ends; each is counted once,
+    and the counts equal those of the file read as one block.
+    """
+    lines: list[str] = []
+    broken = 0
+    for i in range(600):
+        line = good.replace("example.com", "audit.checkmarx.cx") if i % 7 == 3 else good
+        if i % 11 == 5:
+            line, broken = line[: len(line) // 2], broken + 1  # cut mid-line: no closing brace, quote or fields
+        elif i % 13 == 6:
+            line, broken = "x" + line, broken + 1  # does not start as its format does
+        lines.append(line)
+    p = tmp_path / "log"
+    p.write_bytes(("\n".join(lines) + "\n").encode())
+    whole = sweep_paths([p], KICS, WINDOW, workers=1)
+    cut = sweep_paths([p], KICS, WINDOW, workers=1, chunk_size=chunk_size)
+    assert (whole.files[0].format, whole.files[0].lines) == (fmt, 600)
+    assert whole.files[0].unparsable == broken
+    assert (cut.files[0].lines, cut.files[0].unparsable) == (600, broken)
+    assert cut.hits == whole.hits
+    assert len({h.line for h in whole.hits}) == sum("audit.checkmarx.cx" in line for line in lines) > 0
