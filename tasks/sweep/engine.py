@@ -14,8 +14,8 @@ one contains another: ``/v1/telemetry`` and ``KICS-Telemetry/2.0`` share
 an anchor is found however the line was written. Only lines holding an anchor
 are parsed with their format's parser, and the indicator is confirmed on each
 parsed field with its boundary rule (labels for domains, whole addresses for
-IPs, path segments for URL paths). Malformed lines are counted per chunk by a
-structural check (:func:`digestguard.netlog.chunk_bad_lines`).
+IPs, path segments for URL paths). Malformed lines are counted line by line,
+each judged on its own (:func:`digestguard.netlog.malformed_lines`).
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ def scan_offsets(
 
     Candidates hold an indicator probe (case-insensitively). Suspicious lines
     may be malformed and must be confirmed by the parser; ``None`` means the
-    backend did not look (the pure-Python one checks structure per chunk instead).
+    backend did not look (:func:`digestguard.netlog.malformed_lines` then looks itself).
     """
     starts: set[int] = set()
     if (use or backend()) == "hyperscan":
@@ -366,13 +366,7 @@ def scan_chunk(
     complete = chunk.endswith(b"\n", 0, end)
     nlines = netlog.count_byte(chunk, b"\n", 0, end) + (0 if complete or not end else 1)
     starts, suspicious = scan_offsets(matcher, fmt, chunk, end=end)
-    if suspicious is None:
-        bad_set = set(netlog.chunk_bad_lines(fmt, chunk, nlines, force=not complete, end=end) or ())
-    else:
-        # any suspicious line (or bad encoding, or a cut last line): walk the whole chunk, since
-        # damage comes in runs and a line cut near its end can pass the patterns
-        force = bool(suspicious) or not complete or not netlog.encoding_ok(chunk, end)
-        bad_set = set(netlog.chunk_bad_lines(fmt, chunk, nlines, force=True, end=end) or ()) if force else set()
+    bad_set = netlog.malformed_lines(fmt, chunk, nlines, end, flagged=suspicious)
     counted_line = line_base
     counted_pos = 0
     for s in sorted(starts):

@@ -405,29 +405,71 @@ def test_block_tails_are_read_once(tmp_path: Path, engine: str, chunk_size: int,
     assert b"".join(blocks) == data and all(b.endswith(b"\n") for b in blocks)
 
 
-@pytest.mark.parametrize("chunk_size", [83, 211, 4096])
-@pytest.mark.parametrize(("good", "fmt"), [(ROUTE53_LINE, "route53")])
-def test_block_tails_with_structure_patterns(tmp_path: Path, engine: str, chunk_size: int, fmt: str, good: str) -> None:
-    """Formats checked by Hyperscan's structure patterns (a line that does not open or close as its format does):
-    Hyperscan reads the whole block, the cut line after its last newline too, so a match in that tail must be
-    left to the next block. Broken lines and hits sit at every distance from the block ends; each is counted once,
-    and the counts equal those of the file read as one block.
+@pytest.mark.parametrize(("good", "fmt"), [(ROUTE53_LINE, "route53"), (SQUID_LINE, "squid"), (COMBINED_LINE, "combined")])
+def test_malformed_counts_do_not_depend_on_blocks_or_workers(tmp_path: Path, monkeypatch, engine: str,
+                                                             fmt: str, good: str) -> None:
+    """The same file gives the same counts however it is cut: in blocks of any size (Hyperscan reads each whole
+    block, the cut line after its last newline too, and must leave a match there to the next block) and among
+    workers. Lines cut in half, lines that do not start as their format does, non-UTF-8 lines and hits sit at every
+    distance from the block ends. Each line is judged on its own (before, a chunk holding one broken line had all
+    its lines parsed, so one file gave 42, 46 or 96 for its 97 broken Squid lines depending on the block size).
+
+    What is counted, by format: a JSON line that does not open with ``{`` or close with ``}``; a Squid line that
+    does not start with its epoch or has fewer than ten fields; a combined line with fewer than two quotes (one
+    prefixed with ``x`` still parses); a line that is not UTF-8, in any format.
     """
     lines: list[str] = []
-    broken = 0
+    cut = prefixed = 0
     for i in range(600):
         line = good.replace("example.com", "audit.checkmarx.cx") if i % 7 == 3 else good
         if i % 11 == 5:
-            line, broken = line[: len(line) // 2], broken + 1  # cut mid-line: no closing brace, quote or fields
+            line = line[: len(line) // 2]  # cut inside the request, before any closing brace or quote
+            cut += 1
         elif i % 13 == 6:
-            line, broken = "x" + line, broken + 1  # does not start as its format does
+            line, prefixed = "x" + line, prefixed + 1
         lines.append(line)
+    data = ("\n".join(lines) + "\n").encode()
+    data = data.replace(b"10.0.0.5", b"10.0.\xff.5", 4)  # not UTF-8: four lines
+    expected = {"route53": cut + prefixed + 4, "squid": cut + prefixed + 4, "combined": cut + 4}[fmt]
     p = tmp_path / "log"
-    p.write_bytes(("\n".join(lines) + "\n").encode())
+    p.write_bytes(data)
     whole = sweep_paths([p], KICS, WINDOW, workers=1)
-    cut = sweep_paths([p], KICS, WINDOW, workers=1, chunk_size=chunk_size)
-    assert (whole.files[0].format, whole.files[0].lines) == (fmt, 600)
-    assert whole.files[0].unparsable == broken
-    assert (cut.files[0].lines, cut.files[0].unparsable) == (600, broken)
-    assert cut.hits == whole.hits
+    assert (whole.files[0].format, whole.files[0].lines, whole.files[0].unparsable) == (fmt, 600, expected)
     assert len({h.line for h in whole.hits}) == sum("audit.checkmarx.cx" in line for line in lines) > 0
+    for chunk_size in (83, 211, 4096):
+        blocks = sweep_paths([p], KICS, WINDOW, workers=1, chunk_size=chunk_size)
+        assert (blocks.files[0].lines, blocks.files[0].unparsable) == (600, expected), chunk_size
+        assert blocks.hits == whole.hits
+    monkeypatch.setattr(sweep_mod, "PARALLEL_MIN_BYTES", 4096)
+    shared = sweep_paths([p], KICS, WINDOW, workers=2, chunk_size=211)
+    assert (shared.files[0].lines, shared.files[0].unparsable, shared.hits) == (600, expected, whole.hits)
+
+
+SHAPE_CHARS = st.sampled_from(list('{}"\r0123456789abcx:.,/-') + ["\xff", "é"])
+SHAPE_LINE = st.builds(
+    lambda lead, parts, end: lead + "".join(tok + sep for tok, sep in parts)[: None if end else -1],
+    st.sampled_from(["", " ", "\t", "{", '"', "x", "1"]),
+    st.lists(st.tuples(st.text(SHAPE_CHARS, min_size=1, max_size=5), st.sampled_from([" ", "\t", "  ", " \t"])),
+             max_size=12),  # around Squid's ten fields
+    st.booleans(),
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=st.lists(SHAPE_LINE, min_size=1, max_size=12),
+       fmt=st.sampled_from(["route53", "squid", "combined", "jsonl"]))
+def test_hyperscan_structure_patterns_are_shape_bad(lines: list[str], fmt: str) -> None:
+    """Hyperscan's structure patterns and the Python shape check flag the same malformed lines, so both backends
+    count the same file alike: any mix of braces, quotes, blanks, tabs, carriage returns and non-UTF-8 bytes."""
+    pytest.importorskip("hyperscan")
+    log = netlog.LogFormat(fmt)
+    chunk = ("\n".join(lines) + "\n").encode().replace("\xff".encode(), b"\xff")  # a byte that is never UTF-8
+    nlines = chunk.count(b"\n")
+    matcher = sweep_engine.compile_matcher([("domain", "audit.checkmarx.cx")])
+    _, flagged = sweep_engine.scan_offsets(matcher, log, chunk, use="hyperscan")
+    assert flagged is not None
+    by_hyperscan = netlog.malformed_lines(log, chunk, nlines, flagged=flagged)
+    by_python = netlog.malformed_lines(log, chunk, nlines)
+    assert by_hyperscan == by_python
+    assert by_python == {s for s, line in netlog.iter_lines(chunk)
+                         if netlog.line_is_bad(log, line) and (netlog.shape_bad(log, line) or b"\xff" in line)}
