@@ -38,16 +38,22 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import http.client
 import random
 import re
+import socket
+import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Self, TypedDict
 
+import httpcore
 import httpx
 from pydantic import SecretStr
 
@@ -58,6 +64,7 @@ from integrations._secret_values import SecretLike, reveal
 
 __all__ = [
     "MAX_ERROR_BYTES", "MAX_JSON_BYTES", "MAX_LOG_BYTES", "json_answer", "read_body",
+    "DeadlineHTTPConnection", "call_deadline", "deadline_http_client", "deadline_ssl_context",
     "AWS_SDK_POLICY", "GCP_ACCESS_POLICY", "RETRY_STATUSES", "VAULT_READ_POLICY",
     "Closing", "RateLimit", "RestBackedClient", "RestClient", "RestOptions", "Retrier", "RetryPolicy",
     "MAX_PAGES", "azure_retry_kwargs", "botocore_config", "bound_botocore", "bounded_session", "read_raw", "google_retry", "iso_utc", "next_link",
@@ -80,6 +87,167 @@ MAX_PAGES = 1000
 """The cap on pages one paginated read follows: past it the query is too broad (or the server loops)."""
 DEFAULT_DEADLINE = 120.0
 """Seconds one REST call may take in total: connect, every attempt, every wait, every read."""
+
+
+# --------------------------------------------------------------------------- the call's deadline, per socket wait
+
+_CALL_DEADLINE: ContextVar[float | None] = ContextVar("digestguard_call_deadline", default=None)
+
+
+@contextmanager
+def call_deadline(deadline_at: float) -> Iterator[None]:
+    """Within this block every socket wait of our HTTP clients (:func:`deadline_http_client`,
+    :func:`deadline_ssl_context`, :class:`DeadlineHTTPConnection`) ends by ``deadline_at`` (``time.monotonic()``).
+
+    Why: a socket timeout bounds one wait, not a call. A server that drips its status line and headers one byte
+    per wait (a hostile registry, a man in the middle) would hold a call for hours; the body is already cut by
+    :func:`read_body`, but the headers come before it. Per thread (a context variable), so clients shared by
+    worker threads keep each call's own deadline.
+    """
+    token = _CALL_DEADLINE.set(deadline_at)
+    try:
+        yield
+    finally:
+        _CALL_DEADLINE.reset(token)
+
+
+def _wait_left(timeout: float | None, exc: type[Exception]) -> float | None:
+    """``timeout`` cut to the time left before the current call's deadline; ``exc`` once it has passed."""
+    at = _CALL_DEADLINE.get()
+    if at is None:
+        return timeout
+    left = at - time.monotonic()
+    if left <= 0:
+        raise exc("the deadline of this call has passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """An httpcore stream whose every read, write and TLS handshake waits at most until the call's deadline."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _wait_left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _wait_left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname,
+                                                     _wait_left(timeout, httpcore.ConnectTimeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's own blocking backend, each connection wrapped in a :class:`_DeadlineStream`."""
+
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.connect_tcp(host, port, _wait_left(timeout, httpcore.ConnectTimeout),
+                                                       local_address, socket_options))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.connect_unix_socket(path, _wait_left(timeout, httpcore.ConnectTimeout),
+                                                               socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def deadline_http_client(**kwargs: Any) -> httpx.Client:
+    """An ``httpx.Client`` (same arguments) whose socket waits end by the deadline of :func:`call_deadline`.
+
+    httpx offers no way to choose httpcore's network backend, so it is set on the connection pool of every
+    transport the client made (its own, and one per proxy from the environment) before any connection exists.
+    Should an httpx or httpcore upgrade rename those attributes, this refuses to build a client rather than
+    build one without the bound (``tests/integration/test_client_faults.py`` drips headers at it).
+    """
+    client = httpx.Client(**kwargs)
+    transports = [client._transport, *(t for t in client._mounts.values() if t is not None)]
+    for transport in transports:
+        pool = getattr(transport, "_pool", None)
+        if not hasattr(pool, "_network_backend"):
+            client.close()
+            raise RuntimeError(f"cannot bound {type(transport).__name__}: httpx/httpcore internals changed")
+        pool._network_backend = _DeadlineBackend()
+    return client
+
+
+class _DeadlineSocket(socket.socket):
+    """A plain socket whose receives and sends wait at most until the call's deadline (:func:`call_deadline`)."""
+
+    base_timeout: float | None = None
+
+    def _clamp(self) -> None:
+        self.settimeout(_wait_left(self.base_timeout, TimeoutError))
+
+    def recv_into(self, *args: Any, **kwargs: Any) -> int:
+        self._clamp()
+        return super().recv_into(*args, **kwargs)
+
+    def recv(self, *args: Any, **kwargs: Any) -> bytes:
+        self._clamp()
+        return super().recv(*args, **kwargs)
+
+    def sendall(self, *args: Any, **kwargs: Any) -> None:
+        self._clamp()
+        super().sendall(*args, **kwargs)
+
+
+class _DeadlineSSLSocket(ssl.SSLSocket):
+    """The TLS socket of a :func:`deadline_ssl_context`: reads and writes end by the call's deadline."""
+
+    def _clamp(self) -> None:
+        base = getattr(self, "_digestguard_timeout", _MISSING_TIMEOUT)
+        if base is _MISSING_TIMEOUT:
+            base = self._digestguard_timeout = self.gettimeout()
+        self.settimeout(_wait_left(base, TimeoutError))
+
+    def recv_into(self, *args: Any, **kwargs: Any) -> int:
+        self._clamp()
+        return super().recv_into(*args, **kwargs)
+
+    def recv(self, *args: Any, **kwargs: Any) -> bytes:
+        self._clamp()
+        return super().recv(*args, **kwargs)
+
+    def sendall(self, *args: Any, **kwargs: Any) -> None:
+        self._clamp()
+        super().sendall(*args, **kwargs)
+
+
+_MISSING_TIMEOUT = object()
+
+
+def deadline_ssl_context(context: ssl.SSLContext) -> ssl.SSLContext:
+    """``context``, its sockets made :class:`_DeadlineSSLSocket` (``SSLContext.sslsocket_class``); returns it."""
+    context.sslsocket_class = _DeadlineSSLSocket
+    return context
+
+
+class DeadlineHTTPConnection(http.client.HTTPConnection):
+    """``http.client.HTTPConnection`` whose socket waits end by the deadline of :func:`call_deadline`."""
+
+    def connect(self) -> None:
+        super().connect()
+        if self.sock is not None and not isinstance(self.sock, (_DeadlineSocket, ssl.SSLSocket)):
+            raw = self.sock
+            sock = _DeadlineSocket(raw.family, raw.type, raw.proto, fileno=raw.detach())
+            sock.base_timeout = self.timeout if isinstance(self.timeout, (int, float)) else None
+            sock.settimeout(sock.base_timeout)
+            self.sock = sock
 
 
 # --------------------------------------------------------------------------- the retry policy
@@ -592,7 +760,7 @@ class RestClient:
         self.api_url = api_url.rstrip("/")
         self._origin = httpx.URL(self.api_url).copy_with(path="/", query=None, fragment=None)
         self._auth = dict(auth_headers)
-        self._http = httpx.Client(
+        self._http = deadline_http_client(
             base_url=self.api_url + "/",
             headers=dict(default_headers or {}),
             timeout=timeout,
@@ -662,7 +830,10 @@ class RestClient:
                     raise Unavailable(src, f"cannot connect: {type(exc).__name__}") from None
                 continue
             except httpx.TransportError as exc:
-                if time.monotonic() >= deadline_at or not retrier.again(safe=safe_to_repeat):
+                if time.monotonic() >= deadline_at:
+                    raise Unavailable(src, f"no complete answer within the {self.deadline:.0f}s deadline of this call "
+                                           f"(a slow or stalled server; {type(exc).__name__})") from None
+                if not retrier.again(safe=safe_to_repeat):
                     raise Unavailable(src, f"transport error: {type(exc).__name__}") from None
                 continue
             if response.status_code in ok:
@@ -697,11 +868,12 @@ class RestClient:
             raise Unavailable(source, f"no answer within the {self.deadline:.0f}s deadline of this call")
         request = self._http.build_request(method, url, params=params, json=json, headers=headers,
                                            timeout=httpx.Timeout(min(self.timeout, remaining)))
-        streamed = self._http.send(request, stream=True)
-        try:
-            body = read_body(streamed, source, limit=max_body, deadline_at=deadline_at, deadline=self.deadline)
-        finally:
-            streamed.close()
+        with call_deadline(deadline_at):
+            streamed = self._http.send(request, stream=True)
+            try:
+                body = read_body(streamed, source, limit=max_body, deadline_at=deadline_at, deadline=self.deadline)
+            finally:
+                streamed.close()
         return httpx.Response(streamed.status_code, headers=streamed.headers, content=body, request=request)
 
     def json_of(self, response: httpx.Response, path: str, expect: type | tuple[type, ...] = dict,

@@ -67,7 +67,20 @@ from digestguard.errors import (
 )
 from digestguard.reference import DOCKER_HUB_ALIASES, ImageReference, parse_digest, parse_reference
 from integrations._errors import error_for_status, parse_retry_after
-from integrations._rest import MAX_ERROR_BYTES, Closing, RateLimit, Retrier, RetryPolicy, next_link, rate_limit, read_body
+from integrations._rest import (
+    MAX_ERROR_BYTES,
+    Closing,
+    DeadlineHTTPConnection,
+    RateLimit,
+    Retrier,
+    RetryPolicy,
+    call_deadline,
+    deadline_http_client,
+    deadline_ssl_context,
+    next_link,
+    rate_limit,
+    read_body,
+)
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -372,7 +385,7 @@ class RegistryClient(Closing):
         if client is None:
             with self._lock:
                 if self._http_client is None:
-                    self._http_client = httpx.Client(
+                    self._http_client = deadline_http_client(
                         timeout=self.timeout,
                         verify=self._verify,
                         follow_redirects=True,
@@ -610,7 +623,10 @@ class RegistryClient(Closing):
             try:
                 r, body = self._send(method, url, hdrs, source, max_body, deadline_at)
             except httpx.TransportError as e:
-                if time.monotonic() >= deadline_at or not retrier.again():
+                if time.monotonic() >= deadline_at:
+                    raise Unavailable(source, f"no complete answer within the {self.deadline:.0f}s deadline of this "
+                                              f"call (a slow or stalled registry; {type(e).__name__})") from None
+                if not retrier.again():
                     raise Unavailable(source, f"{type(e).__name__} after {retrier.attempts} attempts "
                                               f"talking to {self.base_url}") from None
                 continue
@@ -639,7 +655,7 @@ class RegistryClient(Closing):
         if remaining <= 0:
             raise Unavailable(source, f"no answer within the {self.deadline:.0f}s deadline of this call")
         timeout = httpx.Timeout(min(self.timeout, remaining))
-        with self._http.stream(method, url, headers=headers, timeout=timeout) as r:
+        with call_deadline(deadline_at), self._http.stream(method, url, headers=headers, timeout=timeout) as r:
             body = read_body(r, source, limit=max_body, deadline_at=deadline_at, deadline=self.deadline)
         return r, body
 
@@ -688,10 +704,15 @@ class RegistryClient(Closing):
             query["service"] = service
         auth = httpx.BasicAuth(self._username, self._password or "") if self._username is not None else None
         retrier = Retrier(self.retry, self._sleep)
+        deadline_at = time.monotonic() + self.deadline
         while True:
             try:
-                r = self._http.get(realm, params=query, auth=auth)
+                with call_deadline(deadline_at):
+                    r = self._http.get(realm, params=query, auth=auth)
             except httpx.TransportError as e:
+                if time.monotonic() >= deadline_at:
+                    raise Unavailable(source, f"token service: no complete answer within the {self.deadline:.0f}s "
+                                              f"deadline ({type(e).__name__})") from None
                 if not retrier.again():
                     raise Unavailable(source, f"token service unreachable ({type(e).__name__})") from None
                 continue
@@ -747,9 +768,9 @@ class RegistryClient(Closing):
             parts = urlsplit(self.base_url)
             if parts.scheme == "https":
                 conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=self.timeout,
-                                                   context=self._ssl_context())
+                                                   context=deadline_ssl_context(self._ssl_context()))
             else:
-                conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=self.timeout)
+                conn = DeadlineHTTPConnection(parts.hostname, parts.port, timeout=self.timeout)
             self._local.conn = conn
             with self._lock:
                 self._fast_conns.append(conn)
@@ -762,16 +783,22 @@ class RegistryClient(Closing):
         if auth:
             headers["Authorization"] = auth
         path = f"/v2/{repo}/manifests/{quote(tag, safe='')}"
+        deadline_at = time.monotonic() + self.deadline
         for _ in range(2):  # a kept-alive connection the server closed: reconnect once
             conn = self._fast_conn()
             if self.request_limit is not None:
                 self.request_limit.acquire(f"registry {self.registry} HEAD {path}", max_wait=self.deadline)
             try:
-                conn.request("HEAD", path, headers=headers)
-                resp = conn.getresponse()
-                resp.read()
-            except (OSError, http.client.HTTPException):
+                with call_deadline(deadline_at):
+                    conn.request("HEAD", path, headers=headers)
+                    resp = conn.getresponse()
+                    resp.read()
+            except (OSError, http.client.HTTPException) as e:
                 conn.close()
+                if time.monotonic() >= deadline_at:
+                    raise Unavailable(f"registry {self.registry} HEAD {path}",
+                                      f"no complete answer within the {self.deadline:.0f}s deadline of this call "
+                                      f"(a slow or stalled registry; {type(e).__name__})") from None
                 continue
             if resp.status != 200:
                 return None

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import ssl
 import threading
 import time
 import urllib.request
@@ -58,7 +59,7 @@ from slack_sdk.socket_mode.response import SocketModeResponse
 
 from digestguard.errors import AuthError, InputError, IntegrationError, NotFound, RateLimited, Refused, Unavailable
 from integrations._errors import parse_retry_after
-from integrations._rest import MAX_ERROR_BYTES, RetryPolicy
+from integrations._rest import MAX_ERROR_BYTES, DeadlineHTTPConnection, RetryPolicy, call_deadline, deadline_ssl_context
 
 __all__ = ["DEFAULT_BASE_URL", "BoundedRateLimitHandler", "SlackClient", "SlackMessage", "channel_name_for"]
 
@@ -178,6 +179,13 @@ def _read_bounded(fp: Any, cap: int, deadline_at: float, *, refuse: bool) -> byt
         chunks.append(chunk)
 
 
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    """Plain-HTTP connections whose socket waits end by the call's deadline (a local Slack stand-in, a proxy)."""
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(DeadlineHTTPConnection, req)
+
+
 class _BoundedWebClient(WebClient):
     """``WebClient`` whose urllib transport keeps one call's total deadline and caps every body it reads.
 
@@ -206,13 +214,29 @@ class _BoundedWebClient(WebClient):
         if remaining <= 0:
             raise _TooLate(f"no answer within the {self.deadline:.0f}s deadline of this call")
         timeout = min(float(self.timeout), remaining)
-        try:
+        with call_deadline(deadline_at):
+            try:
+                return self._open(req, timeout, deadline_at)
+            except (URLError, OSError, http.client.HTTPException):
+                if time.monotonic() >= deadline_at:  # the status line or headers came too slowly
+                    raise _TooLate(f"no complete answer within the {self.deadline:.0f}s deadline of this call "
+                                   "(a slow or stalled server)") from None
+                raise
+
+    def _opener(self) -> urllib.request.OpenerDirector:
+        """urllib's opener (proxy from ``proxy`` or the environment) on connections bounded by the call's deadline."""
+        opener = getattr(self._local, "opener", None)
+        if opener is None:
+            context = deadline_ssl_context(self.ssl if self.ssl is not None else ssl.create_default_context())
+            handlers: list[Any] = [_DeadlineHTTPHandler(), urllib.request.HTTPSHandler(context=context)]
             if self.proxy is not None:
-                opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": self.proxy, "https": self.proxy}),
-                                                     urllib.request.HTTPSHandler(context=self.ssl))
-                resp = opener.open(req, timeout=timeout)
-            else:
-                resp = urllib.request.urlopen(req, context=self.ssl, timeout=timeout)  # noqa: S310 - http(s) checked above
+                handlers.append(urllib.request.ProxyHandler({"http": self.proxy, "https": self.proxy}))
+            opener = self._local.opener = urllib.request.build_opener(*handlers)
+        return opener
+
+    def _open(self, req: urllib.request.Request, timeout: float, deadline_at: float) -> dict[str, Any]:
+        try:
+            resp = self._opener().open(req, timeout=timeout)  # noqa: S310 - http(s) checked above
         except HTTPError as e:
             # The SDK reads the error body itself: hand it a bounded copy (the vendor's message, never a flood).
             fp = e.fp

@@ -5,6 +5,8 @@ it stalls, floods, or asks to be left alone for an hour. This stands in for any 
 (GitHub, GitLab, Docker Hub, Slack's Web API) by answering every request with one fault:
 
 ``drip``          200 ``{"ok": true, ...`` then one byte every 0.3 s, forever (no Content-Length)
+``header-drip``   the status line and headers themselves, one byte every 0.3 s, forever (each byte well within
+                  any socket timeout: only a deadline on the whole call ends it)
 ``huge``          200, 1 MiB chunks up to 200 MiB, close-delimited (no Content-Length)
 ``huge-declared`` 200 with ``Content-Length: 1073741824`` and a first megabyte
 ``flood-error``   500 with a 50 MiB error body
@@ -28,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from flows.drill.servers._http import serve_in_thread
 
-FAULTS = ("drip", "huge", "huge-declared", "flood-error", "429-long", "503-long", "non-json", "wrong-type",
+FAULTS = ("drip", "header-drip", "huge", "huge-declared", "flood-error", "429-long", "503-long", "non-json", "wrong-type",
           "pages-forever")
 
 
@@ -86,7 +88,15 @@ def _handler(h: HostileHTTP) -> type[BaseHTTPRequestHandler]:
                 self.rfile.read(length)
             f = h.fault
             try:
-                if f == "drip":
+                if f == "header-drip":
+                    self.close_connection = True
+                    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Padding: " + b"p" * 4000
+                    for i in range(len(head)):
+                        if h.stopping.is_set():
+                            break
+                        self._write(head[i:i + 1])
+                        time.sleep(0.3)
+                elif f == "drip":
                     self._head(200, {"Content-Type": "application/json", "Connection": "close"})
                     self.close_connection = True
                     self._write(b'{"ok": true, "ts": "1.2", "channel": "C1", "default_branch": "main", "x": "')

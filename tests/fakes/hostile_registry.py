@@ -17,6 +17,7 @@ way ``fault`` says; a few faults (``tags-*``) break the tag list instead:
 ``wrong-types``  an index whose ``manifests`` is a string
 ``huge``         a 400 MB index, streamed with no Content-Length
 ``drip``         an index body dripping one byte every 0.5 s, forever
+``header-drip``  the faulty tag's status line and headers (HEAD and GET) drip one byte every 0.3 s, forever
 ``tags-unbounded`` tags/list pages forever (1000 tags a page, ``Link: rel="next"``)
 ``tags-string``  tags/list answers ``{"tags": "latest"}``
 ``not-registry`` every path answers 404, ``/v2/`` too
@@ -45,7 +46,7 @@ FAULTY_TAG = "v2.1.20"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 FAULTS = ("401", "429", "500", "503-long", "non-json", "malformed", "wrong-types", "huge", "drip",
-          "tags-unbounded", "tags-string", "not-registry", "echo-secret")
+          "header-drip", "tags-unbounded", "tags-string", "not-registry", "echo-secret")
 
 
 def _digest(body: bytes) -> str:
@@ -124,6 +125,20 @@ def _handler(reg: HostileRegistry) -> type[BaseHTTPRequestHandler]:  # noqa: C90
             except OSError:
                 pass
 
+        def _drip_head(self) -> None:
+            """The status line and headers one byte at a time, each well within any socket timeout."""
+            self.close_connection = True
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: " + OCI_INDEX.encode() + b"\r\nX-Padding: " + b"p" * 4000
+            try:
+                for i in range(len(head)):
+                    if reg.stopping.is_set():
+                        return
+                    self.wfile.write(head[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.3)
+            except OSError:
+                pass
+
         def do_HEAD(self) -> None:
             self._handle()
 
@@ -193,6 +208,8 @@ def _handler(reg: HostileRegistry) -> type[BaseHTTPRequestHandler]:  # noqa: C90
                 return self._error(500, "INTERNAL")
             if f == "503-long":
                 return self._error(503, "UNAVAILABLE", {"Retry-After": "3600"})
+            if f == "header-drip":
+                return self._drip_head()
             if self.command == "HEAD":  # no digest header: the client must GET and hash the bytes
                 return self._send(200, b"", {"Content-Type": OCI_INDEX})
             if f == "huge":

@@ -41,6 +41,7 @@ def _slack(h):
 
 EXPECT = {  # fault -> (error type, words the message carries)
     "drip": (Unavailable, "deadline"),
+    "header-drip": (Unavailable, "deadline"),
     "huge": (Refused, "cap"),
     "huge-declared": (Refused, "cap"),
     "429-long": (RateLimited, ""),
@@ -87,6 +88,7 @@ def test_error_body_flood_is_cut(hostile):
 
 SLACK_EXPECT = {
     "drip": (Unavailable, "deadline"),
+    "header-drip": (Unavailable, "deadline"),
     "huge": (Refused, "cap"),
     "huge-declared": (Refused, "cap"),
     "429-long": (RateLimited, ""),

@@ -38,6 +38,7 @@ EXPECTED = {
     "wrong-types": ("not a list", "partial"),
     "huge": ("byte cap", "partial"),
     "drip": ("deadline", "partial"),
+    "header-drip": ("deadline", "partial"),
     "tags-unbounded": ("bound reached", "partial"),
     "tags-string": ("not a list of strings", "partial"),
 }
